@@ -1,0 +1,47 @@
+"""Shared fixtures: a short private temp dir, an in-process daemon, raw socket connections."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import RawConnection
+from timbred.app import Daemon
+from timbred.testing.daemon import running_daemon
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A private (0700) directory with a short path, for sockets (sun_path is ~100 bytes)."""
+    with tempfile.TemporaryDirectory(prefix="tb-") as d:
+        yield Path(d)
+
+
+@pytest.fixture
+async def daemon(short_tmp: Path) -> AsyncIterator[Daemon]:
+    """A daemon with default limits, served in-process on a real socket."""
+    async with running_daemon(short_tmp) as d:
+        yield d
+
+
+@pytest.fixture
+async def raw(daemon: Daemon) -> AsyncIterator[Callable[[], Awaitable[RawConnection]]]:
+    """Open raw connections to ``daemon``; all are closed at teardown."""
+    opened: list[RawConnection] = []
+
+    async def open_() -> RawConnection:
+        conn = await RawConnection.open(daemon.socket_path)
+        opened.append(conn)
+        return conn
+
+    yield open_
+    for conn in opened:
+        await conn.aclose()

@@ -1,0 +1,1 @@
+"""Timbre studio: a prompt_toolkit TUI that attaches to timbred."""

@@ -1,0 +1,1 @@
+"""Thin client side of Timbre: the client library and the `timbrectl` command."""

@@ -1,0 +1,5 @@
+"""``python -m timbrectl``."""
+
+from timbrectl.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,228 @@
+"""The daemon as a library function: ``serve(settings)`` wires everything and runs until stopped.
+
+Tests start it in-process with ``await task_group.start(serve, settings)``, which returns the
+:class:`Daemon` once the socket accepts; the ``timbred`` command is a thin wrapper around
+:func:`run`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from timbred import PROTOCOL_VERSION, __version__
+from timbred.config import Settings
+from timbred.errors import PeerRefused, TooManyConnections
+from timbred.events import EventBus
+from timbred.logs import log_file_path
+from timbred.notify import Notifier
+from timbred.protocol.jsonrpc import Dispatcher
+from timbred.runtime import (
+    acquire_lock,
+    bind_socket,
+    check_socket_path,
+    default_socket_path,
+    ensure_private_dir,
+)
+from timbred.server import Connection, Limits, check_peer, refuse
+
+log = logging.getLogger(__name__)
+
+#: How long connections get to flush their last replies during a graceful stop.
+SHUTDOWN_GRACE_S = 5.0
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """What a handler gets besides its params: the daemon and the calling connection."""
+
+    daemon: Daemon
+    connection: Connection
+
+
+class Daemon:
+    """State shared by every connection and handler of one daemon run."""
+
+    def __init__(self, settings: Settings, notifier: Notifier | None = None) -> None:
+        from timbred.rpc import handlers  # the rpc package imports this module's types
+
+        self.settings = settings
+        configured = settings["daemon.socket"]
+        self.socket_path = check_socket_path(configured or default_socket_path())
+        self.runtime_dir = self.socket_path.parent
+        self.log_file = log_file_path(settings["daemon.log_file"])
+        self.limits = Limits(
+            max_message_bytes=settings["limits.max_message_bytes"],
+            message_deadline_s=settings["limits.message_deadline_s"],
+            max_output_bytes=settings["limits.max_output_bytes"],
+            write_timeout_s=settings["limits.write_timeout_s"],
+            max_inflight=settings["limits.max_inflight"],
+            max_connections=settings["limits.max_connections"],
+        )
+        self.bus = EventBus(settings["limits.event_buffer"])
+        self.dispatcher: Dispatcher[RequestContext] = Dispatcher(
+            handlers(), max_batch=settings["limits.max_batch"])
+        self.notifier = notifier or Notifier()
+        self.connections: dict[int, Connection] = {}
+        self.started_at = time.time()
+        self._started_monotonic = time.monotonic()
+        self._ids = itertools.count(1)
+        self.stop_requested = anyio.Event()
+        self.stop_reason = ""
+
+    def context(self, connection: Connection) -> RequestContext:
+        return RequestContext(self, connection)
+
+    def request_stop(self, reason: str) -> None:
+        """Begin a graceful stop (idempotent: the first reason wins)."""
+        if not self.stop_requested.is_set():
+            log.info("stopping: %s", reason)
+            self.stop_reason = reason
+            self.stop_requested.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self.stop_requested.is_set()
+
+    def status(self) -> dict[str, Any]:
+        """The ``daemon.status`` result."""
+        return {
+            "version": __version__,
+            "protocol_version": PROTOCOL_VERSION,
+            "pid": os.getpid(),
+            "uptime_s": round(time.monotonic() - self._started_monotonic, 3),
+            "started_at": self.started_at,
+            "socket": str(self.socket_path),
+            "runtime_dir": str(self.runtime_dir),
+            "config_path": None if self.settings.config_path is None
+            else str(self.settings.config_path),
+            "log_file": None if self.log_file is None else str(self.log_file),
+            # The generation service (worker, queue) fills these once it exists.
+            "device": {"requested": self.settings["daemon.device"], "active": None},
+            "models": [],
+            "queue": {"queued": 0, "running": 0},
+            "connections": len(self.connections),
+            "events": {"epoch": self.bus.epoch, "seq": self.bus.seq},
+        }
+
+    async def serve_connection(self, stream: anyio.abc.SocketStream) -> None:
+        """Check the peer and the connection cap, then serve the connection to its end."""
+        try:
+            creds = check_peer(stream)
+        except PeerRefused as exc:
+            log.warning("refused a connection from uid %s: %s", exc.data["uid"], exc)
+            await refuse(stream, exc)
+            return
+        if len(self.connections) >= self.limits.max_connections or self.stopping:
+            log.warning("refused a connection from pid %s: connection cap of %d reached",
+                        creds.pid, self.limits.max_connections)
+            await refuse(stream, TooManyConnections(self.limits.max_connections))
+            return
+        conn = Connection(next(self._ids), stream, creds, self)
+        self.connections[conn.id] = conn
+        log.debug("connection %d from pid %s", conn.id, creds.pid)
+        self.bus.publish("daemon.client_connected", {
+            "connection": conn.id, "pid": creds.pid, "connections": len(self.connections)})
+        try:
+            await conn.run()
+        finally:
+            del self.connections[conn.id]
+            for sub_id in list(conn.subscriptions):
+                self.bus.unsubscribe(sub_id)
+            self.bus.publish("daemon.client_disconnected", {
+                "connection": conn.id, "connections": len(self.connections)})
+
+
+async def _accept(daemon: Daemon, listener: anyio.abc.SocketListener,
+                  task_group: anyio.abc.TaskGroup) -> None:
+    while True:
+        try:
+            stream = await listener.accept()
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            return
+        except OSError as exc:
+            # EMFILE and friends: back off rather than spin; existing clients keep working.
+            log.error("accept failed: %s", exc)
+            await anyio.sleep(0.1)
+            continue
+        task_group.start_soon(daemon.serve_connection, stream)
+
+
+async def _watch_signals(daemon: Daemon, scope: anyio.CancelScope, *,
+                         task_status: anyio.abc.TaskStatus[None]) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        task_status.started()  # handlers are installed: READY may be announced after this
+        async for signum in signals:
+            if daemon.stopping:
+                log.warning("second %s: stopping now", signal.Signals(signum).name)
+                scope.cancel()
+                return
+            daemon.request_stop(f"received {signal.Signals(signum).name}")
+
+
+async def serve(
+    settings: Settings,
+    *,
+    handle_signals: bool = False,
+    notifier: Notifier | None = None,
+    task_status: anyio.abc.TaskStatus[Daemon] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run a daemon until it is asked to stop; ``task_status.started(daemon)`` once it accepts.
+
+    Raises RuntimeDirError for an unsafe socket directory and AlreadyRunning when another
+    daemon holds the lock, before touching the socket path.
+    """
+    daemon = Daemon(settings, notifier)
+    ensure_private_dir(daemon.runtime_dir)
+    lock = acquire_lock(daemon.socket_path)
+    bound: tuple[int, int] | None = None
+    try:
+        sock = bind_socket(daemon.socket_path)
+        st = daemon.socket_path.lstat()
+        bound = (st.st_dev, st.st_ino)
+        listener = await anyio.abc.SocketListener.from_socket(sock)
+        async with anyio.create_task_group() as main:
+            if handle_signals:
+                await main.start(_watch_signals, daemon, main.cancel_scope)
+            async with anyio.create_task_group() as clients:
+                clients.start_soon(_accept, daemon, listener, clients)
+                log.info("timbred %s listening on %s (pid %d)", __version__,
+                         daemon.socket_path, os.getpid())
+                daemon.notifier.ready(f"listening on {daemon.socket_path}")
+                task_status.started(daemon)
+                await daemon.stop_requested.wait()
+
+                daemon.notifier.stopping(f"stopping: {daemon.stop_reason}")
+                daemon.bus.publish("daemon.stopping", {"reason": daemon.stop_reason})
+                await listener.aclose()
+                async with anyio.create_task_group() as closing:
+                    for conn in list(daemon.connections.values()):
+                        closing.start_soon(conn.finish, SHUTDOWN_GRACE_S)
+            main.cancel_scope.cancel()
+    finally:
+        if bound is not None:
+            _remove_socket(daemon.socket_path, bound)
+        lock.release()
+        log.info("stopped")
+
+
+def _remove_socket(path: Path, identity: tuple[int, int]) -> None:
+    """Unlink the socket we bound, and nothing else that may have replaced it since."""
+    try:
+        st = path.lstat()
+        if (st.st_dev, st.st_ino) != identity:
+            return
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("could not remove %s: %s", path, exc)

@@ -1,0 +1,291 @@
+"""Configuration: one table of keys, read from TOML and overridden by the environment.
+
+Precedence, lowest first: built-in defaults, the TOML file (``timbred --config FILE``, else
+``$TIMBRE_CONFIG``, else ``timbred.toml`` in the platformdirs config dir), environment variables
+``TIMBRE_<SECTION>_<KEY>`` (e.g. ``TIMBRE_LIMITS_MAX_BATCH=32``), then command-line flags.
+
+Every key is declared once in :data:`KEYS` with its type, default, bounds and documentation;
+the documented default file (``timbred --print-config``), the JSON Schema in
+``schemas/config.schema.json`` and the error messages all come from that table.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from timbred.errors import ConfigError
+
+APP = "timbre"
+CONFIG_FILE_NAME = "timbred.toml"
+
+
+@dataclass(frozen=True)
+class Key:
+    """One configuration key: ``section.name`` of ``type`` with a default and bounds."""
+
+    section: str
+    name: str
+    type: type
+    default: Any
+    doc: str
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] | None = None
+
+    @property
+    def dotted(self) -> str:
+        return f"{self.section}.{self.name}"
+
+    @property
+    def env(self) -> str:
+        return f"TIMBRE_{self.section.upper()}_{self.name.upper()}"
+
+    def expected(self) -> str:
+        """What a valid value looks like, for error messages."""
+        kind = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}[
+            self.type
+        ]
+        if self.choices:
+            return f"one of {', '.join(repr(c) for c in self.choices)}"
+        if self.minimum is not None and self.maximum is not None:
+            return f"{kind} from {self.minimum:g} to {self.maximum:g}"
+        if self.minimum is not None:
+            return f"{kind} of at least {self.minimum:g}"
+        return kind
+
+    def check(self, value: Any, source: str) -> Any:
+        """Return ``value`` converted to the key's type, or raise ConfigError."""
+        ok = isinstance(value, self.type) and not (self.type is not bool and isinstance(value,
+                                                                                         bool))
+        if self.type is float and isinstance(value, int) and not isinstance(value, bool):
+            value, ok = float(value), True
+        if not ok:
+            raise ConfigError(source, self.dotted, self.expected(), value)
+        if self.choices is not None and value not in self.choices:
+            raise ConfigError(source, self.dotted, self.expected(), value)
+        if isinstance(value, int | float) and not isinstance(value, bool) and (
+            (self.minimum is not None and value < self.minimum)
+            or (self.maximum is not None and value > self.maximum)
+        ):
+            raise ConfigError(source, self.dotted, self.expected(), value)
+        return value
+
+    def parse_env(self, text: str, source: str) -> Any:
+        """Convert an environment variable's text to the key's type, then check it."""
+        value: Any = text
+        try:
+            if self.type is bool:
+                lowered = text.strip().lower()
+                if lowered not in _BOOLS:
+                    raise ValueError(text)
+                value = _BOOLS[lowered]
+            elif self.type is int:
+                value = int(text)
+            elif self.type is float:
+                value = float(text)
+        except ValueError as exc:
+            raise ConfigError(source, self.dotted, self.expected(), text) from exc
+        return self.check(value, source)
+
+
+_BOOLS = {"1": True, "true": True, "yes": True, "on": True,
+          "0": False, "false": False, "no": False, "off": False}
+MiB = 1024 * 1024
+
+KEYS: tuple[Key, ...] = (
+    Key("daemon", "socket", str, "",
+        "Path of the Unix socket. Empty: timbred.sock in a private runtime directory "
+        "($XDG_RUNTIME_DIR/timbre/). Also settable with $TIMBRE_SOCKET."),
+    Key("daemon", "log_level", str, "info", "Least severe level logged.",
+        choices=("debug", "info", "warning", "error")),
+    Key("daemon", "log_file", str, "",
+        "Also log to this file. Empty: stderr only; \"default\": timbred.log in the "
+        "platformdirs log directory."),
+    Key("daemon", "device", str, "auto",
+        "Inference device: auto (CUDA when available, else CPU), cpu, cuda, cuda:N or mps."),
+    Key("daemon", "threads", int, 0, "CPU threads for inference; 0 lets torch decide.",
+        minimum=0, maximum=1024),
+    Key("limits", "max_message_bytes", int, MiB,
+        "Largest accepted message, enforced while reading.", minimum=1024, maximum=64 * MiB),
+    Key("limits", "max_batch", int, 64, "Most requests in one JSON-RPC batch.",
+        minimum=1, maximum=10_000),
+    Key("limits", "max_connections", int, 512, "Most simultaneous client connections.",
+        minimum=1, maximum=100_000),
+    Key("limits", "message_deadline_s", float, 10.0,
+        "Seconds a client has to finish a message once it started sending it.",
+        minimum=0.1, maximum=3600),
+    Key("limits", "max_output_bytes", int, 8 * MiB,
+        "Most reply and event bytes waiting to be sent to one connection; past it, event "
+        "subscriptions are dropped with a notice and replies wait for the client to read.",
+        minimum=64 * 1024, maximum=1024 * MiB),
+    Key("limits", "write_timeout_s", float, 30.0,
+        "Seconds a client may leave pending output unread before it is disconnected.",
+        minimum=0.1, maximum=3600),
+    Key("limits", "max_inflight", int, 32,
+        "Most requests one connection may have running at once.", minimum=1, maximum=10_000),
+    Key("limits", "event_buffer", int, 4096,
+        "Events kept for replay to clients that reconnect.", minimum=16, maximum=1_000_000),
+)
+
+SECTIONS: dict[str, dict[str, Key]] = {}
+for _key in KEYS:
+    SECTIONS.setdefault(_key.section, {})[_key.name] = _key
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved configuration. ``values`` maps ``section.name`` to the effective value."""
+
+    values: Mapping[str, Any]
+    config_path: Path | None = None
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, dotted: str) -> Any:
+        return self.values[dotted]
+
+    @classmethod
+    def defaults(cls, **overrides: Any) -> Settings:
+        """Built-in defaults with ``section__name=value`` overrides (handy for tests)."""
+        values = {k.dotted: k.default for k in KEYS}
+        checked = {}
+        for name, value in overrides.items():
+            dotted = name.replace("__", ".")
+            key = _lookup(dotted, "overrides")
+            checked[dotted] = key.check(value, "overrides")
+        values.update(checked)
+        return cls(values=values, config_path=None, overrides=checked)
+
+
+def _lookup(dotted: str, source: str) -> Key:
+    section, _, name = dotted.partition(".")
+    try:
+        return SECTIONS[section][name]
+    except KeyError:
+        known = ", ".join(k.dotted for k in KEYS)
+        raise ConfigError(source, dotted, f"a known key ({known})") from None
+
+
+def default_config_path() -> Path:
+    """``timbred.toml`` in the platformdirs config directory."""
+    return Path(platformdirs.user_config_dir(APP)) / CONFIG_FILE_NAME
+
+
+def _from_file(path: Path) -> dict[str, Any]:
+    source = str(path)
+    try:
+        with path.open("rb") as f:
+            doc = tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, "(file)", f"valid TOML ({exc})") from exc
+    except OSError as exc:
+        raise ConfigError(source, "(file)", f"a readable file ({exc.strerror})") from exc
+    values: dict[str, Any] = {}
+    for section, table in doc.items():
+        if section not in SECTIONS:
+            raise ConfigError(source, section,
+                              f"a known section ({', '.join(sorted(SECTIONS))})")
+        if not isinstance(table, dict):
+            raise ConfigError(source, section, "a table ([section])", table)
+        for name, value in table.items():
+            key = _lookup(f"{section}.{name}", source)
+            values[key.dotted] = key.check(value, source)
+    return values
+
+
+def load(
+    path: Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Resolve the settings from defaults, file, environment and ``overrides``.
+
+    ``path`` None means ``$TIMBRE_CONFIG`` or the default path, which may be absent (defaults
+    apply); an explicitly given path must exist.
+    """
+    env = os.environ if environ is None else environ
+    explicit = path is not None or bool(env.get("TIMBRE_CONFIG"))
+    if path is None:
+        path = Path(env["TIMBRE_CONFIG"]) if env.get("TIMBRE_CONFIG") else default_config_path()
+    path = path.expanduser()
+    values = {k.dotted: k.default for k in KEYS}
+    if path.exists() or explicit:
+        values.update(_from_file(path))
+        used: Path | None = path.resolve()
+    else:
+        used = None
+    for key in KEYS:
+        if key.env in env:
+            values[key.dotted] = key.parse_env(env[key.env], f"environment ${key.env}")
+    if env.get("TIMBRE_SOCKET") and not env.get(SECTIONS["daemon"]["socket"].env):
+        values["daemon.socket"] = env["TIMBRE_SOCKET"]
+    checked = {}
+    for name, value in overrides.items():
+        if value is None:
+            continue
+        dotted = name.replace("__", ".")
+        checked[dotted] = _lookup(dotted, "command line").check(value, "command line")
+    values.update(checked)
+    return Settings(values=values, config_path=used, overrides=checked)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(value)
+
+
+def documented_defaults() -> str:
+    """A complete TOML file with every key commented, at its default (``--print-config``)."""
+    lines = [
+        "# timbred configuration. Every key is optional; the values shown are the defaults.",
+        "# Each key can also be set with an environment variable, named on its line.",
+    ]
+    for section, keys in SECTIONS.items():
+        lines += ["", f"[{section}]"]
+        for key in keys.values():
+            lines.append(f"# {key.doc}")
+            lines.append(f"# Expected: {key.expected()}. Environment: ${key.env}.")
+            lines.append(f"{key.name} = {_toml_value(key.default)}")
+    return "\n".join(lines) + "\n"
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of the config file (``schemas/config.schema.json`` is this)."""
+    jtypes = {bool: "boolean", int: "integer", float: "number", str: "string"}
+    props: dict[str, Any] = {}
+    for section, keys in SECTIONS.items():
+        section_props: dict[str, Any] = {}
+        for key in keys.values():
+            schema: dict[str, Any] = {
+                "type": jtypes[key.type],
+                "default": key.default,
+                "description": key.doc,
+            }
+            if key.choices:
+                schema["enum"] = list(key.choices)
+            if key.minimum is not None:
+                schema["minimum"] = key.minimum
+            if key.maximum is not None:
+                schema["maximum"] = key.maximum
+            section_props[key.name] = schema
+        props[section] = {"type": "object", "additionalProperties": False,
+                          "properties": section_props}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://timbre.invalid/schemas/config.schema.json",
+        "title": "timbred.toml",
+        "description": "The daemon's TOML configuration file, as JSON.",
+        "type": "object",
+        "additionalProperties": False,
+        "properties": props,
+    }

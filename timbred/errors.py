@@ -1,0 +1,410 @@
+"""Timbre's one exception tree.
+
+Every error a user or a client can see is a :class:`TimbreError`. Each concrete class has a
+stable ``kind`` (a snake_case name) and, when it can cross the wire, a stable JSON-RPC ``code``
+in the application range -32000..-32099. The ``data`` object sent to clients always carries
+``kind`` plus the fields a client needs to act on the error (a limit, a parameter name, a pid).
+
+Foreign exceptions (OSError, sqlite3.Error, torch errors) are translated into this tree at the
+edges, always with ``raise ... from exc``; the RPC layer turns the tree into JSON-RPC errors in
+one place (:func:`timbred.protocol.jsonrpc.error_object`) and the client turns them back with
+:func:`error_from_wire`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+# The standard JSON-RPC 2.0 codes.
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+
+
+class TimbreError(Exception):
+    """Base of every error Timbre raises on purpose.
+
+    ``code`` is the JSON-RPC code used when the error crosses the socket; ``kind`` is its
+    stable name; ``data`` holds machine-readable details (always including ``kind``).
+    """
+
+    code: ClassVar[int] = INTERNAL_ERROR
+    kind: ClassVar[str] = "internal_error"
+
+    def __init__(self, message: str, **data: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.data: dict[str, Any] = {"kind": self.kind, **data}
+
+    def __str__(self) -> str:
+        return self.message
+
+
+# --- errors of the JSON-RPC envelope (standard codes) -------------------------------------
+
+
+class ParseError(TimbreError, ValueError):
+    """Raised when a message is not valid UTF-8 or not valid JSON."""
+
+    code = PARSE_ERROR
+    kind = "parse_error"
+
+
+class InvalidRequest(TimbreError, ValueError):
+    """Raised when a message is JSON but not a valid JSON-RPC 2.0 request object."""
+
+    code = INVALID_REQUEST
+    kind = "invalid_request"
+
+
+class MethodNotFound(TimbreError, LookupError):
+    """Raised when a request names a method the daemon does not have."""
+
+    code = METHOD_NOT_FOUND
+    kind = "method_not_found"
+
+
+class InvalidParams(TimbreError, ValueError):
+    """Raised when a method's parameters are missing, unknown, mistyped or out of range.
+
+    ``param`` names the offending parameter (a dotted path for nested values).
+    """
+
+    code = INVALID_PARAMS
+    kind = "invalid_params"
+
+    def __init__(self, message: str, *, param: str | None, **data: Any) -> None:
+        super().__init__(message, param=param, **data)
+
+
+class InternalError(TimbreError):
+    """Raised (or substituted) when a handler fails in a way nobody planned for."""
+
+    code = INTERNAL_ERROR
+    kind = "internal_error"
+
+
+# --- application errors: one stable code per kind -----------------------------------------
+
+
+class MessageTooLarge(TimbreError, ValueError):
+    """Raised when an incoming message grows past the configured maximum size."""
+
+    code = -32001
+    kind = "message_too_large"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"message exceeds the maximum size of {limit} bytes; the connection is closed",
+            limit=limit,
+        )
+
+
+class MessageIncomplete(TimbreError, ValueError):
+    """Raised when a started message is not finished by a newline in time, or before EOF."""
+
+    code = -32002
+    kind = "message_incomplete"
+
+    def __init__(self, reason: str, *, received: int, deadline_s: float | None = None) -> None:
+        super().__init__(
+            f"message not terminated by a newline ({reason}); the connection is closed",
+            reason=reason,
+            received=received,
+            deadline_s=deadline_s,
+        )
+
+
+class BatchTooLarge(TimbreError, ValueError):
+    """Raised when a batch holds more requests than the configured cap."""
+
+    code = -32003
+    kind = "batch_too_large"
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(
+            f"batch of {size} requests exceeds the limit of {limit}", size=size, limit=limit
+        )
+
+
+class TooManyConnections(TimbreError):
+    """Raised (and sent) when a new connection would exceed the connection cap."""
+
+    code = -32004
+    kind = "too_many_connections"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the daemon already serves {limit} connections", limit=limit)
+
+
+class PeerRefused(TimbreError, PermissionError):
+    """Raised when a connecting process belongs to another user."""
+
+    code = -32005
+    kind = "peer_refused"
+
+    def __init__(self, uid: int, expected_uid: int) -> None:
+        super().__init__(
+            f"connections from uid {uid} are refused; this daemon serves uid {expected_uid}",
+            uid=uid,
+            expected_uid=expected_uid,
+        )
+
+
+class ShuttingDown(TimbreError):
+    """Raised when a request arrives while the daemon is stopping."""
+
+    code = -32006
+    kind = "shutting_down"
+
+    def __init__(self) -> None:
+        super().__init__("the daemon is shutting down")
+
+
+class SubscriptionNotFound(TimbreError, LookupError):
+    """Raised when a subscription id is unknown on this connection."""
+
+    code = -32007
+    kind = "subscription_not_found"
+
+    def __init__(self, subscription: str) -> None:
+        super().__init__(f"no subscription {subscription!r} on this connection",
+                         subscription=subscription)
+
+
+class OutputOverflow(TimbreError):
+    """Raised when a client does not read its replies and the per-connection bound is hit."""
+
+    code = -32008
+    kind = "output_overflow"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"the client is not reading its replies (more than {limit} bytes pending); "
+            "the connection is closed",
+            limit=limit,
+        )
+
+
+# --- jobs, models and generation (codes -32030..-32069) ---------------------------------------
+
+
+class JobNotFound(TimbreError, LookupError):
+    """Raised when a job id does not exist."""
+
+    code = -32030
+    kind = "job_not_found"
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no job {job_id!r}", job_id=job_id)
+
+
+class QueueFull(TimbreError):
+    """Raised at submit time when the queue already holds the configured maximum of jobs."""
+
+    code = -32031
+    kind = "queue_full"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"the job queue is full ({limit} jobs waiting); wait for some to finish or cancel some",
+            limit=limit,
+        )
+
+
+class InvalidJobState(TimbreError):
+    """Raised when an operation does not fit the job's state (retry a running job, say)."""
+
+    code = -32032
+    kind = "invalid_job_state"
+
+    def __init__(self, job_id: str, state: str, wanted: str) -> None:
+        super().__init__(f"job {job_id} is {state}; {wanted}", job_id=job_id, state=state)
+
+
+class ModelNotFound(TimbreError, LookupError):
+    """Raised when a model name is neither a known alias, a cached repo, nor a local directory."""
+
+    code = -32040
+    kind = "model_not_found"
+
+    def __init__(self, model: str, hint: str) -> None:
+        super().__init__(f"model {model!r} not found: {hint}", model=model, hint=hint)
+
+
+class ModelLoadFailed(TimbreError):
+    """Raised when a model exists but cannot be loaded (corrupt files, out of memory, ...)."""
+
+    code = -32041
+    kind = "model_load_failed"
+
+    def __init__(self, model: str, reason: str) -> None:
+        super().__init__(f"model {model!r} failed to load: {reason}", model=model, reason=reason)
+
+
+class NetworkUnavailable(TimbreError, ConnectionError):
+    """Raised when a model pull needs the network and there is none (or HF_HUB_OFFLINE is set)."""
+
+    code = -32042
+    kind = "network_unavailable"
+
+    def __init__(self, model: str, reason: str) -> None:
+        super().__init__(
+            f"cannot download {model!r}: {reason}. To work offline, copy the model into the "
+            "Hugging Face cache (or a local directory and pass its path as the model) and set "
+            "HF_HUB_OFFLINE=1",
+            model=model,
+            reason=reason,
+        )
+
+
+class WorkerCrashed(TimbreError):
+    """Raised for the job that was running when the inference worker process died."""
+
+    code = -32050
+    kind = "worker_crashed"
+
+    def __init__(self, reason: str, *, exitcode: int | None = None) -> None:
+        super().__init__(f"the inference worker died: {reason}", reason=reason, exitcode=exitcode)
+
+
+class GenerationFailed(TimbreError):
+    """Raised when generation itself fails (out of memory, a backend error)."""
+
+    code = -32051
+    kind = "generation_failed"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"generation failed: {reason}", reason=reason)
+
+
+class Cancelled(TimbreError):
+    """Raised inside generation when its cancel token fires."""
+
+    code = -32052
+    kind = "cancelled"
+
+    def __init__(self) -> None:
+        super().__init__("cancelled")
+
+
+class AudioInputError(TimbreError, ValueError):
+    """Raised when a melody or continuation audio file is missing, unreadable or corrupt."""
+
+    code = -32053
+    kind = "audio_input_error"
+
+    def __init__(self, path: str, param: str, reason: str) -> None:
+        super().__init__(f"{param}: cannot read audio file {path}: {reason}",
+                         path=path, param=param, reason=reason)
+
+
+class OutputError(TimbreError, OSError):
+    """Raised when a take cannot be written (disk full, read-only directory, ...)."""
+
+    code = -32054
+    kind = "output_error"
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"cannot write {path}: {reason}", path=path, reason=reason)
+
+
+# --- local errors (raised before or outside the socket; never sent as replies) --------------
+
+
+class ConfigError(TimbreError, ValueError):
+    """Raised when a configuration file or environment variable is invalid.
+
+    The message names the source (file or variable), the key and what was expected.
+    """
+
+    code = -32020
+    kind = "config_error"
+
+    def __init__(self, source: str, key: str, expected: str, got: object = None) -> None:
+        got_part = "" if got is None else f", got {got!r}"
+        super().__init__(f"{source}: {key}: expected {expected}{got_part}",
+                         source=source, key=key, expected=expected)
+
+
+class RuntimeDirError(TimbreError, OSError):
+    """Raised when the socket directory or socket path is unsafe or unusable."""
+
+    code = -32021
+    kind = "runtime_dir_error"
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"{path}: {problem}", path=path, problem=problem)
+
+
+class AlreadyRunning(TimbreError):
+    """Raised when another timbred already holds the lock beside the socket."""
+
+    code = -32022
+    kind = "already_running"
+
+    def __init__(self, lock_path: str, pid: int | None) -> None:
+        who = f"pid {pid}" if pid else "another process"
+        super().__init__(f"timbred is already running ({who} holds {lock_path})",
+                         lock_path=lock_path, pid=pid)
+
+
+class DaemonUnavailable(TimbreError, ConnectionError):
+    """Raised by the client when no daemon answers on the socket."""
+
+    code = -32023
+    kind = "daemon_unavailable"
+
+    def __init__(self, socket_path: str, reason: str) -> None:
+        super().__init__(f"no timbred answering at {socket_path}: {reason}",
+                         socket_path=socket_path, reason=reason)
+
+
+class RemoteError(TimbreError):
+    """Raised by the client for a JSON-RPC error whose code it does not know.
+
+    Its ``code`` is the instance's, not the class's.
+    """
+
+    def __init__(self, code: int, message: str, data: dict[str, Any] | None) -> None:
+        super().__init__(message, **(data or {}))
+        self.remote_code = code
+        if data and "kind" in data:
+            self.data["kind"] = data["kind"]
+
+
+def _all_subclasses(cls: type[TimbreError]) -> list[type[TimbreError]]:
+    out: list[type[TimbreError]] = []
+    for sub in cls.__subclasses__():
+        out.append(sub)
+        out.extend(_all_subclasses(sub))
+    return out
+
+
+def wire_errors() -> dict[int, type[TimbreError]]:
+    """Every error class that can be sent over the socket, by its stable code.
+
+    Local-only errors (config, runtime dir, lock, client side) are excluded.
+    """
+    local = (ConfigError, RuntimeDirError, AlreadyRunning, DaemonUnavailable, RemoteError)
+    table: dict[int, type[TimbreError]] = {}
+    for cls in _all_subclasses(TimbreError):
+        if issubclass(cls, local):
+            continue
+        if cls.code in table and table[cls.code] is not cls:
+            raise RuntimeError(f"duplicate error code {cls.code}: {table[cls.code]} and {cls}")
+        table[cls.code] = cls
+    return table
+
+
+def error_from_wire(code: int, message: str, data: Any) -> TimbreError:
+    """Rebuild the matching exception from a JSON-RPC error object (used by clients)."""
+    cls = wire_errors().get(code)
+    payload: dict[str, Any] = data if isinstance(data, dict) else {}
+    if cls is None:
+        return RemoteError(code, message, payload)
+    err = cls.__new__(cls)
+    TimbreError.__init__(err, message, **{k: v for k, v in payload.items() if k != "kind"})
+    return err
