@@ -1,0 +1,867 @@
+"""The durable job queue: persistence and the job state machine, nothing else.
+
+No RPC, no asyncio and no worker live here. The daemon calls :class:`JobStore` from worker
+threads (``anyio.to_thread.run_sync``); every method is blocking, short and thread-safe.
+
+Durability contract:
+
+* ``submit``/``retry`` and every state transition are committed with ``synchronous=FULL``
+  before the method returns, so an accepted job survives a crash or a power cut.
+* ``set_progress`` is committed with ``synchronous=NORMAL``: it survives the daemon crashing
+  but may be lost on a power cut, which is fine because progress is advisory.
+* ``recover()`` runs once at daemon start and repairs what it loads, the way pueue does: a job
+  that was running when the daemon stopped becomes ``interrupted`` (never silently re-run),
+  queued jobs keep their place.
+
+Threading: one connection guarded by one lock (see :class:`JobStore`).
+"""
+
+from __future__ import annotations
+
+import builtins
+import copy
+import json
+import math
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Final
+
+from timbred.errors import (
+    Cancelled,
+    InternalError,
+    InvalidJobState,
+    InvalidParams,
+    JobNotFound,
+    QueueFull,
+    TimbreError,
+)
+
+__all__ = [
+    "MIGRATIONS",
+    "RUNNING_STATES",
+    "SCHEMA_VERSION",
+    "TERMINAL_STATES",
+    "TRANSITIONS",
+    "Job",
+    "JobState",
+    "JobStore",
+    "RecoveryReport",
+    "migrate",
+]
+
+
+class JobState(StrEnum):
+    """Where a job is in its life. The string values are what the RPC layer sends."""
+
+    QUEUED = "queued"
+    LOADING = "loading"
+    GENERATING = "generating"
+    ENCODING = "encoding"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+
+
+_S = JobState
+
+#: The one table of legal transitions; anything else raises InvalidJobState.
+#: Only the daemon's own recover() moves a job to INTERRUPTED, but the transition is legal
+#: from every running state so a worker that loses its process can report it the same way.
+TRANSITIONS: Final[Mapping[JobState, frozenset[JobState]]] = {
+    _S.QUEUED: frozenset({_S.LOADING, _S.CANCELLED}),
+    _S.LOADING: frozenset({_S.GENERATING, _S.FAILED, _S.CANCELLED, _S.INTERRUPTED}),
+    _S.GENERATING: frozenset({_S.ENCODING, _S.FAILED, _S.CANCELLED, _S.INTERRUPTED}),
+    _S.ENCODING: frozenset({_S.DONE, _S.FAILED, _S.CANCELLED, _S.INTERRUPTED}),
+    _S.DONE: frozenset(),
+    _S.FAILED: frozenset(),
+    _S.CANCELLED: frozenset(),
+    _S.INTERRUPTED: frozenset(),
+}
+
+TERMINAL_STATES: Final = frozenset(s for s, nxt in TRANSITIONS.items() if not nxt)
+RUNNING_STATES: Final = frozenset({_S.LOADING, _S.GENERATING, _S.ENCODING})
+RETRYABLE_STATES: Final = frozenset({_S.FAILED, _S.CANCELLED, _S.INTERRUPTED})
+# A failed or interrupted job must say why; a cancelled one may.
+_ERROR_REQUIRED: Final = frozenset({_S.FAILED, _S.INTERRUPTED})
+
+#: Bounds on the values a client can choose, so that nothing overflows SQLite's int64.
+PRIORITY_RANGE: Final = (-1_000_000, 1_000_000)
+MAX_LIST_LIMIT: Final = 500
+
+# "TmbJ": marks the file as a Timbre job database so we never migrate someone else's file.
+_APPLICATION_ID: Final = 0x546D624A
+
+# --- schema -----------------------------------------------------------------------------------
+
+#: Migration ``i`` (0-based) takes the schema from version ``i`` to ``i + 1``; the version is
+#: stored in ``PRAGMA user_version``. Append only: a released migration is never edited,
+#: because databases already at that version would never see the edit (tests/test_jobs.py
+#: keeps a hand-written copy of version 1 to catch exactly that).
+MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
+    # 1: the jobs table.
+    (
+        f"PRAGMA application_id = {_APPLICATION_ID}",
+        """
+        CREATE TABLE jobs (
+            -- seq orders the queue (FIFO within a priority) and pages the listing; unlike
+            -- created_at it cannot tie or go backwards when the clock does.
+            seq              INTEGER PRIMARY KEY AUTOINCREMENT,
+            id               TEXT    NOT NULL UNIQUE,
+            state            TEXT    NOT NULL CHECK (state IN ('queued', 'loading',
+                                 'generating', 'encoding', 'done', 'failed', 'cancelled',
+                                 'interrupted')),
+            priority         INTEGER NOT NULL,
+            model            TEXT    NOT NULL,
+            params           TEXT    NOT NULL,            -- JSON object, opaque to the store
+            created_at       REAL    NOT NULL,
+            started_at       REAL,
+            finished_at      REAL,
+            progress_step    INTEGER,
+            progress_total   INTEGER,
+            error            TEXT,                        -- JSON {kind, message, data} or NULL
+            outputs          TEXT    NOT NULL DEFAULT '[]',  -- JSON list of paths
+            attempts         INTEGER NOT NULL DEFAULT 1,
+            retry_of         TEXT    REFERENCES jobs (id),
+            recipe           TEXT,                        -- JSON object or NULL
+            cancel_requested INTEGER NOT NULL DEFAULT 0
+        )
+        """,
+        # next_queued(): state = 'queued' ORDER BY priority DESC, seq.
+        "CREATE INDEX jobs_by_state ON jobs (state, priority DESC, seq)",
+        "CREATE INDEX jobs_by_model ON jobs (model, seq)",
+    ),
+)
+
+SCHEMA_VERSION: Final = len(MIGRATIONS)
+
+
+def _store_error(path: str, problem: str) -> InternalError:
+    # errors.py has no kind for a broken database file yet (see the report); InternalError
+    # with the path in data keeps the one tree and still names the file.
+    return InternalError(f"job database {path}: {problem}", path=path, problem=problem)
+
+
+def migrate(
+    conn: sqlite3.Connection,
+    path: str,
+    migrations: Sequence[Sequence[str]] = MIGRATIONS,
+) -> tuple[int, int]:
+    """Bring the database on ``conn`` up to ``len(migrations)``; return ``(before, after)``.
+
+    Each migration runs in its own transaction together with its ``user_version`` bump, so a
+    failure leaves the file at the last good version. ``conn`` must be in autocommit mode
+    (``isolation_level=None``). Raises InternalError naming ``path`` when the file belongs to
+    another application, was written by a newer Timbre, or a migration fails.
+    """
+    before = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    app_id = int(conn.execute("PRAGMA application_id").fetchone()[0])
+    if before > len(migrations):
+        raise _store_error(
+            path,
+            f"schema version {before} was written by a newer timbred (this one knows up to "
+            f"{len(migrations)}); upgrade timbred, or move the file aside to start empty",
+        )
+    if before == 0:
+        tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        if tables:
+            raise _store_error(
+                path, "is a SQLite database but not a Timbre job database; refusing to touch it"
+            )
+    elif app_id != _APPLICATION_ID:
+        raise _store_error(path, "is not a Timbre job database (wrong application_id)")
+    for version in range(before, len(migrations)):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in migrations[version]:
+                conn.execute(statement)
+            # PRAGMA takes no parameters; version is an int we computed.
+            conn.execute(f"PRAGMA user_version = {version + 1}")
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            conn.execute("ROLLBACK")
+            raise _store_error(
+                path, f"migration to schema version {version + 1} failed: {exc}"
+            ) from exc
+    return before, len(migrations)
+
+
+# --- records ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One job as stored. ``params`` and ``recipe`` are opaque JSON objects to the store.
+
+    Instances are snapshots: each read builds fresh ones, so mutating a dict inside a Job
+    changes nothing in the database.
+    """
+
+    id: str
+    state: JobState
+    priority: int
+    model: str
+    params: dict[str, Any]
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    progress: tuple[int, int] | None = None
+    error: dict[str, Any] | None = None
+    outputs: tuple[str, ...] = ()
+    attempts: int = 1
+    retry_of: str | None = None
+    recipe: dict[str, Any] | None = None
+    cancel_requested: bool = False
+
+    @property
+    def terminal(self) -> bool:
+        """True once the job can no longer change state."""
+        return self.state in TERMINAL_STATES
+
+    def to_dict(self) -> dict[str, Any]:
+        """The job as plain JSON types (fresh copies), for the RPC layer."""
+        return {
+            "id": self.id,
+            "state": self.state.value,
+            "priority": self.priority,
+            "model": self.model,
+            "params": copy.deepcopy(self.params),
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "progress": (
+                None
+                if self.progress is None
+                else {"step": self.progress[0], "total": self.progress[1]}
+            ),
+            "error": copy.deepcopy(self.error),
+            "outputs": list(self.outputs),
+            "attempts": self.attempts,
+            "retry_of": self.retry_of,
+            "recipe": copy.deepcopy(self.recipe),
+            "cancel_requested": self.cancel_requested,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryReport:
+    """What :meth:`JobStore.recover` repaired at daemon start."""
+
+    #: Jobs that were running and are now ``interrupted``, oldest first.
+    interrupted: tuple[str, ...] = ()
+    #: Jobs that were running with a cancel already requested; now ``cancelled``.
+    cancelled: tuple[str, ...] = ()
+    #: Jobs still queued, in the order they will run.
+    queued: tuple[str, ...] = ()
+
+    @property
+    def queued_count(self) -> int:
+        """How many jobs remain queued."""
+        return len(self.queued)
+
+
+# --- ids --------------------------------------------------------------------------------------
+
+# Crockford base32 in lower case: sorted in ASCII order, so fixed-width ids sort like numbers,
+# and without i, l, o, u so ids read back unambiguously.
+_B32: Final = "0123456789abcdefghjkmnpqrstvwxyz"
+_ID_PREFIX: Final = "j-"
+_ID_WIDTH: Final = 9  # 45 bits of milliseconds: good until the year 3085.
+
+
+def _encode_id(n: int) -> str:
+    chars = []
+    for _ in range(_ID_WIDTH):
+        n, r = divmod(n, 32)
+        chars.append(_B32[r])
+    return _ID_PREFIX + "".join(reversed(chars))
+
+
+def _decode_id(job_id: str) -> int | None:
+    body = job_id.removeprefix(_ID_PREFIX)
+    if len(body) != _ID_WIDTH or not job_id.startswith(_ID_PREFIX):
+        return None
+    n = 0
+    for ch in body:
+        digit = _B32.find(ch)
+        if digit < 0:
+            return None
+        n = n * 32 + digit
+    return n
+
+
+# --- validation helpers -----------------------------------------------------------------------
+
+
+def _to_json(value: object, param: str) -> str:
+    try:
+        return json.dumps(value, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidParams(f"{param} must be plain JSON: {exc}", param=param) from exc
+
+
+def _check_int(value: object, param: str, lo: int, hi: int) -> int:
+    # bool is an int subclass; True as a priority is a client bug, not a priority of 1.
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise InvalidParams(f"{param} must be an integer in [{lo}, {hi}], got {value!r}",
+                            param=param)
+    return value
+
+
+def _coerce_state(value: JobState | str, param: str) -> JobState:
+    try:
+        return JobState(value)
+    except ValueError as exc:
+        known = ", ".join(s.value for s in JobState)
+        raise InvalidParams(f"{param}: unknown job state {value!r} (one of {known})",
+                            param=param) from exc
+
+
+def _error_dict(error: TimbreError | Mapping[str, Any]) -> dict[str, Any]:
+    if isinstance(error, TimbreError):
+        return {"kind": error.kind, "message": error.message, "data": dict(error.data)}
+    if (
+        not isinstance(error.get("kind"), str)
+        or not isinstance(error.get("message"), str)
+        or not isinstance(error.get("data", {}), Mapping)
+    ):
+        raise InvalidParams(
+            "error must be {kind: str, message: str, data: object}", param="error"
+        )
+    return {"kind": error["kind"], "message": error["message"],
+            "data": dict(error.get("data", {}))}
+
+
+def _casefold(value: object) -> str | None:
+    # SQLite's lower() only folds ASCII; prompts are often not ASCII.
+    return value.casefold() if isinstance(value, str) else None
+
+
+# The columns _row_to_job reads, in its order. Queries append only constant clauses with
+# ? placeholders to these, never values.
+_SELECT_JOBS: Final = (
+    "SELECT id, state, priority, model, params, created_at, started_at, finished_at, "
+    "progress_step, progress_total, error, outputs, attempts, retry_of, recipe, "
+    "cancel_requested FROM jobs"
+)
+_SELECT_SEQ_AND_JOBS: Final = _SELECT_JOBS.replace("SELECT ", "SELECT seq, ", 1)
+
+
+# --- the store --------------------------------------------------------------------------------
+
+
+class JobStore:
+    """The job queue in one SQLite file.
+
+    Threading: one connection (``check_same_thread=False``) guarded by one lock. The daemon
+    is the only writer, SQLite serialises writers anyway, and every call is a few index
+    lookups, so a connection per thread would buy no parallelism; it would cost a
+    connection per anyio worker thread that nobody closes, and ``busy_timeout`` retries where
+    a lock simply queues. The lock also makes read-check-write sequences (transitions, the
+    queue cap) atomic within the process; ``BEGIN IMMEDIATE`` makes them atomic against
+    other processes (``timbrectl`` tools, tests) that open the same file.
+
+    Durability: WAL with ``synchronous=FULL``, so a commit is fsynced before ``submit``
+    returns. With ``NORMAL`` a WAL commit survives a process crash but may be lost on power
+    loss, which would break the promise that an accepted job exists. ``set_progress`` alone
+    drops to ``NORMAL`` for its one statement: a later FULL commit fsyncs the WAL up to and
+    including it, so order is kept and only the newest progress can be lost.
+
+    Raises InternalError naming the file when it is corrupt, is not a Timbre job database,
+    or has a schema newer than this code.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        max_queued: int = 1000,
+        busy_timeout_s: float = 5.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if max_queued < 1:
+            raise ValueError(f"max_queued must be at least 1, got {max_queued}")
+        self.path = os.fspath(path)
+        self.max_queued = max_queued
+        self._clock = clock
+        self._lock = threading.Lock()
+        try:
+            self._conn = sqlite3.connect(
+                self.path,
+                timeout=busy_timeout_s,  # sets SQLite's busy_timeout
+                isolation_level=None,  # we issue BEGIN/COMMIT ourselves
+                check_same_thread=False,  # guarded by self._lock
+            )
+        except sqlite3.Error as exc:
+            raise _store_error(self.path, f"cannot open: {exc}") from exc
+        try:
+            self._setup()
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def _setup(self) -> None:
+        conn = self._conn
+        try:
+            # A corrupt header shows up on the first statement that reads the file.
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            # set_progress's NORMAL shortcut is only safe in WAL mode (NORMAL in rollback mode
+            # can corrupt the file on power loss). WAL fails on some network filesystems.
+            if str(mode).lower() != "wal":
+                raise _store_error(
+                    self.path,
+                    f"cannot use WAL journaling (got {mode!r}); put the database on a local disk",
+                )
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.create_function("timbre_casefold", 1, _casefold, deterministic=True)
+            # A damaged page would otherwise surface later as a confusing error mid-run.
+            # quick_check is linear in the file size; the jobs table stays small.
+            problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
+            if problems != ["ok"]:
+                raise _store_error(
+                    self.path,
+                    "is corrupt (" + "; ".join(problems) + "); move it aside and timbred will "
+                    "start with an empty queue",
+                )
+            migrate(conn, self.path)
+        except sqlite3.Error as exc:
+            # A damaged header reads as NOTADB, a damaged page as CORRUPT; anything else
+            # (permissions, a directory, a full disk) is not the file's contents' fault.
+            if getattr(exc, "sqlite_errorname", "") in {"SQLITE_NOTADB", "SQLITE_CORRUPT"}:
+                problem = (f"is corrupt or not a SQLite database ({exc}); move it aside and "
+                           "timbred will start with an empty queue")
+            else:
+                problem = f"cannot open: {exc}"
+            raise _store_error(self.path, problem) from exc
+
+    # --- plumbing ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the database. Further calls raise InternalError."""
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> JobStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        # A deferred transaction so multi-statement reads see one snapshot.
+        with self._lock, self._translate():
+            self._conn.execute("BEGIN")
+            try:
+                yield self._conn
+            finally:
+                # Nothing was written; COMMIT just ends the snapshot (if SQLite has not
+                # already ended it after an error).
+                if self._conn.in_transaction:
+                    self._conn.execute("COMMIT")
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        # IMMEDIATE takes the write lock up front: check-then-write sequences cannot be
+        # interleaved by another process, and a busy database waits (busy_timeout) here
+        # instead of failing half-way through.
+        with self._lock, self._translate():
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+                self._conn.execute("COMMIT")
+            except BaseException:
+                # Also when COMMIT itself fails (disk full): never leave a transaction open
+                # on the shared connection for the next caller to trip over.
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+
+    @contextmanager
+    def _translate(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise _store_error(self.path, f"{type(exc).__name__}: {exc}") from exc
+
+    def _row_to_job(self, row: Sequence[Any]) -> Job:
+        (job_id, state, priority, model, params, created_at, started_at, finished_at, step,
+         total, error, outputs, attempts, retry_of, recipe, cancel_requested) = row
+        try:
+            return Job(
+                id=job_id,
+                state=JobState(state),
+                priority=priority,
+                model=model,
+                params=json.loads(params),
+                created_at=created_at,
+                started_at=started_at,
+                finished_at=finished_at,
+                progress=None if step is None else (step, total),
+                error=None if error is None else json.loads(error),
+                outputs=tuple(json.loads(outputs)),
+                attempts=attempts,
+                retry_of=retry_of,
+                recipe=None if recipe is None else json.loads(recipe),
+                cancel_requested=bool(cancel_requested),
+            )
+        except (ValueError, TypeError) as exc:
+            raise _store_error(self.path, f"job {job_id} is unreadable: {exc}") from exc
+
+    def _fetch(self, conn: sqlite3.Connection, job_id: str) -> Job:
+        if not isinstance(job_id, str):
+            raise InvalidParams(f"job id must be a string, got {job_id!r}", param="id")
+        row = conn.execute(_SELECT_JOBS + " WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise JobNotFound(job_id)
+        return self._row_to_job(row)
+
+    def _new_id(self, conn: sqlite3.Connection) -> str:
+        # Ids are milliseconds since the epoch, made strictly increasing by starting after the
+        # newest id in the file. We hold the write lock, so this is unique across processes
+        # too, and ids keep sorting by submission even if the clock steps back.
+        now_ms = math.floor(self._clock() * 1000)
+        newest = conn.execute("SELECT max(id) FROM jobs").fetchone()[0]
+        last = _decode_id(newest) if isinstance(newest, str) else None
+        return _encode_id(now_ms if last is None or now_ms > last else last + 1)
+
+    def _insert_queued(
+        self,
+        conn: sqlite3.Connection,
+        *,
+        model: str,
+        params_json: str,
+        priority: int,
+        attempts: int,
+        retry_of: str | None,
+    ) -> Job:
+        active = conn.execute(
+            "SELECT count(*) FROM jobs WHERE state NOT IN (?, ?, ?, ?)",
+            tuple(s.value for s in TERMINAL_STATES),
+        ).fetchone()[0]
+        if active + 1 > self.max_queued:
+            raise QueueFull(self.max_queued)
+        job_id = self._new_id(conn)
+        conn.execute(
+            "INSERT INTO jobs (id, state, priority, model, params, created_at, attempts, "
+            "retry_of) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (job_id, _S.QUEUED.value, priority, model, params_json, self._clock(), attempts,
+             retry_of),
+        )
+        return self._fetch(conn, job_id)
+
+    # --- submitting and reading -------------------------------------------------------------
+
+    def submit(self, model: str, params: Mapping[str, Any], priority: int = 0) -> Job:
+        """Queue a job; it is committed to disk before this returns.
+
+        Raises QueueFull when the non-terminal jobs would exceed ``max_queued``, and
+        InvalidParams when ``model`` is empty, ``params`` is not a JSON object or
+        ``priority`` is out of range.
+        """
+        if not isinstance(model, str) or not model.strip():
+            raise InvalidParams("model must be a non-empty string", param="model")
+        if not isinstance(params, Mapping):
+            raise InvalidParams("params must be an object", param="params")
+        _check_int(priority, "priority", *PRIORITY_RANGE)
+        params_json = _to_json(dict(params), "params")
+        with self._write() as conn:
+            return self._insert_queued(conn, model=model, params_json=params_json,
+                                       priority=priority, attempts=1, retry_of=None)
+
+    def get(self, job_id: str) -> Job:
+        """The job with this id. Raises JobNotFound."""
+        with self._read() as conn:
+            return self._fetch(conn, job_id)
+
+    def list(
+        self,
+        *,
+        states: Iterable[JobState | str] | None = None,
+        model: str | None = None,
+        text: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[builtins.list[Job], str | None]:
+        """One page of jobs, newest first, and the cursor for the next page (None at the end).
+
+        ``states`` keeps jobs in any of those states; ``model`` matches exactly; ``text`` is
+        a case-insensitive substring of ``params["prompt"]``. Pass the returned cursor back
+        with the same filters to continue; jobs submitted meanwhile do not shift the pages.
+        Raises InvalidParams for an unknown state, a limit outside [1, 500] or a bad cursor.
+        """
+        _check_int(limit, "limit", 1, MAX_LIST_LIMIT)
+        where: builtins.list[str] = []
+        args: builtins.list[object] = []
+        if isinstance(states, str):
+            states = [states]  # one state, not its letters
+        if states is not None:
+            wanted = sorted({_coerce_state(s, "states").value for s in states})
+            if not wanted:
+                return [], None
+            where.append(f"state IN ({', '.join('?' * len(wanted))})")
+            args.extend(wanted)
+        if model is not None and not isinstance(model, str):
+            raise InvalidParams("model must be a string", param="model")
+        if text is not None and not isinstance(text, str):
+            raise InvalidParams("text must be a string", param="text")
+        if model is not None:
+            where.append("model = ?")
+            args.append(model)
+        if text:
+            where.append("instr(timbre_casefold(json_extract(params, '$.prompt')), ?) > 0")
+            args.append(text.casefold())
+        if cursor is not None:
+            # The cursor is the seq of the last job shown: opaque to clients, stable under
+            # inserts (keyset paging), unlike an offset.
+            if not isinstance(cursor, str) or not cursor.isdecimal():
+                raise InvalidParams(f"invalid cursor {cursor!r}", param="cursor")
+            where.append("seq < ?")
+            args.append(int(cursor))
+        sql = _SELECT_SEQ_AND_JOBS
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY seq DESC LIMIT ?"
+        args.append(limit + 1)
+        with self._read() as conn:
+            rows = conn.execute(sql, args).fetchall()
+            jobs = [self._row_to_job(row[1:]) for row in rows[:limit]]
+        next_cursor = str(rows[limit - 1][0]) if len(rows) > limit else None
+        return jobs, next_cursor
+
+    def next_queued(self) -> Job | None:
+        """The job that should run next (highest priority, then oldest), or None.
+
+        This only looks; the worker claims the job with ``set_state(id, LOADING)``, which
+        raises InvalidJobState if someone else (a cancel) got there first.
+        """
+        with self._read() as conn:
+            row = conn.execute(
+                _SELECT_JOBS + " WHERE state = ? ORDER BY priority DESC, seq LIMIT 1",
+                (_S.QUEUED.value,),
+            ).fetchone()
+            return None if row is None else self._row_to_job(row)
+
+    def next_queued_batch(
+        self,
+        model: str,
+        *,
+        limit: int,
+        key: Callable[[Job], Hashable] | None = None,
+    ) -> builtins.list[Job]:
+        """Up to ``limit`` queued jobs of ``model`` that can be decoded together.
+
+        The first is the model's next job in queue order; the others follow in queue order
+        and have the same ``key(job)`` (say, duration and sampling settings). Without a key
+        every queued job of the model is compatible. Empty when the model has none queued.
+        """
+        _check_int(limit, "limit", 1, MAX_LIST_LIMIT)
+        with self._read() as conn:
+            rows = conn.execute(
+                _SELECT_JOBS + " WHERE state = ? AND model = ? ORDER BY priority DESC, seq",
+                (_S.QUEUED.value, model),
+            ).fetchall()
+        batch: builtins.list[Job] = []
+        head_key: Hashable = None
+        for row in rows:
+            job = self._row_to_job(row)
+            if not batch:
+                head_key = None if key is None else key(job)
+            elif key is not None and key(job) != head_key:
+                continue
+            batch.append(job)
+            if len(batch) == limit:
+                break
+        return batch
+
+    def queue_depth(self) -> int:
+        """How many jobs are queued (not yet started)."""
+        with self._read() as conn:
+            return int(conn.execute("SELECT count(*) FROM jobs WHERE state = ?",
+                                    (_S.QUEUED.value,)).fetchone()[0])
+
+    def running(self) -> builtins.list[Job]:
+        """Jobs in loading, generating or encoding, in the order they started."""
+        with self._read() as conn:
+            rows = conn.execute(
+                _SELECT_JOBS + " WHERE state IN (?, ?, ?) ORDER BY seq",
+                tuple(s.value for s in RUNNING_STATES),
+            ).fetchall()
+            return [self._row_to_job(row) for row in rows]
+
+    # --- changing jobs ----------------------------------------------------------------------
+
+    def set_state(
+        self,
+        job_id: str,
+        state: JobState | str,
+        *,
+        error: TimbreError | Mapping[str, Any] | None = None,
+        outputs: Sequence[str] | None = None,
+        recipe: Mapping[str, Any] | None = None,
+    ) -> Job:
+        """Move a job to ``state``, committed before returning; return the updated job.
+
+        ``started_at`` is stamped on entering loading and ``finished_at`` on entering a
+        terminal state. ``outputs`` and ``recipe`` replace the stored values when given.
+        ``error`` is required for failed and interrupted, allowed for cancelled, refused
+        otherwise. Raises JobNotFound, InvalidJobState for a transition not in TRANSITIONS,
+        and InvalidParams for malformed arguments.
+        """
+        new = _coerce_state(state, "state")
+        error_json: str | None = None
+        if error is not None:
+            if new not in (_ERROR_REQUIRED | {_S.CANCELLED}):
+                raise InvalidParams(f"a job moving to {new} cannot carry an error",
+                                    param="error")
+            error_json = _to_json(_error_dict(error), "error")
+        elif new in _ERROR_REQUIRED:
+            raise InvalidParams(f"a job moving to {new} needs an error saying why",
+                                param="error")
+        outputs_json: str | None = None
+        if outputs is not None:
+            if isinstance(outputs, str) or not all(isinstance(p, str) for p in outputs):
+                raise InvalidParams("outputs must be a list of paths", param="outputs")
+            outputs_json = _to_json(list(outputs), "outputs")
+        recipe_json: str | None = None
+        if recipe is not None:
+            if not isinstance(recipe, Mapping):
+                raise InvalidParams("recipe must be an object", param="recipe")
+            recipe_json = _to_json(dict(recipe), "recipe")
+
+        with self._write() as conn:
+            job = self._fetch(conn, job_id)
+            if new not in TRANSITIONS[job.state]:
+                raise InvalidJobState(job_id, job.state.value, f"it cannot become {new}")
+            now = self._clock()
+            conn.execute(
+                "UPDATE jobs SET state = ?, "
+                "started_at = CASE WHEN ? THEN ? ELSE started_at END, "
+                "finished_at = CASE WHEN ? THEN ? ELSE finished_at END, "
+                "error = coalesce(?, error), outputs = coalesce(?, outputs), "
+                "recipe = coalesce(?, recipe) WHERE id = ?",
+                (new.value, new is _S.LOADING, now, new in TERMINAL_STATES, now, error_json,
+                 outputs_json, recipe_json, job_id),
+            )
+            return self._fetch(conn, job_id)
+
+    def set_progress(self, job_id: str, step: int, total: int) -> None:
+        """Record generation progress for a running job.
+
+        Cheap on purpose: committed without an fsync, so the newest progress may be lost on
+        a power cut (never a state change). Raises JobNotFound, InvalidJobState when the job
+        is not running, and InvalidParams unless ``0 <= step <= total`` and ``total >= 1``.
+        """
+        _check_int(total, "total", 1, 2**31 - 1)
+        _check_int(step, "step", 0, total)
+        with self._lock, self._translate():
+            # synchronous can only change outside a transaction; the UPDATE is its own.
+            self._conn.execute("PRAGMA synchronous = NORMAL")
+            try:
+                changed = self._conn.execute(
+                    "UPDATE jobs SET progress_step = ?, progress_total = ? "
+                    "WHERE id = ? AND state IN (?, ?, ?)",
+                    (step, total, job_id, *(s.value for s in RUNNING_STATES)),
+                ).rowcount
+            finally:
+                self._conn.execute("PRAGMA synchronous = FULL")
+            if changed:
+                return
+            job = self._fetch(self._conn, job_id)
+        raise InvalidJobState(job_id, job.state.value, "only a running job has progress")
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a job and return it.
+
+        A queued job becomes cancelled at once. A running job only gets
+        ``cancel_requested`` set (the worker stops it and moves it to cancelled); asking
+        again is harmless. Raises JobNotFound, and InvalidJobState for a finished job.
+        """
+        with self._write() as conn:
+            job = self._fetch(conn, job_id)
+            if job.state is _S.QUEUED:
+                conn.execute(
+                    "UPDATE jobs SET state = ?, finished_at = ?, error = ? WHERE id = ?",
+                    (_S.CANCELLED.value, self._clock(), _to_json(_error_dict(Cancelled()), "error"),
+                     job_id),
+                )
+            elif job.state in RUNNING_STATES:
+                conn.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
+            else:
+                raise InvalidJobState(job_id, job.state.value, "it has already finished")
+            return self._fetch(conn, job_id)
+
+    def retry(self, job_id: str) -> Job:
+        """Queue a new job with the same model, params and priority as a finished one.
+
+        The new job has ``retry_of`` set to ``job_id`` and one more attempt. Only failed,
+        cancelled and interrupted jobs can be retried. Raises JobNotFound, InvalidJobState
+        and QueueFull.
+        """
+        with self._write() as conn:
+            job = self._fetch(conn, job_id)
+            if job.state not in RETRYABLE_STATES:
+                raise InvalidJobState(
+                    job_id, job.state.value, "only failed, cancelled or interrupted jobs can "
+                    "be retried"
+                )
+            return self._insert_queued(
+                conn, model=job.model, params_json=_to_json(job.params, "params"),
+                priority=job.priority, attempts=job.attempts + 1, retry_of=job.id,
+            )
+
+    # --- restart ----------------------------------------------------------------------------
+
+    def recover(self) -> RecoveryReport:
+        """Repair the queue at daemon start; call once, before the worker starts.
+
+        Jobs left loading, generating or encoding by a daemon that stopped become
+        interrupted with an error saying so: they are never re-run behind the user's back
+        (``retry`` does that on request). A running job whose cancel was already requested
+        becomes cancelled instead, as asked. Queued jobs stay queued in their order.
+        """
+        with self._write() as conn:
+            rows = conn.execute(
+                _SELECT_JOBS + " WHERE state IN (?, ?, ?) ORDER BY seq",
+                tuple(s.value for s in RUNNING_STATES),
+            ).fetchall()
+            now = self._clock()
+            interrupted: builtins.list[str] = []
+            cancelled: builtins.list[str] = []
+            for row in rows:
+                job = self._row_to_job(row)
+                if job.cancel_requested:
+                    new, err = _S.CANCELLED, _error_dict(Cancelled())
+                    cancelled.append(job.id)
+                else:
+                    new = _S.INTERRUPTED
+                    # No class in errors.py fits, and a stored error only needs kind,
+                    # message and data; "interrupted" matches the state for clients.
+                    err = {
+                        "kind": "interrupted",
+                        "message": f"timbred stopped while this job was {job.state}; it was "
+                        "not re-run (retry it to render it again)",
+                        "data": {"kind": "interrupted", "state": job.state.value},
+                    }
+                    interrupted.append(job.id)
+                conn.execute(
+                    "UPDATE jobs SET state = ?, finished_at = ?, error = ? WHERE id = ?",
+                    (new.value, now, _to_json(err, "error"), job.id),
+                )
+            queued = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT id FROM jobs WHERE state = ? ORDER BY priority DESC, seq",
+                    (_S.QUEUED.value,),
+                )
+            ]
+        return RecoveryReport(
+            interrupted=tuple(interrupted), cancelled=tuple(cancelled), queued=tuple(queued)
+        )
