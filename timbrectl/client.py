@@ -240,7 +240,9 @@ async def connect(socket_path: str | os.PathLike[str] | None = None, *,
             yield client
         finally:
             tg.cancel_scope.cancel()
-            await stream.aclose()
+            client._events_recv.close()
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
 
 
 async def follow_events(

@@ -78,6 +78,9 @@ class Daemon:
         self._ids = itertools.count(1)
         self.stop_requested = anyio.Event()
         self.stop_reason = ""
+        # Accepted streams whose task has not started yet: a task cancelled before its first
+        # step never runs its cleanup, so serve() closes these itself.
+        self.unserved: set[anyio.abc.SocketStream] = set()
 
     def context(self, connection: Connection) -> RequestContext:
         return RequestContext(self, connection)
@@ -116,6 +119,7 @@ class Daemon:
 
     async def serve_connection(self, stream: anyio.abc.SocketStream) -> None:
         """Check the peer and the connection cap, then serve the connection to its end."""
+        self.unserved.discard(stream)
         try:
             creds = check_peer(stream)
         except PeerRefused as exc:
@@ -154,6 +158,7 @@ async def _accept(daemon: Daemon, listener: anyio.abc.SocketListener,
             log.error("accept failed: %s", exc)
             await anyio.sleep(0.1)
             continue
+        daemon.unserved.add(stream)
         task_group.start_soon(daemon.serve_connection, stream)
 
 
@@ -209,6 +214,9 @@ async def serve(
                         closing.start_soon(conn.finish, SHUTDOWN_GRACE_S)
             main.cancel_scope.cancel()
     finally:
+        with anyio.CancelScope(shield=True):
+            for stream in daemon.unserved:
+                await stream.aclose()
         if bound is not None:
             _remove_socket(daemon.socket_path, bound)
         lock.release()
