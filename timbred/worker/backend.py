@@ -1,0 +1,300 @@
+"""The backend interface: what a text-to-music model must offer the inference worker.
+
+This module is deliberately free of torch: the daemon process imports it (for
+:class:`GenerationParams`, :class:`GenerationOutput` and friends) without paying for, or
+depending on, the inference stack. Concrete backends (:mod:`timbred.worker.musicgen`) are
+imported only inside the worker process.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+
+from timbred import errors
+
+__all__ = [
+    "DTYPES",
+    "Backend",
+    "CancelToken",
+    "Capabilities",
+    "GenerationOutput",
+    "GenerationParams",
+    "ProgressCallback",
+    "validate_device",
+    "validate_dtype",
+]
+
+#: The dtypes a backend may be asked to load a model in.
+DTYPES = ("float32", "bfloat16", "float16")
+
+#: ``progress(step, total)``: ``step`` counts decoding steps done so far over the whole job
+#: (every window of a long generation), ``total`` is the number the job will take. ``total``
+#: is fixed for the job, and ``step`` rises by one per call up to ``total``.
+ProgressCallback = Callable[[int, int], None]
+
+# 2**63 - 1: seeds are stored in SQLite INTEGER columns and fed to torch.manual_seed.
+_MAX_SEED = (1 << 63) - 1
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """One generation request, as a backend receives it.
+
+    It crosses the daemon -> worker process boundary and is stored with each take, so it
+    converts to and from plain JSON types (:meth:`to_dict`, :meth:`from_dict`). It is
+    validated on construction; every problem raises :class:`errors.InvalidParams` naming the
+    field.
+
+    ``duration_s`` is the length of the returned audio. With ``continuation_path`` that
+    length *includes* the prompt audio, which is returned (re-synthesised) at the start of
+    each take, as audiocraft's ``generate_continuation`` does. ``temperature=0`` means greedy
+    decoding; ``top_k=0`` and ``top_p=0`` switch those filters off; ``guidance_scale <= 1``
+    switches classifier-free guidance off. ``variations`` takes are sampled in one batch.
+    """
+
+    prompt: str
+    duration_s: float
+    seed: int
+    temperature: float = 1.0
+    top_k: int = 250
+    top_p: float = 0.0
+    guidance_scale: float = 3.0
+    variations: int = 1
+    melody_path: str | None = None
+    continuation_path: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_type("prompt", self.prompt, str)
+        for name in ("duration_s", "temperature", "top_p", "guidance_scale"):
+            _check_number(name, getattr(self, name))
+            # Normalise 2 -> 2.0 so to_dict() output (and stored params) has one shape.
+            object.__setattr__(self, name, float(getattr(self, name)))
+        if not self.duration_s > 0:
+            raise errors.InvalidParams("duration_s must be greater than 0", param="duration_s")
+        _check_int("seed", self.seed)
+        if not 0 <= self.seed <= _MAX_SEED:
+            raise errors.InvalidParams(f"seed must be in 0..{_MAX_SEED}", param="seed")
+        if self.temperature < 0:
+            raise errors.InvalidParams("temperature must be >= 0 (0 = greedy)",
+                                       param="temperature")
+        _check_int("top_k", self.top_k)
+        if self.top_k < 0:
+            raise errors.InvalidParams("top_k must be >= 0 (0 = off)", param="top_k")
+        if not 0 <= self.top_p <= 1:
+            raise errors.InvalidParams("top_p must be in 0..1 (0 = off)", param="top_p")
+        if self.guidance_scale < 0:
+            raise errors.InvalidParams("guidance_scale must be >= 0 (<= 1 = off)",
+                                       param="guidance_scale")
+        _check_int("variations", self.variations)
+        if self.variations < 1:
+            raise errors.InvalidParams("variations must be at least 1", param="variations")
+        for name in ("melody_path", "continuation_path"):
+            value = getattr(self, name)
+            if value is not None:
+                _check_type(name, value, str)
+                if not value:
+                    raise errors.InvalidParams(f"{name} must not be empty", param=name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field, as plain JSON types (``None`` paths included, for a stable shape)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> GenerationParams:
+        """Build from :meth:`to_dict`'s output (or a JSON object); unknown keys are refused."""
+        if not isinstance(data, Mapping):
+            raise errors.InvalidParams("generation parameters must be an object", param=None)
+        known = {f.name for f in fields(cls)}
+        for key in data:
+            if key not in known:
+                raise errors.InvalidParams(f"unknown generation parameter {key!r}", param=key)
+        for name in ("prompt", "duration_s", "seed"):
+            if name not in data:
+                raise errors.InvalidParams(f"{name} is required", param=name)
+        return cls(**dict(data))
+
+
+def _check_type(name: str, value: object, kind: type) -> None:
+    if not isinstance(value, kind):
+        raise errors.InvalidParams(
+            f"{name} must be a {kind.__name__}, got {type(value).__name__}", param=name
+        )
+
+
+def _check_int(name: str, value: object) -> None:
+    # bool is an int subclass, but `"seed": true` is a client bug, not a seed.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise errors.InvalidParams(
+            f"{name} must be an integer, got {type(value).__name__}", param=name
+        )
+
+
+def _check_number(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise errors.InvalidParams(
+            f"{name} must be a number, got {type(value).__name__}", param=name
+        )
+    if not math.isfinite(value):
+        raise errors.InvalidParams(f"{name} must be finite", param=name)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a loaded model can do; fixed for as long as it stays loaded."""
+
+    melody: bool
+    """Accepts ``melody_path`` (chroma conditioning)."""
+    continuation: bool
+    """Accepts ``continuation_path`` (audio prompt)."""
+    stereo: bool
+    max_native_duration_s: float
+    """Longest clip made in one pass; longer ones are made in overlapping windows."""
+    sample_rate: int
+    frame_rate: float
+    """Decoder steps (audio token frames) per second of audio."""
+    channels: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field, as plain JSON types."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Capabilities:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            melody=bool(data["melody"]),
+            continuation=bool(data["continuation"]),
+            stereo=bool(data["stereo"]),
+            max_native_duration_s=float(data["max_native_duration_s"]),
+            sample_rate=int(data["sample_rate"]),
+            frame_rate=float(data["frame_rate"]),
+            channels=int(data["channels"]),
+        )
+
+
+class CancelToken:
+    """A thread-safe, one-way cancellation flag shared by the requester and a generation.
+
+    The worker's pipe-reader thread calls :meth:`cancel`; the generating thread polls
+    :meth:`raise_if_cancelled` once per decoding step.
+    """
+
+    __slots__ = ("_event",)
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        """Ask the generation to stop; idempotent."""
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether :meth:`cancel` was called."""
+        return self._event.is_set()
+
+    def raise_if_cancelled(self) -> None:
+        """Raise :class:`errors.Cancelled` if :meth:`cancel` was called."""
+        if self._event.is_set():
+            raise errors.Cancelled()
+
+
+@dataclass
+class GenerationOutput:
+    """The takes of one generation.
+
+    ``audio`` is float32 of shape ``(variations, channels, samples)`` with exactly
+    ``round(duration_s * sample_rate)`` samples. ``prompt_samples`` is where new material
+    starts in each take (0 unless a continuation prompt was given). ``info`` describes how
+    it was made: ``backend``, ``source``, ``revision`` (``None`` when unknown), ``dtype``,
+    ``device`` and backend-specific extras.
+    """
+
+    audio: npt.NDArray[np.float32]
+    sample_rate: int
+    info: dict[str, Any] = field(default_factory=dict)
+    prompt_samples: int = 0
+
+
+def validate_device(device: str) -> str:
+    """Check a device string (``cpu``, ``cuda`` or ``cuda:N``) and return it normalised."""
+    if not isinstance(device, str):
+        raise errors.InvalidParams("device must be a string", param="device")
+    dev = device.strip().lower()
+    if dev in ("cpu", "cuda"):
+        return dev
+    if dev.startswith("cuda:") and dev[5:].isdigit():
+        return f"cuda:{int(dev[5:])}"
+    raise errors.InvalidParams(
+        f"unknown device {device!r}: use 'cpu', 'cuda' or 'cuda:N'", param="device"
+    )
+
+
+def validate_dtype(dtype: str) -> str:
+    """Check a dtype name against :data:`DTYPES` and return it."""
+    if dtype not in DTYPES:
+        raise errors.InvalidParams(
+            f"unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}", param="dtype"
+        )
+    return dtype
+
+
+class Backend(ABC):
+    """A text-to-music model that can be loaded, asked for takes, and unloaded.
+
+    A backend instance holds at most one model. Its methods block (they run inside the
+    worker process, on its main thread); only :class:`CancelToken` is touched from other
+    threads. Every failure is raised as a :class:`errors.TimbreError`: foreign errors
+    (torch, transformers, soundfile) are translated here, at the edge.
+    """
+
+    name: ClassVar[str]
+    """Stable backend name, stored with each take."""
+
+    @abstractmethod
+    def load(self, source: str, *, device: str, dtype: str) -> None:
+        """Load the model at ``source`` (a local directory or a cached hub repo id).
+
+        Never downloads. Raises :class:`errors.ModelNotFound`, :class:`errors.ModelLoadFailed`
+        or :class:`errors.InvalidParams` (bad ``device``/``dtype``).
+        """
+
+    @abstractmethod
+    def unload(self) -> None:
+        """Free the model and its memory; a no-op when nothing is loaded."""
+
+    @property
+    @abstractmethod
+    def loaded(self) -> bool:
+        """Whether a model is loaded."""
+
+    @property
+    @abstractmethod
+    def capabilities(self) -> Capabilities:
+        """What the loaded model can do; raises :class:`errors.GenerationFailed` if none is."""
+
+    @abstractmethod
+    def generate(
+        self,
+        params: GenerationParams,
+        progress: ProgressCallback | None = None,
+        cancel: CancelToken | None = None,
+    ) -> GenerationOutput:
+        """Make ``params.variations`` takes.
+
+        Raises :class:`errors.Cancelled` (within a few decoding steps of ``cancel``),
+        :class:`errors.InvalidParams`, :class:`errors.AudioInputError` or
+        :class:`errors.GenerationFailed`.
+        """
+
+    @abstractmethod
+    def memory_bytes(self) -> int:
+        """Bytes held by the loaded model's weights and buffers (0 when unloaded)."""

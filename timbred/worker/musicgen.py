@@ -1,0 +1,623 @@
+"""MusicGen (and MusicGen-Melody) through Hugging Face transformers.
+
+Imported only inside the worker process: it pulls in torch and transformers.
+
+How a generation runs
+---------------------
+* The prompt is tokenised ``variations`` times and decoded as one batch: one
+  ``model.generate`` call per window, never one per take.
+* ``torch.manual_seed(seed)`` right before the first window makes a re-render with the same
+  (params, model, device, dtype) bit-identical on CPU. (On CUDA this also needs the same GPU
+  model, driver and library versions; cuBLAS is deterministic for a fixed configuration.)
+* A :class:`transformers.StoppingCriteria` is called after every decoding step. It reports
+  progress, checks the :class:`~timbred.worker.backend.CancelToken` (so a cancel lands within
+  one step) and keeps a reference to the raw token matrix, which ``generate`` itself does not
+  return (it returns decoded audio).
+* Durations beyond the window (``window_s``, 30 s by default, MusicGen's training length) are
+  made the way audiocraft's ``extend_stride`` does it: the first window is generated from
+  nothing (or from the continuation prompt); every later one gets the last
+  ``window_s - stride_s`` seconds of *tokens* as its decoder prompt (``decoder_input_ids``,
+  which transformers lays out in the delay pattern itself) and adds up to ``stride_s``
+  seconds. The whole token sequence is decoded once at the end, so there are no seams to
+  crossfade. The result is trimmed to exactly ``round(duration_s * sample_rate)`` samples.
+* A continuation prompt is encoded with the model's own EnCodec and used as the decoder
+  prompt. As in audiocraft, the returned audio *includes* the prompt (re-synthesised from its
+  tokens) and ``duration_s`` counts it; ``GenerationOutput.prompt_samples`` says where the
+  new material starts.
+* Melody conditioning computes the chroma of the melody file the way
+  ``MusicgenMelodyFeatureExtractor`` does, but with ``torch.stft`` instead of torchaudio
+  (which Timbre does not depend on). Each window is conditioned on the part of the melody
+  that lines up with it; a melody shorter than the output is looped. Unlike audiocraft, no
+  Demucs stem separation is done first, so drums and bass in the melody file count too.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import re
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import transformers
+from transformers import (
+    AutoConfig,
+    AutoTokenizer,
+    MusicgenForConditionalGeneration,
+    MusicgenMelodyForConditionalGeneration,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
+from transformers.audio_utils import chroma_filter_bank
+from transformers.feature_extraction_utils import FeatureExtractionMixin
+
+from timbred import errors
+from timbred.worker.audio_io import probe_audio, read_audio
+from timbred.worker.backend import (
+    Backend,
+    CancelToken,
+    Capabilities,
+    GenerationOutput,
+    GenerationParams,
+    ProgressCallback,
+    validate_device,
+    validate_dtype,
+)
+
+__all__ = ["MusicgenBackend", "plan_windows"]
+
+_TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_MODEL_CLASSES: dict[str, Any] = {
+    "musicgen": MusicgenForConditionalGeneration,
+    "musicgen_melody": MusicgenMelodyForConditionalGeneration,
+}
+_SNAPSHOT_RE = re.compile(r"[/\\]snapshots[/\\]([0-9a-f]{40})(?:[/\\]|$)")
+
+
+def plan_windows(
+    prompt_frames: int,
+    target_frames: int,
+    *,
+    window_frames: int,
+    context_frames: int,
+    min_new_frames: int,
+) -> list[tuple[int, int]]:
+    """Split a generation into decoder passes: ``[(context, new), ...]`` in frames.
+
+    Each pass sees at most ``context_frames`` of the tokens made so far (or of the prompt)
+    and adds ``new`` frames, with ``context + new <= window_frames``. Every pass adds at least
+    ``min_new_frames`` (the delay pattern needs one frame per codebook), so the last may
+    overshoot ``target_frames``; the caller trims the audio.
+    """
+    if min_new_frames < 1 or context_frames < 0 or window_frames - context_frames < min_new_frames:
+        raise ValueError(
+            f"cannot window {window_frames} frames with {context_frames} frames of context "
+            f"and passes of at least {min_new_frames} frames"
+        )
+    plan: list[tuple[int, int]] = []
+    have = prompt_frames
+    while have < target_frames:
+        context = min(have, context_frames)
+        new = max(min(target_frames - have, window_frames - context), min_new_frames)
+        plan.append((context, new))
+        have += new
+    return plan
+
+
+class _ChromaExtractor:
+    """``MusicgenMelodyFeatureExtractor``'s chroma, on torch alone (no torchaudio)."""
+
+    def __init__(self, *, sample_rate: int, n_fft: int, hop_length: int, num_chroma: int,
+                 chunk_length_s: float) -> None:
+        self.sample_rate = sample_rate
+        self.n_fft = n_fft
+        self.hop_length = hop_length
+        self.max_samples = int(chunk_length_s * sample_rate)
+        filters = chroma_filter_bank(num_frequency_bins=n_fft, num_chroma=num_chroma,
+                                     sampling_rate=sample_rate, tuning=0)
+        self.filters = torch.from_numpy(np.asarray(filters)).float()
+        self.window = torch.hann_window(n_fft)
+
+    def __call__(self, wav: torch.Tensor) -> torch.Tensor:
+        """Mono ``(samples,)`` audio -> one-hot chroma ``(1, frames, num_chroma)``."""
+        wav = wav[: self.max_samples].float()
+        if wav.shape[-1] < self.n_fft:
+            pad = self.n_fft - wav.shape[-1]
+            wav = torch.nn.functional.pad(wav, (pad // 2, pad - pad // 2))
+        # torchaudio.transforms.Spectrogram(power=2, normalized=True, center=True) == this.
+        spec = torch.stft(wav[None], n_fft=self.n_fft, hop_length=self.hop_length,
+                          win_length=self.n_fft, window=self.window, center=True,
+                          pad_mode="reflect", normalized=False, onesided=True,
+                          return_complex=True)
+        spec = (spec / self.window.pow(2).sum().sqrt()).abs().pow(2)
+        raw = torch.einsum("cf,bft->bct", self.filters, spec)
+        norm = torch.nn.functional.normalize(raw, p=float("inf"), dim=-2, eps=1e-6)
+        norm = norm.transpose(1, 2)
+        onehot = torch.zeros_like(norm)
+        onehot.scatter_(dim=-1, index=norm.argmax(-1, keepdim=True), value=1.0)
+        return onehot
+
+
+class _StepHook(StoppingCriteria):
+    """Called by ``generate`` after every decoding step: progress, cancel, token capture."""
+
+    def __init__(self, progress: ProgressCallback | None, cancel: CancelToken, total: int) -> None:
+        self.progress = progress
+        self.cancel = cancel
+        self.total = total
+        self.step = 0
+        self.sequences: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        # Only a reference: generate() has just built this tensor and never mutates it.
+        self.sequences = input_ids
+        self.step += 1
+        if self.progress is not None:
+            self.progress(self.step, self.total)
+        self.cancel.raise_if_cancelled()
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    def take_sequences(self) -> torch.Tensor | None:
+        seqs, self.sequences = self.sequences, None
+        return seqs
+
+
+@dataclass
+class _Loaded:
+    model: Any
+    tokenizer: Any
+    source: str
+    revision: str | None
+    model_type: str
+    device: torch.device
+    dtype_name: str
+    torch_dtype: torch.dtype
+    capabilities: Capabilities
+    hop: int
+    num_codebooks: int
+    """Codebook rows the decoder predicts (both channels of a stereo model)."""
+    delays: tuple[int, ...]
+    """Delay-pattern offset of each row: its index (mono) or index // 2 (stereo)."""
+    window_frames: int
+    context_frames: int
+    memory_bytes: int
+    chroma: _ChromaExtractor | None
+
+
+class MusicgenBackend(Backend):
+    """MusicGen / MusicGen-Melody checkpoints in the transformers format.
+
+    ``window_s`` is the longest clip made in one decoder pass (MusicGen was trained on 30 s);
+    longer clips are extended in passes that each keep ``window_s - stride_s`` seconds of
+    context, as audiocraft's ``extend_stride`` does. Tests use tiny windows.
+    """
+
+    name: ClassVar[str] = "musicgen"
+
+    def __init__(self, *, window_s: float = 30.0, stride_s: float = 18.0) -> None:
+        if not (math.isfinite(window_s) and window_s > 0):
+            raise errors.InvalidParams("window_s must be a positive number", param="window_s")
+        if not (math.isfinite(stride_s) and 0 < stride_s <= window_s):
+            raise errors.InvalidParams("stride_s must be in (0, window_s]", param="stride_s")
+        self.window_s = float(window_s)
+        self.stride_s = float(stride_s)
+        self._state: _Loaded | None = None
+
+    # --- loading ---------------------------------------------------------------------------
+
+    def load(self, source: str, *, device: str, dtype: str) -> None:
+        """Load a MusicGen checkpoint from a local directory or the local Hugging Face cache."""
+        device = validate_device(device)
+        dtype = validate_dtype(dtype)
+        self.unload()
+        torch_device = _torch_device(source, device)
+        config = _load_config(source)
+        model_type = str(getattr(config, "model_type", ""))
+        model_class = _MODEL_CLASSES.get(model_type)
+        if model_class is None:
+            raise errors.ModelLoadFailed(
+                source, f"not a MusicGen checkpoint (model_type {model_type!r})"
+            )
+        torch_dtype = _TORCH_DTYPES[dtype]
+        try:
+            model = model_class.from_pretrained(
+                source, config=config, dtype=torch_dtype, local_files_only=True
+            )
+            # EnCodec stays in float32 whatever the decoder's dtype, as in audiocraft: it is
+            # small, and half precision audibly degrades the codec.
+            model.audio_encoder.to(torch.float32)
+            model.to(torch_device)
+            model.eval()
+            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+            chroma = _chroma_extractor(source, config) if model_type == "musicgen_melody" else None
+        except errors.TimbreError:
+            raise
+        except Exception as exc:
+            _free_memory(torch_device)
+            if _is_oom(exc):
+                raise errors.ModelLoadFailed(
+                    source, f"out of memory on {device} (try dtype=float16/bfloat16, another "
+                    "device, or unload other models)"
+                ) from exc
+            raise errors.ModelLoadFailed(source, f"{type(exc).__name__}: {exc}") from exc
+        self._state = self._describe(
+            model, tokenizer, source, config, model_type, torch_device, dtype, torch_dtype, chroma
+        )
+
+    def _describe(self, model: Any, tokenizer: Any, source: str, config: Any, model_type: str,
+                  device: torch.device, dtype_name: str, torch_dtype: torch.dtype,
+                  chroma: _ChromaExtractor | None) -> _Loaded:
+        audio_cfg = config.audio_encoder
+        decoder_cfg = config.decoder
+        sample_rate = int(audio_cfg.sampling_rate)
+        hop = int(np.prod(audio_cfg.upsampling_ratios))
+        channels = int(decoder_cfg.audio_channels)
+        num_codebooks = int(decoder_cfg.num_codebooks)
+        channel_codebooks = num_codebooks // channels
+        encoder_codebooks = model.audio_encoder.quantizer.get_num_quantizers_for_bandwidth(
+            audio_cfg.target_bandwidths[0]
+        )
+        if audio_cfg.chunk_length_s is not None or encoder_codebooks != channel_codebooks:
+            raise errors.ModelLoadFailed(
+                source, f"unsupported codec layout ({encoder_codebooks} codebooks per channel "
+                f"from EnCodec, {channel_codebooks} expected by the decoder)"
+            )
+        frame_rate = sample_rate / hop
+        window_frames = round(self.window_s * frame_rate)
+        stride_frames = round(self.stride_s * frame_rate)
+        if stride_frames < channel_codebooks:
+            raise errors.InvalidParams(
+                f"stride_s must cover at least {channel_codebooks} frames "
+                f"({channel_codebooks / frame_rate:.3f} s) for this model", param="stride_s"
+            )
+        delays = tuple(row // channels for row in range(num_codebooks))
+        memory = sum(t.numel() * t.element_size() for t in model.parameters())
+        memory += sum(t.numel() * t.element_size() for t in model.buffers())
+        return _Loaded(
+            model=model,
+            tokenizer=tokenizer,
+            source=source,
+            revision=_revision(source, config),
+            model_type=model_type,
+            device=device,
+            dtype_name=dtype_name,
+            torch_dtype=torch_dtype,
+            capabilities=Capabilities(
+                melody=model_type == "musicgen_melody",
+                continuation=True,
+                stereo=channels == 2,
+                max_native_duration_s=self.window_s,
+                sample_rate=sample_rate,
+                frame_rate=frame_rate,
+                channels=channels,
+            ),
+            hop=hop,
+            num_codebooks=num_codebooks,
+            delays=delays,
+            window_frames=window_frames,
+            context_frames=window_frames - stride_frames,
+            memory_bytes=memory,
+            chroma=chroma,
+        )
+
+    def unload(self) -> None:
+        """Drop the model; on CUDA also return the cached blocks to the driver."""
+        state, self._state = self._state, None
+        if state is not None:
+            device = state.device
+            del state
+            _free_memory(device)
+
+    @property
+    def loaded(self) -> bool:
+        """Whether a model is loaded."""
+        return self._state is not None
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What the loaded model can do."""
+        return self._require().capabilities
+
+    def memory_bytes(self) -> int:
+        """Bytes of weights and buffers, computed once at load (safe from any thread)."""
+        state = self._state
+        return 0 if state is None else state.memory_bytes
+
+    def _require(self) -> _Loaded:
+        if self._state is None:
+            raise errors.GenerationFailed("no model is loaded in this backend")
+        return self._state
+
+    # --- generation ------------------------------------------------------------------------
+
+    def generate(
+        self,
+        params: GenerationParams,
+        progress: ProgressCallback | None = None,
+        cancel: CancelToken | None = None,
+    ) -> GenerationOutput:
+        """Make ``params.variations`` takes in one batch (see the module docstring)."""
+        st = self._require()
+        cancel = cancel if cancel is not None else CancelToken()
+        caps = st.capabilities
+        if params.melody_path is not None and st.chroma is None:
+            raise errors.InvalidParams(
+                f"{st.source} is not a melody model; melody conditioning needs a "
+                "musicgen-melody checkpoint", param="melody"
+            )
+        target_samples = round(params.duration_s * caps.sample_rate)
+        if target_samples < 1:
+            raise errors.InvalidParams("duration_s is shorter than one sample",
+                                       param="duration_s")
+        prompt = self._read_prompt(st, params, target_samples)
+        melody = None
+        if params.melody_path is not None and st.chroma is not None:
+            wave = read_audio(params.melody_path, param="melody",
+                              sample_rate=st.chroma.sample_rate, channels=1,
+                              max_duration_s=params.duration_s)[0]
+            melody = (st.chroma, wave)
+        cancel.raise_if_cancelled()
+        try:
+            with torch.inference_mode():
+                audio, plan = self._generate(st, params, prompt, melody, target_samples,
+                                             progress, cancel)
+        except errors.TimbreError:
+            raise
+        except Exception as exc:
+            # The traceback's frames hold the batch's tensors; drop them so that the memory
+            # can really be returned and the next (smaller) job fits.
+            traceback.clear_frames(exc.__traceback__)
+            _free_memory(st.device)
+            if _is_oom(exc):
+                raise errors.GenerationFailed(
+                    f"out of memory on {st.device} generating {params.variations} x "
+                    f"{params.duration_s:g} s; try fewer variations, a shorter duration, "
+                    "a smaller model or a half-precision dtype"
+                ) from exc
+            raise errors.GenerationFailed(f"{type(exc).__name__}: {exc}") from exc
+        info: dict[str, Any] = {
+            "backend": self.name,
+            "source": st.source,
+            "revision": st.revision,
+            "model_type": st.model_type,
+            "dtype": st.dtype_name,
+            "device": str(st.device),
+            "window_s": self.window_s,
+            "stride_s": self.stride_s,
+            "windows": len(plan),
+            "transformers": transformers.__version__,
+            "torch": torch.__version__,
+        }
+        return GenerationOutput(
+            audio=audio,
+            sample_rate=caps.sample_rate,
+            info=info,
+            prompt_samples=0 if prompt is None else int(prompt.shape[-1]),
+        )
+
+    def _read_prompt(self, st: _Loaded, params: GenerationParams,
+                     target_samples: int) -> npt.NDArray[np.float32] | None:
+        path = params.continuation_path
+        if path is None:
+            return None
+        sr = st.capabilities.sample_rate
+        length_s = probe_audio(path, param="continuation").duration_s
+        # One second more than needed is enough to tell "too long" from "fits".
+        wav = read_audio(path, param="continuation", sample_rate=sr,
+                         channels=st.capabilities.channels,
+                         max_duration_s=params.duration_s + 1.0)
+        # Whole frames only: then the prompt ends exactly where generated frames begin.
+        usable = (wav.shape[-1] // st.hop) * st.hop
+        if usable == 0:
+            raise errors.AudioInputError(
+                path, "continuation", f"shorter than one audio frame ({st.hop / sr * 1000:g} ms)"
+            )
+        if usable >= target_samples:
+            raise errors.InvalidParams(
+                f"the continuation audio ({length_s:.2f} s) must be shorter than duration_s "
+                f"({params.duration_s:g} s), which includes it", param="duration_s"
+            )
+        return wav[:, :usable]
+
+    def _generate(
+        self,
+        st: _Loaded,
+        params: GenerationParams,
+        prompt: npt.NDArray[np.float32] | None,
+        melody: tuple[_ChromaExtractor, npt.NDArray[np.float32]] | None,
+        target_samples: int,
+        progress: ProgressCallback | None,
+        cancel: CancelToken,
+    ) -> tuple[npt.NDArray[np.float32], list[tuple[int, int]]]:
+        batch = params.variations
+        rows = st.num_codebooks
+        min_new = max(st.delays) + 1
+        target_frames = -(-target_samples // st.hop)
+        # Seed before anything random happens, for bit-identical re-renders.
+        torch.manual_seed(params.seed)
+        text = st.tokenizer([params.prompt] * batch, padding=True, return_tensors="pt")
+        text_inputs = {k: v.to(st.device) for k, v in text.items()}
+        codes = torch.empty((batch, rows, 0), dtype=torch.long, device=st.device)
+        if prompt is not None:
+            codes = self._encode(st, prompt).expand(batch, -1, -1).contiguous()
+        plan = plan_windows(codes.shape[-1], target_frames, window_frames=st.window_frames,
+                            context_frames=st.context_frames, min_new_frames=min_new)
+        hook = _StepHook(progress, cancel, sum(new + min_new - 1 for _, new in plan))
+        sampling = _sampling_kwargs(params)
+        for context, new in plan:
+            cancel.raise_if_cancelled()
+            have = codes.shape[-1]
+            kwargs: dict[str, Any] = dict(text_inputs)
+            kwargs.update(sampling)
+            # MusicGen's generate() lays the prompt out in the delay pattern itself and then
+            # takes exactly new + (codebooks - 1) steps to complete `new` frames.
+            kwargs["max_new_tokens"] = new + min_new - 1
+            kwargs["stopping_criteria"] = StoppingCriteriaList([hook])
+            if context:
+                kwargs["decoder_input_ids"] = codes[..., have - context:].reshape(
+                    batch * rows, context
+                )
+            if melody is not None:
+                kwargs["input_features"] = self._melody_features(st, *melody, have - context,
+                                                                 batch)
+            st.model.generate(**kwargs)
+            codes = torch.cat([codes, self._new_frames(hook, batch, rows, st.delays, context,
+                                                       new, min_new)], dim=-1)
+        cancel.raise_if_cancelled()
+        return self._decode(st, codes, target_samples, cancel), plan
+
+    @staticmethod
+    def _new_frames(hook: _StepHook, batch: int, rows: int, delays: tuple[int, ...],
+                    context: int, new: int, min_new: int) -> torch.Tensor:
+        """Undo the delay pattern on the raw token matrix of one pass; keep the new frames.
+
+        Row ``r`` holds BOS at column ``delays[r]`` and frame ``f`` (counting the context
+        frames first) at column ``delays[r] + 1 + f``.
+        """
+        raw = hook.take_sequences()
+        length = context + new + min_new
+        if raw is None or tuple(raw.shape) != (batch * rows, length):
+            shape = None if raw is None else tuple(raw.shape)
+            raise errors.GenerationFailed(
+                f"unexpected token matrix {shape} from generate(); "
+                f"expected {(batch * rows, length)}"
+            )
+        raw = raw.reshape(batch, rows, length)
+        start = [d + 1 + context for d in delays]
+        return torch.stack([raw[:, r, s: s + new] for r, s in enumerate(start)], dim=1)
+
+    @staticmethod
+    def _encode(st: _Loaded, prompt: npt.NDArray[np.float32]) -> torch.Tensor:
+        """Prompt audio ``(channels, samples)`` -> codes ``(1, rows, frames)``."""
+        encoder = st.model.audio_encoder
+        wav = torch.from_numpy(prompt).to(st.device, torch.float32)[None]
+        per_channel = [encoder.encode(wav[:, c: c + 1]).audio_codes[0] for c in range(wav.shape[1])]
+        if len(per_channel) == 1:
+            return per_channel[0]  # type: ignore[no-any-return]
+        # Stereo decoders interleave the channels' codebooks: L0, R0, L1, R1, ...
+        left, right = per_channel
+        codes = torch.empty((1, st.num_codebooks, left.shape[-1]), dtype=left.dtype,
+                            device=left.device)
+        codes[:, 0::2] = left
+        codes[:, 1::2] = right
+        return codes
+
+    @staticmethod
+    def _melody_features(st: _Loaded, extractor: _ChromaExtractor,
+                         melody: npt.NDArray[np.float32], start_frame: int,
+                         batch: int) -> torch.Tensor:
+        """Chroma of the melody span under this pass (looping a short melody)."""
+        sr = extractor.sample_rate
+        frame_rate = st.capabilities.frame_rate
+        start = round(start_frame / frame_rate * sr)
+        length = min(round(st.window_frames / frame_rate * sr), extractor.max_samples)
+        span = np.take(melody, np.arange(start, start + length), mode="wrap")
+        chroma = extractor(torch.from_numpy(np.ascontiguousarray(span)))
+        return chroma.to(st.device, st.torch_dtype).expand(batch, -1, -1)
+
+    @staticmethod
+    def _decode(st: _Loaded, codes: torch.Tensor, target_samples: int,
+                cancel: CancelToken) -> npt.NDArray[np.float32]:
+        """Codes ``(batch, rows, frames)`` -> float32 audio ``(batch, channels, samples)``."""
+        encoder = st.model.audio_encoder
+        channels = st.capabilities.channels
+        takes = []
+        # One take at a time: EnCodec's activations for minutes of audio are large.
+        for index in range(codes.shape[0]):
+            take = codes[index: index + 1]
+            parts = [
+                encoder.decode(take[None, :, c::channels], [None]).audio_values
+                for c in range(channels)
+            ]
+            wav = torch.cat(parts, dim=1)[0, :, :target_samples]
+            if wav.shape[-1] != target_samples:
+                raise errors.GenerationFailed(
+                    f"the codec returned {wav.shape[-1]} samples, {target_samples} expected"
+                )
+            takes.append(wav.float().cpu().numpy())
+            cancel.raise_if_cancelled()
+        return np.ascontiguousarray(np.stack(takes), dtype=np.float32)
+
+
+def _sampling_kwargs(params: GenerationParams) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"guidance_scale": params.guidance_scale}
+    if params.temperature == 0:
+        kwargs["do_sample"] = False
+    else:
+        kwargs.update(
+            do_sample=True,
+            temperature=params.temperature,
+            top_k=params.top_k,
+            # audiocraft's top_p=0 means "off"; transformers' off value is 1.0.
+            top_p=params.top_p if params.top_p > 0 else 1.0,
+        )
+    return kwargs
+
+
+def _torch_device(source: str, device: str) -> torch.device:
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise errors.ModelLoadFailed(
+                source, f"device {device!r} requested but torch sees no CUDA device "
+                f"(torch {torch.__version__}, CUDA build {torch.version.cuda})"
+            )
+        index = int(device.split(":", 1)[1]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise errors.ModelLoadFailed(
+                source, f"device {device!r} requested but only {torch.cuda.device_count()} "
+                "CUDA device(s) are visible"
+            )
+    return torch.device(device)
+
+
+def _load_config(source: str) -> Any:
+    try:
+        return AutoConfig.from_pretrained(source, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        if not Path(source).is_dir():
+            raise errors.ModelNotFound(
+                source, "not a local directory and not in the Hugging Face cache (pull it first)"
+            ) from exc
+        raise errors.ModelLoadFailed(source, f"unreadable config: {exc}") from exc
+
+
+def _revision(source: str, config: Any) -> str | None:
+    commit = getattr(config, "_commit_hash", None)
+    if isinstance(commit, str) and commit:
+        return commit
+    match = _SNAPSHOT_RE.search(str(Path(source).resolve()))
+    return match.group(1) if match else None
+
+
+def _chroma_extractor(source: str, config: Any) -> _ChromaExtractor:
+    try:
+        fe, _ = FeatureExtractionMixin.get_feature_extractor_dict(source, local_files_only=True)
+    except OSError:
+        fe = {}  # no preprocessor config: use MusicgenMelodyFeatureExtractor's defaults
+    return _ChromaExtractor(
+        sample_rate=int(fe.get("sampling_rate", config.audio_encoder.sampling_rate)),
+        n_fft=int(fe.get("n_fft", 16384)),
+        hop_length=int(fe.get("hop_length", 4096)),
+        num_chroma=int(fe.get("num_chroma", getattr(config, "num_chroma", 12))),
+        chunk_length_s=float(fe.get("chunk_length", 30)),
+    )
+
+
+def _is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and (
+        "out of memory" in text or "can't allocate memory" in text
+    )
+
+
+def _free_memory(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()

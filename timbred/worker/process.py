@@ -1,0 +1,712 @@
+"""The inference worker process and the daemon's handle on it.
+
+Models stay warm in one separate process, started with the ``spawn`` method (never
+``fork``: the daemon runs threads and an event loop, and CUDA cannot survive a fork). Only
+that process imports torch and transformers; this module, which the daemon imports, must
+not (``tests/worker/test_process.py`` checks it).
+
+Wire (over one duplex :func:`multiprocessing.Pipe`, pickled tuples)
+------------------------------------------------------------------
+Requests, parent -> child: ``(op, request_id, payload)`` with ``op`` one of ``load``,
+``unload``, ``generate``, ``ps``, ``stop`` and ``cancel`` (whose payload names the
+``target`` request). Replies, child -> parent: ``("ready", 0, info)`` once at start-up,
+``("progress", id, (step, total))`` while generating (throttled), then ``("ok", id, value)``
+or ``("error", id, (code, message, data))``; errors are rebuilt in the parent with
+:func:`errors.error_from_wire`, so they arrive as the same :mod:`timbred.errors` class.
+
+In the child, a reader thread owns the receiving end: it answers ``ps`` and ``cancel`` at
+once (``cancel`` sets the request's :class:`CancelToken`, so it works mid-generation) and
+queues everything else for the main thread, which runs requests one at a time.
+
+In the parent, :class:`WorkerHandle` never blocks the event loop: it waits for the pipe *or*
+the process sentinel with :func:`anyio.wait_readable`, so a worker that dies (SIGKILL, the
+OOM killer, a segfault, ``os._exit``) fails every request in flight with
+:class:`errors.WorkerCrashed` at once instead of hanging. Whichever waiting request task
+is first reads the pipe on behalf of all of them (leader/followers), so no background task
+or task group has to outlive a call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import multiprocessing
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from timbred import errors
+from timbred.worker.backend import (
+    CancelToken,
+    Capabilities,
+    GenerationOutput,
+    GenerationParams,
+    validate_device,
+    validate_dtype,
+)
+
+if TYPE_CHECKING:
+    from multiprocessing.process import BaseProcess
+
+    from timbred.worker.backend import Backend
+
+__all__ = ["LoadedModel", "WorkerHandle", "WorkerInfo"]
+
+_log = logging.getLogger(__name__)
+
+#: At most this often (seconds) a progress message crosses the pipe; the last step always does.
+PROGRESS_INTERVAL_S = 0.05
+
+_READY_ID = 0
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model loaded in the worker, as :meth:`WorkerHandle.ps` reports it."""
+
+    model_id: str
+    source: str
+    backend: str
+    device: str
+    dtype: str
+    memory_bytes: int
+    capabilities: Capabilities
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON types."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["capabilities"] = self.capabilities.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LoadedModel:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            model_id=str(data["model_id"]),
+            source=str(data["source"]),
+            backend=str(data["backend"]),
+            device=str(data["device"]),
+            dtype=str(data["dtype"]),
+            memory_bytes=int(data["memory_bytes"]),
+            capabilities=Capabilities.from_dict(data["capabilities"]),
+        )
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """What the worker reports once it has started."""
+
+    pid: int
+    python: str
+    torch: str
+    threads: int
+    cuda_devices: tuple[str, ...]
+
+
+# --- child side ------------------------------------------------------------------------------
+
+
+def _backend_factory(name: str) -> Callable[..., Backend]:
+    if name == "musicgen":
+        from timbred.worker.musicgen import MusicgenBackend
+
+        return MusicgenBackend
+    raise errors.InvalidParams(f"unknown backend {name!r}", param="backend")
+
+
+@dataclass
+class _Slot:
+    model_id: str
+    source: str
+    device: str
+    dtype: str
+    backend_name: str
+    options: dict[str, Any]
+    backend: Backend
+
+    def describe(self) -> dict[str, Any]:
+        return LoadedModel(
+            model_id=self.model_id,
+            source=self.source,
+            backend=self.backend_name,
+            device=self.device,
+            dtype=self.dtype,
+            memory_bytes=self.backend.memory_bytes(),
+            capabilities=self.backend.capabilities,
+        ).to_dict()
+
+
+class _Worker:
+    """The child's state: loaded models, cancel tokens, and the two loops."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.send_lock = threading.Lock()
+        self.inbox: queue.SimpleQueue[tuple[str, int, dict[str, Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self.lock = threading.Lock()  # guards models and tokens (reader thread vs main)
+        self.models: dict[str, _Slot] = {}
+        self.tokens: dict[int, CancelToken] = {}
+
+    def send(self, message: tuple[str, int, Any]) -> None:
+        # The main thread (replies, progress) and the reader thread (ps) both send.
+        with self.send_lock:
+            self.conn.send(message)
+
+    def read_loop(self) -> None:
+        """Reader thread: answer ps/cancel at once, queue the rest for the main thread."""
+        while True:
+            try:
+                op, rid, payload = self.conn.recv()
+            except (EOFError, OSError):
+                # The parent is gone: stop whatever runs and let the main loop end.
+                with self.lock:
+                    for token in self.tokens.values():
+                        token.cancel()
+                self.inbox.put(None)
+                return
+            if op == "cancel":
+                with self.lock:
+                    target = self.tokens.get(payload.get("target", -1))
+                if target is not None:
+                    target.cancel()
+            elif op == "ps":
+                with self.lock:
+                    listing = [slot.describe() for slot in self.models.values()]
+                self._send_quietly(("ok", rid, listing))
+            else:
+                if op == "generate":
+                    # Registered before queueing, so a cancel that overtakes the start of
+                    # the generation still finds its token.
+                    with self.lock:
+                        self.tokens[rid] = CancelToken()
+                self.inbox.put((op, rid, payload))
+
+    def _send_quietly(self, message: tuple[str, int, Any]) -> None:
+        with contextlib.suppress(OSError):  # parent gone; read_loop notices on its next recv
+            self.send(message)
+
+    def main_loop(self) -> None:
+        """Main thread: run requests one at a time until ``stop`` or the parent goes away."""
+        while True:
+            item = self.inbox.get()
+            if item is None:
+                break
+            op, rid, payload = item
+            if op == "stop":
+                self._send_quietly(("ok", rid, None))
+                break
+            try:
+                result = self.handle(op, rid, payload)
+            except errors.TimbreError as exc:
+                reply: tuple[str, int, Any] = ("error", rid, (exc.code, exc.message, exc.data))
+            except Exception as exc:
+                _log.exception("worker request %s failed", op)
+                err = _unexpected(op, payload, exc)
+                reply = ("error", rid, (err.code, err.message, err.data))
+            else:
+                reply = ("ok", rid, result)
+            finally:
+                with self.lock:
+                    self.tokens.pop(rid, None)
+            try:
+                self.send(reply)
+            except OSError:
+                break
+        with self.lock:
+            slots = list(self.models.values())
+            self.models.clear()
+        for slot in slots:
+            slot.backend.unload()
+
+    def handle(self, op: str, rid: int, payload: dict[str, Any]) -> Any:
+        if op == "load":
+            return self.load(**payload)
+        if op == "unload":
+            return self.unload(str(payload["model_id"]))
+        if op == "generate":
+            return self.generate(rid, str(payload["model_id"]), payload["params"])
+        raise errors.InternalError(f"unknown worker request {op!r}")
+
+    def load(self, model_id: str, source: str, device: str, dtype: str, backend: str,
+             options: dict[str, Any]) -> dict[str, Any]:
+        with self.lock:
+            existing = self.models.get(model_id)
+        wanted = (source, validate_device(device), validate_dtype(dtype), backend, options)
+        if existing is not None:
+            have = (existing.source, existing.device, existing.dtype, existing.backend_name,
+                    existing.options)
+            if have == wanted:
+                return existing.describe()
+            self.unload(model_id)
+        factory = _backend_factory(backend)
+        try:
+            instance = factory(**options)
+        except TypeError as exc:
+            raise errors.InvalidParams(f"bad backend options: {exc}", param="options") from exc
+        instance.load(source, device=wanted[1], dtype=wanted[2])
+        slot = _Slot(model_id, source, wanted[1], wanted[2], backend, options, instance)
+        with self.lock:
+            self.models[model_id] = slot
+        return slot.describe()
+
+    def unload(self, model_id: str) -> bool:
+        with self.lock:
+            slot = self.models.pop(model_id, None)
+        if slot is None:
+            return False
+        slot.backend.unload()
+        return True
+
+    def generate(self, rid: int, model_id: str, params_dict: Mapping[str, Any]) -> GenerationOutput:
+        with self.lock:
+            slot = self.models.get(model_id)
+            token = self.tokens.get(rid)
+        if slot is None:
+            raise errors.ModelNotFound(model_id, "it is not loaded in the inference worker")
+        if token is None:
+            token = CancelToken()
+        params = GenerationParams.from_dict(params_dict)
+        last = 0.0
+
+        def progress(step: int, total: int) -> None:
+            nonlocal last
+            now = time.monotonic()
+            if step == 1 or step >= total or now - last >= PROGRESS_INTERVAL_S:
+                last = now
+                self.send(("progress", rid, (step, total)))
+
+        out = slot.backend.generate(params, progress, token)
+        out.info["model_id"] = model_id
+        return out
+
+
+def _unexpected(op: str, payload: Mapping[str, Any], exc: Exception) -> errors.TimbreError:
+    reason = f"{type(exc).__name__}: {exc}"
+    if op == "load":
+        return errors.ModelLoadFailed(str(payload.get("source", "?")), reason)
+    if op == "generate":
+        return errors.GenerationFailed(reason)
+    return errors.InternalError(f"worker request {op} failed: {reason}")
+
+
+def _child_main(conn: Connection, threads: int) -> None:
+    """Entry point of the worker process (run by multiprocessing's spawn)."""
+    # Ctrl-C in a terminal reaches the whole process group; the daemon decides when the
+    # worker stops (it sends "stop"), so the worker ignores SIGINT.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Set before transformers is imported, which reads them once. Loading bars and per-load
+    # config warnings would flood the daemon's log; the worker never downloads (the model
+    # manager does), so the hub stays offline here whatever the daemon's environment says.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    import torch
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    cuda = tuple(
+        torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())
+    ) if torch.cuda.is_available() else ()
+    worker = _Worker(conn)
+    worker.send(("ready", _READY_ID, {
+        "pid": os.getpid(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cuda_devices": cuda,
+    }))
+    threading.Thread(target=worker.read_loop, name="timbre-worker-reader", daemon=True).start()
+    worker.main_loop()
+    conn.close()
+    # Every reply is sent and every model unloaded: skip the interpreter's teardown (which,
+    # with torch loaded, takes about a second and can hang on library threads).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+# --- parent side -----------------------------------------------------------------------------
+
+
+ProgressHandler = Callable[[int, int], None]
+
+
+class _Pending:
+    """One request awaiting its reply."""
+
+    def __init__(self, op: str, on_progress: ProgressHandler | None = None) -> None:
+        self.op = op
+        self.on_progress = on_progress
+        self.done = False
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.callback_error: BaseException | None = None
+        self.wakeup = anyio.Event()
+
+    def resolve(self, value: Any) -> None:
+        if not self.done:
+            self.done, self.value = True, value
+            self.wakeup.set()
+
+    def fail(self, error: BaseException) -> None:
+        if not self.done:
+            self.done, self.error = True, error
+            self.wakeup.set()
+
+    def outcome(self) -> Any:
+        # A failing progress callback cancelled the request; its error is the real story.
+        if self.callback_error is not None:
+            raise self.callback_error
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+def _describe_exit(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "it stopped answering"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = "unknown signal"
+        return f"killed by signal {-exitcode} ({name})"
+    return f"exited with status {exitcode}"
+
+
+class _Session:
+    """One worker process, its pipe and the requests in flight on it.
+
+    A restart makes a new session; a task still reading the old pipe finishes with the
+    old session (fails its requests, closes its pipe) and cannot touch the new one.
+    """
+
+    def __init__(self, proc: BaseProcess, conn: Connection) -> None:
+        self.proc = proc
+        self.conn: Connection | None = conn
+        self.pending: dict[int, _Pending] = {}
+        self.reading = False
+        self.stopping = False
+        self.crash: errors.WorkerCrashed | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self.conn is not None and self.crash is None and self.proc.is_alive()
+
+    def crash_error(self) -> errors.WorkerCrashed:
+        """A fresh WorkerCrashed for this session (one instance per raising task)."""
+        if self.crash is not None:
+            return errors.WorkerCrashed(str(self.crash.data["reason"]),
+                                        exitcode=self.crash.data.get("exitcode"))
+        code = self.proc.exitcode
+        return errors.WorkerCrashed(_describe_exit(code), exitcode=code)
+
+    def send(self, message: tuple[str, int, Any]) -> None:
+        conn = self.conn
+        if conn is None:
+            raise self.crash_error()
+        try:
+            # Requests are small, so this never blocks for long (replies are the big ones).
+            conn.send(message)
+        except OSError as exc:
+            raise self.crash_error() from exc
+
+    def cancel(self, rid: int) -> None:
+        # On failure, the reading task reports the crash to the request itself.
+        with contextlib.suppress(errors.WorkerCrashed):
+            self.send(("cancel", 0, {"target": rid}))
+
+    def cancel_generations(self) -> None:
+        for rid, pending in list(self.pending.items()):
+            if pending.op == "generate" and not pending.done:
+                self.cancel(rid)
+
+    async def wait(self, pending: _Pending) -> Any:
+        """Wait for ``pending``'s reply, reading the pipe for everyone if nobody else is."""
+        while not pending.done:
+            if self.reading:
+                pending.wakeup = anyio.Event()
+                await pending.wakeup.wait()
+                continue
+            self.reading = True
+            try:
+                while not pending.done:
+                    await self._pump()
+            finally:
+                self.reading = False
+                # Hand the reading over: another waiter becomes the reader.
+                for other in list(self.pending.values()):
+                    other.wakeup.set()
+        return pending.outcome()
+
+    async def _pump(self) -> None:
+        """Receive and dispatch one message, or notice that the worker died."""
+        conn = self.conn
+        if conn is None:
+            self.fail_all()
+            return
+        try:
+            if not conn.poll():
+                await _readable_either(conn.fileno(), self.proc.sentinel)
+            if conn.poll():
+                # The message is arriving; receive it whole even if our caller is cancelled
+                # meanwhile, or the stream would lose its framing. In a thread, because a
+                # large reply (audio) takes a moment to copy.
+                with anyio.CancelScope(shield=True):
+                    message = await anyio.to_thread.run_sync(conn.recv)
+                self._dispatch(message)
+                return
+        except (EOFError, OSError):
+            pass
+        await self._on_death()
+
+    def _dispatch(self, message: tuple[str, int, Any]) -> None:
+        kind, rid, payload = message
+        pending = self.pending.get(rid)
+        if pending is None:
+            return  # the reply to an abandoned (cancelled) request
+        if kind == "progress":
+            if pending.on_progress is not None and pending.callback_error is None:
+                try:
+                    pending.on_progress(*payload)
+                except Exception as exc:
+                    pending.callback_error = exc
+                    self.cancel(rid)
+        elif kind in ("ok", "ready"):
+            pending.resolve(payload)
+        elif kind == "error":
+            code, text, data = payload
+            pending.fail(errors.error_from_wire(code, text, data))
+        else:
+            pending.fail(errors.InternalError(f"unknown worker message {kind!r}"))
+
+    async def _on_death(self) -> None:
+        # The sentinel fired or the pipe hit EOF: the process is gone or about to be.
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(self.proc.join, 5.0)
+            if self.proc.is_alive():  # the pipe broke but the process lingers
+                self.proc.kill()
+                await anyio.to_thread.run_sync(self.proc.join, 5.0)
+        code = self.proc.exitcode
+        reason = "the worker was stopped" if self.stopping else _describe_exit(code)
+        if self.crash is None:
+            self.crash = errors.WorkerCrashed(reason, exitcode=code)
+            if not self.stopping:
+                _log.error("inference worker (pid %s) died: %s", self.proc.pid, reason)
+        self.close()
+
+    def fail_all(self) -> None:
+        for pending in list(self.pending.values()):
+            pending.fail(self.crash_error())
+
+    def close(self) -> None:
+        """Fail what is pending and close the pipe (only when nobody waits on it)."""
+        if self.crash is None:
+            self.crash = errors.WorkerCrashed("the worker was stopped", exitcode=self.proc.exitcode)
+        self.fail_all()
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+class WorkerHandle:
+    """The daemon's async handle on the inference worker process.
+
+    ``threads`` sets torch's intra-op threads in the worker (0: torch's default).
+    ``start_timeout_s`` bounds start-up (importing torch can take a while on a cold disk);
+    ``stop_timeout_s`` bounds a polite :meth:`stop` before the worker is killed.
+
+    Requests may be made from several tasks at once; the worker runs ``load``, ``unload``
+    and ``generate`` one at a time in arrival order, and answers ``ps`` and ``cancel`` at
+    once, even mid-generation. If the worker dies, every request in flight raises
+    :class:`errors.WorkerCrashed`; later requests raise it too until :meth:`start` is
+    called again.
+    """
+
+    def __init__(self, *, threads: int = 0, start_timeout_s: float = 120.0,
+                 stop_timeout_s: float = 10.0) -> None:
+        if threads < 0:
+            raise ValueError("threads must be >= 0")
+        self._threads = threads
+        self._start_timeout_s = start_timeout_s
+        self._stop_timeout_s = stop_timeout_s
+        self._session: _Session | None = None
+        self._info: WorkerInfo | None = None
+        self._ids = itertools.count(1)
+        self._lifecycle = anyio.Lock()
+
+    @property
+    def pid(self) -> int | None:
+        """The worker's process id (also after it died, until the next start or stop)."""
+        return None if self._session is None else self._session.proc.pid
+
+    @property
+    def alive(self) -> bool:
+        """Whether the worker process is running and usable."""
+        return self._session is not None and self._session.alive
+
+    @property
+    def info(self) -> WorkerInfo | None:
+        """What the running worker reported at start-up."""
+        return self._info
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the worker (or restart it after a crash) and wait until it is ready.
+
+        A no-op if it is already running. Raises :class:`errors.WorkerCrashed` if it dies or
+        does not become ready within ``start_timeout_s``.
+        """
+        async with self._lifecycle:
+            if self.alive:
+                return
+            await self._discard()
+            ctx = multiprocessing.get_context("spawn")
+            parent_conn, child_conn = ctx.Pipe(duplex=True)
+            proc = ctx.Process(target=_child_main, args=(child_conn, self._threads),
+                               name="timbre-worker", daemon=True)
+            # spawn's start() forks+execs and writes the preparation data: blocking work.
+            await anyio.to_thread.run_sync(proc.start)
+            child_conn.close()
+            session = self._session = _Session(proc, parent_conn)
+            ready = session.pending[_READY_ID] = _Pending("ready")
+            try:
+                with anyio.fail_after(self._start_timeout_s):
+                    info = await session.wait(ready)
+            except TimeoutError:
+                session.stopping = True
+                await _kill(proc)
+                session.close()
+                raise errors.WorkerCrashed(
+                    f"it did not become ready within {self._start_timeout_s:g} s"
+                ) from None
+            finally:
+                session.pending.pop(_READY_ID, None)
+            self._info = WorkerInfo(
+                pid=int(info["pid"]), python=str(info["python"]), torch=str(info["torch"]),
+                threads=int(info["threads"]), cuda_devices=tuple(info["cuda_devices"]),
+            )
+
+    async def stop(self) -> None:
+        """Stop the worker: cancel its generations, ask it to exit, kill it if it will not.
+
+        Requests still in flight raise :class:`errors.WorkerCrashed` ("the worker was
+        stopped"), or :class:`errors.Cancelled` for generations.
+        """
+        async with self._lifecycle:
+            session = self._session
+            if session is None:
+                return
+            session.stopping = True
+            if session.alive:
+                session.cancel_generations()
+                with contextlib.suppress(errors.WorkerCrashed):
+                    session.send(("stop", next(self._ids), {}))
+                await anyio.to_thread.run_sync(session.proc.join, self._stop_timeout_s)
+            await self._discard()
+
+    async def _discard(self) -> None:
+        """Kill and forget the current session (a reading task closes its pipe itself)."""
+        session, self._session, self._info = self._session, None, None
+        if session is None:
+            return
+        await _kill(session.proc)
+        if not session.reading:
+            session.close()
+
+    # --- requests ----------------------------------------------------------------------------
+
+    async def load(self, model_id: str, source: str, device: str = "cpu",
+                   dtype: str = "float32", *, backend: str = "musicgen",
+                   options: Mapping[str, Any] | None = None) -> LoadedModel:
+        """Load ``source`` in the worker as ``model_id`` (replacing another model there).
+
+        Loading the same source/device/dtype/options again is a no-op. ``options`` are the
+        backend's constructor arguments (MusicGen: ``window_s``, ``stride_s``).
+        """
+        payload = {"model_id": model_id, "source": source, "device": device, "dtype": dtype,
+                   "backend": backend, "options": dict(options or {})}
+        return LoadedModel.from_dict(await self._request("load", payload))
+
+    async def unload(self, model_id: str) -> bool:
+        """Unload ``model_id``; returns whether it was loaded."""
+        return bool(await self._request("unload", {"model_id": model_id}))
+
+    async def ps(self) -> list[LoadedModel]:
+        """The loaded models (answered at once, even while a generation runs)."""
+        return [LoadedModel.from_dict(d) for d in await self._request("ps", {})]
+
+    async def generate(self, model_id: str, params: GenerationParams,
+                       on_progress: ProgressHandler | None = None) -> GenerationOutput:
+        """Generate with ``model_id``; ``on_progress(step, total)`` runs in this event loop.
+
+        Progress is throttled to about 20 calls a second (the last step always arrives).
+        Raises :class:`errors.Cancelled` after :meth:`cancel`, the backend's errors as they
+        were raised in the worker, or :class:`errors.WorkerCrashed`. If the calling task is
+        cancelled, the worker is told to drop the generation.
+        """
+        payload = {"model_id": model_id, "params": params.to_dict()}
+        result = await self._request("generate", payload, on_progress)
+        if not isinstance(result, GenerationOutput):
+            raise errors.InternalError(f"worker returned {type(result).__name__} for generate")
+        return result
+
+    async def cancel(self) -> None:
+        """Cancel the generation(s) in flight; each one's :meth:`generate` raises Cancelled.
+
+        A generation that finishes before the worker sees the cancel returns normally.
+        """
+        if self._session is not None:
+            self._session.cancel_generations()
+
+    async def _request(self, op: str, payload: dict[str, Any],
+                       on_progress: ProgressHandler | None = None) -> Any:
+        session = self._session
+        if session is None:
+            raise errors.WorkerCrashed("the worker is not running (call start() first)")
+        if not session.alive:
+            raise session.crash_error()
+        rid = next(self._ids)
+        pending = session.pending[rid] = _Pending(op, on_progress)
+        try:
+            session.send((op, rid, payload))
+            return await session.wait(pending)
+        finally:
+            session.pending.pop(rid, None)
+            if not pending.done and op == "generate" and session.alive:
+                # Our caller was cancelled: do not leave the worker busy for nobody.
+                session.cancel(rid)
+
+
+async def _kill(proc: BaseProcess) -> None:
+    if proc.is_alive():
+        proc.terminate()
+        await anyio.to_thread.run_sync(proc.join, 2.0)
+    if proc.is_alive():
+        proc.kill()
+        await anyio.to_thread.run_sync(proc.join, 5.0)
+
+
+async def _readable_either(fd: int, sentinel: int) -> None:
+    """Return when ``fd`` (the pipe) or ``sentinel`` (process exit) becomes readable."""
+    async with anyio.create_task_group() as tg:
+
+        async def watch(obj: int) -> None:
+            await anyio.wait_readable(obj)
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(watch, fd)
+        tg.start_soon(watch, sentinel)
