@@ -17,14 +17,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
 
-from timbrectl import render, spawn
+from timbrectl import generate, render, spawn
 from timbrectl.client import Client, connect, resolve_socket_path
+from timbrectl.generate import Progress
 from timbred import __version__
 from timbred.errors import ConfigError, DaemonUnavailable, RuntimeDirError, TimbreError
 
@@ -122,6 +124,95 @@ async def cmd_daemon_start(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def cmd_jobs_list(args: argparse.Namespace) -> int:
+    params: dict[str, Any] = {"limit": args.limit}
+    if args.state:
+        params["states"] = args.state
+    if args.model:
+        params["model"] = args.model
+    if args.text:
+        params["text"] = args.text
+    page = await _call(args, "jobs.list", params)
+    args.out.result(page, "\n".join(render.job_line(j) for j in page["jobs"]) or "no jobs")
+    return EXIT_OK
+
+
+async def cmd_job(args: argparse.Namespace) -> int:
+    """jobs show|cancel|retry|wait: one job in, its record out."""
+    method = {"show": "jobs.get", "cancel": "jobs.cancel", "retry": "jobs.retry",
+              "wait": "jobs.wait"}[args.jobs_command]
+    params: dict[str, Any] = {"job_id": args.job_id}
+    if args.jobs_command == "wait" and args.wait_timeout is not None:
+        params["timeout"] = args.wait_timeout
+    async with connect(args.socket, timeout=args.timeout) as client:
+        job = await client.call(method, params,
+                                timeout=None if args.jobs_command == "wait" else args.timeout)
+    args.out.result(job, render.job_detail(job))
+    if args.jobs_command == "wait" and job["state"] != "done":
+        return EXIT_FAILED if job["state"] in ("failed", "cancelled", "interrupted") \
+            else EXIT_TIMEOUT
+    return EXIT_OK
+
+
+async def cmd_models(args: argparse.Namespace) -> int:
+    """models list|ps|load|unload|rm."""
+    action = args.models_command
+    if action == "list":
+        result = await _call(args, "models.list")
+        args.out.result(result, render.model_rows(result["installed"]))
+    elif action == "ps":
+        result = await _call(args, "models.ps")
+        args.out.result(result, render.ps_rows(result["models"], time.time()))
+    elif action == "load":
+        params: dict[str, Any] = {"model": args.model}
+        if args.keep_alive is not None:
+            params["keep_alive"] = args.keep_alive
+        async with connect(args.socket, timeout=args.timeout) as client:
+            result = await client.call("models.load", params, timeout=None)
+        args.out.result(result, f"loaded {result['model']} on {result['device']} "
+                        f"({result['dtype']}, {render.size(result['memory_bytes'])})")
+    elif action == "unload":
+        result = await _call(args, "models.unload", {"model": args.model})
+        args.out.result(result, f"unloaded {args.model}" if result["unloaded"]
+                        else f"{args.model} was not loaded")
+    elif action == "rm":
+        if not args.yes and sys.stdin.isatty():
+            answer = await anyio.to_thread.run_sync(
+                input, f"Delete {args.model} from the model cache? [y/N] ")
+            if answer.strip().lower() not in ("y", "yes"):
+                print("kept", file=sys.stderr)
+                return EXIT_OK
+        result = await _call(args, "models.remove", {"model": args.model})
+        args.out.result(result, f"removed {result['name']}, freed "
+                        f"{render.size(result['bytes_freed'])}")
+    return EXIT_OK
+
+
+async def cmd_models_pull(args: argparse.Namespace) -> int:
+    progress = Progress()
+    async with connect(args.socket, timeout=args.timeout) as client:
+        await client.subscribe(["model.pull"])
+        async with anyio.create_task_group() as tg:
+
+            async def show() -> None:
+                async for event in client.events():
+                    data = event.get("data", {})
+                    if data.get("phase") == "downloading":
+                        progress.show(f"{data['model']} "
+                                      + render.progress_bar(data["bytes_done"],
+                                                            max(1, data["bytes_total"]), None)
+                                      + f"  {render.size(data['bytes_done'])}")
+
+            tg.start_soon(show)
+            params = {"model": args.model}
+            result = await client.call("models.pull", params, timeout=None)
+            tg.cancel_scope.cancel()
+    progress.done()
+    args.out.result(result, f"{result['name']} {result.get('revision') or ''} "
+                    f"({render.size(result['size_bytes'])}) at {result['path']}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="machine-readable output")
@@ -144,6 +235,45 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("shutdown", parents=[common], help="stop the daemon gracefully")
     sp.add_argument("--no-wait", action="store_true", help="do not wait for it to exit")
     sp.set_defaults(func=cmd_shutdown)
+
+    generate.add_parser(sub, common)
+
+    jobs = sub.add_parser("jobs", help="list and control jobs").add_subparsers(
+        dest="jobs_command", required=True, metavar="ACTION")
+    jl = jobs.add_parser("list", parents=[common], help="jobs, newest first")
+    jl.add_argument("--state", action="append", choices=[
+        "queued", "loading", "generating", "encoding", "done", "failed", "cancelled",
+        "interrupted"], help="only jobs in this state (repeatable)")
+    jl.add_argument("--model")
+    jl.add_argument("--text", help="prompt contains this (case-insensitive)")
+    jl.add_argument("--limit", type=int, default=50)
+    jl.set_defaults(func=cmd_jobs_list)
+    for name, text in (("show", "one job"), ("cancel", "cancel a job"),
+                       ("retry", "queue a failed/cancelled/interrupted job again"),
+                       ("wait", "wait for a job to finish")):
+        jp = jobs.add_parser(name, parents=[common], help=text)
+        jp.add_argument("job_id", metavar="JOB")
+        if name == "wait":
+            jp.add_argument("--wait-timeout", type=float, metavar="SECONDS")
+        jp.set_defaults(func=cmd_job)
+
+    mods = sub.add_parser("models", help="install, load and inspect models").add_subparsers(
+        dest="models_command", required=True, metavar="ACTION")
+    mods.add_parser("list", parents=[common], help="installed models").set_defaults(
+        func=cmd_models)
+    mods.add_parser("ps", parents=[common], help="loaded models").set_defaults(func=cmd_models)
+    mp = mods.add_parser("pull", parents=[common], help="download a model (resumable)")
+    mp.add_argument("model", metavar="NAME")
+    mp.set_defaults(func=cmd_models_pull)
+    for name, text in (("rm", "delete a model from the cache"), ("load", "load a model now"),
+                       ("unload", "unload a model")):
+        mx = mods.add_parser(name, parents=[common], help=text)
+        mx.add_argument("model", metavar="NAME")
+        if name == "load":
+            mx.add_argument("--keep-alive", type=float, metavar="SECONDS")
+        if name == "rm":
+            mx.add_argument("-y", "--yes", action="store_true", help="do not ask")
+        mx.set_defaults(func=cmd_models)
 
     daemon = sub.add_parser("daemon", help="start or stop the daemon").add_subparsers(
         dest="daemon_command", required=True, metavar="ACTION")

@@ -51,3 +51,71 @@ def status(st: dict[str, Any]) -> str:
     head = (f"timbred {st['version']} (protocol {st['protocol_version']}), pid {st['pid']}, "
             f"up {duration(st['uptime_s'])}")
     return "\n".join([head, *(f"  {k:<8} {v}" for k, v in rows)])
+
+
+def progress_bar(step: int, total: int, eta_s: float | None, width: int = 30) -> str:
+    """``[#########.........]  45%  226/503  ETA 12s`` (no newline)."""
+    frac = 0.0 if total <= 0 else min(1.0, step / total)
+    filled = int(frac * width)
+    eta = "" if eta_s is None else f"  ETA {duration(eta_s)}"
+    return f"[{'#' * filled}{'.' * (width - filled)}] {frac * 100:3.0f}%  {step}/{total}{eta}"
+
+
+def job_line(job: dict[str, Any]) -> str:
+    """One row of ``timbrectl jobs list``."""
+    prompt = job["params"].get("prompt", "")
+    if len(prompt) > 40:
+        prompt = prompt[:39] + "…"
+    dur = job["params"].get("duration")
+    dur_s = f"{dur:g}s" if isinstance(dur, int | float) else "-"
+    return f"{job['id']:<14} {job['state']:<11} {job['model'][:22]:<22} {dur_s:>6}  {prompt}"
+
+
+def job_detail(job: dict[str, Any]) -> str:
+    """``timbrectl jobs show``."""
+    p = job["params"]
+    rows = [
+        ("state", job["state"] + (" (cancel requested)" if job["cancel_requested"] else "")),
+        ("model", job["model"]),
+        ("prompt", p.get("prompt", "")),
+        ("params", ", ".join(f"{k}={v}" for k, v in p.items()
+                             if k != "prompt" and v is not None)),
+        ("priority", str(job["priority"])),
+        ("attempts", str(job["attempts"]) + (f" (retry of {job['retry_of']})"
+                                             if job["retry_of"] else "")),
+    ]
+    if job["progress"]:
+        rows.append(("progress", f"{job['progress']['step']}/{job['progress']['total']}"))
+    if job["error"]:
+        rows.append(("error", job["error"]["message"]))
+    rows += [("output", path) for path in job["outputs"]]
+    return "\n".join([job["id"], *(f"  {k:<9} {v}" for k, v in rows)])
+
+
+def model_rows(installed: list[dict[str, Any]]) -> str:
+    """``timbrectl models list``."""
+    if not installed:
+        return "no models installed; pull one with `timbrectl models pull musicgen-small`"
+    lines = [f"{'NAME':<28} {'SIZE':>10}  {'REVISION':<12} LOADED"]
+    for m in installed:
+        rev = (m.get("revision") or "-")[:12]
+        lines.append(f"{m['name'][:28]:<28} {size(m['size_bytes']):>10}  {rev:<12} "
+                     f"{'yes' if m.get('loaded') else ''}")
+    return "\n".join(lines)
+
+
+def ps_rows(loaded: list[dict[str, Any]], now: float) -> str:
+    """``timbrectl models ps``."""
+    if not loaded:
+        return "no models loaded"
+    lines = [f"{'NAME':<28} {'DEVICE':<8} {'DTYPE':<9} {'MEMORY':>10}  UNTIL"]
+    for m in loaded:
+        if m["in_use"]:
+            until = "in use"
+        elif m["expires_at"] is None:
+            until = "forever"
+        else:
+            until = f"{duration(max(0.0, m['expires_at'] - now))} from now"
+        lines.append(f"{m['model'][:28]:<28} {m['device']:<8} {m['dtype']:<9} "
+                     f"{size(m['memory_bytes']):>10}  {until}")
+    return "\n".join(lines)

@@ -23,6 +23,7 @@ from timbred import PROTOCOL_VERSION, __version__
 from timbred.config import Settings
 from timbred.errors import PeerRefused, TooManyConnections
 from timbred.events import EventBus
+from timbred.generation import Generation
 from timbred.logs import log_file_path
 from timbred.notify import Notifier
 from timbred.protocol.jsonrpc import Dispatcher
@@ -72,6 +73,7 @@ class Daemon:
         self.dispatcher: Dispatcher[RequestContext] = Dispatcher(
             handlers(), max_batch=settings["limits.max_batch"])
         self.notifier = notifier or Notifier()
+        self.generation = Generation(settings, self.bus)
         self.connections: dict[int, Connection] = {}
         self.started_at = time.time()
         self._started_monotonic = time.monotonic()
@@ -96,8 +98,10 @@ class Daemon:
     def stopping(self) -> bool:
         return self.stop_requested.is_set()
 
-    def status(self) -> dict[str, Any]:
+    async def status(self) -> dict[str, Any]:
         """The ``daemon.status`` result."""
+        gen = self.generation
+        queue = await anyio.to_thread.run_sync(gen.queue)
         return {
             "version": __version__,
             "protocol_version": PROTOCOL_VERSION,
@@ -109,10 +113,9 @@ class Daemon:
             "config_path": None if self.settings.config_path is None
             else str(self.settings.config_path),
             "log_file": None if self.log_file is None else str(self.log_file),
-            # The generation service (worker, queue) fills these once it exists.
-            "device": {"requested": self.settings["daemon.device"], "active": None},
-            "models": [],
-            "queue": {"queued": 0, "running": 0},
+            "device": {"requested": self.settings["daemon.device"], "active": gen.device},
+            "models": gen.ps(),
+            "queue": queue,
             "connections": len(self.connections),
             "events": {"epoch": self.bus.epoch, "seq": self.bus.seq},
         }
@@ -198,6 +201,8 @@ async def serve(
         async with anyio.create_task_group() as main:
             if handle_signals:
                 await main.start(_watch_signals, daemon, main.cancel_scope)
+            # Recover the queue before the first client can ask about it.
+            await main.start(daemon.generation.run)
             async with anyio.create_task_group() as clients:
                 clients.start_soon(_accept, daemon, listener, clients)
                 log.info("timbred %s listening on %s (pid %d)", __version__,
@@ -209,6 +214,9 @@ async def serve(
                 daemon.notifier.stopping(f"stopping: {daemon.stop_reason}")
                 daemon.bus.publish("daemon.stopping", {"reason": daemon.stop_reason})
                 await listener.aclose()
+                # Interrupt (and record) the running job before clients are let go, so that
+                # a jobs.wait in flight still answers with the job's final state.
+                await daemon.generation.close()
                 async with anyio.create_task_group() as closing:
                     for conn in list(daemon.connections.values()):
                         closing.start_soon(conn.finish, SHUTDOWN_GRACE_S)

@@ -132,6 +132,33 @@ KEYS: tuple[Key, ...] = (
         "Most requests one connection may have running at once.", minimum=1, maximum=10_000),
     Key("limits", "event_buffer", int, 4096,
         "Events kept for replay to clients that reconnect.", minimum=16, maximum=1_000_000),
+    Key("models", "default", str, "musicgen-small",
+        "Model used when a request names none: a catalogue name (timbrectl models list), a "
+        "Hugging Face repo id, or a local directory."),
+    Key("models", "keep_alive_s", float, 600.0,
+        "Seconds a model stays loaded after its last use; 0 unloads right after each job, "
+        "-1 keeps it forever. A request's keep_alive overrides it.", minimum=-1, maximum=1e9),
+    Key("models", "memory_budget_mb", int, 0,
+        "Memory the loaded models may use together; idle models are evicted to make room. "
+        "0: 75% of physical memory.", minimum=0, maximum=10_000_000),
+    Key("models", "dtype", str, "auto",
+        "Weights precision: auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, "
+        "float16.", choices=("auto", "float32", "bfloat16", "float16")),
+    Key("models", "window_s", float, 30.0,
+        "Longest clip generated in one pass; longer durations continue in windows.",
+        minimum=1, maximum=120),
+    Key("models", "stride_s", float, 18.0,
+        "How far each continuation window advances (audiocraft's extend_stride); the rest "
+        "of the window is kept as context so windows join without seams.",
+        minimum=0.5, maximum=120),
+    Key("jobs", "database", str, "",
+        "The job database (SQLite). Empty: jobs.sqlite3 in the platformdirs data directory."),
+    Key("jobs", "max_queued", int, 1000,
+        "Most unfinished jobs at once; submitting past it fails with queue_full.",
+        minimum=1, maximum=1_000_000),
+    Key("output", "dir", str, "",
+        "Where takes are written, as YYYY/MM/DD/<job>-<n>.wav. Empty: Timbre/ in the "
+        "platformdirs music directory."),
 )
 
 SECTIONS: dict[str, dict[str, Key]] = {}

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from timbred.protocol.jsonrpc import Handler
-from timbred.rpc import daemon, events
+from timbred.rpc import daemon, events, generate, jobs, models
 
 if TYPE_CHECKING:
     from timbred.app import RequestContext
@@ -22,4 +22,16 @@ def handlers() -> dict[str, Handler[RequestContext]]:
         "daemon.shutdown": daemon.shutdown,
         "events.subscribe": events.subscribe,
         "events.unsubscribe": events.unsubscribe,
+        "generate.submit": generate.submit,
+        "jobs.get": jobs.get,
+        "jobs.list": jobs.list_,
+        "jobs.cancel": jobs.cancel,
+        "jobs.retry": jobs.retry,
+        "jobs.wait": jobs.wait,
+        "models.list": models.list_,
+        "models.pull": models.pull,
+        "models.remove": models.remove,
+        "models.ps": models.ps,
+        "models.load": models.load,
+        "models.unload": models.unload,
     }

@@ -16,7 +16,7 @@ async def ping(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
 
 async def status(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     """Version, paths, device, models, queue."""
-    return ctx.daemon.status()
+    return await ctx.daemon.status()
 
 
 async def shutdown(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:

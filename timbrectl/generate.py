@@ -1,0 +1,181 @@
+"""``timbrectl generate``: submit, follow progress on stderr, print the written paths.
+
+The subscription to ``job.*`` is made *before* submitting, so no progress or state event of the
+new job can be missed. Ctrl-C asks whether to cancel the job or leave it running (without a
+terminal to ask on, it cancels).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from timbrectl import render
+from timbrectl.client import Client, connect
+
+TERMINAL = {"done", "failed", "cancelled", "interrupted"}
+EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
+
+
+def _absolute(path: str | None) -> str | None:
+    return None if path is None else str(Path(path).expanduser().absolute())
+
+
+def _model(name: str | None) -> str | None:
+    """A model name stays a name; an existing directory becomes an absolute path."""
+    if name is None:
+        return None
+    candidate = Path(name).expanduser()
+    return str(candidate.absolute()) if candidate.is_dir() and (
+        "/" in name or name.startswith(".")) else name
+
+
+def submit_params(args: argparse.Namespace) -> dict[str, Any]:
+    """The generate.submit params for the parsed command line (unset options left out)."""
+    params: dict[str, Any] = {
+        "prompt": args.prompt, "duration": args.duration, "seed": args.seed,
+        "model": _model(args.model), "temperature": args.temperature, "top_k": args.top_k,
+        "top_p": args.top_p, "guidance": args.guidance, "variations": args.variations,
+        "melody": _absolute(args.melody), "continuation": _absolute(args.continue_),
+        "output": _absolute(args.output), "priority": args.priority,
+        "keep_alive": args.keep_alive,
+    }
+    return {k: v for k, v in params.items() if v is not None}
+
+
+class Progress:
+    """A progress line on stderr, drawn only when stderr is a terminal."""
+
+    def __init__(self) -> None:
+        self.enabled = sys.stderr.isatty()
+        self.drawn = False
+
+    def show(self, text: str) -> None:
+        if self.enabled:
+            sys.stderr.write("\r\x1b[2K" + text)
+            sys.stderr.flush()
+            self.drawn = True
+
+    def done(self) -> None:
+        if self.drawn:
+            sys.stderr.write("\r\x1b[2K")
+            sys.stderr.flush()
+            self.drawn = False
+
+
+async def _ask_cancel(job_id: str) -> bool:
+    """Ask on the terminal; without one, the answer is: cancel."""
+    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+        return True
+
+    def ask() -> bool:
+        sys.stderr.write(f"\nCancel job {job_id}? [Y/n] (n leaves it running) ")
+        sys.stderr.flush()
+        answer = sys.stdin.readline().strip().lower()
+        return answer in ("", "y", "yes")
+
+    return await anyio.to_thread.run_sync(ask, abandon_on_cancel=True)
+
+
+async def follow(client: Client, job_id: str, progress: Progress) -> dict[str, Any]:
+    """Follow ``job_id``'s events until it reaches a final state; return the job record."""
+    job: dict[str, Any] = await client.call("jobs.get", {"job_id": job_id})
+    while job["state"] not in TERMINAL:
+        event = await client.next_event()
+        if event["method"] == "events.dropped":  # we fell behind: re-sync from the source
+            await client.subscribe(["job.*"], after_seq=event["last_seq"])
+            job = await client.call("jobs.get", {"job_id": job_id})
+            continue
+        data = event["data"]
+        if event["type"] == "job.progress" and data["job_id"] == job_id:
+            progress.show(f"{job_id} generating "
+                          + render.progress_bar(data["step"], data["total"], data["eta_s"]))
+        elif event["type"] == "job.state" and data["job"]["id"] == job_id:
+            job = data["job"]
+            if job["state"] not in TERMINAL:
+                progress.show(f"{job_id} {job['state']}…")
+    return job
+
+
+async def run(args: argparse.Namespace) -> int:
+    """The generate command."""
+    progress = Progress()
+    async with connect(args.socket, timeout=args.timeout) as client:
+        await client.subscribe(["job.*"])
+        submitted = await client.call("generate.submit", submit_params(args))
+        job_id: str = submitted["job_id"]
+        if args.no_wait:
+            args.out.result(submitted["job"], job_id)
+            return EXIT_OK
+        progress.show(f"{job_id} queued…")
+        outcome: dict[str, Any] = {}
+        interrupted = False
+
+        async def watch_sigint(scope: anyio.CancelScope) -> None:
+            nonlocal interrupted
+            with anyio.open_signal_receiver(signal.SIGINT) as signals:
+                async for _ in signals:
+                    progress.done()
+                    if await _ask_cancel(job_id):
+                        await client.call("jobs.cancel", {"job_id": job_id})
+                        interrupted = True  # keep following: the job reports `cancelled`
+                    else:
+                        print(f"left running: {job_id} (timbrectl jobs wait {job_id})",
+                              file=sys.stderr)
+                        scope.cancel()
+                        return
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch_sigint, tg.cancel_scope)
+            outcome = await follow(client, job_id, progress)
+            tg.cancel_scope.cancel()
+    progress.done()
+    if not outcome:  # left running
+        return EXIT_OK
+    if args.json:
+        print(json.dumps(outcome, ensure_ascii=False, indent=2))
+    if outcome["state"] == "done":
+        if not args.json:
+            for path in outcome["outputs"]:
+                print(path)
+        return EXIT_OK
+    reason = (outcome.get("error") or {}).get("message", outcome["state"])
+    print(f"timbrectl: job {job_id} {outcome['state']}: {reason}", file=sys.stderr)
+    return EXIT_INTERRUPTED if interrupted and outcome["state"] == "cancelled" else EXIT_FAILED
+
+
+def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Register ``generate`` on the CLI's subparsers."""
+    g = sub.add_parser("generate", parents=[common], help="turn a prompt into a take",
+                       description="Queue a generation and wait for it, showing progress on "
+                       "stderr; the written file paths are printed on stdout, one per line.")
+    g.add_argument("prompt")
+    g.add_argument("-d", "--duration", type=float, metavar="SECONDS",
+                   help="length in seconds (default 10; up to 600 by windowed continuation)")
+    g.add_argument("--seed", type=int, help="random seed (default: random, always recorded)")
+    g.add_argument("-m", "--model", metavar="NAME|DIR",
+                   help="catalogue name, Hugging Face repo, or local directory")
+    g.add_argument("-n", "--variations", type=int, metavar="N",
+                   help="N takes of the prompt in one batched pass")
+    g.add_argument("-o", "--output", metavar="PATH",
+                   help="write here (.wav; variations add -1, -2, ...); never overwrites")
+    g.add_argument("--melody", metavar="FILE", help="follow this audio file's melody")
+    g.add_argument("--continue", dest="continue_", metavar="FILE",
+                   help="continue this audio file (the take includes it)")
+    g.add_argument("--temperature", type=float, metavar="X")
+    g.add_argument("--top-k", type=int, metavar="N")
+    g.add_argument("--top-p", type=float, metavar="X")
+    g.add_argument("--guidance", type=float, metavar="X", help="classifier-free guidance scale")
+    g.add_argument("--priority", type=int, metavar="N", help="higher runs first (default 0)")
+    g.add_argument("--keep-alive", type=float, metavar="SECONDS",
+                   help="keep the model loaded this long after the job (0: unload, -1: forever)")
+    g.add_argument("--no-wait", action="store_true", help="print the job id and return")
+    g.set_defaults(func=run)
+

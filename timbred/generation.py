@@ -1,0 +1,527 @@
+"""The generation service: the durable queue, the warm worker, and the models it holds.
+
+One scheduler task takes queued jobs in priority order and runs each through
+queued → loading → generating → encoding → done | failed | cancelled | interrupted, publishing a
+``job.state`` event at every transition and throttled ``job.progress`` events while decoding.
+Inference runs in the worker process; the event loop only waits on it. A worker crash fails only
+the job it was running (with the reason) and the next job starts a fresh worker.
+
+Models stay loaded for their keep-alive after each use (per request, else the configured
+default; 0 unloads at once, -1 never) and idle models are evicted, least recently used first,
+when loading another would pass the memory budget.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import platform
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+import anyio.to_thread
+import platformdirs
+
+from timbred import __version__, models, takes
+from timbred.config import Settings
+from timbred.errors import (
+    Cancelled,
+    InternalError,
+    InvalidJobState,
+    InvalidParams,
+    ModelNotFound,
+    ShuttingDown,
+    TimbreError,
+    WorkerCrashed,
+)
+from timbred.events import EventBus
+from timbred.jobs import Job, JobState, JobStore
+from timbred.worker.audio_io import probe_audio
+from timbred.worker.backend import GenerationOutput, GenerationParams
+from timbred.worker.process import LoadedModel, WorkerHandle
+
+log = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+PROGRESS_EVENTS_PER_S = 10
+
+
+def default_database() -> Path:
+    return Path(platformdirs.user_data_dir("timbre")) / "jobs.sqlite3"
+
+
+def default_output_dir() -> Path:
+    return Path(platformdirs.user_music_dir()) / "Timbre"
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), for ``daemon.status``."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 16 * 1024 * MiB
+
+
+@dataclass
+class Loaded:
+    """A model held by the worker, with the daemon's bookkeeping."""
+
+    model_id: str
+    name: str
+    info: LoadedModel
+    revision: str | None
+    loaded_at: float
+    last_used: float
+    keep_alive_s: float
+    in_use: int = 0
+
+    @property
+    def expires_at(self) -> float | None:
+        if self.in_use or self.keep_alive_s < 0:
+            return None
+        return self.last_used + self.keep_alive_s
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.name, "model_id": self.model_id, "source": self.info.source,
+                "revision": self.revision, "backend": self.info.backend,
+                "device": self.info.device, "dtype": self.info.dtype,
+                "memory_bytes": self.info.memory_bytes, "loaded_at": self.loaded_at,
+                "last_used": self.last_used, "in_use": self.in_use > 0,
+                "expires_at": self.expires_at,
+                "capabilities": self.info.capabilities.to_dict()}
+
+
+def to_plain(obj: Any) -> Any:
+    """A models.* dataclass as JSON types (paths as strings)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, tuple | list):
+        return [to_plain(x) for x in obj]
+    return obj
+
+
+class Generation:
+    """Jobs, the worker and the loaded models of one daemon run."""
+
+    def __init__(self, settings: Settings, bus: EventBus) -> None:
+        self.settings = settings
+        self.bus = bus
+        db = Path(settings["jobs.database"] or default_database()).expanduser()
+        db.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.store = JobStore(db, max_queued=settings["jobs.max_queued"])
+        self.output_root = Path(settings["output.dir"] or default_output_dir()).expanduser()
+        self.worker = WorkerHandle(threads=settings["daemon.threads"])
+        budget_mb = settings["models.memory_budget_mb"]
+        self.memory_budget = budget_mb * MiB if budget_mb else int(physical_memory() * 0.75)
+        self.loaded: dict[str, Loaded] = {}
+        self.running: Job | None = None
+        self.device: dict[str, Any] | None = None
+        self.stopping = False
+        self._wake = anyio.Event()
+        self._waiters: dict[str, anyio.Event] = {}
+        self._models_lock = anyio.Lock()  # one load/unload/evict sequence at a time
+        self._done = anyio.Event()
+        self._idle = anyio.Event()  # set whenever a job finishes running
+        self._last_progress = 0.0
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Repair the queue, then schedule jobs and expire models until cancelled."""
+        report = await anyio.to_thread.run_sync(self.store.recover)
+        if report.interrupted:
+            log.warning("jobs interrupted by the last stop (not re-run): %s",
+                        ", ".join(report.interrupted))
+        swept = await anyio.to_thread.run_sync(takes.sweep_partials, self.output_root)
+        if swept:
+            log.info("removed %d leftover partial file(s) under %s", len(swept),
+                     self.output_root)
+        if report.queued:
+            log.info("%d queued job(s) resume", report.queued_count)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._schedule)
+                tg.start_soon(self._expire_models)
+                task_status.started()
+        finally:
+            self._done.set()
+
+    async def close(self) -> None:
+        """Stop taking jobs; interrupt the running one (recorded, never silently re-run)."""
+        self.stopping = True
+        self._wake.set()
+        if self.running is not None:
+            idle = self._idle = anyio.Event()
+            await self.worker.cancel()
+            with anyio.move_on_after(10):
+                await idle.wait()
+        with anyio.CancelScope(shield=True):
+            await self.worker.stop()
+            await anyio.to_thread.run_sync(self.store.close)
+
+    # --- state and events ---------------------------------------------------------------
+
+    async def _transition(self, job: Job, state: JobState, **fields: Any) -> Job:
+        job = await anyio.to_thread.run_sync(
+            lambda: self.store.set_state(job.id, state, **fields))
+        self._announce(job)
+        return job
+
+    def _announce(self, job: Job) -> None:
+        self.bus.publish("job.state", {"job": job.to_dict()})
+        if job.terminal:
+            waiter = self._waiters.pop(job.id, None)
+            if waiter is not None:
+                waiter.set()
+
+    def queue(self) -> dict[str, int]:
+        return {"queued": self.store.queue_depth(), "running": int(self.running is not None)}
+
+    # --- submit and control -------------------------------------------------------------
+
+    async def submit(self, params: Mapping[str, Any]) -> Job:
+        """Validate, record durably, and wake the scheduler; the job id is final on return."""
+        if self.stopping:
+            raise ShuttingDown()
+        model = params.get("model") or self.settings["models.default"]
+        job_params = await anyio.to_thread.run_sync(lambda: self._checked_params(model, params))
+        job = await anyio.to_thread.run_sync(
+            lambda: self.store.submit(model, job_params, priority=params.get("priority", 0)))
+        self._announce(job)
+        self._wake.set()
+        return job
+
+    def _checked_params(self, model: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Everything refusable at submit time is refused here, naming the parameter."""
+        ref = models.resolve(model)
+        if not ref.ready:
+            missing = f" (missing {', '.join(ref.missing)})" if ref.missing else ""
+            raise ModelNotFound(model, f"not downloaded yet{missing}; run "
+                                f"`timbrectl models pull {model}` first")
+        model_type = _model_type(ref)
+        out: dict[str, Any] = {
+            "prompt": params["prompt"],
+            "duration": float(params.get("duration", 10.0)),
+            "seed": params["seed"] if params.get("seed") is not None
+            else secrets.randbelow(2**31),
+            "temperature": float(params.get("temperature", 1.0)),
+            "top_k": int(params.get("top_k", 250)),
+            "top_p": float(params.get("top_p", 0.0)),
+            "guidance": float(params.get("guidance", 3.0)),
+            "variations": int(params.get("variations", 1)),
+            "melody": params.get("melody"),
+            "continuation": params.get("continuation"),
+            "output": params.get("output"),
+            "keep_alive": params.get("keep_alive"),
+        }
+        if out["melody"] is not None:
+            if model_type != "musicgen_melody":
+                raise InvalidParams(f"melody: {model} cannot follow a melody; use a melody "
+                                    "model such as musicgen-melody", param="melody")
+            probe_audio(_absolute(out["melody"], "melody"), param="melody")
+        if out["continuation"] is not None:
+            info = probe_audio(_absolute(out["continuation"], "continuation"),
+                               param="continuation")
+            length = info.frames / info.sample_rate
+            if out["duration"] <= length:
+                raise InvalidParams(
+                    f"duration: {out['duration']:g} s must exceed the continued audio's "
+                    f"{length:.2f} s (the result includes it)", param="duration",
+                    allowed={"exclusiveMinimum": round(length, 3)})
+        if out["output"] is not None:
+            takes.check_output(out["output"], out["variations"])
+        GenerationParams.from_dict(_generation_params(out))  # the worker's own checks, now
+        return out
+
+    async def get(self, job_id: str) -> Job:
+        return await anyio.to_thread.run_sync(self.store.get, job_id)
+
+    async def cancel(self, job_id: str) -> Job:
+        job = await anyio.to_thread.run_sync(self.store.cancel, job_id)
+        if job.state is JobState.CANCELLED:
+            self._announce(job)
+        elif self.running is not None and self.running.id == job_id:
+            await self.worker.cancel()  # generate() raises Cancelled within a few steps
+            self.bus.publish("job.state", {"job": job.to_dict()})
+        return job
+
+    async def retry(self, job_id: str) -> Job:
+        job = await anyio.to_thread.run_sync(self.store.retry, job_id)
+        self._announce(job)
+        self._wake.set()
+        return job
+
+    async def wait(self, job_id: str, timeout: float | None) -> Job:
+        """The job once it is finished, or as it is when ``timeout`` runs out."""
+        job = await self.get(job_id)
+        if job.terminal:
+            return job
+        waiter = self._waiters.setdefault(job_id, anyio.Event())
+        with anyio.move_on_after(timeout):
+            await waiter.wait()
+        return await self.get(job_id)
+
+    # --- scheduling ---------------------------------------------------------------------
+
+    async def _schedule(self) -> None:
+        while not self.stopping:
+            self._wake = anyio.Event()
+            job = await anyio.to_thread.run_sync(self.store.next_queued)
+            if job is None:
+                await self._wake.wait()
+                continue
+            await self._run(job)
+
+    async def _run(self, job: Job) -> None:
+        self.running = job
+        entry: Loaded | None = None
+        keep_alive = job.params.get("keep_alive")
+        try:
+            job = await self._transition(job, JobState.LOADING)
+            entry = await self._acquire(job.model, keep_alive)
+            if (await self.get(job.id)).cancel_requested:
+                raise Cancelled()
+            job = await self._transition(job, JobState.GENERATING)
+            output = await self.worker.generate(
+                entry.model_id, GenerationParams.from_dict(_generation_params(job.params)),
+                self._progress_callback(job.id, time.monotonic()))
+            job = await self._transition(job, JobState.ENCODING)
+            paths = await anyio.to_thread.run_sync(self._write_takes, job, output)
+            await self._transition(job, JobState.DONE, outputs=[str(p) for p in paths],
+                                   recipe=self._recipe(job, entry, output))
+        except Cancelled:
+            if self.stopping:
+                await self._finish(job, JobState.INTERRUPTED, InternalError(
+                    "timbred stopped while this job ran; it was not re-run "
+                    "(retry it with `timbrectl jobs retry`)"))
+            else:
+                await self._finish(job, JobState.CANCELLED, None)
+        except WorkerCrashed as exc:
+            log.error("job %s: %s", job.id, exc)
+            self.loaded.clear()  # whatever the worker held died with it
+            self.bus.publish("worker.crashed", {"job_id": job.id, "reason": exc.data["reason"],
+                                                "exitcode": exc.data.get("exitcode")})
+            await self._finish(job, JobState.FAILED, exc)
+        except TimbreError as exc:
+            log.warning("job %s failed: %s", job.id, exc)
+            await self._finish(job, JobState.FAILED, exc)
+        except Exception as exc:  # a bug: fail the job with the reason, keep serving
+            log.exception("job %s failed unexpectedly", job.id)
+            await self._finish(job, JobState.FAILED,
+                               InternalError(f"{type(exc).__name__}: {exc}"))
+        finally:
+            self.running = None
+            self._idle.set()
+            if entry is not None:
+                entry.in_use -= 1
+                entry.last_used = time.time()
+                if entry.keep_alive_s == 0 and not entry.in_use:
+                    with anyio.CancelScope(shield=True):
+                        await self._unload(entry.model_id, "keep_alive 0")
+
+    async def _finish(self, job: Job, state: JobState, error: TimbreError | None) -> None:
+        with anyio.CancelScope(shield=True):
+            current = await self.get(job.id)
+            if current.terminal:
+                return
+            if state is JobState.FAILED and current.state is JobState.QUEUED:
+                # queued -> failed is not a legal edge; go through loading first.
+                current = await self._transition(current, JobState.LOADING)
+            await self._transition(current, state, error=error)
+
+    def _progress_callback(self, job_id: str, started: float) -> Any:
+        def on_progress(step: int, total: int) -> None:
+            now = time.monotonic()
+            if step < total and now - self._last_progress < 1 / PROGRESS_EVENTS_PER_S:
+                return
+            self._last_progress = now
+            elapsed = now - started
+            eta = elapsed / step * (total - step) if step else None
+            self.bus.publish("job.progress", {
+                "job_id": job_id, "step": step, "total": total,
+                "elapsed_s": round(elapsed, 3), "eta_s": None if eta is None else round(eta, 3)})
+            try:
+                self.store.set_progress(job_id, step, total)  # one small row update
+            except TimbreError as exc:
+                log.debug("progress not recorded: %s", exc)
+
+        return on_progress
+
+    def _write_takes(self, job: Job, output: GenerationOutput) -> list[Path]:
+        count = output.audio.shape[0]
+        if job.params.get("output"):
+            paths = takes.explicit_paths(Path(job.params["output"]), count)
+        else:
+            paths = takes.default_paths(self.output_root, job.id, count)
+        return [takes.write_wav(p, output.audio[i], output.sample_rate)
+                for i, p in enumerate(paths)]
+
+    def _recipe(self, job: Job, entry: Loaded, output: GenerationOutput) -> dict[str, Any]:
+        return {
+            "model": job.model, "model_id": entry.model_id, "revision": entry.revision,
+            "source": entry.info.source, "backend": entry.info.backend,
+            "device": entry.info.device, "dtype": entry.info.dtype,
+            "params": _generation_params(job.params), "sample_rate": output.sample_rate,
+            "window_s": self.settings["models.window_s"],
+            "stride_s": self.settings["models.stride_s"], "timbre_version": __version__,
+            "info": json.loads(json.dumps(output.info, default=str)),
+        }
+
+    # --- models -------------------------------------------------------------------------
+
+    def _keep_alive(self, requested: float | None) -> float:
+        return float(self.settings["models.keep_alive_s"] if requested is None else requested)
+
+    async def _ensure_worker(self) -> None:
+        if self.worker.alive:
+            return
+        self.loaded.clear()
+        await self.worker.start()
+        info = self.worker.info
+        requested = self.settings["daemon.device"]
+        cuda = bool(info and info.cuda_devices)
+        device = ("cuda" if cuda else "cpu") if requested == "auto" else requested
+        dtype = self.settings["models.dtype"]
+        if dtype == "auto":
+            dtype = "bfloat16" if device.startswith("cuda") else "float32"
+        name = info.cuda_devices[0] if cuda and info else cpu_name()
+        self.device = {"type": "cuda" if device.startswith("cuda") else "cpu", "name": name,
+                       "dtype": dtype, "threads": info.threads if info else 0,
+                       "device": device}
+
+    async def _acquire(self, model: str, keep_alive: float | None) -> Loaded:
+        """The loaded model for ``model`` (loading it if needed), marked in use."""
+        async with self._models_lock:
+            ref = await anyio.to_thread.run_sync(models.resolve, model)
+            entry = self.loaded.get(ref.id)
+            if entry is None or not self.worker.alive:
+                entry = await self._load(ref, model, keep_alive)
+            entry.keep_alive_s = self._keep_alive(keep_alive)
+            entry.in_use += 1
+            return entry
+
+    async def _load(self, ref: models.ModelRef, name: str, keep_alive: float | None) -> Loaded:
+        if not ref.ready:
+            raise ModelNotFound(name, f"not downloaded yet; run `timbrectl models pull {name}`")
+        await self._ensure_worker()
+        assert self.device is not None  # set by _ensure_worker
+        need = await anyio.to_thread.run_sync(
+            lambda: models.estimate_memory(ref, dtype=self.device["dtype"]))  # type: ignore[index]
+        await self._evict_for(need)
+        source = str(ref.local_path or ref.path)
+        info = await self.worker.load(
+            ref.id, source, self.device["device"], self.device["dtype"],
+            options={"window_s": self.settings["models.window_s"],
+                     "stride_s": self.settings["models.stride_s"]})
+        now = time.time()
+        entry = Loaded(ref.id, name, info, ref.revision, now, now, self._keep_alive(keep_alive))
+        self.loaded[ref.id] = entry
+        self.bus.publish("model.loaded", {"model": name, "device": info.device,
+                                          "dtype": info.dtype,
+                                          "memory_bytes": info.memory_bytes})
+        log.info("loaded %s on %s (%s, %.0f MiB)", name, info.device, info.dtype,
+                 info.memory_bytes / MiB)
+        return entry
+
+    async def _evict_for(self, need: int) -> None:
+        used = sum(e.info.memory_bytes for e in self.loaded.values())
+        for entry in sorted(self.loaded.values(), key=lambda e: e.last_used):
+            if used + need <= self.memory_budget:
+                break
+            if entry.in_use:
+                continue
+            await self._unload(entry.model_id, "memory budget")
+            used -= entry.info.memory_bytes
+        if used + need > self.memory_budget:
+            log.warning("loading needs %.0f MiB; with %.0f MiB held the budget of %.0f MiB is "
+                        "exceeded", need / MiB, used / MiB, self.memory_budget / MiB)
+
+    async def _unload(self, model_id: str, reason: str) -> bool:
+        entry = self.loaded.pop(model_id, None)
+        if entry is None:
+            return False
+        if self.worker.alive:
+            with contextlib.suppress(WorkerCrashed):  # a dead worker holds nothing anyway
+                await self.worker.unload(model_id)
+        self.bus.publish("model.unloaded", {"model": entry.name, "reason": reason})
+        log.info("unloaded %s (%s)", entry.name, reason)
+        return True
+
+    async def _expire_models(self) -> None:
+        while True:
+            await anyio.sleep(0.25)
+            now = time.time()
+            for entry in list(self.loaded.values()):
+                expires = entry.expires_at
+                if expires is not None and expires <= now:
+                    async with self._models_lock:
+                        if entry.expires_at is not None and entry.expires_at <= time.time():
+                            await self._unload(entry.model_id, "keep_alive expired")
+
+    async def load_model(self, model: str, keep_alive: float | None) -> Loaded:
+        entry = await self._acquire(model, keep_alive)
+        entry.in_use -= 1
+        entry.last_used = time.time()
+        return entry
+
+    async def unload_model(self, model: str) -> bool:
+        ref = await anyio.to_thread.run_sync(models.resolve, model)
+        async with self._models_lock:
+            entry = self.loaded.get(ref.id)
+            if entry is not None and entry.in_use and self.running is not None:
+                raise InvalidJobState(self.running.id, self.running.state.value,
+                                      f"{model} is in use; unload it once the job finishes")
+            return await self._unload(ref.id, "requested")
+
+    def ps(self) -> list[dict[str, Any]]:
+        return [e.to_dict() for e in self.loaded.values()]
+
+
+def _absolute(path: str, param: str) -> str:
+    if not Path(path).is_absolute():
+        raise InvalidParams(f"{param} must be an absolute path (clients resolve relative ones)",
+                            param=param)
+    return path
+
+
+def _model_type(ref: models.ModelRef) -> str | None:
+    base = ref.local_path or ref.path
+    if base is None:
+        return None
+    try:
+        with (base / "config.json").open(encoding="utf-8") as f:
+            value = json.load(f).get("model_type")
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def _generation_params(p: Mapping[str, Any]) -> dict[str, Any]:
+    """Job params (the RPC's names) → the worker's GenerationParams fields."""
+    return {"prompt": p["prompt"], "duration_s": p["duration"], "seed": p["seed"],
+            "temperature": p["temperature"], "top_k": p["top_k"], "top_p": p["top_p"],
+            "guidance_scale": p["guidance"], "variations": p["variations"],
+            "melody_path": p.get("melody"), "continuation_path": p.get("continuation")}

@@ -1,0 +1,71 @@
+"""``models.*``: what is installed, what is loaded, pull, remove, load, unload."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.from_thread
+import anyio.to_thread
+
+from timbred import models
+from timbred.generation import to_plain
+
+if TYPE_CHECKING:
+    from timbred.app import RequestContext
+
+#: Pull progress events per second at most (the last one always goes out).
+PULL_EVENTS_PER_S = 5
+
+
+async def list_(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    """Installed models (the Hugging Face cache) and the catalogue of known names."""
+    installed = await anyio.to_thread.run_sync(models.list_installed)
+    loaded = {e.name for e in ctx.daemon.generation.loaded.values()}
+    return {
+        "installed": [{**to_plain(m), "loaded": m.name in loaded} for m in installed],
+        "catalogue": [{"name": e.name, "repo": e.repo, "melody": e.melody, "stereo": e.stereo,
+                       "approx_bytes": e.approx_bytes} for e in models.CATALOGUE.values()],
+    }
+
+
+async def pull(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    """Download a model into the Hugging Face cache, publishing ``model.pull`` events."""
+    bus = ctx.daemon.bus
+    last = 0.0
+
+    def progress(p: models.PullProgress) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if p.phase == "downloading" and now - last < 1 / PULL_EVENTS_PER_S:
+            return
+        last = now
+        anyio.from_thread.run_sync(bus.publish, "model.pull", to_plain(p))
+
+    installed = await anyio.to_thread.run_sync(
+        lambda: models.pull(params["model"], progress=progress, revision=params.get("revision")))
+    return dict(to_plain(installed))
+
+
+async def remove(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    """Delete a model from the cache (unloading it first)."""
+    await ctx.daemon.generation.unload_model(params["model"])
+    removed = await anyio.to_thread.run_sync(models.remove, params["model"])
+    return dict(to_plain(removed))
+
+
+async def ps(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    """Loaded models: memory, device, when each expires."""
+    return {"models": ctx.daemon.generation.ps(), "device": ctx.daemon.generation.device}
+
+
+async def load(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    """Load a model now (warming it for the next job)."""
+    entry = await ctx.daemon.generation.load_model(params["model"], params.get("keep_alive"))
+    return entry.to_dict()
+
+
+async def unload(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    """Unload a model (refused while a running job uses it)."""
+    return {"unloaded": await ctx.daemon.generation.unload_model(params["model"])}
