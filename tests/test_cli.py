@@ -21,7 +21,7 @@ def ctl_env(sock: Path, tmp: Path) -> dict[str, str]:
     (tmp / "empty.toml").write_text("")
     return dict(os.environ, TIMBRE_SOCKET=str(sock), TIMBRE_CONFIG=str(tmp / "empty.toml"),
                 XDG_STATE_HOME=str(tmp / "state"),
-                TIMBRE_JOBS_DATABASE=str(tmp / "jobs.sqlite3"),
+                TIMBRE_DATA_DATABASE=str(tmp / "jobs.sqlite3"),
                 TIMBRE_OUTPUT_DIR=str(tmp / "music"))
 
 

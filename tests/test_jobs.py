@@ -17,7 +17,7 @@ import pytest
 
 from timbred.errors import (
     GenerationFailed,
-    InternalError,
+    StoreError,
     InvalidJobState,
     InvalidParams,
     JobNotFound,
@@ -569,7 +569,7 @@ class TestSchema:
         make_v1(db_path)
         broken = (*MIGRATIONS, ("ALTER TABLE jobs ADD COLUMN note TEXT", "SELECT nonsense"))
         with closing(sqlite3.connect(db_path, isolation_level=None)) as raw:
-            with pytest.raises(InternalError, match="schema version 2 failed"):
+            with pytest.raises(StoreError, match="schema version 2 failed"):
                 migrate(raw, str(db_path), broken)
             assert raw.execute("PRAGMA user_version").fetchone()[0] == 1
             columns = [row[1] for row in raw.execute("PRAGMA table_info(jobs)")]
@@ -580,7 +580,7 @@ class TestSchema:
         JobStore(db_path).close()
         with closing(sqlite3.connect(db_path)) as raw:
             raw.execute("PRAGMA user_version = 99")
-        with pytest.raises(InternalError) as info:
+        with pytest.raises(StoreError) as info:
             JobStore(db_path)
         assert str(db_path) in str(info.value)
         assert "99" in str(info.value) and "newer" in str(info.value)
@@ -589,15 +589,15 @@ class TestSchema:
         """A SQLite file with other tables and no Timbre marker is left alone."""
         with closing(sqlite3.connect(db_path)) as raw:
             raw.execute("CREATE TABLE songs (title TEXT)")
-        with pytest.raises(InternalError, match="not a Timbre job database"):
+        with pytest.raises(StoreError, match="not a Timbre job database"):
             JobStore(db_path)
 
 
 class TestDamagedFiles:
     def test_a_garbage_file_names_the_file(self, db_path: Path) -> None:
-        """A file that is not SQLite at all raises InternalError naming the path."""
+        """A file that is not SQLite at all raises StoreError naming the path."""
         db_path.write_bytes(b"definitely not sqlite\n" * 300)
-        with pytest.raises(InternalError) as info:
+        with pytest.raises(StoreError) as info:
             JobStore(db_path)
         assert str(db_path) in str(info.value)
         assert "corrupt" in str(info.value)
@@ -615,15 +615,15 @@ class TestDamagedFiles:
         with db_path.open("r+b") as f:
             f.seek(5 * page_size)
             f.write(b"\xa5" * page_size)
-        with pytest.raises(InternalError) as info:
+        with pytest.raises(StoreError) as info:
             JobStore(db_path)
         assert str(db_path) in str(info.value)
         assert "corrupt" in str(info.value)
 
     def test_an_unopenable_path_names_the_file(self, tmp_path: Path) -> None:
-        """A path in a missing directory raises InternalError naming the path."""
+        """A path in a missing directory raises StoreError naming the path."""
         path = tmp_path / "missing" / "jobs.sqlite3"
-        with pytest.raises(InternalError, match="cannot open") as info:
+        with pytest.raises(StoreError, match="cannot open") as info:
             JobStore(path)
         assert str(path) in str(info.value)
 

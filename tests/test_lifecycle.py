@@ -61,7 +61,7 @@ class Daemon:
         self.stderr_path = base / f"stderr-{name}"
         env = dict(os.environ, TIMBRE_SOCKET=str(self.socket), NOTIFY_SOCKET=str(self.notify.path),
                    TIMBRE_CONFIG=str(base / "none.toml"), PYTHONUNBUFFERED="1",
-                   TIMBRE_JOBS_DATABASE=str(base / "jobs.sqlite3"),
+                   TIMBRE_DATA_DATABASE=str(base / "jobs.sqlite3"),
                    TIMBRE_OUTPUT_DIR=str(base / "music"),
                    **(extra_env or {}))
         if not (base / "none.toml").exists():

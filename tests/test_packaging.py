@@ -69,7 +69,7 @@ class TestSystemdUnit:
 
     def test_key_directives(self) -> None:
         """The unit runs timbred as a notify service that restarts on crashes only,
-        not after exit codes 3, 4, 5, with a private umask and a graceful stop."""
+        not after exit codes 3-6, with a private umask and a graceful stop."""
         unit = read_unit(UNIT)
         service = unit["Service"]
         assert service["Type"] == ["notify"]
@@ -77,7 +77,7 @@ class TestSystemdUnit:
         assert service["ExecStart"] == ["%h/.local/bin/timbred"]
         assert service["Restart"] == ["on-failure"]
         assert service["RestartSec"] == ["2"]
-        assert set(service["RestartPreventExitStatus"][0].split()) == {"3", "4", "5"}
+        assert set(service["RestartPreventExitStatus"][0].split()) == {"3", "4", "5", "6"}
         assert service["UMask"] == ["0077"]
         assert service["KillMode"] == ["mixed"]
         assert int(service["TimeoutStopSec"][0]) >= 30

@@ -2,7 +2,8 @@
 
 Exit statuses (also in README.md; the systemd unit's RestartPreventExitStatus uses 3-5):
 0 stopped cleanly; 1 unexpected error; 2 bad command line; 3 another timbred is already
-running; 4 bad configuration; 5 unsafe or unusable socket directory or path.
+running; 4 bad configuration; 5 unsafe or unusable socket directory or path; 6 the database
+is corrupt, foreign or from a newer Timbre.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from pathlib import Path
 
 from timbred import PROTOCOL_VERSION, __version__
 from timbred import config as config_mod
-from timbred.errors import AlreadyRunning, ConfigError, RuntimeDirError
+from timbred.errors import AlreadyRunning, ConfigError, RuntimeDirError, StoreError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_RUNNING, EXIT_CONFIG, EXIT_RUNTIME = 0, 1, 2, 3, 4, 5
+EXIT_STORE = 6
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Timbre's per-user daemon. Runs in the foreground and logs to stderr; "
         "use the systemd user unit or launchd agent to keep it in the background.",
         epilog="Exit status: 0 clean stop, 1 unexpected error, 2 usage, 3 already running, "
-        "4 bad configuration, 5 unsafe socket directory.",
+        "4 bad configuration, 5 unsafe socket directory, 6 unusable database.",
     )
     p.add_argument("--config", type=Path, metavar="FILE",
                    help="configuration file (default: $TIMBRE_CONFIG or "
@@ -78,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeDirError as exc:
         print(f"timbred: unsafe or unusable socket location: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
+    except StoreError as exc:
+        print(f"timbred: cannot use the database: {exc}", file=sys.stderr)
+        return EXIT_STORE
     except KeyboardInterrupt:
         return EXIT_OK
     except Exception:

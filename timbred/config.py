@@ -151,8 +151,9 @@ KEYS: tuple[Key, ...] = (
         "How far each continuation window advances (audiocraft's extend_stride); the rest "
         "of the window is kept as context so windows join without seams.",
         minimum=0.5, maximum=120),
-    Key("jobs", "database", str, "",
-        "The job database (SQLite). Empty: jobs.sqlite3 in the platformdirs data directory."),
+    Key("data", "database", str, "",
+        "The Timbre database (SQLite: jobs and history). Empty: timbre.sqlite3 in the "
+        "platformdirs data directory."),
     Key("jobs", "max_queued", int, 1000,
         "Most unfinished jobs at once; submitting past it fails with queue_full.",
         minimum=1, maximum=1_000_000),

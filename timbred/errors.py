@@ -311,6 +311,62 @@ class OutputError(TimbreError, OSError):
         super().__init__(f"cannot write {path}: {reason}", path=path, reason=reason)
 
 
+# --- takes, history, presets, watch folders (codes -32060..-32069) ----------------------------
+
+
+class TakeNotFound(TimbreError, LookupError):
+    """Raised when a take id (or path) is not in the history."""
+
+    code = -32060
+    kind = "take_not_found"
+
+    def __init__(self, take: str) -> None:
+        super().__init__(f"no take {take!r} in the history", take=take)
+
+
+class PresetNotFound(TimbreError, LookupError):
+    """Raised when a preset name is neither shipped nor in the user's presets directory."""
+
+    code = -32061
+    kind = "preset_not_found"
+
+    def __init__(self, preset: str, hint: str) -> None:
+        super().__init__(f"no preset {preset!r}: {hint}", preset=preset, hint=hint)
+
+
+class PresetInvalid(TimbreError, ValueError):
+    """Raised when a preset file is malformed; names the file, the key and what was expected."""
+
+    code = -32062
+    kind = "preset_invalid"
+
+    def __init__(self, path: str, key: str, expected: str) -> None:
+        super().__init__(f"{path}: {key}: expected {expected}", path=path, key=key,
+                         expected=expected)
+
+
+class WatchFolderError(TimbreError, OSError):
+    """Raised when a folder cannot be watched (missing, not a directory, unsafe)."""
+
+    code = -32063
+    kind = "watch_folder_error"
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"cannot watch {path}: {problem}", path=path, problem=problem)
+
+
+class Interrupted(TimbreError):
+    """Recorded on a job that was running when the daemon stopped (it is never re-run)."""
+
+    code = -32033
+    kind = "interrupted"
+
+    def __init__(self, state: str) -> None:
+        super().__init__(
+            f"timbred stopped while this job was {state}; it was not re-run "
+            "(retry it with `timbrectl jobs retry`)", state=state)
+
+
 # --- local errors (raised before or outside the socket; never sent as replies) --------------
 
 
@@ -351,6 +407,16 @@ class AlreadyRunning(TimbreError):
                          lock_path=lock_path, pid=pid)
 
 
+class StoreError(TimbreError):
+    """Raised when a database file is corrupt, foreign, or newer than this version of Timbre."""
+
+    code = -32024
+    kind = "store_error"
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"{path}: {problem}", path=path, problem=problem)
+
+
 class DaemonUnavailable(TimbreError, ConnectionError):
     """Raised by the client when no daemon answers on the socket."""
 
@@ -388,7 +454,8 @@ def wire_errors() -> dict[int, type[TimbreError]]:
 
     Local-only errors (config, runtime dir, lock, client side) are excluded.
     """
-    local = (ConfigError, RuntimeDirError, AlreadyRunning, DaemonUnavailable, RemoteError)
+    local = (ConfigError, RuntimeDirError, AlreadyRunning, StoreError, DaemonUnavailable,
+             RemoteError)
     table: dict[int, type[TimbreError]] = {}
     for cls in _all_subclasses(TimbreError):
         if issubclass(cls, local):

@@ -36,6 +36,7 @@ from timbred.config import Settings
 from timbred.errors import (
     Cancelled,
     InternalError,
+    Interrupted,
     InvalidJobState,
     InvalidParams,
     ModelNotFound,
@@ -56,7 +57,7 @@ PROGRESS_EVENTS_PER_S = 10
 
 
 def default_database() -> Path:
-    return Path(platformdirs.user_data_dir("timbre")) / "jobs.sqlite3"
+    return Path(platformdirs.user_data_dir("timbre")) / "timbre.sqlite3"
 
 
 def default_output_dir() -> Path:
@@ -128,7 +129,7 @@ class Generation:
     def __init__(self, settings: Settings, bus: EventBus) -> None:
         self.settings = settings
         self.bus = bus
-        db = Path(settings["jobs.database"] or default_database()).expanduser()
+        db = Path(settings["data.database"] or default_database()).expanduser()
         db.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.store = JobStore(db, max_queued=settings["jobs.max_queued"])
         self.output_root = Path(settings["output.dir"] or default_output_dir()).expanduser()
@@ -314,9 +315,7 @@ class Generation:
                                    recipe=self._recipe(job, entry, output))
         except Cancelled:
             if self.stopping:
-                await self._finish(job, JobState.INTERRUPTED, InternalError(
-                    "timbred stopped while this job ran; it was not re-run "
-                    "(retry it with `timbrectl jobs retry`)"))
+                await self._finish(job, JobState.INTERRUPTED, Interrupted(job.state.value))
             else:
                 await self._finish(job, JobState.CANCELLED, None)
         except WorkerCrashed as exc:

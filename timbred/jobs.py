@@ -34,11 +34,12 @@ from typing import Any, Final
 
 from timbred.errors import (
     Cancelled,
-    InternalError,
+    Interrupted,
     InvalidJobState,
     InvalidParams,
     JobNotFound,
     QueueFull,
+    StoreError,
     TimbreError,
 )
 
@@ -142,10 +143,8 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 
-def _store_error(path: str, problem: str) -> InternalError:
-    # errors.py has no kind for a broken database file yet (see the report); InternalError
-    # with the path in data keeps the one tree and still names the file.
-    return InternalError(f"job database {path}: {problem}", path=path, problem=problem)
+def _store_error(path: str, problem: str) -> StoreError:
+    return StoreError(path, f"job database: {problem}")
 
 
 def migrate(
@@ -842,14 +841,7 @@ class JobStore:
                     cancelled.append(job.id)
                 else:
                     new = _S.INTERRUPTED
-                    # No class in errors.py fits, and a stored error only needs kind,
-                    # message and data; "interrupted" matches the state for clients.
-                    err = {
-                        "kind": "interrupted",
-                        "message": f"timbred stopped while this job was {job.state}; it was "
-                        "not re-run (retry it to render it again)",
-                        "data": {"kind": "interrupted", "state": job.state.value},
-                    }
+                    err = _error_dict(Interrupted(job.state.value))
                     interrupted.append(job.id)
                 conn.execute(
                     "UPDATE jobs SET state = ?, finished_at = ?, error = ? WHERE id = ?",

@@ -21,7 +21,7 @@ from timbred.errors import TimbreError
 def test_settings(base: Path, **overrides: Any) -> Settings:
     """Defaults with socket, job database and takes under ``base``, plus overrides."""
     overrides.setdefault("daemon__socket", str(base / "run" / "timbred.sock"))
-    overrides.setdefault("jobs__database", str(base / "data" / "jobs.sqlite3"))
+    overrides.setdefault("data__database", str(base / "data" / "jobs.sqlite3"))
     overrides.setdefault("output__dir", str(base / "music"))
     return Settings.defaults(**overrides)
 
