@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ DAEMON_EXIT = {1: "unexpected error", 2: "bad command line", 3: "already running
 class Started:
     pid: int
     log_path: Path
+    process: subprocess.Popen[bytes]
 
 
 class StartFailed(Exception):
@@ -50,16 +52,22 @@ def _tail(path: Path, lines: int = 8) -> str:
     return "\n".join(text[-lines:])
 
 
-def start(*, socket_path: Path | None, config: Path | None, timeout: float = 30.0) -> Started:
-    """Spawn ``python -m timbred`` detached; return once it reports READY=1."""
-    log_path = spawn_log_path()
+def start(*, socket_path: Path | None, config: Path | None, timeout: float = 30.0,
+          environ: Mapping[str, str] | None = None, log_path: Path | None = None) -> Started:
+    """Spawn ``python -m timbred`` detached; return once it reports READY=1.
+
+    ``environ`` replaces the inherited environment (benchmarks give the daemon private
+    directories); ``log_path`` replaces the default log file.
+    """
+    log_path = log_path or spawn_log_path()
     log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     with tempfile.TemporaryDirectory(prefix="timbre-") as tmp, \
             socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
         notify_path = str(Path(tmp) / "notify")
         notify.bind(notify_path)
         notify.settimeout(0.1)
-        env = dict(os.environ, NOTIFY_SOCKET=notify_path, PYTHONUNBUFFERED="1")
+        env = dict(os.environ if environ is None else environ, NOTIFY_SOCKET=notify_path,
+                   PYTHONUNBUFFERED="1")
         if socket_path is not None:
             env["TIMBRE_SOCKET"] = str(socket_path)
         argv = [sys.executable, "-m", "timbred"]
@@ -75,7 +83,7 @@ def start(*, socket_path: Path | None, config: Path | None, timeout: float = 30.
             except TimeoutError:
                 message = ""
             if "READY=1" in message.split("\n"):
-                return Started(proc.pid, log_path)
+                return Started(proc.pid, log_path, proc)
             status = proc.poll()
             if status is not None:
                 raise StartFailed(

@@ -38,8 +38,11 @@ class Notifier:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
                 s.sendto(payload, self.address)
         except OSError as exc:
-            # Never fatal: the daemon works the same without a supervisor listening.
-            log.warning("sd_notify to %r failed: %s", self.address, exc)
+            # Never fatal: the daemon works the same without a supervisor listening. The
+            # listener may have gone on purpose (`timbrectl daemon start` only waits for
+            # READY=1), so stop trying rather than warn on every later message.
+            log.debug("sd_notify to %r failed (%s); no more notifications", self.address, exc)
+            self.address = None
             return False
         return True
 
