@@ -146,6 +146,7 @@ class Generation:
         self._done = anyio.Event()
         self._idle = anyio.Event()  # set whenever a job finishes running
         self._last_progress = 0.0
+        self._tg: anyio.abc.TaskGroup | None = None
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -164,6 +165,7 @@ class Generation:
             log.info("%d queued job(s) resume", report.queued_count)
         try:
             async with anyio.create_task_group() as tg:
+                self._tg = tg
                 tg.start_soon(self._schedule)
                 tg.start_soon(self._expire_models)
                 task_status.started()
@@ -352,7 +354,10 @@ class Generation:
             await self._transition(current, state, error=error)
 
     def _progress_callback(self, job_id: str, started: float) -> Any:
+        last_saved = 0.0
+
         def on_progress(step: int, total: int) -> None:
+            nonlocal last_saved
             now = time.monotonic()
             if step < total and now - self._last_progress < 1 / PROGRESS_EVENTS_PER_S:
                 return
@@ -362,12 +367,18 @@ class Generation:
             self.bus.publish("job.progress", {
                 "job_id": job_id, "step": step, "total": total,
                 "elapsed_s": round(elapsed, 3), "eta_s": None if eta is None else round(eta, 3)})
-            try:
-                self.store.set_progress(job_id, step, total)  # one small row update
-            except TimbreError as exc:
-                log.debug("progress not recorded: %s", exc)
+            # Persist at most once a second, off the event loop (events carry the rest).
+            if (step == total or now - last_saved >= 1.0) and self._tg:
+                last_saved = now
+                self._tg.start_soon(self._save_progress, job_id, step, total)
 
         return on_progress
+
+    async def _save_progress(self, job_id: str, step: int, total: int) -> None:
+        try:
+            await anyio.to_thread.run_sync(self.store.set_progress, job_id, step, total)
+        except TimbreError as exc:  # losing a progress row is harmless; say so in the log
+            log.debug("progress of %s not recorded: %s", job_id, exc)
 
     def _write_takes(self, job: Job, output: GenerationOutput) -> list[Path]:
         count = output.audio.shape[0]
