@@ -11,6 +11,7 @@ import pytest
 from tests.support import RawConnection
 from timbred.app import Daemon
 from timbred.testing.daemon import running_daemon
+from timbred.testing.tiny_musicgen import build_tiny_musicgen
 
 
 @pytest.fixture
@@ -23,6 +24,18 @@ def short_tmp() -> Iterator[Path]:
     """A private (0700) directory with a short path, for sockets (sun_path is ~100 bytes)."""
     with tempfile.TemporaryDirectory(prefix="tb-") as d:
         yield Path(d)
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random-weight MusicGen test fixture (noise, not music), built once a session."""
+    return build_tiny_musicgen(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_melody(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The melody variant of the tiny test fixture."""
+    return build_tiny_musicgen(tmp_path_factory.mktemp("models") / "tiny-melody", melody=True)
 
 
 @pytest.fixture

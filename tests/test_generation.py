@@ -32,23 +32,11 @@ from timbred.errors import (
 )
 from timbred.protocol.schema import rooted
 from timbred.testing.daemon import running_daemon
-from timbred.testing.tiny_musicgen import build_tiny_musicgen
 
 pytestmark = pytest.mark.anyio
 
 SR = 32000
 WINDOW: dict[str, Any] = {"models__window_s": 2.0, "models__stride_s": 1.0}
-
-
-@pytest.fixture(scope="session")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny random-weight MusicGen fixture (built once per session)."""
-    return build_tiny_musicgen(tmp_path_factory.mktemp("models") / "tiny")
-
-
-@pytest.fixture(scope="session")
-def tiny_melody(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_musicgen(tmp_path_factory.mktemp("models") / "tiny-melody", melody=True)
 
 
 @pytest.fixture

@@ -1,0 +1,91 @@
+"""`timbrectl generate` and `jobs` as scripts use them: real processes, a real daemon process
+with the tiny test fixture model, paths on stdout, exit statuses, and Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import miniaudio
+import pytest
+
+from timbrectl import spawn
+
+
+@pytest.fixture
+def env(short_tmp: Path, tiny: Path) -> Iterator[dict[str, str]]:
+    """A daemon subprocess using the tiny model; the environment to reach it."""
+    (short_tmp / "empty.toml").write_text("")
+    e = dict(os.environ, TIMBRE_SOCKET=str(short_tmp / "run" / "timbred.sock"),
+             TIMBRE_CONFIG=str(short_tmp / "empty.toml"),
+             TIMBRE_DATA_DATABASE=str(short_tmp / "timbre.sqlite3"),
+             TIMBRE_OUTPUT_DIR=str(short_tmp / "music"), TIMBRE_MODELS_DEFAULT=str(tiny),
+             TIMBRE_MODELS_WINDOW_S="2", TIMBRE_MODELS_STRIDE_S="1")
+    started = spawn.start(socket_path=short_tmp / "run" / "timbred.sock",
+                          config=short_tmp / "empty.toml", environ=e,
+                          log_path=short_tmp / "timbred.log")
+    yield e
+    started.process.terminate()
+    started.process.wait(30)
+
+
+def ctl(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "timbrectl", *args], env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_generate_prints_paths_and_nothing_else(env: dict[str, str]) -> None:
+    """stdout holds exactly the written paths, one per line; no progress bar without a tty."""
+    proc = ctl(env, "generate", "warm lofi rhodes", "-d", "1", "-n", "2", "--seed", "4")
+    assert proc.returncode == 0, proc.stderr
+    paths = proc.stdout.splitlines()
+    assert len(paths) == 2
+    for p in paths:
+        assert miniaudio.wav_read_file_f32(p).num_frames == 32000
+    assert "[#" not in proc.stderr  # stderr is not a terminal here
+
+
+def test_json_and_no_wait(env: dict[str, str]) -> None:
+    """--no-wait prints the job id; jobs wait/show then report it done; --json is the record."""
+    proc = ctl(env, "generate", "x", "-d", "0.5", "--no-wait")
+    job_id = proc.stdout.strip()
+    assert proc.returncode == 0 and job_id.startswith("j-")
+    waited = ctl(env, "jobs", "wait", job_id, "--json")
+    assert waited.returncode == 0
+    record = json.loads(waited.stdout)
+    assert record["id"] == job_id and record["state"] == "done"
+    listed = ctl(env, "jobs", "list")
+    assert job_id in listed.stdout and "done" in listed.stdout
+    as_json = ctl(env, "generate", "y", "-d", "0.5", "--json")
+    assert json.loads(as_json.stdout)["state"] == "done"
+
+
+def test_invalid_parameter_exits_1_naming_it(env: dict[str, str]) -> None:
+    """An impossible value is refused before queueing: exit 1 and the parameter named."""
+    proc = ctl(env, "generate", "x", "-d", "1000")
+    assert proc.returncode == 1 and "duration" in proc.stderr
+
+
+def test_ctrl_c_without_a_terminal_cancels(env: dict[str, str]) -> None:
+    """SIGINT with no terminal to ask on cancels the job; exit 130; the job is cancelled."""
+    proc = subprocess.Popen([sys.executable, "-m", "timbrectl", "generate", "long", "-d",
+                             "120", "--json"], env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    listed = ""
+    while time.monotonic() < deadline:  # wait until the job is generating
+        listed = ctl(env, "jobs", "list", "--state", "generating").stdout
+        if "generating" in listed:
+            break
+        time.sleep(0.2)
+    assert "generating" in listed
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert json.loads(out)["state"] == "cancelled"
