@@ -31,15 +31,15 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny mono MusicGen checkpoint directory."""
-    return build_tiny_musicgen(tmp_path_factory.mktemp("models") / "tiny-musicgen")
+def tiny_model(tiny: Path) -> Path:
+    """The tiny mono MusicGen checkpoint directory (the session's, from tests/conftest.py)."""
+    return tiny
 
 
 @pytest.fixture(scope="session")
-def tiny_melody_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny MusicGen-Melody checkpoint directory."""
-    return build_tiny_musicgen(tmp_path_factory.mktemp("models") / "tiny-melody", melody=True)
+def tiny_melody_model(tiny_melody: Path) -> Path:
+    """The tiny MusicGen-Melody checkpoint directory (shared with the daemon tests)."""
+    return tiny_melody
 
 
 @pytest.fixture(scope="session")
