@@ -153,7 +153,7 @@ class TestInvalid:
             ("[export]\nmp3_bitrate_kbps = 300\n", "export.mp3_bitrate_kbps", "320, got 300"),
             ("[export]\nogg_quality = 2\n", "export.ogg_quality", "from 0 to 1"),
             ('[export]\nloudness_target_lufs = "loud"\n', "export.loudness_target_lufs",
-             'a number from -70 to 0, or false, got "loud"'),
+             'a number from -60 to 0, or false, got "loud"'),
             ("[export]\nloudness_target_lufs = true\n", "export.loudness_target_lufs",
              "or false, got true"),
             ("[export]\ntrue_peak_ceiling_dbtp = 1\n", "export.true_peak_ceiling_dbtp",

@@ -213,6 +213,111 @@ async def cmd_models_pull(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _export_params(args: argparse.Namespace) -> dict[str, Any]:
+    params = {"format": args.format, "wav_subtype": args.wav_subtype,
+              "mp3_bitrate_kbps": args.bitrate, "true_peak_ceiling_dbtp": args.ceiling,
+              "loudness_target_lufs": False if args.no_normalise else args.loudness}
+    return {k: v for k, v in params.items() if v is not None}
+
+
+async def cmd_history(args: argparse.Namespace) -> int:
+    params: dict[str, Any] = {"limit": args.limit}
+    for key in ("text", "tag", "rating", "session"):
+        if getattr(args, key):
+            params[key] = getattr(args, key)
+    if args.since:
+        params["since"] = render.parse_when(args.since)
+    if args.until:
+        params["until"] = render.parse_when(args.until)
+    if args.deleted:
+        params["include_deleted"] = True
+    page = await _call(args, "history.search", params)
+    args.out.result(page, "\n".join(render.take_line(t) for t in page["takes"])
+                    or "no takes match")
+    return EXIT_OK
+
+
+async def cmd_takes(args: argparse.Namespace) -> int:
+    """takes show|export|rate|tag|rm."""
+    action = args.takes_command
+    take = _take_ref(args.take)
+    if action == "show":
+        result = await _call(args, "takes.show", {"take": take})
+        args.out.result(result, render.take_detail(result))
+    elif action == "export":
+        params = {"take": take, **_export_params(args)}
+        if args.output:
+            params["output"] = _absolute(args.output)
+        async with connect(args.socket, timeout=args.timeout) as client:
+            result = await client.call("takes.export", params, timeout=None)
+        args.out.result(result, result["path"])
+    elif action == "rate":
+        params = {"take": take, "value": args.value}
+        if args.note is not None:
+            params["note"] = args.note
+        result = await _call(args, "takes.rate", params)
+        args.out.result(result, render.take_detail(result))
+    elif action == "tag":
+        add = [t[1:] if t.startswith("+") else t for t in args.tags if not t.startswith("-")]
+        remove = [t[1:] for t in args.tags if t.startswith("-")]
+        result = await _call(args, "takes.tag", {"take": take, "add": add, "remove": remove})
+        args.out.result(result, render.take_detail(result))
+    elif action == "rm":
+        shown = await _call(args, "takes.show", {"take": take})
+        if not args.yes:
+            if not sys.stdin.isatty():
+                print("timbrectl: refusing to delete without a terminal to ask on; pass --yes",
+                      file=sys.stderr)
+                return EXIT_USAGE
+            answer = await anyio.to_thread.run_sync(
+                input, f"Delete {shown['path']} and its sidecar? [y/N] ")
+            if answer.strip().lower() not in ("y", "yes"):
+                print("kept", file=sys.stderr)
+                return EXIT_OK
+        result = await _call(args, "takes.rm", {"take": take})
+        args.out.result(result, f"deleted {shown['path']}")
+    return EXIT_OK
+
+
+def _take_ref(value: str) -> str:
+    """A take id stays an id; anything else is a path, made absolute."""
+    return value if value.startswith("t-") else _absolute(value)
+
+
+def _absolute(path: str) -> str:
+    """The daemon has another working directory: send it absolute paths."""
+    return str(Path(path).expanduser().absolute())
+
+
+async def cmd_replay(args: argparse.Namespace) -> int:
+    """Re-render a take and say whether the audio is bit-identical."""
+    async with connect(args.socket, timeout=args.timeout) as client:
+        await client.subscribe(["job.*"])
+        submitted = await client.call("takes.replay", {"take": _take_ref(args.take)})
+        progress = Progress()
+        job = await generate.follow(client, submitted["job_id"], progress)
+        progress.done()
+    if job["state"] != "done":
+        reason = (job.get("error") or {}).get("message", job["state"])
+        print(f"timbrectl: replay {job['id']} {job['state']}: {reason}", file=sys.stderr)
+        return EXIT_FAILED
+    same = job["recipe"]["replay"]["bit_identical"]
+    args.out.result(job, f"{job['outputs'][0]}\nbit-identical: {'yes' if same else 'no'}")
+    return EXIT_OK if same else EXIT_FAILED
+
+
+async def cmd_presets(args: argparse.Namespace) -> int:
+    if args.presets_command == "list":
+        result = await _call(args, "presets.list")
+        args.out.result(result, "\n".join(
+            f"{p['name']:<14} {p['source']:<8} {p.get('problem') or p['description']}"
+            for p in result["presets"]))
+    else:
+        result = await _call(args, "presets.show", {"name": args.name})
+        args.out.result(result, json.dumps(result, indent=2, ensure_ascii=False))
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="machine-readable output")
@@ -274,6 +379,48 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "rm":
             mx.add_argument("-y", "--yes", action="store_true", help="do not ask")
         mx.set_defaults(func=cmd_models)
+
+    hist = sub.add_parser("history", parents=[common], help="search past takes")
+    hist.add_argument("text", nargs="?", help="words the prompt contains")
+    hist.add_argument("--tag")
+    hist.add_argument("--rating", choices=["up", "down", "unrated"])
+    hist.add_argument("--session")
+    hist.add_argument("--since", metavar="WHEN", help="YYYY-MM-DD[THH:MM] or 2h/3d/1w ago")
+    hist.add_argument("--until", metavar="WHEN")
+    hist.add_argument("--deleted", action="store_true", help="include deleted takes")
+    hist.add_argument("--limit", type=int, default=50)
+    hist.set_defaults(func=cmd_history)
+
+    tk = sub.add_parser("takes", help="show, export, rate, tag or delete a take").add_subparsers(
+        dest="takes_command", required=True, metavar="ACTION")
+    for name, text in (("show", "one take"), ("export", "re-encode to another format"),
+                       ("rate", "thumbs up or down, with a note"), ("tag", "add/remove tags"),
+                       ("rm", "delete the take's files (asks first)")):
+        tp = tk.add_parser(name, parents=[common], help=text)
+        tp.add_argument("take", metavar="TAKE", help="take id (t-...) or path")
+        if name == "export":
+            generate.add_export_arguments(tp)
+            tp.add_argument("-o", "--output", metavar="PATH")
+        elif name == "rate":
+            tp.add_argument("value", choices=["up", "down", "none"])
+            tp.add_argument("--note")
+        elif name == "tag":
+            tp.add_argument("tags", nargs="+", metavar="[+|-]TAG")
+        elif name == "rm":
+            tp.add_argument("-y", "--yes", action="store_true", help="do not ask")
+        tp.set_defaults(func=cmd_takes)
+
+    rp = sub.add_parser("replay", parents=[common],
+                        help="re-render a take from its recipe; says if it is bit-identical")
+    rp.add_argument("take", metavar="TAKE")
+    rp.set_defaults(func=cmd_replay)
+
+    pr = sub.add_parser("presets", help="list and show presets").add_subparsers(
+        dest="presets_command", required=True, metavar="ACTION")
+    pr.add_parser("list", parents=[common]).set_defaults(func=cmd_presets)
+    ps = pr.add_parser("show", parents=[common])
+    ps.add_argument("name")
+    ps.set_defaults(func=cmd_presets)
 
     daemon = sub.add_parser("daemon", help="start or stop the daemon").add_subparsers(
         dest="daemon_command", required=True, metavar="ACTION")

@@ -45,7 +45,10 @@ def submit_params(args: argparse.Namespace) -> dict[str, Any]:
         "top_p": args.top_p, "guidance": args.guidance, "variations": args.variations,
         "melody": _absolute(args.melody), "continuation": _absolute(args.continue_),
         "output": _absolute(args.output), "priority": args.priority,
-        "keep_alive": args.keep_alive,
+        "keep_alive": args.keep_alive, "preset": args.preset, "session": args.session,
+        "format": args.format, "wav_subtype": args.wav_subtype,
+        "mp3_bitrate_kbps": args.bitrate, "true_peak_ceiling_dbtp": args.ceiling,
+        "loudness_target_lufs": False if args.no_normalise else args.loudness,
     }
     return {k: v for k, v in params.items() if v is not None}
 
@@ -151,6 +154,19 @@ async def run(args: argparse.Namespace) -> int:
     return EXIT_INTERRUPTED if interrupted and outcome["state"] == "cancelled" else EXIT_FAILED
 
 
+def add_export_arguments(p: argparse.ArgumentParser) -> None:
+    """The encoding options shared by ``generate`` and ``takes export``."""
+    p.add_argument("-f", "--format", choices=["wav", "flac", "mp3", "ogg"],
+                   help="file format (default: the -o extension, the preset, or wav)")
+    p.add_argument("--wav-subtype", choices=["PCM_16", "PCM_24", "FLOAT"])
+    p.add_argument("--bitrate", type=int, metavar="KBPS", help="MP3 bit rate (default 320)")
+    p.add_argument("--loudness", type=float, metavar="LUFS",
+                   help="integrated loudness target (default -14)")
+    p.add_argument("--no-normalise", action="store_true", help="keep the model's level")
+    p.add_argument("--ceiling", type=float, metavar="DBTP",
+                   help="true-peak ceiling (default -1)")
+
+
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     """Register ``generate`` on the CLI's subparsers."""
     g = sub.add_parser("generate", parents=[common], help="turn a prompt into a take",
@@ -176,6 +192,11 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     g.add_argument("--priority", type=int, metavar="N", help="higher runs first (default 0)")
     g.add_argument("--keep-alive", type=float, metavar="SECONDS",
                    help="keep the model loaded this long after the job (0: unload, -1: forever)")
+    g.add_argument("--preset", metavar="NAME", help="parameters, export settings and prompt "
+                   "words from a preset (timbrectl presets list); explicit options win")
+    g.add_argument("--session", metavar="NAME",
+                   help="history session (and folder) of the takes (default: today's date)")
+    add_export_arguments(g)
     g.add_argument("--no-wait", action="store_true", help="print the job id and return")
     g.set_defaults(func=run)
 

@@ -119,3 +119,51 @@ def ps_rows(loaded: list[dict[str, Any]], now: float) -> str:
         lines.append(f"{m['model'][:28]:<28} {m['device']:<8} {m['dtype']:<9} "
                      f"{size(m['memory_bytes']):>10}  {until}")
     return "\n".join(lines)
+
+
+def parse_when(text: str) -> float:
+    """``2026-11-23``, ``2026-11-23T18:30`` (local time) or ``3h``/``2d``/``1w`` ago."""
+    import datetime as dt
+    import re
+    import time
+
+    m = re.fullmatch(r"(\d+)\s*([mhdw])", text.strip())
+    if m:
+        unit = {"m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
+        return time.time() - int(m.group(1)) * unit
+    try:
+        return dt.datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise SystemExit(f"timbrectl: {text!r} is not a date (YYYY-MM-DD[THH:MM]) "
+                         "or an age like 3h, 2d, 1w") from None
+
+
+def take_line(take: dict[str, Any]) -> str:
+    """One row of ``timbrectl history``."""
+    import datetime as dt
+
+    when = dt.datetime.fromtimestamp(take["created_at"]).strftime("%Y-%m-%d %H:%M")
+    rating = {"up": "+", "down": "-"}.get(take["rating"] or "", " ")
+    prompt = take["prompt"] if len(take["prompt"]) <= 40 else take["prompt"][:39] + "…"
+    gone = " (deleted)" if take["deleted_at"] else ""
+    return (f"{take['id']:<13} {when} {rating} {take['duration_s']:5.1f}s "
+            f"{take['format']:<4} {prompt}{gone}")
+
+
+def take_detail(take: dict[str, Any]) -> str:
+    """``timbrectl takes show``."""
+    loud = take["loudness_after_lufs"]
+    rows = [
+        ("path", take["path"] + (" (deleted)" if take["deleted_at"] else "")),
+        ("prompt", take["prompt"]),
+        ("session", take["session"]),
+        ("job", f"{take['job_id']} (take {take['take_index']})"),
+        ("audio", f"{take['format']}, {take['sample_rate']} Hz, {take['channels']} ch, "
+                  f"{take['duration_s']:.2f} s" + ("" if loud is None else
+                                                   f", {loud:.1f} LUFS")),
+        ("seed", str(take["recipe"].get("params", {}).get("seed", "?"))),
+        ("model", str(take["recipe"].get("model", "?"))),
+        ("rating", (take["rating"] or "none") + (f" — {take['note']}" if take["note"] else "")),
+        ("tags", ", ".join(take["tags"]) or "none"),
+    ]
+    return "\n".join([take["id"], *(f"  {k:<8} {v}" for k, v in rows)])

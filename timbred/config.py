@@ -158,8 +158,23 @@ KEYS: tuple[Key, ...] = (
         "Most unfinished jobs at once; submitting past it fails with queue_full.",
         minimum=1, maximum=1_000_000),
     Key("output", "dir", str, "",
-        "Where takes are written, as YYYY/MM/DD/<job>-<n>.wav. Empty: Timbre/ in the "
-        "platformdirs music directory."),
+        "Where takes are written, as YYYY/MM/DD/<session>/take-<n>.<ext>. Empty: Timbre/ in "
+        "the platformdirs music directory."),
+    Key("output", "format", str, "wav", "Default format of new takes.",
+        choices=("wav", "flac", "mp3", "ogg")),
+    Key("output", "wav_subtype", str, "PCM_24", "Sample format of WAV takes.",
+        choices=("PCM_16", "PCM_24", "FLOAT")),
+    Key("output", "mp3_bitrate_kbps", int, 320, "Bit rate of MP3 takes.",
+        minimum=32, maximum=320),
+    Key("output", "ogg_quality", float, 0.7, "Quality of Ogg Vorbis takes (0 to 1).",
+        minimum=0, maximum=1),
+    Key("output", "normalise", bool, True,
+        "Normalise each take's integrated loudness to loudness_target_lufs."),
+    Key("output", "loudness_target_lufs", float, -14.0, "Loudness target (EBU R128 / BS.1770).",
+        minimum=-60, maximum=0),
+    Key("output", "true_peak_ceiling_dbtp", float, -1.0,
+        "No take's true peak exceeds this; a transparent limiter holds it when needed.",
+        minimum=-20, maximum=0),
 )
 
 SECTIONS: dict[str, dict[str, Key]] = {}

@@ -31,7 +31,7 @@ import anyio.abc
 import anyio.to_thread
 import platformdirs
 
-from timbred import __version__, models, takes
+from timbred import __version__, export, models, presets, takes
 from timbred.config import Settings
 from timbred.errors import (
     Cancelled,
@@ -45,7 +45,9 @@ from timbred.errors import (
     WorkerCrashed,
 )
 from timbred.events import EventBus
+from timbred.history import EXPORT_KEYS, History, audio_sha256
 from timbred.jobs import Job, JobState, JobStore
+from timbred.library import Library, Take
 from timbred.worker.audio_io import probe_audio
 from timbred.worker.backend import GenerationOutput, GenerationParams
 from timbred.worker.process import LoadedModel, WorkerHandle
@@ -133,6 +135,7 @@ class Generation:
         db.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.store = JobStore(db, max_queued=settings["jobs.max_queued"])
         self.output_root = Path(settings["output.dir"] or default_output_dir()).expanduser()
+        self.history = History(settings, Library(db), self.output_root)
         self.worker = WorkerHandle(threads=settings["daemon.threads"])
         budget_mb = settings["models.memory_budget_mb"]
         self.memory_budget = budget_mb * MiB if budget_mb else int(physical_memory() * 0.75)
@@ -209,39 +212,56 @@ class Generation:
         """Validate, record durably, and wake the scheduler; the job id is final on return."""
         if self.stopping:
             raise ShuttingDown()
-        model = params.get("model") or self.settings["models.default"]
-        job_params = await anyio.to_thread.run_sync(lambda: self._checked_params(model, params))
+        model, job_params = await anyio.to_thread.run_sync(self._checked_params, params)
         job = await anyio.to_thread.run_sync(
             lambda: self.store.submit(model, job_params, priority=params.get("priority", 0)))
         self._announce(job)
         self._wake.set()
         return job
 
-    def _checked_params(self, model: str, params: Mapping[str, Any]) -> dict[str, Any]:
-        """Everything refusable at submit time is refused here, naming the parameter."""
+    def _checked_params(self, params: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+        """Everything refusable at submit time is refused here, naming the parameter.
+
+        Returns the model and the job's stored params: every default filled in (the seed
+        included), the preset applied under explicit values, and the export options resolved.
+        """
+        request = {k: v for k, v in params.items() if v is not None}
+        preset_export: dict[str, Any] = {}
+        if request.get("preset"):
+            preset = presets.load(request["preset"])
+            request, preset_export = presets.apply(preset, request)
+        request_export = {k: request[k] for k in EXPORT_KEYS if k in request}
+        if request.get("output") and "format" not in request_export \
+                and "format" not in preset_export:
+            request_export["format"] = export.format_from_path(request["output"])
+        options = self.history.export_options(preset_export, request_export)
+        model = request.get("model") or self.settings["models.default"]
         ref = models.resolve(model)
         if not ref.ready:
             missing = f" (missing {', '.join(ref.missing)})" if ref.missing else ""
             raise ModelNotFound(model, f"not downloaded yet{missing}; run "
                                 f"`timbrectl models pull {model}` first")
-        model_type = _model_type(ref)
         out: dict[str, Any] = {
-            "prompt": params["prompt"],
-            "duration": float(params.get("duration", 10.0)),
-            "seed": params["seed"] if params.get("seed") is not None
-            else secrets.randbelow(2**31),
-            "temperature": float(params.get("temperature", 1.0)),
-            "top_k": int(params.get("top_k", 250)),
-            "top_p": float(params.get("top_p", 0.0)),
-            "guidance": float(params.get("guidance", 3.0)),
-            "variations": int(params.get("variations", 1)),
-            "melody": params.get("melody"),
-            "continuation": params.get("continuation"),
-            "output": params.get("output"),
-            "keep_alive": params.get("keep_alive"),
+            "prompt": request["prompt"],
+            "duration": float(request.get("duration", 10.0)),
+            "seed": request["seed"] if "seed" in request else secrets.randbelow(2**31),
+            "temperature": float(request.get("temperature", 1.0)),
+            "top_k": int(request.get("top_k", 250)),
+            "top_p": float(request.get("top_p", 0.0)),
+            "guidance": float(request.get("guidance", 3.0)),
+            "variations": int(request.get("variations", 1)),
+            "melody": request.get("melody"),
+            "continuation": request.get("continuation"),
+            "output": request.get("output"),
+            "keep_alive": request.get("keep_alive"),
+            "preset": request.get("preset"),
+            "session": request.get("session"),
+            "export": options.to_dict(),
         }
+        if "replay" in params:
+            out["replay"] = dict(params["replay"])
         if out["melody"] is not None:
-            if model_type != "musicgen_melody":
+            if _model_type(ref) != "musicgen_melody":
                 raise InvalidParams(f"melody: {model} cannot follow a melody; use a melody "
                                     "model such as musicgen-melody", param="melody")
             probe_audio(_absolute(out["melody"], "melody"), param="melody")
@@ -255,9 +275,9 @@ class Generation:
                     f"{length:.2f} s (the result includes it)", param="duration",
                     allowed={"exclusiveMinimum": round(length, 3)})
         if out["output"] is not None:
-            takes.check_output(out["output"], out["variations"])
+            takes.check_output(out["output"], out["variations"], extensions=[options.extension])
         GenerationParams.from_dict(_generation_params(out))  # the worker's own checks, now
-        return out
+        return model, out
 
     async def get(self, job_id: str) -> Job:
         return await anyio.to_thread.run_sync(self.store.get, job_id)
@@ -312,9 +332,10 @@ class Generation:
                 entry.model_id, GenerationParams.from_dict(_generation_params(job.params)),
                 self._progress_callback(job.id, time.monotonic()))
             job = await self._transition(job, JobState.ENCODING)
-            paths = await anyio.to_thread.run_sync(self._write_takes, job, output)
-            await self._transition(job, JobState.DONE, outputs=[str(p) for p in paths],
-                                   recipe=self._recipe(job, entry, output))
+            recipe = self._recipe(job, entry, output)
+            written = await anyio.to_thread.run_sync(self._write_takes, job, output, recipe)
+            await self._transition(job, JobState.DONE, outputs=[t.path for t in written],
+                                   recipe=recipe)
         except Cancelled:
             if self.stopping:
                 await self._finish(job, JobState.INTERRUPTED, Interrupted(job.state.value))
@@ -380,14 +401,41 @@ class Generation:
         except TimbreError as exc:  # losing a progress row is harmless; say so in the log
             log.debug("progress of %s not recorded: %s", job_id, exc)
 
-    def _write_takes(self, job: Job, output: GenerationOutput) -> list[Path]:
-        count = output.audio.shape[0]
-        if job.params.get("output"):
-            paths = takes.explicit_paths(Path(job.params["output"]), count)
-        else:
-            paths = takes.default_paths(self.output_root, job.id, count)
-        return [takes.write_wav(p, output.audio[i], output.sample_rate)
-                for i, p in enumerate(paths)]
+    def _write_takes(self, job: Job, output: GenerationOutput,
+                     recipe: dict[str, Any]) -> list[Take]:
+        """Hand the audio to the history; a replay writes only its take and says whether the
+        samples are bit-identical to the original's (recorded in ``recipe["replay"]``)."""
+        replay = job.params.get("replay")
+        indices = None
+        if replay is not None:
+            index = int(replay["take_index"])
+            indices = [index]
+            recipe["replay"] = {
+                "of": replay["take_id"],
+                "bit_identical": audio_sha256(output.audio[index - 1]) == replay["audio_sha256"],
+            }
+        return self.history.write(job_id=job.id, params=job.params, recipe=recipe,
+                                  audio=output.audio, sample_rate=output.sample_rate,
+                                  indices=indices)
+
+    async def replay(self, take_id: str) -> Job:
+        """Re-render a take from its recipe as a new job (same model, parameters and seed)."""
+        take = await anyio.to_thread.run_sync(self.history.show, take_id)
+        recipe = take.recipe
+        p = recipe.get("params", {})
+        request = {
+            "prompt": p.get("prompt", take.prompt), "duration": p["duration_s"],
+            "seed": p["seed"], "temperature": p["temperature"], "top_k": p["top_k"],
+            "top_p": p["top_p"], "guidance": p["guidance_scale"],
+            "variations": p["variations"], "melody": p.get("melody_path"),
+            "continuation": p.get("continuation_path"), "model": recipe.get("model"),
+            "session": take.session, **recipe.get("export", {}),
+            "replay": {"take_id": take.id, "take_index": take.take_index,
+                       "audio_sha256": recipe.get("audio_sha256")},
+        }
+        if request["loudness_target_lufs"] is None:
+            request["loudness_target_lufs"] = False
+        return await self.submit(request)
 
     def _recipe(self, job: Job, entry: Loaded, output: GenerationOutput) -> dict[str, Any]:
         return {

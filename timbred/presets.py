@@ -24,7 +24,7 @@ The format, documented for editors in ``schemas/preset.schema.json``::
     wav_subtype = "PCM_16"    # PCM_16 | PCM_24 | FLOAT
     mp3_bitrate_kbps = 320    # 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320
     ogg_quality = 0.6         # 0..1
-    loudness_target_lufs = -14.0   # -70..0, or false to keep the model's level
+    loudness_target_lufs = -14.0   # -60..0, or false to keep the model's level
     true_peak_ceiling_dbtp = -1.0  # -20..0
 
 Every key is optional and unknown keys are refused, so a typo never passes silently. A

@@ -1,21 +1,31 @@
-"""Writing takes to disk: atomically, never over an existing file.
+"""Where takes go, and how a file appears there: atomically, never over an existing file.
 
-Each file is written under a temporary name in its final directory, flushed and fsynced, then
-*linked* to its final name (``os.link`` fails if the name exists, so nothing is ever
-overwritten, even by a concurrent writer), the temporary name is removed and the directory is
-fsynced. A crash at any point leaves at most a ``.*.partial`` file, never a truncated take
-under a final name.
+Every file Timbre publishes (a take, its sidecar, an export) is written under a temporary name
+in its final directory, flushed and fsynced, then *linked* to its final name: ``os.link`` fails
+with EEXIST if the name exists, so nothing is ever overwritten, not even by a concurrent writer
+in another thread or process. The temporary name is then removed and the directory fsynced. A
+crash at any point leaves at most a partial file (see :data:`PARTIAL_SUFFIX`), never a
+truncated file under a final name; :func:`sweep_partials` removes those at start-up.
 
-Takes are 32-bit float WAV for now: lossless for the model's output, so a re-render can be
-compared bit for bit. (Formats, loudness and tags arrive with the export work.)
+Layout: ``<root>/YYYY/MM/DD/<session>/take-<n>.<ext>`` (:func:`session_dir`,
+:func:`link_numbered`); the daemon's older per-job names (:func:`default_paths`) and a
+user-chosen output (:func:`explicit_paths`, :func:`check_output`) are kept.
+
+Foreign errors are translated here: every :class:`OSError` becomes an
+:class:`~timbred.errors.OutputError` whose reason says what happened (disk full, read-only
+file system, permission denied, file size limit).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import errno
+import io
 import os
+import re
 import secrets
+import unicodedata
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +34,22 @@ import soundfile as sf
 
 from timbred.errors import InvalidParams, OutputError
 
+#: Every temporary file ends with this suffix; its full name is
+#: ``.<final name>.<8 hex digits>.partial`` (hidden, in the final directory). This is the one
+#: pattern :func:`partial_path` makes and :func:`is_partial_name` / :func:`sweep_partials` match.
 PARTIAL_SUFFIX = ".partial"
+_PARTIAL_RE = re.compile(r"^\..+\.[0-9a-f]{8}" + re.escape(PARTIAL_SUFFIX) + r"$", re.DOTALL)
+
+#: Longest session directory name, in UTF-8 bytes (file names are limited to 255).
+SESSION_NAME_MAX_BYTES = 64
+
+#: How many numbers :func:`link_numbered` tries before giving up.
+MAX_NUMBER_ATTEMPTS = 10_000
+
+_TAKE_NAME_RE = re.compile(r"^take-([1-9][0-9]*)\.")
+
+
+# --- layout ----------------------------------------------------------------------------------
 
 
 def default_paths(root: Path, job_id: str, count: int, *, now: dt.datetime | None = None,
@@ -41,15 +66,22 @@ def explicit_paths(output: Path, count: int) -> list[Path]:
     return [output.with_name(f"{output.stem}-{n}{output.suffix}") for n in range(1, count + 1)]
 
 
-def check_output(output: str, count: int) -> list[Path]:
-    """Validate a requested output path at submit time; InvalidParams naming ``output``."""
+def check_output(output: str, count: int, *,
+                 extensions: Collection[str] = (".wav",)) -> list[Path]:
+    """Validate a requested output path at submit time; InvalidParams naming ``output``.
+
+    ``extensions`` are the accepted suffixes (lower case, with the dot); the default keeps the
+    daemon's float-WAV writer honest. Pass ``timbred.export.EXTENSIONS.values()`` once the
+    caller writes through :func:`timbred.export.write_take`.
+    """
     path = Path(output)
     if not path.is_absolute():
         raise InvalidParams("output must be an absolute path (clients resolve relative ones)",
                             param="output")
-    if path.suffix.lower() != ".wav":
-        raise InvalidParams(f"output {output!r}: only .wav is written for now", param="output",
-                            allowed=[".wav"])
+    allowed = sorted(extensions)
+    if path.suffix.lower() not in allowed:
+        raise InvalidParams(f"output {output!r}: the extension must be one of "
+                            f"{', '.join(allowed)}", param="output", allowed=allowed)
     if not path.parent.is_dir():
         raise InvalidParams(f"output directory {path.parent} does not exist", param="output")
     paths = explicit_paths(path, count)
@@ -60,48 +92,271 @@ def check_output(output: str, count: int) -> list[Path]:
     return paths
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+def sanitise_session(session: str) -> str:
+    """A session name that is safe as one directory name.
+
+    Path separators, control characters and other characters that trouble shells or other
+    file systems (``\\ / : * ? " < > |``) become ``-``; whitespace runs become one space;
+    leading dots and trailing dots or spaces are dropped (no hidden names, no ``..``); the
+    result is cut to :data:`SESSION_NAME_MAX_BYTES` UTF-8 bytes on a character boundary. An
+    empty result becomes ``session``.
+    """
+    text = unicodedata.normalize("NFC", str(session))
+    out = []
+    for ch in text:
+        if ch in '/\\:*?"<>|' or unicodedata.category(ch).startswith("C"):
+            out.append("-")
+        elif ch.isspace():
+            out.append(" ")
+        else:
+            out.append(ch)
+    name = re.sub(r" +", " ", "".join(out)).strip(" ").lstrip(".")
+    encoded = name.encode("utf-8")[:SESSION_NAME_MAX_BYTES]
+    name = encoded.decode("utf-8", errors="ignore").rstrip(". ")
+    return name or "session"
+
+
+def session_dir(root: Path, when: dt.datetime, session: str) -> Path:
+    """``root/YYYY/MM/DD/<session>``: the date is ``when``'s own (pass a UTC time for UTC
+    days, a local one for local days); the session name is :func:`sanitise_session`'d.
+
+    Nothing is created; the writers create missing directories.
+    """
+    return Path(root) / when.strftime("%Y") / when.strftime("%m") / when.strftime("%d") / \
+        sanitise_session(session)
+
+
+def take_name(n: int, ext: str) -> str:
+    """``take-<n>.<ext>`` (``ext`` without the dot)."""
+    return f"take-{n}.{ext.lstrip('.')}"
+
+
+def allocate_take_path(directory: Path, ext: str) -> Path:
+    """``directory/take-<n>.<ext>`` for the smallest ``n`` not used by any ``take-<n>.*``.
+
+    Advisory only: another writer may take the name before you do. To *claim* a name, write
+    through :func:`link_numbered` (or :func:`timbred.export.write_next_take`), which retries
+    with the next number on EEXIST.
+    """
+    return Path(directory) / take_name(_smallest_free(Path(directory), 1), ext)
+
+
+def _used_numbers(directory: Path) -> set[int]:
+    used: set[int] = set()
     try:
-        os.fsync(fd)
+        names = [p.name for p in Path(directory).iterdir()]
+    except FileNotFoundError:
+        return used
+    except OSError as exc:
+        raise OutputError(str(directory), os_reason(exc)) from exc
+    for name in names:
+        m = _TAKE_NAME_RE.match(name)
+        if m:
+            used.add(int(m.group(1)))
+    return used
+
+
+def _smallest_free(directory: Path, start: int) -> int:
+    used = _used_numbers(directory)
+    n = max(start, 1)
+    while n in used:
+        n += 1
+    return n
+
+
+# --- atomic publication ----------------------------------------------------------------------
+
+
+def os_reason(exc: OSError) -> str:
+    """A reason a user can act on, for an OSError met while writing."""
+    reasons = {
+        errno.ENOSPC: "the disk is full",
+        errno.EDQUOT: "the disk quota is exceeded",
+        errno.EROFS: "the file system is read-only",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "permission denied",
+        errno.EFBIG: "the file is larger than this system allows (file size limit)",
+        errno.ENAMETOOLONG: "the file name is too long",
+    }
+    return reasons.get(exc.errno or 0, exc.strerror or str(exc))
+
+
+def partial_path(final: Path) -> Path:
+    """A fresh temporary name beside ``final`` (see :data:`PARTIAL_SUFFIX`)."""
+    return final.with_name(f".{final.name}.{secrets.token_hex(4)}{PARTIAL_SUFFIX}")
+
+
+def is_partial_name(name: str) -> bool:
+    """Whether ``name`` is one of :func:`partial_path`'s temporary names."""
+    return _PARTIAL_RE.match(name) is not None
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a directory so that the names just linked or removed in it are durable;
+    OutputError naming it when that fails."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise OutputError(str(path), f"cannot sync the directory: {os_reason(exc)}") from exc
+
+
+def ensure_dir(directory: Path) -> None:
+    """Create ``directory`` and its parents; OutputError naming it when that fails."""
+    try:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(str(directory), os_reason(exc)) from exc
+
+
+def write_partial(final: Path, data: bytes) -> Path:
+    """Write ``data`` to a new temporary file beside ``final``, fsynced; return its path.
+
+    On any failure the temporary file is removed and OutputError (naming ``final``) raised.
+    """
+    tmp = partial_path(final)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
+                     0o644)
+    except OSError as exc:
+        raise OutputError(str(final), os_reason(exc)) from exc
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(str(final), os_reason(exc)) from exc
+    return tmp
+
+
+class NameTaken(Exception):
+    """Internal: raised by :func:`link_group` when a final name already exists."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(str(path))
+        self.path = path
+
+
+def link_group(pairs: Sequence[tuple[Path, Path]]) -> None:
+    """Link each ``(temporary, final)`` pair in order, never replacing a file.
+
+    If a final name exists, the names this call already linked are removed again and
+    :class:`NameTaken` is raised; other failures likewise undo and raise OutputError. The
+    temporary files are left for the caller to remove.
+    """
+    done: list[Path] = []
+    try:
+        for tmp, final in pairs:
+            try:
+                os.link(tmp, final)
+            except FileExistsError as exc:
+                raise NameTaken(final) from exc
+            except OSError as exc:
+                raise OutputError(str(final), os_reason(exc)) from exc
+            done.append(final)
+    except BaseException:
+        for final in done:
+            final.unlink(missing_ok=True)
+        raise
+
+
+def publish(files: Sequence[tuple[Path, bytes]]) -> list[Path]:
+    """Make each ``(final path, data)`` appear atomically, in order; never overwrite.
+
+    Every temporary file is written (and fsynced) before the first link, so a full disk or a
+    read-only directory fails before anything appears under a final name. If a final name
+    already exists, OutputError is raised and no file of the group is left behind.
+    """
+    temps: list[tuple[Path, Path]] = []
+    try:
+        for final, data in files:
+            ensure_dir(final.parent)
+            temps.append((write_partial(final, data), final))
+        try:
+            link_group(temps)
+        except NameTaken as exc:
+            raise OutputError(str(exc.path), "a file with that name already exists; it was "
+                              "left untouched (Timbre never overwrites a file)") from exc
     finally:
-        os.close(fd)
+        for tmp, _ in temps:
+            tmp.unlink(missing_ok=True)
+    for directory in {final.parent for final, _ in files}:
+        fsync_dir(directory)
+    return [final for final, _ in files]
+
+
+def link_numbered(directory: Path, ext: str, data: bytes,
+                  companions: Callable[[Path], Sequence[tuple[Path, bytes]]] | None = None,
+                  ) -> Path:
+    """Publish ``data`` as ``directory/take-<n>.<ext>`` for the smallest free ``n``.
+
+    ``companions(final)`` may name files to publish with it (a sidecar whose content depends
+    on the final name); they are written before and linked after the take, and a taken
+    companion name counts as a taken number. On EEXIST the next number is tried, so
+    concurrent writers (threads or processes) never collide and never overwrite.
+    """
+    directory = Path(directory)
+    ensure_dir(directory)
+    tmp = write_partial(directory / take_name(0, ext), data)
+    try:
+        n = 1
+        for _ in range(MAX_NUMBER_ATTEMPTS):
+            n = _smallest_free(directory, n)
+            final = directory / take_name(n, ext)
+            extra = list(companions(final)) if companions is not None else []
+            extra_temps: list[tuple[Path, Path]] = []
+            try:
+                for path, blob in extra:
+                    extra_temps.append((write_partial(path, blob), path))
+                link_group([(tmp, final), *extra_temps])
+            except NameTaken:
+                n += 1
+                continue
+            finally:
+                for t, _ in extra_temps:
+                    t.unlink(missing_ok=True)
+            fsync_dir(directory)
+            return final
+    finally:
+        tmp.unlink(missing_ok=True)
+    raise OutputError(str(directory), f"no free take-<n>.{ext} name after "
+                      f"{MAX_NUMBER_ATTEMPTS} attempts")
 
 
 def write_wav(path: Path, audio: npt.NDArray[np.float32], sample_rate: int) -> Path:
-    """Write ``audio`` (channels, samples) to ``path`` atomically; OutputError on failure."""
+    """Write ``audio`` (channels, samples) to ``path`` atomically as 32-bit float WAV.
+
+    OutputError on failure (including when ``path`` exists). Kept for the daemon's current
+    writer; :func:`timbred.export.write_take` adds formats, loudness, tags and a sidecar.
+    """
+    buf = io.BytesIO()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(str(path.parent), exc.strerror or str(exc)) from exc
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}{PARTIAL_SUFFIX}")
-    try:
-        with tmp.open("xb") as f:
-            sf.write(f, np.ascontiguousarray(audio.T), sample_rate, format="WAV",
-                     subtype="FLOAT")
-            f.flush()
-            os.fsync(f.fileno())
-        os.link(tmp, path)
-    except FileExistsError as exc:
-        raise OutputError(str(path), "a file with that name appeared meanwhile; "
-                          "it was left untouched") from exc
-    except OSError as exc:
-        reason = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
-        raise OutputError(str(path), reason) from exc
-    except (sf.LibsndfileError, RuntimeError) as exc:
+        sf.write(buf, np.ascontiguousarray(audio.T), sample_rate, format="WAV",
+                 subtype="FLOAT")
+    except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
         raise OutputError(str(path), f"encoding failed: {exc}") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+    publish([(path, buf.getvalue())])
     return path
 
 
 def sweep_partials(root: Path) -> list[Path]:
-    """Remove leftovers of interrupted writes under ``root`` (run at start-up)."""
+    """Remove leftovers of interrupted writes under ``root`` (run at start-up, when no writer
+    is active); return what was removed."""
     removed: list[Path] = []
     if not root.is_dir():
         return removed
     for p in root.rglob(f".*{PARTIAL_SUFFIX}"):
+        if not is_partial_name(p.name):
+            continue
         try:
             p.unlink()
             removed.append(p)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from timbred.protocol.jsonrpc import Handler
-from timbred.rpc import daemon, events, generate, jobs, models
+from timbred.rpc import daemon, events, generate, jobs, models, presets, takes
 
 if TYPE_CHECKING:
     from timbred.app import RequestContext
@@ -34,4 +34,13 @@ def handlers() -> dict[str, Handler[RequestContext]]:
         "models.ps": models.ps,
         "models.load": models.load,
         "models.unload": models.unload,
+        "history.search": takes.search,
+        "takes.show": takes.show,
+        "takes.export": takes.export,
+        "takes.rate": takes.rate,
+        "takes.tag": takes.tag,
+        "takes.rm": takes.remove,
+        "takes.replay": takes.replay,
+        "presets.list": presets.list_,
+        "presets.show": presets.show,
     }

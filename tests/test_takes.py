@@ -1,0 +1,219 @@
+"""Takes through the real daemon: layout, formats, presets, history, export, rate/tag/rm,
+replay, and a full disk. Uses the tiny MusicGen test fixture (noise, not music)."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import jsonschema
+import miniaudio
+import pytest
+
+from tests.support import check_event
+from timbrectl.client import Client, connect
+from timbred.app import Daemon
+from timbred.errors import InvalidParams, PresetNotFound, TakeNotFound
+from timbred.export import sidecar_path
+from timbred.protocol.schema import load as load_schema
+from timbred.protocol.schema import rooted
+from timbred.testing.daemon import running_daemon
+
+pytestmark = pytest.mark.anyio
+WINDOW: dict[str, Any] = {"models__window_s": 2.0, "models__stride_s": 1.0}
+
+
+@pytest.fixture
+async def gen(short_tmp: Path, tiny: Path) -> AsyncIterator[Daemon]:
+    async with running_daemon(short_tmp, models__default=str(tiny), **WINDOW) as d:
+        yield d
+
+
+@pytest.fixture
+async def client(gen: Daemon) -> AsyncIterator[Client]:
+    async with connect(gen.socket_path) as c:
+        await c.subscribe(["job.state", "take.*"])
+        yield c
+
+
+async def run_job(client: Client, **params: Any) -> dict[str, Any]:
+    """Submit and wait; the final job record."""
+    job_id = (await client.call("generate.submit", params))["job_id"]
+    job: dict[str, Any] = await client.call("jobs.wait", {"job_id": job_id, "timeout": 120})
+    return job
+
+
+async def only_take(client: Client, job: dict[str, Any]) -> dict[str, Any]:
+    assert job["state"] == "done", job["error"]
+    take: dict[str, Any] = await client.call("takes.show", {"take": job["outputs"][0]})
+    jsonschema.validate(take, rooted({"$ref": "#/components/schemas/Take"}))
+    return take
+
+
+def fresh_process_tags(path: str) -> dict[str, str]:
+    """Read tags with mutagen in a separate interpreter (not the one that wrote them)."""
+    code = ("import json,sys; from timbred.export import read_tags; "
+            "print(json.dumps(read_tags(sys.argv[1])))")
+    out = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True,
+                         check=True, timeout=60).stdout
+    tags: dict[str, str] = json.loads(out)
+    return tags
+
+
+class TestWriting:
+    async def test_layout_sidecar_tags_and_history(self, client: Client, gen: Daemon) -> None:
+        """A take lands at <dir>/YYYY/MM/DD/<session>/take-1.wav with a valid sidecar, tags
+        another process reads, loudness recorded, and a history row."""
+        job = await run_job(client, prompt="warm lofi rhodes", duration=1.0, seed=3)
+        take = await only_take(client, job)
+        day = dt.datetime.now().strftime("%Y/%m/%d")
+        session = dt.datetime.now().strftime("%Y-%m-%d")
+        expected = gen.generation.output_root / day / session / "take-1.wav"
+        assert take["path"] == str(expected) and take["session"] == session
+        sidecar = json.loads(sidecar_path(expected).read_text())
+        jsonschema.validate(sidecar, load_schema("take.schema.json"))
+        assert sidecar["seed"] == 3 and sidecar["job_id"] == job["id"]
+        tags = fresh_process_tags(str(expected))
+        assert "warm lofi rhodes" in json.dumps(tags) and "3" in tags.values()
+        assert take["loudness_after_lufs"] == pytest.approx(-14.0, abs=0.5)
+        assert miniaudio.wav_read_file_f32(str(expected)).num_frames == 32000
+
+    async def test_second_job_gets_the_next_number(self, client: Client) -> None:
+        """Takes in one session are numbered on; nothing is overwritten."""
+        a = await only_take(client, await run_job(client, prompt="a", duration=0.5,
+                                                  session="demo"))
+        b = await only_take(client, await run_job(client, prompt="b", duration=0.5,
+                                                  session="demo", variations=2))
+        names = [Path(a["path"]).name, Path(b["path"]).name]
+        assert names == ["take-1.wav", "take-2.wav"]
+
+    @pytest.mark.parametrize("fmt", ["flac", "mp3", "ogg"])
+    async def test_formats_by_param_and_by_extension(self, client: Client, fmt: str,
+                                                     tmp_path: Path) -> None:
+        """--format picks the encoding; so does an output path's extension."""
+        by_param = await only_take(client, await run_job(client, prompt="x", duration=1.0,
+                                                         format=fmt))
+        assert by_param["path"].endswith("." + fmt) and by_param["format"] == fmt
+        out = tmp_path / f"named.{fmt}"
+        by_ext = await only_take(client, await run_job(client, prompt="x", duration=1.0,
+                                                       output=str(out)))
+        assert by_ext["path"] == str(out) and out.stat().st_size > 0
+        assert "TIMBRE" in json.dumps(fresh_process_tags(str(out))).upper()
+
+    async def test_preset_applies_under_explicit_values(self, client: Client) -> None:
+        """A preset's prompt prefix/suffix and defaults apply; explicit values win."""
+        shown = await client.call("presets.show", {"name": "lofi"})
+        job = await run_job(client, prompt="rainy window", preset="lofi", duration=1.0)
+        assert job["params"]["preset"] == "lofi"
+        assert "rainy window" in job["params"]["prompt"]
+        assert shown["prompt_prefix"] in job["params"]["prompt"]
+        assert job["params"]["duration"] == 1.0  # explicit beats the preset's 30
+        with pytest.raises(PresetNotFound) as info:
+            await client.call("generate.submit", {"prompt": "x", "preset": "lofy"})
+        assert "lofi" in info.value.message
+        listed = await client.call("presets.list", {})
+        assert {"lofi", "ambient"} <= {p["name"] for p in listed["presets"]}
+
+    async def test_mismatched_output_extension_is_refused(self, client: Client,
+                                                          tmp_path: Path) -> None:
+        """An output name whose extension contradicts the format is refused at submit."""
+        with pytest.raises(InvalidParams) as info:
+            await client.call("generate.submit", {"prompt": "x", "format": "mp3",
+                                                  "output": str(tmp_path / "a.wav")})
+        assert info.value.data["param"] == "output"
+
+
+class TestHistory:
+    async def test_search_rate_tag_export_rm(self, client: Client) -> None:
+        """The history finds takes by text, tag and rating; export writes a new format beside
+        the take; rm deletes the files and keeps the record marked deleted."""
+        t1 = await only_take(client, await run_job(client, prompt="glassy ambient pads",
+                                                   duration=0.5))
+        t2 = await only_take(client, await run_job(client, prompt="boom bap drums",
+                                                   duration=0.5))
+        found = await client.call("history.search", {"text": "ambient"})
+        assert [t["id"] for t in found["takes"]] == [t1["id"]]
+        rated = await client.call("takes.rate", {"take": t2["id"], "value": "up",
+                                                 "note": "keeper"})
+        assert rated["rating"] == "up" and rated["note"] == "keeper"
+        await client.call("takes.tag", {"take": t2["id"], "add": ["Drums", "draft"]})
+        assert [t["id"] for t in (await client.call(
+            "history.search", {"tag": "drums"}))["takes"]] == [t2["id"]]
+        assert [t["id"] for t in (await client.call(
+            "history.search", {"rating": "up"}))["takes"]] == [t2["id"]]
+        updates: list[dict[str, Any]] = []
+        while len(updates) < 2:
+            ev = await client.next_event(5)
+            if ev["type"] == "take.updated":
+                check_event({k: v for k, v in ev.items() if k != "method"})
+                updates.append(ev)
+        exported = await client.call("takes.export", {"take": t2["id"], "format": "flac"})
+        assert exported["path"] == str(Path(t2["path"]).with_suffix(".flac"))
+        assert (await anyio.Path(exported["path"]).stat()).st_size > 0
+        removed = await client.call("takes.rm", {"take": t1["id"]})
+        assert removed["deleted_at"] is not None
+        assert not await anyio.Path(t1["path"]).exists()
+        assert not await anyio.Path(sidecar_path(t1["path"])).exists()
+        assert (await client.call("history.search", {"text": "ambient"}))["takes"] == []
+        assert len((await client.call("history.search", {"text": "ambient",
+                                                         "include_deleted": True}))["takes"]) == 1
+        with pytest.raises(TakeNotFound):
+            await client.call("takes.show", {"take": "t-nonexistent"})
+
+    async def test_replay_is_bit_identical(self, client: Client) -> None:
+        """takes.replay re-renders from the recipe and reports bit_identical: true; the new
+        take's samples equal the original's."""
+        original = await only_take(client, await run_job(client, prompt="replay me",
+                                                         duration=1.0, variations=2, seed=5))
+        second = (await client.call("history.search", {"text": "replay"}))["takes"]
+        take2 = next(t for t in second if t["take_index"] == 2)
+        submitted = await client.call("takes.replay", {"take": take2["id"]})
+        job = await client.call("jobs.wait", {"job_id": submitted["job_id"], "timeout": 120})
+        assert job["state"] == "done", job["error"]
+        assert job["recipe"]["replay"] == {"of": take2["id"], "bit_identical": True}
+        assert len(job["outputs"]) == 1
+        a = miniaudio.wav_read_file_f32(take2["path"]).samples
+        b = miniaudio.wav_read_file_f32(job["outputs"][0]).samples
+        assert list(a) == list(b)
+        assert original["id"] != take2["id"]
+
+
+@contextlib.contextmanager
+def tiny_tmpfs(path: Path, size: str) -> Iterator[Path]:
+    path.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()}); needs root")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+async def test_full_disk_fails_the_job_and_keeps_history_consistent(short_tmp: Path,
+                                                                   tiny: Path) -> None:
+    """With the output directory on a full disk the job fails with output_error naming the
+    reason; no take is recorded and nothing lies under a final name; the daemon goes on."""
+    with tiny_tmpfs(short_tmp / "disk", "64k") as disk:
+        async with running_daemon(short_tmp, models__default=str(tiny), output__dir=str(disk),
+                                  **WINDOW) as d, connect(d.socket_path) as c:
+            job = await run_job(c, prompt="too big", duration=5.0, format="wav",
+                                wav_subtype="FLOAT")
+            assert job["state"] == "failed"
+            assert job["error"]["kind"] == "output_error"
+            assert "full" in job["error"]["message"]
+            assert (await c.call("history.search", {}))["takes"] == []
+            finals = [p for p in disk.rglob("*") if p.is_file()]
+            assert finals == []
+            small = await run_job(c, prompt="fits", duration=0.1, format="mp3")
+            assert small["state"] == "done", small["error"]
+        await anyio.lowlevel.checkpoint()

@@ -1,0 +1,155 @@
+"""Takes and their history: writing finished audio as takes, and everything done to them later.
+
+This is where the generation service hands over audio: each take is loudness-normalised,
+encoded, tagged and published atomically by :mod:`timbred.export` under
+``<output dir>/YYYY/MM/DD/<session>/take-<n>.<ext>`` (or the exact path a request named), and
+recorded in the history (:mod:`timbred.library`). Every method here blocks (files, SQLite); the
+daemon calls them through ``anyio.to_thread``.
+
+Re-rendering: every take's recipe carries ``audio_sha256``, the SHA-256 of the raw generated
+samples (float32, before loudness and encoding). A replay regenerates from the recipe and
+compares that hash, so "bit-identical" means the model produced exactly the same samples, in
+whatever format the take was stored.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from timbred import __version__, export, takes
+from timbred.config import Settings
+from timbred.errors import InvalidParams, OutputError, TakeNotFound
+from timbred.library import Library, Take
+
+log = logging.getLogger(__name__)
+
+EXPORT_KEYS = ("format", "wav_subtype", "mp3_bitrate_kbps", "ogg_quality",
+               "loudness_target_lufs", "true_peak_ceiling_dbtp")
+
+
+def audio_sha256(audio: npt.NDArray[np.float32]) -> str:
+    """The hash that defines "bit-identical" for a take: its raw float32 samples."""
+    return hashlib.sha256(np.ascontiguousarray(audio, dtype=np.float32).tobytes()).hexdigest()
+
+
+class History:
+    """Writes takes and answers for them (show, export, rate, tag, delete)."""
+
+    def __init__(self, settings: Settings, library: Library, output_root: Path) -> None:
+        self.settings = settings
+        self.library = library
+        self.output_root = output_root
+
+    # --- export options -----------------------------------------------------------------
+
+    def default_export(self) -> dict[str, Any]:
+        s = self.settings
+        return {
+            "format": s["output.format"], "wav_subtype": s["output.wav_subtype"],
+            "mp3_bitrate_kbps": s["output.mp3_bitrate_kbps"],
+            "ogg_quality": s["output.ogg_quality"],
+            "loudness_target_lufs": s["output.loudness_target_lufs"]
+            if s["output.normalise"] else None,
+            "true_peak_ceiling_dbtp": s["output.true_peak_ceiling_dbtp"],
+        }
+
+    def export_options(self, *layers: Mapping[str, Any]) -> export.ExportOptions:
+        """Configuration defaults overlaid by each layer in turn (preset, then request).
+
+        ``loudness_target_lufs: false`` switches normalisation off; a ``.mp3`` (etc.) output
+        path chooses the format when no layer names one.
+        """
+        merged = self.default_export()
+        for layer in layers:
+            for key in EXPORT_KEYS:
+                if layer.get(key) is not None:
+                    merged[key] = layer[key]
+        if merged["loudness_target_lufs"] is False:
+            merged["loudness_target_lufs"] = None
+        return export.ExportOptions.from_dict(merged)
+
+    # --- writing ------------------------------------------------------------------------
+
+    def write(self, *, job_id: str, params: Mapping[str, Any], recipe: Mapping[str, Any],
+              audio: npt.NDArray[np.float32], sample_rate: int,
+              indices: list[int] | None = None) -> list[Take]:
+        """Write the takes of a finished job and record them; returns them in order.
+
+        ``indices`` (1-based) limits which variations are written (a replay writes only the
+        take it re-renders).
+        """
+        options = export.ExportOptions.from_dict(params["export"])
+        session = self.library.session(params.get("session"))
+        folder = takes.session_dir(self.output_root, dt.datetime.now(), session.name)
+        explicit = params.get("output")
+        count = audio.shape[0]
+        paths = takes.explicit_paths(Path(explicit), count) if explicit else None
+        written: list[Take] = []
+        for i in indices or range(1, count + 1):
+            raw = audio[i - 1]
+            take_recipe = {**recipe, "take_index": i, "audio_sha256": audio_sha256(raw),
+                           "export": options.to_dict()}
+            meta = export.TakeMetadata(
+                prompt=params["prompt"], seed=params["seed"], model=recipe.get("model"),
+                revision=recipe.get("revision"), backend=recipe.get("backend"),
+                device=recipe.get("device"), params=dict(recipe.get("params", {})),
+                timbre_version=__version__, job_id=job_id, take_index=i, recipe=take_recipe)
+            if paths is not None:
+                out = export.write_take(paths[i - 1], raw, sample_rate, options, meta)
+            else:
+                out = export.write_next_take(folder, raw, sample_rate, options, meta)
+            loud = out.loudness
+            written.append(self.library.record_take(
+                job_id=job_id, session=session, prompt=params["prompt"], take_index=i,
+                path=str(out.path), format=out.format, sample_rate=out.sample_rate,
+                channels=out.channels, duration_s=out.duration_s,
+                loudness_before=None if loud is None else loud.before_lufs,
+                loudness_after=None if loud is None else loud.after_lufs,
+                recipe=take_recipe))
+        return written
+
+    # --- takes --------------------------------------------------------------------------
+
+    def show(self, take: str) -> Take:
+        return self.library.get(take)
+
+    def export_take(self, take: str, request: Mapping[str, Any]) -> export.WrittenTake:
+        """Re-encode a take; the new file sits beside it unless ``output`` says where."""
+        record = self.library.get(take)
+        source = Path(record.path)
+        if record.deleted_at is not None or not source.is_file():
+            raise TakeNotFound(take)
+        options = self.export_options(record.recipe.get("export", {}), request)
+        output = request.get("output")
+        if output is not None and not Path(output).is_absolute():
+            raise InvalidParams("output must be an absolute path", param="output")
+        dest = Path(output) if output else source.with_suffix(options.extension)
+        if dest.exists():
+            raise InvalidParams(f"{dest} already exists; Timbre never overwrites a file",
+                                param="output")
+        return export.export_existing(source, dest, options)
+
+    def rate(self, take: str, value: str, note: str | None) -> Take:
+        return self.library.rate(self.library.get(take).id, value,  # type: ignore[arg-type]
+                                 note)
+
+    def tag(self, take: str, add: list[str], remove: list[str]) -> Take:
+        return self.library.tag(self.library.get(take).id, add=add, remove=remove)
+
+    def remove(self, take: str) -> Take:
+        """Delete the take's audio and sidecar; keep the record, marked deleted."""
+        record = self.library.get(take)
+        for path in (Path(record.path), export.sidecar_path(record.path)):
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as exc:
+                raise OutputError(str(path), takes.os_reason(exc)) from exc
+        return self.library.mark_deleted(record.id)
