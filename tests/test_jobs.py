@@ -17,11 +17,11 @@ import pytest
 
 from timbred.errors import (
     GenerationFailed,
-    StoreError,
     InvalidJobState,
     InvalidParams,
     JobNotFound,
     QueueFull,
+    StoreError,
 )
 from timbred.jobs import (
     MIGRATIONS,

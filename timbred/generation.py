@@ -146,7 +146,6 @@ class Generation:
         self._wake = anyio.Event()
         self._waiters: dict[str, anyio.Event] = {}
         self._models_lock = anyio.Lock()  # one load/unload/evict sequence at a time
-        self._done = anyio.Event()
         self._idle = anyio.Event()  # set whenever a job finishes running
         self._last_progress = 0.0
         self._tg: anyio.abc.TaskGroup | None = None
@@ -166,14 +165,11 @@ class Generation:
                      self.output_root)
         if report.queued:
             log.info("%d queued job(s) resume", report.queued_count)
-        try:
-            async with anyio.create_task_group() as tg:
-                self._tg = tg
-                tg.start_soon(self._schedule)
-                tg.start_soon(self._expire_models)
-                task_status.started()
-        finally:
-            self._done.set()
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            tg.start_soon(self._schedule)
+            tg.start_soon(self._expire_models)
+            task_status.started()
 
     async def close(self) -> None:
         """Stop taking jobs; interrupt the running one (recorded, never silently re-run)."""
@@ -187,6 +183,7 @@ class Generation:
         with anyio.CancelScope(shield=True):
             await self.worker.stop()
             await anyio.to_thread.run_sync(self.store.close)
+            await anyio.to_thread.run_sync(self.history.library.close)
 
     # --- state and events ---------------------------------------------------------------
 
@@ -342,6 +339,9 @@ class Generation:
             else:
                 await self._finish(job, JobState.CANCELLED, None)
         except WorkerCrashed as exc:
+            if self.stopping:  # the worker was stopped under it: recorded, never re-run
+                await self._finish(job, JobState.INTERRUPTED, Interrupted(job.state.value))
+                return
             log.error("job %s: %s", job.id, exc)
             self.loaded.clear()  # whatever the worker held died with it
             self.bus.publish("worker.crashed", {"job_id": job.id, "reason": exc.data["reason"],
