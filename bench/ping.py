@@ -315,7 +315,8 @@ class DaemonProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TIMBRE_")}
         for xdg in ("CONFIG", "DATA", "STATE", "CACHE"):
             env[f"XDG_{xdg}_HOME"] = str(self.base / xdg.lower())
-        env.update(TIMBRE_SOCKET=str(self.socket_path), TIMBRE_CONFIG=str(config))
+        env.update(TIMBRE_SOCKET=str(self.socket_path), TIMBRE_CONFIG=str(config),
+                   TIMBRE_OUTPUT_DIR=str(self.base / "music"))
         try:
             started = spawn.start(socket_path=self.socket_path, config=config,
                                   timeout=STARTUP_TIMEOUT_S, environ=env,

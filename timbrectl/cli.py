@@ -318,6 +318,22 @@ async def cmd_presets(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def cmd_watch(args: argparse.Namespace) -> int:
+    """watch add|rm|list."""
+    if args.watch_command == "list":
+        result = await _call(args, "watch.list")
+        args.out.result(result, "\n".join(
+            f"{f['path']}  {f['state']}  taken {f['taken']}, rejected {f['rejected']}, "
+            f"waiting {f['pending']}" + (f"  ({f['problem']})" if f["problem"] else "")
+            for f in result["folders"]) or "no folders watched")
+        return EXIT_OK
+    method = "watch.add" if args.watch_command == "add" else "watch.rm"
+    result = await _call(args, method, {"path": _absolute(args.path)})
+    args.out.result(result, f"{'watching' if method == 'watch.add' else 'stopped watching'} "
+                    f"{result['path']}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="machine-readable output")
@@ -421,6 +437,14 @@ def build_parser() -> argparse.ArgumentParser:
     ps = pr.add_parser("show", parents=[common])
     ps.add_argument("name")
     ps.set_defaults(func=cmd_presets)
+
+    wt = sub.add_parser("watch", help="folders watched for prompt files").add_subparsers(
+        dest="watch_command", required=True, metavar="ACTION")
+    wt.add_parser("list", parents=[common], help="watched folders").set_defaults(func=cmd_watch)
+    for name, text in (("add", "watch a folder"), ("rm", "stop watching a folder")):
+        wp = wt.add_parser(name, parents=[common], help=text)
+        wp.add_argument("path", metavar="FOLDER")
+        wp.set_defaults(func=cmd_watch)
 
     daemon = sub.add_parser("daemon", help="start or stop the daemon").add_subparsers(
         dest="daemon_command", required=True, metavar="ACTION")

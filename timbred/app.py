@@ -35,6 +35,7 @@ from timbred.runtime import (
     ensure_private_dir,
 )
 from timbred.server import Connection, Limits, check_peer, refuse
+from timbred.watching import make_watch_service
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,8 @@ class Daemon:
             handlers(), max_batch=settings["limits.max_batch"])
         self.notifier = notifier or Notifier()
         self.generation = Generation(settings, self.bus)
+        # After Generation: the job store must create the database file first.
+        self.watch = make_watch_service(settings, self.generation, self.bus)
         self.connections: dict[int, Connection] = {}
         self.started_at = time.time()
         self._started_monotonic = time.monotonic()
@@ -165,6 +168,12 @@ async def _accept(daemon: Daemon, listener: anyio.abc.SocketListener,
         task_group.start_soon(daemon.serve_connection, stream)
 
 
+async def _run_watch(daemon: Daemon, scope: anyio.CancelScope, *,
+                     task_status: anyio.abc.TaskStatus[None]) -> None:
+    with scope:
+        await daemon.watch.run(task_status=task_status)
+
+
 async def _watch_signals(daemon: Daemon, scope: anyio.CancelScope, *,
                          task_status: anyio.abc.TaskStatus[None]) -> None:
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -203,6 +212,9 @@ async def serve(
                 await main.start(_watch_signals, daemon, main.cancel_scope)
             # Recover the queue before the first client can ask about it.
             await main.start(daemon.generation.run)
+            watch_scope = anyio.CancelScope()
+            if daemon.settings["watch.enabled"]:
+                await main.start(_run_watch, daemon, watch_scope)
             async with anyio.create_task_group() as clients:
                 clients.start_soon(_accept, daemon, listener, clients)
                 log.info("timbred %s listening on %s (pid %d)", __version__,
@@ -214,6 +226,7 @@ async def serve(
                 daemon.notifier.stopping(f"stopping: {daemon.stop_reason}")
                 daemon.bus.publish("daemon.stopping", {"reason": daemon.stop_reason})
                 await listener.aclose()
+                watch_scope.cancel()
                 # Interrupt (and record) the running job before clients are let go, so that
                 # a jobs.wait in flight still answers with the job's final state.
                 await daemon.generation.close()

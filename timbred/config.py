@@ -49,9 +49,8 @@ class Key:
 
     def expected(self) -> str:
         """What a valid value looks like, for error messages."""
-        kind = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}[
-            self.type
-        ]
+        kind = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+                list: "a list of strings"}[self.type]
         if self.choices:
             return f"one of {', '.join(repr(c) for c in self.choices)}"
         if self.minimum is not None and self.maximum is not None:
@@ -66,6 +65,9 @@ class Key:
                                                                                          bool))
         if self.type is float and isinstance(value, int) and not isinstance(value, bool):
             value, ok = float(value), True
+        if self.type is list:
+            ok = isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
+            value = list(value) if ok else value
         if not ok:
             raise ConfigError(source, self.dotted, self.expected(), value)
         if self.choices is not None and value not in self.choices:
@@ -90,6 +92,8 @@ class Key:
                 value = int(text)
             elif self.type is float:
                 value = float(text)
+            elif self.type is list:
+                value = [part for part in text.split(os.pathsep) if part]
         except ValueError as exc:
             raise ConfigError(source, self.dotted, self.expected(), text) from exc
         return self.check(value, source)
@@ -157,6 +161,24 @@ KEYS: tuple[Key, ...] = (
     Key("jobs", "max_queued", int, 1000,
         "Most unfinished jobs at once; submitting past it fails with queue_full.",
         minimum=1, maximum=1_000_000),
+    Key("watch", "enabled", bool, True,
+        "Watch folders for prompt files (drop a prompt file in, get a take out)."),
+    Key("watch", "folders", list, [],
+        "Folders to watch. Empty: inbox/ in output.dir (~/Music/Timbre/inbox). In the "
+        "environment, separate paths with the path separator (:)."),
+    Key("watch", "outputs", str, "outbox",
+        "Where a prompt file's takes go: outbox/ in its folder, or beside the prompt file.",
+        choices=("outbox", "beside")),
+    Key("watch", "max_inflight_files", int, 16,
+        "Prompt files taken but not finished at once; a burst waits its turn.",
+        minimum=1, maximum=10_000),
+    Key("watch", "stable_interval_s", float, 0.5,
+        "A file is taken once its size and mtime stay the same over stable_checks checks "
+        "this far apart (or at once when it was renamed into the folder).",
+        minimum=0.05, maximum=60),
+    Key("watch", "stable_checks", int, 3, "See stable_interval_s.", minimum=2, maximum=100),
+    Key("watch", "max_file_bytes", int, 64 * 1024,
+        "Larger prompt files are rejected unread.", minimum=1024, maximum=16 * MiB),
     Key("output", "dir", str, "",
         "Where takes are written, as YYYY/MM/DD/<session>/take-<n>.<ext>. Empty: Timbre/ in "
         "the platformdirs music directory."),
@@ -280,6 +302,8 @@ def load(
 
 
 def _toml_value(value: Any) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
@@ -304,7 +328,7 @@ def documented_defaults() -> str:
 
 def json_schema() -> dict[str, Any]:
     """The JSON Schema of the config file (``schemas/config.schema.json`` is this)."""
-    jtypes = {bool: "boolean", int: "integer", float: "number", str: "string"}
+    jtypes = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array"}
     props: dict[str, Any] = {}
     for section, keys in SECTIONS.items():
         section_props: dict[str, Any] = {}
@@ -314,6 +338,8 @@ def json_schema() -> dict[str, Any]:
                 "default": key.default,
                 "description": key.doc,
             }
+            if key.type is list:
+                schema["items"] = {"type": "string"}
             if key.choices:
                 schema["enum"] = list(key.choices)
             if key.minimum is not None:

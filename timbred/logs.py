@@ -48,6 +48,8 @@ def setup(level: str, log_file: Path | None) -> None:
         stderr.setFormatter(logging.Formatter(
             "%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S"))
     root.addHandler(stderr)
+    # watchfiles logs every batch of changes at INFO; the watch service reports what matters.
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         handler = logging.handlers.RotatingFileHandler(

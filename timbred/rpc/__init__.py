@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from timbred.protocol.jsonrpc import Handler
-from timbred.rpc import daemon, events, generate, jobs, models, presets, takes
+from timbred.rpc import daemon, events, generate, jobs, models, presets, takes, watch
 
 if TYPE_CHECKING:
     from timbred.app import RequestContext
@@ -43,4 +43,7 @@ def handlers() -> dict[str, Handler[RequestContext]]:
         "takes.replay": takes.replay,
         "presets.list": presets.list_,
         "presets.show": presets.show,
+        "watch.add": watch.add,
+        "watch.rm": watch.remove,
+        "watch.list": watch.list_,
     }

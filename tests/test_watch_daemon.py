@@ -1,0 +1,84 @@
+"""The watch folder wired into the real daemon: defaults, format naming, RPC and events."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import miniaudio
+import pytest
+
+from tests.support import check_event
+from timbrectl.client import Client, connect
+from timbred.app import Daemon
+from timbred.errors import WatchFolderError
+from timbred.testing.daemon import running_daemon
+
+pytestmark = pytest.mark.anyio
+FAST: dict[str, Any] = {"models__window_s": 2.0, "models__stride_s": 1.0,
+                        "watch__stable_interval_s": 0.1, "watch__stable_checks": 2}
+
+
+@pytest.fixture
+async def gen(short_tmp: Path, tiny: Path) -> AsyncIterator[Daemon]:
+    async with running_daemon(short_tmp, models__default=str(tiny), **FAST) as d:
+        yield d
+
+
+@pytest.fixture
+async def client(gen: Daemon) -> AsyncIterator[Client]:
+    async with connect(gen.socket_path) as c:
+        await c.subscribe(["watch.*"])
+        yield c
+
+
+async def next_file_event(client: Client, status: str) -> dict[str, Any]:
+    with anyio.fail_after(60):
+        while True:
+            ev = await client.next_event()
+            check_event({k: v for k, v in ev.items() if k != "method"})
+            if ev["type"] == "watch.file" and ev["data"]["status"] == status:
+                data: dict[str, Any] = ev["data"]
+                return data
+
+
+async def test_default_inbox_to_outbox(gen: Daemon, client: Client) -> None:
+    """The default inbox is <output dir>/inbox; a dropped file makes a take in outbox/."""
+    (listed,) = (await client.call("watch.list", {}))["folders"]
+    inbox = gen.generation.output_root / "inbox"
+    assert listed["path"] == str(inbox) and listed["state"] == "watching"
+    await anyio.Path(inbox / "idea.txt").write_text("duration: 0.5\n\nwarm lofi rhodes\n")
+    accepted = await next_file_event(client, "accepted")
+    assert accepted["file"] == "idea.txt" and len(accepted["jobs"]) == 1
+    done = await next_file_event(client, "done")
+    job = await client.call("jobs.get", {"job_id": done["jobs"][0]})
+    (out,) = job["outputs"]
+    assert Path(out).parent == inbox / "outbox" and out.endswith(".wav")
+    assert miniaudio.wav_read_file_f32(out).num_frames == 16000
+
+
+async def test_preset_format_names_the_output(gen: Daemon, client: Client) -> None:
+    """A preset that picks MP3 gets an .mp3 output name (the prompt file named no format)."""
+    inbox = gen.generation.output_root / "inbox"
+    await anyio.Path(inbox / "share.toml").write_text(
+        'prompt = "bright synth"\npreset = "share"\nduration = 0.5\n')
+    done = await next_file_event(client, "done")
+    job = await client.call("jobs.get", {"job_id": done["jobs"][0]})
+    assert job["outputs"][0].endswith(".mp3"), job
+
+
+async def test_add_list_rm(gen: Daemon, client: Client, short_tmp: Path) -> None:
+    """watch.add watches a new folder, watch.rm stops; a relative path is refused."""
+    extra = short_tmp / "extra"
+    await anyio.Path(extra).mkdir()
+    added = await client.call("watch.add", {"path": str(extra)})
+    assert added["path"] == str(extra)
+    paths = {f["path"] for f in (await client.call("watch.list", {}))["folders"]}
+    assert str(extra) in paths
+    await client.call("watch.rm", {"path": str(extra)})
+    paths = {f["path"] for f in (await client.call("watch.list", {}))["folders"]}
+    assert str(extra) not in paths
+    with pytest.raises(WatchFolderError):
+        await client.call("watch.add", {"path": "relative/dir"})
