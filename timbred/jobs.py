@@ -26,8 +26,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final
@@ -42,6 +41,7 @@ from timbred.errors import (
     StoreError,
     TimbreError,
 )
+from timbred.sqlite_store import SQLiteStore
 
 __all__ = [
     "MIGRATIONS",
@@ -355,7 +355,7 @@ _SELECT_SEQ_AND_JOBS: Final = _SELECT_JOBS.replace("SELECT ", "SELECT seq, ", 1)
 # --- the store --------------------------------------------------------------------------------
 
 
-class JobStore:
+class JobStore(SQLiteStore):
     """The job queue in one SQLite file.
 
     Threading: one connection (``check_same_thread=False``) guarded by one lock. The daemon
@@ -442,53 +442,8 @@ class JobStore:
 
     # --- plumbing ---------------------------------------------------------------------------
 
-    def close(self) -> None:
-        """Close the database. Further calls raise InternalError."""
-        with self._lock:
-            self._conn.close()
-
-    def __enter__(self) -> JobStore:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    @contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
-        # A deferred transaction so multi-statement reads see one snapshot.
-        with self._lock, self._translate():
-            self._conn.execute("BEGIN")
-            try:
-                yield self._conn
-            finally:
-                # Nothing was written; COMMIT just ends the snapshot (if SQLite has not
-                # already ended it after an error).
-                if self._conn.in_transaction:
-                    self._conn.execute("COMMIT")
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        # IMMEDIATE takes the write lock up front: check-then-write sequences cannot be
-        # interleaved by another process, and a busy database waits (busy_timeout) here
-        # instead of failing half-way through.
-        with self._lock, self._translate():
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-                self._conn.execute("COMMIT")
-            except BaseException:
-                # Also when COMMIT itself fails (disk full): never leave a transaction open
-                # on the shared connection for the next caller to trip over.
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise
-
-    @contextmanager
-    def _translate(self) -> Iterator[None]:
-        try:
-            yield
-        except sqlite3.Error as exc:
-            raise _store_error(self.path, f"{type(exc).__name__}: {exc}") from exc
+    def _error(self, problem: str) -> StoreError:
+        return _store_error(self.path, problem)
 
     def _row_to_job(self, row: Sequence[Any]) -> Job:
         (job_id, state, priority, model, params, created_at, started_at, finished_at, step,

@@ -54,14 +54,14 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
 
 from timbred import jobs
 from timbred.errors import InvalidParams, StoreError, TakeNotFound
+from timbred.sqlite_store import SQLiteStore
 
 __all__ = [
     "MAX_SEARCH_LIMIT",
@@ -497,7 +497,7 @@ _SELECT_TAKES: Final = """
 # --- the library ------------------------------------------------------------------------------
 
 
-class Library:
+class Library(SQLiteStore):
     """The history of takes in the Timbre database file.
 
     Threading and durability as :class:`timbred.jobs.JobStore`: one connection
@@ -573,45 +573,8 @@ class Library:
 
     # --- plumbing ---------------------------------------------------------------------------
 
-    def close(self) -> None:
-        """Close the database. Further calls raise StoreError."""
-        with self._lock:
-            self._conn.close()
-
-    def __enter__(self) -> Library:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    @contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
-        with self._lock, self._translate():
-            self._conn.execute("BEGIN")
-            try:
-                yield self._conn
-            finally:
-                if self._conn.in_transaction:
-                    self._conn.execute("COMMIT")
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._lock, self._translate():
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-                self._conn.execute("COMMIT")
-            except BaseException:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise
-
-    @contextmanager
-    def _translate(self) -> Iterator[None]:
-        try:
-            yield
-        except sqlite3.Error as exc:
-            raise _store_error(self.path, f"{type(exc).__name__}: {exc}") from exc
+    def _error(self, problem: str) -> StoreError:
+        return _store_error(self.path, problem)
 
     def _row_to_take(self, row: Sequence[Any]) -> Take:
         (_seq, take_id, job_id, session, prompt, take_index, path, fmt, sample_rate, channels,

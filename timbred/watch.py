@@ -119,6 +119,7 @@ from timbred.errors import (
     WatchFolderError,
 )
 from timbred.promptfile import PromptRequest
+from timbred.sqlite_store import SQLiteStore
 
 __all__ = [
     "DONE_DIR",
@@ -235,7 +236,7 @@ class FileRecord:
         return [p["job_id"] for p in self.prompts if p.get("job_id")]
 
 
-class WatchStore:
+class WatchStore(SQLiteStore):
     """The watch tables in the shared ``timbre.sqlite3``: blocking, short, thread-safe calls.
 
     One connection guarded by one lock, WAL and ``synchronous=FULL`` (a claim survives a power
@@ -297,30 +298,6 @@ class WatchStore:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-
-    def close(self) -> None:
-        """Close the connection."""
-        with self._lock:
-            self._conn.close()
-
-    @contextlib.contextmanager
-    def _translate(self) -> Iterator[None]:
-        try:
-            yield
-        except sqlite3.Error as exc:
-            raise self._error(f"{type(exc).__name__}: {exc}") from exc
-
-    @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._lock, self._translate():
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-                self._conn.execute("COMMIT")
-            except BaseException:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise
 
     # --- folders ------------------------------------------------------------------------------
 
