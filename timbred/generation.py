@@ -149,6 +149,7 @@ class Generation:
         self._idle = anyio.Event()  # set whenever a job finishes running
         self._last_progress = 0.0
         self._tg: anyio.abc.TaskGroup | None = None
+        self._cancel_job: str | None = None  # the running job a cancel was asked for
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -284,6 +285,9 @@ class Generation:
         if job.state is JobState.CANCELLED:
             self._announce(job)
         elif self.running is not None and self.running.id == job_id:
+            # Remembered as well as sent: a cancel that reaches the worker before its
+            # generate request would be lost, so the progress callback repeats it.
+            self._cancel_job = job_id
             await self.worker.cancel()  # generate() raises Cancelled within a few steps
             self.bus.publish("job.state", {"job": job.to_dict()})
         return job
@@ -356,6 +360,7 @@ class Generation:
                                InternalError(f"{type(exc).__name__}: {exc}"))
         finally:
             self.running = None
+            self._cancel_job = None
             self._idle.set()
             if entry is not None:
                 entry.in_use -= 1
@@ -379,6 +384,8 @@ class Generation:
 
         def on_progress(step: int, total: int) -> None:
             nonlocal last_saved
+            if self._cancel_job == job_id and self._tg is not None:
+                self._tg.start_soon(self.worker.cancel)
             now = time.monotonic()
             if step < total and now - self._last_progress < 1 / PROGRESS_EVENTS_PER_S:
                 return

@@ -1,0 +1,462 @@
+"""What the studio can do: named actions (keys and the palette run them), slash commands
+(typed in the composer, with completion) and the palette's entries.
+
+Every action is a small function of the :class:`~timbre_tui.app.Studio`; anything that talks to
+the daemon runs through ``studio.spawn``, whose one error handler turns failures into a line in
+the message bar.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from prompt_toolkit.completion import CompleteEvent, Completer, Completion
+from prompt_toolkit.document import Document
+
+from timbre_tui.data import describe_error
+from timbre_tui.key_bindings import describe_keys, keys_for
+from timbre_tui.state import (
+    ACTIVE_STATES,
+    FORMATS,
+    PARAM_SPECS,
+    PRESETS,
+    RETRYABLE_STATES,
+    ParamSpec,
+    format_value,
+    parse_value,
+)
+
+if TYPE_CHECKING:
+    from timbre_tui.app import Studio
+
+SEEK_STEP_S = 5.0
+
+
+@dataclass(frozen=True)
+class Action:
+    """A named thing the studio does; keys, the palette and commands run it."""
+
+    name: str
+    title: str
+    run: Callable[[], None]
+
+
+@dataclass(frozen=True)
+class SlashCommand:
+    """``/name args``: ``run`` gets the argument text; ``complete`` offers argument values."""
+
+    name: str
+    usage: str
+    help: str
+    run: Callable[[str], None]
+    complete: Callable[[], Iterable[tuple[str, str]]] | None = None
+
+
+@dataclass(frozen=True)
+class PaletteEntry:
+    title: str
+    keys: str
+    run: Callable[[], None]
+
+
+# --- actions --------------------------------------------------------------------------------
+
+
+def build_actions(studio: Studio) -> dict[str, Action]:
+    """Every configurable action, by the name used in ``[keys]``."""
+    s = studio
+    table: list[tuple[str, str, Callable[[], None]]] = [
+        ("send", "Send the prompt or /command", s.send),
+        ("newline", "New line in the composer",
+         lambda: s.widgets.composer.buffer.insert_text("\n")),
+        ("play_pause", "Play / pause the selected take", lambda: play_pause(s)),
+        ("stop", "Stop playback", lambda: stop(s)),
+        ("seek_back", f"Seek back {SEEK_STEP_S:g} s", lambda: seek(s, -SEEK_STEP_S)),
+        ("seek_forward", f"Seek forward {SEEK_STEP_S:g} s", lambda: seek(s, SEEK_STEP_S)),
+        ("prev_take", "Select the previous take", lambda: s.select_take(-1)),
+        ("next_take", "Select the next take", lambda: s.select_take(+1)),
+        ("params", "Edit parameters (the panel)", s.focus_params),
+        ("undo", "Undo a parameter change", lambda: undo(s)),
+        ("redo", "Redo a parameter change", lambda: redo(s)),
+        ("seed_lock", "Lock / unlock the seed", lambda: s.say(s.state.toggle_seed_lock())),
+        ("new_seed", "New random seed (locked)", lambda: s.say(s.state.new_seed())),
+        ("cancel", "Cancel the selected/newest job", lambda: cancel(s, None)),
+        ("retry", "Retry the selected/newest failed job", lambda: retry(s, None)),
+        ("export", "Export the selected take", lambda: export(s, s.state.params.format)),
+        ("rate_up", "Rate the selected take up", lambda: rate(s, "up")),
+        ("rate_down", "Rate the selected take down", lambda: rate(s, "down")),
+        ("library", "Library of past takes (toggle)", s.toggle_library),
+        ("panel", "Show / hide the side panel", s.toggle_panel),
+        ("focus_next", "Focus the next pane", s.focus_next),
+        ("focus_prev", "Focus the previous pane", s.focus_previous),
+        ("reload", "Reload everything from timbred", lambda: reload(s)),
+        ("palette", "Command palette", s.toggle_palette),
+        ("help", "Help: commands and keys", s.toggle_help),
+        ("interrupt", "Clear the composer; twice: quit", s.interrupt),
+        ("quit", "Quit (timbred keeps running)", s.quit),
+    ]
+    return {name: Action(name, title, run) for name, title, run in table}
+
+
+def play_pause(studio: Studio) -> None:
+    """Pause the playing take; otherwise play the selected (or newest) take."""
+    player, state = studio.player, studio.state
+    take = state.selected()
+    if take is None:
+        takes = state.takes()
+        if not takes:
+            studio.say("no take to play yet")
+            return
+        take = takes[-1]
+        state.selected_take = take.key
+    if player.playing and player.path == take.path:
+        player.pause()
+        studio.say(f"paused {take.name}")
+        return
+    if player.state == "paused" and player.path == take.path:
+        player.resume()
+        studio.say(f"playing {take.name}")
+        return
+
+    async def start() -> None:
+        await player.play(take.key, take.path)
+        backend = player.backend
+        if backend.audible:
+            studio.say(f"playing {take.name}")
+        else:
+            studio.say(f"playing silently ({backend.note}): {take.path}")
+
+    studio.spawn(start, what="play")
+
+
+def stop(studio: Studio) -> None:
+    studio.player.stop()
+    studio.invalidate()
+
+
+def seek(studio: Studio, delta: float) -> None:
+    if studio.player.state == "stopped":
+        studio.say("nothing is playing")
+        return
+    studio.player.seek(delta)
+    studio.invalidate()
+
+
+def undo(studio: Studio) -> None:
+    studio.say("undid a parameter change" if studio.state.undo() else "nothing to undo")
+
+
+def redo(studio: Studio) -> None:
+    studio.say("redid a parameter change" if studio.state.redo() else "nothing to redo")
+
+
+def reload(studio: Studio) -> None:
+    async def go() -> None:
+        await studio.link.reload()
+        studio.say("reloaded from timbred")
+
+    studio.spawn(go, what="reload")
+
+
+def submit(studio: Studio, prompt: str) -> None:
+    """Queue ``prompt`` with the panel's parameters."""
+    params = studio.state.params.submit_params(prompt)
+
+    async def go() -> None:
+        try:
+            result = await studio.link.call("generate.submit", params)
+        except BaseException:
+            if not studio.widgets.composer.text:
+                studio.widgets.composer.text = prompt  # give the words back
+            raise
+        studio.state.upsert_job(result["job"])
+        studio.say(f"queued {result['job_id']}")
+
+    studio.spawn(go, what="submit")
+
+
+def _job_for(studio: Studio, job_id: str | None, states: tuple[str, ...]) -> str | None:
+    """``job_id``, else the selected take's job when in ``states``, else the newest such."""
+    if job_id:
+        return job_id
+    take = studio.state.selected()
+    if take is not None:
+        job = studio.state.jobs.get(take.job_id)
+        if job is not None and job["state"] in states:
+            return take.job_id
+    for job in reversed(studio.state.timeline()):
+        if job["state"] in states:
+            return str(job["id"])
+    return None
+
+
+def cancel(studio: Studio, job_id: str | None) -> None:
+    target = _job_for(studio, job_id, ACTIVE_STATES)
+    if target is None:
+        studio.say("no running or queued job to cancel")
+        return
+
+    async def go() -> None:
+        job = await studio.link.call("jobs.cancel", {"job_id": target})
+        studio.state.upsert_job(job)
+        studio.say(f"cancelling {target}" if job["state"] in ACTIVE_STATES
+                   else f"{target} is {job['state']}")
+
+    studio.spawn(go, what="cancel")
+
+
+def retry(studio: Studio, job_id: str | None) -> None:
+    target = _job_for(studio, job_id, RETRYABLE_STATES)
+    if target is None:
+        studio.say("no failed, cancelled or interrupted job to retry")
+        return
+
+    async def go() -> None:
+        job = await studio.link.call("jobs.retry", {"job_id": target})
+        studio.state.upsert_job(job)
+        studio.say(f"retrying {target} as {job['id']}")
+
+    studio.spawn(go, what="retry")
+
+
+def export(studio: Studio, fmt: str) -> None:
+    take = studio.state.selected()
+    if take is None:
+        studio.say("select a take to export (Alt-↑/↓ or the timeline)")
+        return
+    if fmt not in FORMATS:
+        studio.say(f"export: {fmt!r} is not one of {', '.join(FORMATS)}", "error")
+        return
+
+    async def go() -> None:
+        result = await studio.link.call_feature(
+            "takes.export", {"take": take.path, "format": fmt},
+            "export arrives with the export feature")
+        path = result.get("path") if isinstance(result, dict) else None
+        studio.say(f"exported {path or take.name} as {fmt}")
+
+    studio.spawn(go, what="export")
+
+
+def rate(studio: Studio, rating: str) -> None:
+    take = studio.state.selected()
+    if take is None:
+        studio.say("select a take to rate (Alt-↑/↓ or the timeline)")
+        return
+    if rating not in ("up", "down"):
+        studio.say("usage: /rate up|down", "error")
+        return
+
+    async def go() -> None:
+        await studio.link.call_feature("takes.rate", {"take": take.path, "value": rating},
+                                       "rating arrives with the history feature")
+        studio.say(f"rated {take.name} {rating}")
+
+    studio.spawn(go, what="rate")
+
+
+# --- slash commands -------------------------------------------------------------------------
+
+
+def _param_command(studio: Studio, spec: ParamSpec) -> SlashCommand:
+    def run(arg: str) -> None:
+        state = studio.state
+        if not arg.strip():
+            studio.say(f"{spec.label}: {format_value(state.params, spec, state.last_seed())} "
+                       f"— {spec.help}")
+            return
+        if spec.name == "seed" and arg.strip() == "lock":
+            if not state.params.seed_locked:
+                studio.say(state.toggle_seed_lock())
+            return
+        try:
+            value = parse_value(spec, arg)
+        except ValueError as exc:
+            studio.say(str(exc), "error")
+            return
+        studio.say(state.set_param(spec.name, value))
+
+    def complete() -> Iterable[tuple[str, str]]:
+        state = studio.state
+        if spec.name == "model":
+            loaded = {m["model"] for m in state.loaded_models}
+            names = list(dict.fromkeys([*loaded, *state.model_names]))
+            return [(n, "loaded" if n in loaded else "") for n in names]
+        if spec.name == "preset":
+            return [(name, ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
+                                     for k, v in values.items()))
+                    for name, values in PRESETS.items()]
+        if spec.name == "seed":
+            last = state.last_seed()
+            return [("random", "a new seed every take"), ("lock", "keep the latest seed"),
+                    *([(str(last), "the latest take's seed")] if last is not None else [])]
+        if spec.kind == "choice":
+            return [(c, "") for c in spec.choices]
+        if spec.name == "duration":
+            return [(v, "seconds") for v in ("5", "10", "30", "60", "120")]
+        return []
+
+    usage = {"seed": "/seed N|random|lock", "duration": "/duration S (10, 10s, 1:30)",
+             "model": "/model NAME"}.get(spec.name, f"/{spec.label} VALUE")
+    return SlashCommand(spec.label, usage, f"set {spec.label}: {spec.help}", run, complete)
+
+
+def build_commands(studio: Studio) -> dict[str, SlashCommand]:
+    """Every slash command, by name."""
+    s = studio
+
+    def jobs_in(states: tuple[str, ...]) -> Callable[[], Iterable[tuple[str, str]]]:
+        def complete() -> Iterable[tuple[str, str]]:
+            return [(str(j["id"]), f"{j['state']}: {j['params'].get('prompt', '')[:40]}")
+                    for j in reversed(s.state.timeline()) if j["state"] in states]
+        return complete
+
+    cmds: list[SlashCommand] = [_param_command(s, spec) for spec in PARAM_SPECS]
+    cmds += [
+        SlashCommand("play", "/play", "play or pause the selected take", lambda a: play_pause(s)),
+        SlashCommand("stop", "/stop", "stop playback", lambda a: stop(s)),
+        SlashCommand("export", "/export FORMAT", "export the selected take",
+                     lambda a: export(s, a.strip() or s.state.params.format),
+                     lambda: [(f, "") for f in FORMATS]),
+        SlashCommand("cancel", "/cancel [JOB]", "cancel a job (default: selected or newest)",
+                     lambda a: cancel(s, a.strip() or None), jobs_in(ACTIVE_STATES)),
+        SlashCommand("retry", "/retry [JOB]", "retry a failed job (default: selected or newest)",
+                     lambda a: retry(s, a.strip() or None), jobs_in(RETRYABLE_STATES)),
+        SlashCommand("rate", "/rate up|down", "rate the selected take",
+                     lambda a: rate(s, a.strip()),
+                     lambda: [("up", "keep it"), ("down", "not this one")]),
+        SlashCommand("undo", "/undo", "undo a parameter change", lambda a: undo(s)),
+        SlashCommand("redo", "/redo", "redo a parameter change", lambda a: redo(s)),
+        SlashCommand("library", "/library [QUERY]", "search past takes",
+                     lambda a: s.open_library(a.strip())),
+        SlashCommand("reload", "/reload", "reload everything from the daemon",
+                     lambda a: reload(s)),
+        SlashCommand("help", "/help", "commands and keys", lambda a: s.toggle_help()),
+        SlashCommand("quit", "/quit", "quit the studio (the daemon keeps running)",
+                     lambda a: s.quit()),
+    ]
+    return {c.name: c for c in cmds}
+
+
+def run_line(studio: Studio, text: str) -> bool:
+    """Run the composer's text: a /command, else a prompt. False keeps the text (a typo)."""
+    line = text.strip()
+    if not line:
+        return False
+    if not line.startswith("/"):
+        submit(studio, line)
+        return True
+    name, _, arg = line[1:].partition(" ")
+    found = studio.commands.get(name)
+    if found is None:
+        close = [c for c in studio.commands if c.startswith(name[:2])] if name else []
+        hint = f" (did you mean /{close[0]}?)" if close else ""
+        studio.say(f"unknown command /{name}{hint}; /help lists them", "error")
+        return False
+    try:
+        found.run(arg)
+    except Exception as exc:  # a command bug must not take the studio down
+        studio.say(f"/{name} failed: {describe_error(exc)}", "error")
+    return True
+
+
+class SlashCompleter(Completer):
+    """Completes ``/command`` names, then each command's argument values."""
+
+    def __init__(self, studio: Studio) -> None:
+        self.studio = studio
+
+    def get_completions(self, document: Document,
+                        complete_event: CompleteEvent) -> Iterator[Completion]:
+        text = document.text_before_cursor
+        if not text.startswith("/") or "\n" in text:
+            return
+        name, space, arg = text[1:].partition(" ")
+        commands = self.studio.commands
+        if not space:
+            for cmd in commands.values():
+                if cmd.name.startswith(name):
+                    yield Completion(cmd.name + " ", start_position=-len(name),
+                                     display=cmd.usage, display_meta=cmd.help)
+            return
+        chosen = commands.get(name)
+        if chosen is None or chosen.complete is None:
+            return
+        for value, meta in chosen.complete():
+            if value.startswith(arg) and value != arg:
+                yield Completion(value, start_position=-len(arg), display_meta=meta)
+
+
+# --- the palette ----------------------------------------------------------------------------
+
+
+def palette_entries(studio: Studio) -> list[PaletteEntry]:
+    """Every action with its key, then "set …" entries that start the command for you."""
+    out = [PaletteEntry(a.title, keys_for(studio, a.name), a.run)
+           for a in studio.actions.values() if a.name not in ("palette", "newline")]
+    for spec in PARAM_SPECS:
+        out.append(PaletteEntry(f"Set {spec.label}… ({spec.help})", f"/{spec.label}",
+                                _prefill(studio, f"/{spec.label} ")))
+    out.append(PaletteEntry("Export the selected take as…", "/export",
+                            _prefill(studio, "/export ")))
+    out.append(PaletteEntry("Search the library…", "/library", lambda: studio.open_library("")))
+    return out
+
+
+def _prefill(studio: Studio, text: str) -> Callable[[], None]:
+    def run() -> None:
+        studio.prefill(text)
+    return run
+
+
+def filter_entries(entries: list[PaletteEntry], query: str) -> list[PaletteEntry]:
+    """Entries whose title or key contains every word of ``query`` (case-insensitive)."""
+    words = query.lower().split()
+    return [e for e in entries
+            if all(w in f"{e.title} {e.keys}".lower() for w in words)]
+
+
+def help_text(studio: Studio) -> str:
+    """The /help screen (lines kept under 72 columns)."""
+    lines: list[str] = [
+        "Describe some music in the composer and press Enter.",
+        "",
+        "Everything shown comes from timbred; every studio attached to it",
+        "shows the same jobs and takes. Parameters, undo and the selection",
+        "belong to this window.",
+        "",
+        "Keys (tui.toml: [keys] action = \"key\")",
+    ]
+    for action in studio.actions.values():
+        keys = ", ".join(_describe_all(studio, action.name)) or "-"
+        lines.append(f"  {keys:<17} {action.title:<37} {action.name}")
+    lines += [
+        "",
+        "Timeline and library: Up/Down or j/k select, Space/Enter play,",
+        "  s stop, Left/Right seek, c cancel, r retry, Esc composer;",
+        "  / searches the library.",
+        "Parameter panel: Up/Down choose, Left/Right or -/+ change,",
+        "  Enter types a value, l locks the seed, r new seed, Esc back.",
+        "Composer: Up on the first line recalls older prompts, Down on",
+        "  the last newer ones; Tab completes /commands.",
+        "Quitting: Ctrl-Q at once; Ctrl-C clears the composer, and on an",
+        "  empty composer quits when pressed twice. timbred keeps running.",
+        "",
+        "Commands",
+    ]
+    for cmd in studio.commands.values():
+        lines.append(f"  {cmd.usage:<27} {fit_text(cmd.help, 42)}")
+    lines += ["", "Library search: words match the prompt; rating:up|down and",
+              "tag:NAME filter once the daemon records ratings and tags.", "",
+              "Esc closes this help."]
+    return "\n".join(lines)
+
+
+def fit_text(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def _describe_all(studio: Studio, action: str) -> list[str]:
+    return [describe_keys(seq) for seq in studio.keymap.get(action, ())]

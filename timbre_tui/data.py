@@ -1,0 +1,211 @@
+"""Everything the studio asks the daemon, in one place.
+
+:class:`DaemonLink` follows the daemon's events with :func:`timbrectl.client.follow_events`
+(which reconnects and replays by ``seq``), reloads the state by RPC when it (re)connects having
+missed events, and keeps one connection open for requests. :func:`describe_error` is the one
+translation of errors into the line the user reads. Library queries go to the daemon's history
+(``history.search``, in :meth:`DaemonLink.library`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import AsyncGenerator, Callable, Mapping
+from pathlib import Path
+from typing import Any, cast
+
+import anyio
+import anyio.abc
+
+from timbre_tui.state import StudioState, Take
+from timbrectl.client import Client, connect, follow_events
+from timbred.errors import DaemonUnavailable, InvalidParams, MethodNotFound, TimbreError
+
+EVENT_TYPES = ("job.*", "model.*", "daemon.stopping", "worker.*")
+JOBS_LOADED = 200
+START_HINT = "start it with `timbrectl daemon start`"
+
+
+class FeatureMissing(Exception):
+    """Raised when the daemon lacks a method a command needs (a feature not released yet)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line a user can act on, for any error a request can end with (never a traceback)."""
+    if isinstance(exc, DaemonUnavailable):
+        return f"not connected to timbred ({exc.data.get('reason', exc)}); {START_HINT}"
+    if isinstance(exc, InvalidParams):
+        return f"refused: {exc.message}"
+    if isinstance(exc, MethodNotFound):
+        return f"this timbred does not offer that ({exc.message}); is it older than the studio?"
+    if isinstance(exc, TimbreError | FeatureMissing):
+        return exc.message
+    if isinstance(exc, TimeoutError):
+        return "timbred did not answer in time"
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    if isinstance(exc, ValueError):
+        return str(exc)
+    return f"unexpected {type(exc).__name__}: {exc}"
+
+
+class DaemonLink:
+    """The studio's connection to timbred: events in, requests out, state kept current."""
+
+    def __init__(self, state: StudioState, socket_path: Path, on_change: Callable[[], None], *,
+                 retry_interval: float = 0.5, timeout: float = 15.0) -> None:
+        self.state = state
+        self.socket_path = socket_path
+        self._on_change = on_change
+        self._retry_interval = retry_interval
+        self._timeout = timeout
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._rpc: Client | None = None
+        self._rpc_lock = anyio.Lock()
+
+    # --- the event loop -------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Follow events until cancelled, reconnecting for ever."""
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            try:
+                await self._follow()
+            finally:
+                self._tg = None
+                tg.cancel_scope.cancel()
+
+    async def _follow(self) -> None:
+        # follow_events is an async generator (typed as an iterator): close it in this task.
+        events = cast(AsyncGenerator[dict[str, Any], None], follow_events(
+            self.socket_path, EVENT_TYPES, retry_interval=self._retry_interval))
+        async with contextlib.aclosing(events) as stream:
+            async for item in stream:
+                if item["method"] == "connection":
+                    await self._on_connection(item)
+                elif item["method"] == "event" and self.state.apply_event(item) \
+                        and item["type"].startswith("model.") and self._tg is not None:
+                    self._tg.start_soon(self._refresh_status)
+                self._on_change()
+
+    async def _on_connection(self, item: dict[str, Any]) -> None:
+        state = self.state
+        if item["state"] == "connected":
+            first = not state.ever_connected
+            state.connection = "connected"
+            state.connection_note = ""
+            state.ever_connected = True
+            if first or item["missed"]:
+                await self.reload()
+            else:
+                await self._refresh_status()
+            if not first:
+                state.say("reconnected to timbred" +
+                          (" (state reloaded)" if item["missed"] else ""))
+            return
+        if state.connection == "connected":
+            state.say(f"lost the connection to timbred; retrying ({START_HINT} if it "
+                      "does not come back)", "error", seconds=8)
+        state.connection = "disconnected"
+        state.connection_note = f"no timbred at {self.socket_path}; {START_HINT}"
+
+    async def reload(self) -> None:
+        """Replace the daemon's part of the state with fresh answers (after missing events)."""
+        try:
+            status, page = await self.batch([("daemon.status", None),
+                                             ("jobs.list", {"limit": JOBS_LOADED})])
+        except (TimbreError, TimeoutError) as exc:
+            self.state.say(f"could not load the daemon's state: {describe_error(exc)}", "error")
+            return
+        if isinstance(status, dict):
+            self.state.set_status(status)
+        if isinstance(page, dict):
+            self.state.load_jobs(page["jobs"])
+        self._on_change()
+        if self._tg is not None:
+            self._tg.start_soon(self._refresh_models)
+
+    async def _refresh_status(self) -> None:
+        with contextlib.suppress(TimbreError, TimeoutError):
+            self.state.set_status(await self.call("daemon.status"))
+            self._on_change()
+
+    async def _refresh_models(self) -> None:
+        with contextlib.suppress(TimbreError, TimeoutError):
+            listing = await self.call("models.list")
+            names = [m["name"] for m in listing["installed"]]
+            names += [m["name"] for m in listing["catalogue"] if m["name"] not in names]
+            self.state.model_names = names
+
+    # --- requests -------------------------------------------------------------------------
+
+    async def _client(self) -> Client:
+        async with self._rpc_lock:
+            if self._rpc is None or self._rpc.closed.is_set():
+                if self._tg is None:
+                    raise DaemonUnavailable(str(self.socket_path), "the studio is not running")
+                self._rpc = await self._tg.start(self._hold)
+            return self._rpc
+
+    async def _hold(self, *, task_status: anyio.abc.TaskStatus[Client]) -> None:
+        async with connect(self.socket_path, timeout=self._timeout) as client:
+            task_status.started(client)
+            await client.closed.wait()
+
+    async def call(self, method: str, params: Mapping[str, Any] | None = None) -> Any:
+        """Call ``method``; raise TimbreError (DaemonUnavailable when not connected)."""
+        client = await self._client()
+        return await client.call(method, params, timeout=self._timeout)
+
+    async def batch(self, calls: list[tuple[str, Mapping[str, Any] | None]]) -> list[Any]:
+        client = await self._client()
+        results = await client.batch(calls, timeout=self._timeout)
+        for r in results:
+            if isinstance(r, DaemonUnavailable):
+                raise r
+        return results
+
+    async def call_feature(self, method: str, params: Mapping[str, Any], feature: str) -> Any:
+        """Call a method that arrives with a later feature; FeatureMissing when absent."""
+        try:
+            return await self.call(method, params)
+        except MethodNotFound:
+            raise FeatureMissing(f"{feature} (this timbred has no {method} yet)") from None
+
+    # --- library --------------------------------------------------------------------------
+
+    async def library(self, query: str) -> tuple[list[Take], str]:
+        """Past takes matching ``query`` (newest first) from the daemon's history, and a note.
+
+        Words are prompt text; ``rating:up|down|unrated`` and ``tag:NAME`` filter (the first
+        tag on the daemon, any further ones here).
+        """
+        words = query.split()
+        ratings = [w.split(":", 1)[1] for w in words if w.startswith("rating:")]
+        tags = [w.split(":", 1)[1].lower() for w in words if w.startswith("tag:")]
+        text = " ".join(w for w in words if not re.match(r"(rating|tag):", w))
+        params: dict[str, Any] = {"limit": JOBS_LOADED}
+        if text:
+            params["text"] = text
+        if ratings:
+            params["rating"] = ratings[0]
+        if tags:
+            params["tag"] = tags[0]
+        page = await self.call("history.search", params)
+        takes = [take_from_history(t) for t in page["takes"]]
+        takes = [t for t in takes if all(tag in t.tags for tag in tags[1:])]
+        return takes, ""
+
+def take_from_history(record: Mapping[str, Any]) -> Take:
+    """A ``history.search`` take record as the studio's Take."""
+    recipe = record.get("recipe") or {}
+    return Take(job_id=record["job_id"], index=record["take_index"], path=record["path"],
+                duration_s=record["duration_s"], prompt=record["prompt"],
+                seed=(recipe.get("params") or {}).get("seed"), model=str(recipe.get("model", "")),
+                created_at=record["created_at"], loudness=record["loudness_after_lufs"],
+                rating=record["rating"], tags=tuple(record["tags"]))

@@ -1,0 +1,544 @@
+"""The studio's one state object.
+
+Everything the studio shows about the daemon (jobs, takes, progress, models, device, queue) is a
+copy of what the daemon said, loaded by RPC and kept current by events; nothing here is
+persisted. The only state of the studio's own is the editing state of this window: the
+parameters for the next prompt (with undo and redo), the selection, the open view and the
+message line. Mutators are plain methods so the whole object can be tested without a terminal.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+JOB_RANK = {"queued": 0, "loading": 1, "generating": 2, "encoding": 3,
+            "done": 4, "failed": 4, "cancelled": 4, "interrupted": 4}
+ACTIVE_STATES = ("queued", "loading", "generating", "encoding")
+RETRYABLE_STATES = ("failed", "cancelled", "interrupted")
+FORMATS = ("wav", "flac", "ogg", "mp3")
+SEED_MAX = 2**63 - 1
+HISTORY_LIMIT = 200
+
+Connection = Literal["connecting", "connected", "disconnected"]
+View = Literal["timeline", "library"]
+Level = Literal["info", "error"]
+
+#: Parameter bundles offered by ``/preset``. They live here until the daemon serves presets
+#: (``PresetNotFound`` is already in its error table); then :mod:`timbre_tui.data` lists theirs.
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {"duration": 10.0, "temperature": 1.0, "top_k": 250, "top_p": 0.0,
+                "guidance": 3.0, "variations": 1},
+    "sketch": {"duration": 5.0, "variations": 1, "guidance": 3.0},
+    "loop": {"duration": 8.0, "temperature": 0.9, "top_k": 250, "guidance": 3.5},
+    "focused": {"temperature": 0.7, "top_k": 50, "top_p": 0.0, "guidance": 4.0},
+    "wild": {"temperature": 1.3, "top_k": 0, "top_p": 0.95, "guidance": 2.0},
+    "variations": {"duration": 8.0, "variations": 4},
+    "long": {"duration": 60.0, "variations": 1},
+}
+
+
+@dataclass(frozen=True)
+class Params:
+    """The parameters of the next prompt. ``model`` None means the daemon's default."""
+
+    model: str | None = None
+    duration: float = 10.0
+    seed: int = 0
+    seed_locked: bool = False
+    temperature: float = 1.0
+    top_k: int = 250
+    top_p: float = 0.0
+    guidance: float = 3.0
+    variations: int = 1
+    format: str = "wav"
+    preset: str | None = None
+
+    def submit_params(self, prompt: str) -> dict[str, Any]:
+        """The ``generate.submit`` params (seed only when locked, model only when chosen)."""
+        out: dict[str, Any] = {"prompt": prompt, "duration": self.duration,
+                               "temperature": self.temperature, "top_k": self.top_k,
+                               "top_p": self.top_p, "guidance": self.guidance,
+                               "variations": self.variations}
+        if self.model:
+            out["model"] = self.model
+        if self.seed_locked:
+            out["seed"] = self.seed
+        return out
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One editable parameter: its label, its slash command and how it steps and parses."""
+
+    name: str
+    label: str
+    kind: Literal["float", "int", "seed", "model", "choice"]
+    help: str
+    minimum: float = 0.0
+    maximum: float = 0.0
+    step: float = 1.0
+    choices: tuple[str, ...] = ()
+
+    @property
+    def command(self) -> str:
+        return self.label
+
+
+PARAM_SPECS: tuple[ParamSpec, ...] = (
+    ParamSpec("model", "model", "model", "model name or path (empty: the daemon's default)"),
+    ParamSpec("duration", "duration", "float", "seconds of audio", 0.5, 600.0, 1.0),
+    ParamSpec("seed", "seed", "seed", "a number locks the seed; 'random' unlocks it",
+              0, SEED_MAX, 1),
+    ParamSpec("temperature", "temperature", "float", "sampling temperature (0 = greedy)",
+              0.0, 10.0, 0.1),
+    ParamSpec("top_k", "top-k", "int", "top-k sampling (0 = off)", 0, 2048, 10),
+    ParamSpec("top_p", "top-p", "float", "nucleus sampling (0 = off)", 0.0, 1.0, 0.05),
+    ParamSpec("guidance", "guidance", "float", "classifier-free guidance (<= 1 = off)",
+              0.0, 30.0, 0.5),
+    ParamSpec("variations", "variations", "int", "takes per prompt, in one pass", 1, 16, 1),
+    ParamSpec("format", "format", "choice", "format for /export", choices=FORMATS),
+    ParamSpec("preset", "preset", "choice", "a bundle of parameters",
+              choices=tuple(PRESETS)),
+)
+
+
+def spec_for(name_or_label: str) -> ParamSpec:
+    """The spec named ``name_or_label`` (``top_k`` or ``top-k``); KeyError when unknown."""
+    for spec in PARAM_SPECS:
+        if name_or_label in (spec.name, spec.label):
+            return spec
+    raise KeyError(name_or_label)
+
+
+def parse_duration(text: str) -> float:
+    """``10``, ``10s``, ``1:30``, ``2m`` → seconds; ValueError otherwise."""
+    t = text.strip().lower()
+    if m := re.fullmatch(r"(\d+):([0-5]?\d(?:\.\d+)?)", t):
+        return int(m[1]) * 60 + float(m[2])
+    if m := re.fullmatch(r"(\d+(?:\.\d+)?)\s*(s|sec|m|min)?", t):
+        return float(m[1]) * (60 if m[2] in ("m", "min") else 1)
+    raise ValueError(f"duration: {text!r} is not a duration (try 10, 10s, 1:30 or 2m)")
+
+
+def parse_value(spec: ParamSpec, text: str) -> Any:
+    """Parse ``text`` for ``spec``; ValueError naming the parameter and what it accepts."""
+    t = text.strip()
+    if spec.kind == "model":
+        return t or None
+    if spec.kind == "choice":
+        if spec.name == "preset" and t in ("", "none"):
+            return None
+        if t not in spec.choices:
+            raise ValueError(f"{spec.label}: {t!r} is not one of {', '.join(spec.choices)}")
+        return t
+    if spec.kind == "seed":
+        if t in ("random", "unlock", "off"):
+            return "random"
+        try:
+            value = int(t)
+        except ValueError:
+            raise ValueError(f"seed: expected a whole number or 'random', got {t!r}") from None
+        if not 0 <= value <= SEED_MAX:
+            raise ValueError(f"seed: must be between 0 and {SEED_MAX}")
+        return value
+    number: float
+    try:
+        number = parse_duration(t) if spec.name == "duration" else float(t)
+    except ValueError:
+        what = ("seconds (10, 10s, 1:30 or 2m)" if spec.name == "duration"
+                else "a whole number" if spec.kind == "int" else "a number")
+        raise ValueError(f"{spec.label}: expected {what} between {spec.minimum:g} and "
+                         f"{spec.maximum:g}, got {t!r}") from None
+    if spec.kind == "int":
+        if number != int(number):
+            raise ValueError(f"{spec.label}: expected a whole number, got {t!r}")
+        number = int(number)
+    if not (spec.minimum <= number <= spec.maximum) or math.isnan(number):
+        raise ValueError(f"{spec.label}: must be between {spec.minimum:g} and "
+                         f"{spec.maximum:g}, got {t}")
+    return number
+
+
+def format_value(params: Params, spec: ParamSpec, last_seed: int | None = None) -> str:
+    """How the panel shows one parameter."""
+    value = getattr(params, spec.name)
+    if spec.name == "model":
+        return short_model(value) if value else "(daemon default)"
+    if spec.name == "seed":
+        if params.seed_locked:
+            return f"{params.seed} (locked)"
+        return "random" + (f" (last {last_seed})" if last_seed is not None else "")
+    if spec.name == "duration":
+        return f"{value:g}s"
+    if spec.name == "preset":
+        return value or "none"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def short_model(model: str) -> str:
+    """A model as the user thinks of it: a catalogue name or the last part of a path/repo."""
+    return model.rstrip("/").rsplit("/", 1)[-1] if "/" in model else model
+
+
+@dataclass(frozen=True)
+class Take:
+    """One audio file a done job wrote. ``loudness`` is LUFS when the record carries it."""
+
+    job_id: str
+    index: int
+    path: str
+    duration_s: float
+    prompt: str
+    seed: int | None
+    model: str
+    created_at: float
+    loudness: float | None = None
+    rating: str | None = None
+    tags: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.job_id, self.index)
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).name
+
+
+def takes_of(job: dict[str, Any]) -> list[Take]:
+    """The takes of one job record (empty unless it wrote files).
+
+    This is the one place that knows how a record spells its takes: today ``outputs`` (paths)
+    plus ``params``; later the history records (``takes`` with loudness, rating and tags).
+    """
+    params = job.get("params") or {}
+    extra: list[dict[str, Any]] = [t for t in job.get("takes") or [] if isinstance(t, dict)]
+    out: list[Take] = []
+    for i, path in enumerate(job.get("outputs") or []):
+        more = extra[i] if i < len(extra) else {}
+        loud = more.get("loudness_lufs", more.get("loudness"))
+        out.append(Take(
+            job_id=job["id"], index=i + 1, path=path,
+            duration_s=float(more.get("duration_s") or params.get("duration") or 0.0),
+            prompt=str(params.get("prompt", "")), seed=params.get("seed"),
+            model=str(job.get("model", "")), created_at=float(job.get("created_at") or 0.0),
+            loudness=float(loud) if isinstance(loud, int | float) else None,
+            rating=more.get("rating"), tags=tuple(more.get("tags") or ())))
+    return out
+
+
+@dataclass
+class Message:
+    text: str
+    level: Level
+    expires_at: float
+
+
+@dataclass
+class ParamHistory:
+    """Undo and redo stacks of :class:`Params` snapshots."""
+
+    undo: list[Params] = field(default_factory=list)
+    redo: list[Params] = field(default_factory=list)
+
+
+@dataclass
+class LibraryState:
+    """The library view: the query as typed, and the takes the daemon answered with."""
+
+    query: str = ""
+    takes: list[Take] = field(default_factory=list)
+    loading: bool = False
+    note: str = ""
+    selected: int = 0
+
+
+@dataclass
+class StudioState:
+    """What one studio window shows. See the module docstring for what is whose."""
+
+    socket_path: str = ""
+    connection: Connection = "connecting"
+    connection_note: str = ""
+    ever_connected: bool = False
+    status: dict[str, Any] | None = None
+    loaded_models: list[dict[str, Any]] = field(default_factory=list)
+    model_names: list[str] = field(default_factory=list)
+    jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    progress: dict[str, dict[str, Any]] = field(default_factory=dict)
+    params: Params = field(default_factory=Params)
+    param_history: ParamHistory = field(default_factory=ParamHistory)
+    selected_take: tuple[str, int] | None = None
+    selected_param: int = 0
+    view: View = "timeline"
+    panel_forced: bool | None = None
+    palette_open: bool = False
+    palette_selected: int = 0
+    help_open: bool = False
+    message: Message | None = None
+    #: The latest messages, oldest first (for a message log; also handy in test failures).
+    message_log: list[Message] = field(default_factory=list)
+    library: LibraryState = field(default_factory=LibraryState)
+    recall_index: int | None = None
+    recall_draft: str = ""
+    quit_armed_at: float = 0.0
+    clock: Callable[[], float] = time.monotonic
+
+    # --- messages -------------------------------------------------------------------------
+
+    def say(self, text: str, level: Level = "info", seconds: float | None = None) -> None:
+        """Show ``text`` in the message line (errors stay longer)."""
+        ttl = seconds if seconds is not None else (12.0 if level == "error" else 6.0)
+        self.message = Message(text, level, self.clock() + ttl)
+        self.message_log.append(self.message)
+        del self.message_log[:-50]
+
+    def current_message(self) -> Message | None:
+        if self.message is not None and self.message.expires_at < self.clock():
+            self.message = None
+        return self.message
+
+    # --- daemon data ----------------------------------------------------------------------
+
+    def load_jobs(self, jobs: Iterable[dict[str, Any]]) -> None:
+        """Replace every job with a fresh listing (after connecting or missing events)."""
+        self.jobs = {}
+        self.progress = {}
+        for job in sorted(jobs, key=lambda j: j["created_at"]):
+            self.jobs[job["id"]] = job
+            if job["state"] in ACTIVE_STATES and job.get("progress"):
+                self.progress[job["id"]] = {"job_id": job["id"], **job["progress"],
+                                            "eta_s": None}
+        self._trim()
+        if self.selected_take is not None and self.take(self.selected_take) is None:
+            self.selected_take = None
+
+    def set_status(self, status: dict[str, Any]) -> None:
+        self.status = status
+        self.loaded_models = list(status.get("models") or [])
+
+    def apply_event(self, event: dict[str, Any]) -> bool:
+        """Apply one daemon event; True when something visible changed."""
+        kind = event.get("type")
+        data = event.get("data") or {}
+        if kind == "job.state":
+            return self.upsert_job(data["job"])
+        if kind == "job.progress":
+            job = self.jobs.get(data["job_id"])
+            if job is not None and job["state"] not in ACTIVE_STATES:
+                return False  # a late progress event for a finished job
+            self.progress[data["job_id"]] = data
+            return True
+        if kind == "model.loaded":
+            self.loaded_models = [m for m in self.loaded_models if m["model"] != data["model"]]
+            self.loaded_models.append({**data, "in_use": False})
+            return True
+        if kind == "model.unloaded":
+            self.loaded_models = [m for m in self.loaded_models if m["model"] != data["model"]]
+            return True
+        if kind == "daemon.stopping":
+            self.say(f"timbred is stopping ({data.get('reason', 'no reason given')})")
+            return True
+        if kind == "worker.crashed":
+            self.say(f"the inference worker died: {data.get('reason')}", "error")
+            return True
+        return False
+
+    def upsert_job(self, job: dict[str, Any]) -> bool:
+        """Insert or update a job, never moving it backwards (events may trail a reload)."""
+        old = self.jobs.get(job["id"])
+        if old is not None and JOB_RANK[job["state"]] < JOB_RANK[old["state"]]:
+            return False
+        was_following = self._following_newest()
+        self.jobs[job["id"]] = job
+        if job["state"] not in ACTIVE_STATES:
+            self.progress.pop(job["id"], None)
+        if job["state"] == "done" and (old is None or old["state"] != "done") and was_following:
+            takes = takes_of(job)
+            if takes:
+                self.selected_take = takes[0].key
+        self._trim()
+        return True
+
+    def _following_newest(self) -> bool:
+        """True when the selection is empty or on the newest take (so new takes take it)."""
+        takes = self.takes()
+        return self.selected_take is None or (bool(takes) and self.selected_take == takes[-1].key)
+
+    def _trim(self) -> None:
+        while len(self.jobs) > HISTORY_LIMIT:
+            oldest = next(iter(self.jobs))
+            del self.jobs[oldest]
+            self.progress.pop(oldest, None)
+
+    # --- derived views --------------------------------------------------------------------
+
+    def timeline(self) -> list[dict[str, Any]]:
+        """Jobs oldest first (the newest prompt sits just above the composer)."""
+        return sorted(self.jobs.values(), key=lambda j: j["created_at"])
+
+    def takes(self) -> list[Take]:
+        return [t for job in self.timeline() for t in takes_of(job)]
+
+    def take(self, key: tuple[str, int] | None) -> Take | None:
+        if key is None:
+            return None
+        job = self.jobs.get(key[0])
+        if job is None:
+            for t in self.library.takes:
+                if t.key == key:
+                    return t
+            return None
+        for t in takes_of(job):
+            if t.index == key[1]:
+                return t
+        return None
+
+    def selected(self) -> Take | None:
+        return self.take(self.selected_take)
+
+    def active_jobs(self) -> list[dict[str, Any]]:
+        return [j for j in self.timeline() if j["state"] in ACTIVE_STATES]
+
+    def queue_depth(self) -> tuple[int, int]:
+        """(running, queued) as this window knows them."""
+        active = self.active_jobs()
+        queued = sum(1 for j in active if j["state"] == "queued")
+        return len(active) - queued, queued
+
+    def last_seed(self) -> int | None:
+        for job in reversed(self.timeline()):
+            seed = (job.get("params") or {}).get("seed")
+            if isinstance(seed, int):
+                return seed
+        return None
+
+    def prompt_history(self) -> list[str]:
+        """Distinct prompts, oldest first, as the daemon recorded them (shared by all windows)."""
+        seen: dict[str, None] = {}
+        for job in self.timeline():
+            prompt = (job.get("params") or {}).get("prompt")
+            if isinstance(prompt, str) and prompt:
+                seen.pop(prompt, None)
+                seen[prompt] = None
+        return list(seen)
+
+    def device_text(self) -> str:
+        if self.status is None:
+            return ""
+        dev = self.status.get("device") or {}
+        active = dev.get("active")
+        if active:
+            return f"{active['type']} {active['dtype']}"
+        if self.loaded_models:
+            m = self.loaded_models[-1]
+            return f"{m.get('device', '?')} {m.get('dtype', '')}".strip()
+        return f"{dev.get('requested', '?')} (idle)"
+
+    # --- selection ------------------------------------------------------------------------
+
+    def move_take(self, delta: int) -> Take | None:
+        """Select the previous (-1) or next (+1) take in the current view."""
+        takes = self.library.takes if self.view == "library" else self.takes()
+        if not takes:
+            return None
+        keys = [t.key for t in takes]
+        if self.selected_take in keys:
+            i = max(0, min(len(takes) - 1, keys.index(self.selected_take) + delta))
+        else:
+            i = len(takes) - 1 if delta < 0 else 0
+        self.selected_take = keys[i]
+        if self.view == "library":
+            self.library.selected = i
+        return takes[i]
+
+    # --- parameters (undoable) ------------------------------------------------------------
+
+    def set_params(self, new: Params) -> bool:
+        """Replace the parameters, recording the old ones for undo; False if unchanged."""
+        if new == self.params:
+            return False
+        self.param_history.undo.append(self.params)
+        del self.param_history.undo[:-100]
+        self.param_history.redo.clear()
+        self.params = new
+        return True
+
+    def set_param(self, name: str, value: Any) -> str:
+        """Set one parameter (validated values); return a line describing the change."""
+        spec = spec_for(name)
+        p = self.params
+        if spec.name == "seed":
+            new = (replace(p, seed_locked=False) if value == "random"
+                   else replace(p, seed=int(value), seed_locked=True))
+        elif spec.name == "preset":
+            new = replace(p, preset=None) if value is None else apply_preset(p, value)
+        elif spec.name in ("model", "format"):
+            new = replace(p, **{spec.name: value})
+        else:
+            new = replace(p, **{spec.name: value}, preset=None)
+        self.set_params(new)
+        return f"{spec.label}: {format_value(self.params, spec, self.last_seed())}"
+
+    def step_param(self, name: str, direction: int) -> str:
+        """Step a parameter by its increment (or to the next choice) in ``direction``."""
+        spec = spec_for(name)
+        p = self.params
+        if spec.name == "seed":
+            return self.set_param("seed", max(0, min(SEED_MAX, p.seed + direction)))
+        if spec.kind == "choice" or spec.kind == "model":
+            choices: list[Any] = (list(spec.choices) if spec.kind == "choice"
+                                  else [None, *self.model_names])
+            if spec.name == "preset":
+                choices = [None, *choices]
+            current = getattr(p, spec.name)
+            i = choices.index(current) if current in choices else 0
+            return self.set_param(spec.name, choices[(i + direction) % len(choices)])
+        value = getattr(p, spec.name) + direction * spec.step
+        value = max(spec.minimum, min(spec.maximum, value))
+        value = round(value) if spec.kind == "int" else round(value, 4)
+        return self.set_param(spec.name, value)
+
+    def toggle_seed_lock(self) -> str:
+        """Lock the seed (to that of the latest take, if any) or unlock it."""
+        p = self.params
+        if p.seed_locked:
+            self.set_params(replace(p, seed_locked=False))
+            return "seed: random for each take"
+        seed = self.last_seed()
+        self.set_params(replace(p, seed=seed if seed is not None else p.seed, seed_locked=True))
+        return f"seed: locked to {self.params.seed}"
+
+    def new_seed(self, rng: random.Random | None = None) -> str:
+        seed = (rng or random.SystemRandom()).randrange(0, 2**31)
+        self.set_params(replace(self.params, seed=seed, seed_locked=True))
+        return f"seed: locked to {seed}"
+
+    def undo(self) -> bool:
+        if not self.param_history.undo:
+            return False
+        self.param_history.redo.append(self.params)
+        self.params = self.param_history.undo.pop()
+        return True
+
+    def redo(self) -> bool:
+        if not self.param_history.redo:
+            return False
+        self.param_history.undo.append(self.params)
+        self.params = self.param_history.redo.pop()
+        return True
+
+
+def apply_preset(params: Params, name: str) -> Params:
+    """``params`` with preset ``name`` applied; KeyError when unknown."""
+    values = PRESETS[name]
+    return replace(params, **values, preset=name)
