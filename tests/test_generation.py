@@ -396,3 +396,19 @@ async def test_restart_interrupts_running_and_resumes_queued(short_tmp: Path,
         page = await c2.call("jobs.list", {})
         assert sorted(j["id"] for j in page["jobs"]) == sorted([running, *queued])
         assert (await c2.call("jobs.get", {"job_id": running}))["state"] == "interrupted"
+
+
+async def test_configured_int8_precision_reaches_the_recipe(short_tmp: Path, tiny: Path) -> None:
+    """models.precision = int8 loads a quantized decoder; the take's recipe records it and a
+    re-render with the same seed is bit-identical."""
+    async with running_daemon(short_tmp, models__default=str(tiny), models__precision="int8",
+                              **WINDOW) as d, connect(d.socket_path) as c:
+        await c.subscribe(["job.*"])
+        outs = []
+        for _ in range(2):
+            job, _ = await events_until_done(c, (await c.call(
+                "generate.submit", {"prompt": "x", "duration": 1.0, "seed": 8}))["job_id"])
+            assert job["state"] == "done", job["error"]
+            assert job["recipe"]["info"]["precision"] == "int8"
+            outs.append(read_back(job["outputs"][0]))
+        assert np.array_equal(outs[0], outs[1])

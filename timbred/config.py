@@ -148,6 +148,12 @@ KEYS: tuple[Key, ...] = (
     Key("models", "dtype", str, "auto",
         "Weights precision: auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, "
         "float16.", choices=("auto", "float32", "bfloat16", "float16")),
+    Key("models", "precision", str, "default",
+        "Decoder precision on top of dtype: default (dtype decides), int8 (CPU: the decoder's "
+        "linear layers dynamically quantized, about 7x faster per step than fp32 on a 2-core "
+        "CPU, with a measured logits error of about 8% on random weights; see "
+        "bench/RESULTS.md), bf16, fp32, or auto (bf16 on CUDA, int8 on CPU).",
+        choices=("default", "auto", "int8", "bf16", "fp32")),
     Key("models", "window_s", float, 30.0,
         "Longest clip generated in one pass; longer durations continue in windows.",
         minimum=1, maximum=120),

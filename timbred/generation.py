@@ -497,10 +497,12 @@ class Generation:
             lambda: models.estimate_memory(ref, dtype=self.device["dtype"]))  # type: ignore[index]
         await self._evict_for(need)
         source = str(ref.local_path or ref.path)
-        info = await self.worker.load(
-            ref.id, source, self.device["device"], self.device["dtype"],
-            options={"window_s": self.settings["models.window_s"],
-                     "stride_s": self.settings["models.stride_s"]})
+        options: dict[str, Any] = {"window_s": self.settings["models.window_s"],
+                                   "stride_s": self.settings["models.stride_s"]}
+        if self.settings["models.precision"] != "default":
+            options["precision"] = self.settings["models.precision"]
+        info = await self.worker.load(ref.id, source, self.device["device"],
+                                      self.device["dtype"], options=options)
         now = time.time()
         entry = Loaded(ref.id, name, info, ref.revision, now, now, self._keep_alive(keep_alive))
         self.loaded[ref.id] = entry

@@ -22,6 +22,7 @@ from timbred import errors
 
 __all__ = [
     "DTYPES",
+    "PRECISIONS",
     "Backend",
     "CancelToken",
     "Capabilities",
@@ -30,10 +31,16 @@ __all__ = [
     "ProgressCallback",
     "validate_device",
     "validate_dtype",
+    "validate_precision",
 ]
 
 #: The dtypes a backend may be asked to load a model in.
 DTYPES = ("float32", "bfloat16", "float16")
+
+#: Decoder precisions a backend may be asked for (the ``precision`` backend option):
+#: ``int8`` (dynamically quantized linear layers, CPU), ``bf16``, ``fp32``, or ``auto``
+#: (chosen from the hardware when the model loads).
+PRECISIONS = ("auto", "int8", "bf16", "fp32")
 
 #: ``progress(step, total)``: ``step`` counts decoding steps done so far over the whole job
 #: (every window of a long generation), ``total`` is the number the job will take. ``total``
@@ -245,6 +252,16 @@ def validate_dtype(dtype: str) -> str:
             f"unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}", param="dtype"
         )
     return dtype
+
+
+def validate_precision(precision: object) -> str:
+    """Check a precision name against :data:`PRECISIONS` and return it."""
+    if not isinstance(precision, str) or precision not in PRECISIONS:
+        raise errors.InvalidParams(
+            f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}",
+            param="precision",
+        )
+    return precision
 
 
 class Backend(ABC):

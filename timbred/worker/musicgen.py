@@ -7,8 +7,10 @@ How a generation runs
 * The prompt is tokenised ``variations`` times and decoded as one batch: one
   ``model.generate`` call per window, never one per take.
 * ``torch.manual_seed(seed)`` right before the first window makes a re-render with the same
-  (params, model, device, dtype) bit-identical on CPU. (On CUDA this also needs the same GPU
-  model, driver and library versions; cuBLAS is deterministic for a fixed configuration.)
+  (params, model, device, dtype, precision) bit-identical on CPU. (On CUDA this also needs
+  the same GPU model, driver and library versions; cuBLAS is deterministic for a fixed
+  configuration.) int8 is bit-identical too: dynamic quantization is a deterministic
+  function of each step's activations.
 * A :class:`transformers.StoppingCriteria` is called after every decoding step. It reports
   progress, checks the :class:`~timbred.worker.backend.CancelToken` (so a cancel lands within
   one step) and keeps a reference to the raw token matrix, which ``generate`` itself does not
@@ -67,11 +69,15 @@ from timbred.worker.backend import (
     ProgressCallback,
     validate_device,
     validate_dtype,
+    validate_precision,
 )
+from timbred.worker.precision import quantize_decoder, quantized_bytes, resolve_precision
 
 __all__ = ["MusicgenBackend", "plan_windows"]
 
 _TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+#: The dtype a model is loaded in for each concrete precision (int8 quantizes a float32 load).
+_PRECISION_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "int8": "float32"}
 _MODEL_CLASSES: dict[str, Any] = {
     "musicgen": MusicgenForConditionalGeneration,
     "musicgen_melody": MusicgenMelodyForConditionalGeneration,
@@ -176,6 +182,8 @@ class _Loaded:
     model_type: str
     device: torch.device
     dtype_name: str
+    precision: str | None
+    """The concrete decoder precision (int8, bf16, fp32), or None when ``dtype`` decided."""
     torch_dtype: torch.dtype
     capabilities: Capabilities
     hop: int
@@ -195,17 +203,30 @@ class MusicgenBackend(Backend):
     ``window_s`` is the longest clip made in one decoder pass (MusicGen was trained on 30 s);
     longer clips are extended in passes that each keep ``window_s - stride_s`` seconds of
     context, as audiocraft's ``extend_stride`` does. Tests use tiny windows.
+
+    ``precision`` chooses the decoder's arithmetic and takes precedence over ``load``'s
+    ``dtype``: ``fp32``; ``bf16``; ``int8`` (the decoder's linear layers dynamically
+    quantized, CPU only; the text encoder and EnCodec stay float32); or ``auto``, resolved at
+    load time (bf16 on CUDA, int8 on CPU where it works, else fp32). ``None`` (the default)
+    keeps the older behaviour: the whole model in ``dtype``. The concrete precision is
+    recorded in every :attr:`GenerationOutput.info` (``None`` when ``dtype`` decided).
     """
 
     name: ClassVar[str] = "musicgen"
 
-    def __init__(self, *, window_s: float = 30.0, stride_s: float = 18.0) -> None:
+    def __init__(self, *, window_s: float = 30.0, stride_s: float = 18.0,
+                 precision: object = None) -> None:
+        # ``precision`` is typed ``object``: backend options arrive untyped (from the config,
+        # over the worker pipe) and are checked here, at runtime, by validate_precision.
         if not (math.isfinite(window_s) and window_s > 0):
             raise errors.InvalidParams("window_s must be a positive number", param="window_s")
         if not (math.isfinite(stride_s) and 0 < stride_s <= window_s):
             raise errors.InvalidParams("stride_s must be in (0, window_s]", param="stride_s")
         self.window_s = float(window_s)
         self.stride_s = float(stride_s)
+        self.precision: str | None = (
+            None if precision is None else validate_precision(precision)
+        )
         self._state: _Loaded | None = None
 
     # --- loading ---------------------------------------------------------------------------
@@ -216,6 +237,10 @@ class MusicgenBackend(Backend):
         dtype = validate_dtype(dtype)
         self.unload()
         torch_device = _torch_device(source, device)
+        precision = None
+        if self.precision is not None:
+            precision = resolve_precision(self.precision, torch_device)
+            dtype = _PRECISION_DTYPES[precision]
         config = _load_config(source)
         model_type = str(getattr(config, "model_type", ""))
         model_class = _MODEL_CLASSES.get(model_type)
@@ -233,6 +258,8 @@ class MusicgenBackend(Backend):
             model.audio_encoder.to(torch.float32)
             model.to(torch_device)
             model.eval()
+            if precision == "int8":
+                quantize_decoder(model)
             tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
             chroma = _chroma_extractor(source, config) if model_type == "musicgen_melody" else None
         except errors.TimbreError:
@@ -246,12 +273,13 @@ class MusicgenBackend(Backend):
                 ) from exc
             raise errors.ModelLoadFailed(source, f"{type(exc).__name__}: {exc}") from exc
         self._state = self._describe(
-            model, tokenizer, source, config, model_type, torch_device, dtype, torch_dtype, chroma
+            model, tokenizer, source, config, model_type, torch_device, dtype, torch_dtype,
+            precision, chroma
         )
 
     def _describe(self, model: Any, tokenizer: Any, source: str, config: Any, model_type: str,
                   device: torch.device, dtype_name: str, torch_dtype: torch.dtype,
-                  chroma: _ChromaExtractor | None) -> _Loaded:
+                  precision: str | None, chroma: _ChromaExtractor | None) -> _Loaded:
         audio_cfg = config.audio_encoder
         decoder_cfg = config.decoder
         sample_rate = int(audio_cfg.sampling_rate)
@@ -278,6 +306,7 @@ class MusicgenBackend(Backend):
         delays = tuple(row // channels for row in range(num_codebooks))
         memory = sum(t.numel() * t.element_size() for t in model.parameters())
         memory += sum(t.numel() * t.element_size() for t in model.buffers())
+        memory += quantized_bytes(model)
         return _Loaded(
             model=model,
             tokenizer=tokenizer,
@@ -286,6 +315,7 @@ class MusicgenBackend(Backend):
             model_type=model_type,
             device=device,
             dtype_name=dtype_name,
+            precision=precision,
             torch_dtype=torch_dtype,
             capabilities=Capabilities(
                 melody=model_type == "musicgen_melody",
@@ -386,6 +416,7 @@ class MusicgenBackend(Backend):
             "revision": st.revision,
             "model_type": st.model_type,
             "dtype": st.dtype_name,
+            "precision": st.precision,
             "device": str(st.device),
             "window_s": self.window_s,
             "stride_s": self.stride_s,
