@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final
 
+from timbred import ids
 from timbred.errors import (
     Cancelled,
     Interrupted,
@@ -267,32 +268,15 @@ class RecoveryReport:
 
 # --- ids --------------------------------------------------------------------------------------
 
-# Crockford base32 in lower case: sorted in ASCII order, so fixed-width ids sort like numbers,
-# and without i, l, o, u so ids read back unambiguously.
-_B32: Final = "0123456789abcdefghjkmnpqrstvwxyz"
 _ID_PREFIX: Final = "j-"
-_ID_WIDTH: Final = 9  # 45 bits of milliseconds: good until the year 3085.
 
 
 def _encode_id(n: int) -> str:
-    chars = []
-    for _ in range(_ID_WIDTH):
-        n, r = divmod(n, 32)
-        chars.append(_B32[r])
-    return _ID_PREFIX + "".join(reversed(chars))
+    return ids.encode(_ID_PREFIX, n)
 
 
 def _decode_id(job_id: str) -> int | None:
-    body = job_id.removeprefix(_ID_PREFIX)
-    if len(body) != _ID_WIDTH or not job_id.startswith(_ID_PREFIX):
-        return None
-    n = 0
-    for ch in body:
-        digit = _B32.find(ch)
-        if digit < 0:
-            return None
-        n = n * 32 + digit
-    return n
+    return ids.decode(_ID_PREFIX, job_id)
 
 
 # --- validation helpers -----------------------------------------------------------------------

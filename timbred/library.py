@@ -59,7 +59,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
 
-from timbred import jobs
+from timbred import ids, jobs
 from timbred.errors import InvalidParams, StoreError, TakeNotFound
 from timbred.sqlite_store import SQLiteStore
 
@@ -360,31 +360,15 @@ class Take:
 
 # --- ids --------------------------------------------------------------------------------------
 
-# Crockford base32 in lower case, as job ids: fixed-width ids sort like the numbers they encode.
-_B32: Final = "0123456789abcdefghjkmnpqrstvwxyz"
 _ID_PREFIX: Final = "t-"
-_ID_WIDTH: Final = 9  # 45 bits of milliseconds: good until the year 3085.
 
 
 def _encode_id(n: int) -> str:
-    chars = []
-    for _ in range(_ID_WIDTH):
-        n, r = divmod(n, 32)
-        chars.append(_B32[r])
-    return _ID_PREFIX + "".join(reversed(chars))
+    return ids.encode(_ID_PREFIX, n)
 
 
 def _decode_id(take_id: str) -> int | None:
-    body = take_id.removeprefix(_ID_PREFIX)
-    if len(body) != _ID_WIDTH or not take_id.startswith(_ID_PREFIX):
-        return None
-    n = 0
-    for ch in body:
-        digit = _B32.find(ch)
-        if digit < 0:
-            return None
-        n = n * 32 + digit
-    return n
+    return ids.decode(_ID_PREFIX, take_id)
 
 
 # --- validation -------------------------------------------------------------------------------
