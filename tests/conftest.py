@@ -5,10 +5,12 @@ from __future__ import annotations
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.support import RawConnection
+from timbrectl.client import Client, connect
 from timbred.app import Daemon
 from timbred.testing.daemon import running_daemon
 from timbred.testing.tiny_musicgen import build_tiny_musicgen
@@ -43,6 +45,26 @@ async def daemon(short_tmp: Path) -> AsyncIterator[Daemon]:
     """A daemon with default limits, served in-process on a real socket."""
     async with running_daemon(short_tmp) as d:
         yield d
+
+
+#: Settings that keep daemon tests quick with the tiny model: 2 s windows, fast watch checks.
+FAST: dict[str, Any] = {"models__window_s": 2.0, "models__stride_s": 1.0,
+                        "watch__stable_interval_s": 0.1, "watch__stable_checks": 2}
+
+
+@pytest.fixture
+async def gen(short_tmp: Path, tiny: Path) -> AsyncIterator[Daemon]:
+    """A daemon whose default model is the tiny test fixture."""
+    async with running_daemon(short_tmp, models__default=str(tiny), **FAST) as d:
+        yield d
+
+
+@pytest.fixture
+async def client(gen: Daemon) -> AsyncIterator[Client]:
+    """A client of ``gen`` subscribed to every event (tests filter what they wait for)."""
+    async with connect(gen.socket_path) as c:
+        await c.subscribe(["*"])
+        yield c
 
 
 @pytest.fixture

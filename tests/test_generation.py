@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from tests.conftest import FAST
 from tests.support import check_event
 from timbrectl.client import Client, connect
 from timbred.app import Daemon
@@ -36,20 +36,6 @@ from timbred.testing.daemon import running_daemon
 pytestmark = pytest.mark.anyio
 
 SR = 32000
-WINDOW: dict[str, Any] = {"models__window_s": 2.0, "models__stride_s": 1.0}
-
-
-@pytest.fixture
-async def gen(short_tmp: Path, tiny: Path) -> AsyncIterator[Daemon]:
-    async with running_daemon(short_tmp, models__default=str(tiny), **WINDOW) as d:
-        yield d
-
-
-@pytest.fixture
-async def client(gen: Daemon) -> AsyncIterator[Client]:
-    async with connect(gen.socket_path) as c:
-        await c.subscribe(["job.*", "model.*", "worker.*"])
-        yield c
 
 
 def read_back(path: str) -> np.ndarray[Any, np.dtype[np.float32]]:
@@ -286,7 +272,7 @@ class TestControl:
     async def test_queue_cap(self, short_tmp: Path, tiny: Path) -> None:
         """Past jobs.max_queued a submit fails with queue_full and its limit."""
         async with running_daemon(short_tmp, models__default=str(tiny), jobs__max_queued=2,
-                                  **WINDOW) as d, connect(d.socket_path) as c:
+                                  **FAST) as d, connect(d.socket_path) as c:
             await c.call("generate.submit", {"prompt": "a", "duration": 60.0})
             await c.call("generate.submit", {"prompt": "b", "duration": 60.0})
             with pytest.raises(QueueFull) as info:
@@ -362,7 +348,7 @@ class TestModels:
                                                        tiny_melody: Path) -> None:
         """With a budget that fits one model, loading a second evicts the first."""
         async with running_daemon(short_tmp, models__default=str(tiny),
-                                  models__memory_budget_mb=2, **WINDOW) as d, \
+                                  models__memory_budget_mb=2, **FAST) as d, \
                 connect(d.socket_path) as c:
             await c.subscribe(["model.*"])
             await c.call("models.load", {"model": str(tiny)})
@@ -379,14 +365,14 @@ async def test_restart_interrupts_running_and_resumes_queued(short_tmp: Path,
                                                              tiny: Path) -> None:
     """Stopping the daemon mid-job marks that job interrupted (never silently re-run); queued
     jobs survive the restart and run in order; nothing is lost or duplicated."""
-    async with running_daemon(short_tmp, models__default=str(tiny), **WINDOW) as d, \
+    async with running_daemon(short_tmp, models__default=str(tiny), **FAST) as d, \
             connect(d.socket_path) as c:
         await c.subscribe(["job.*"])
         running = (await c.call("generate.submit", {"prompt": "r", "duration": 60.0}))["job_id"]
         await wait_progress(c, running)
         queued = [(await c.call("generate.submit", {"prompt": f"q{i}", "duration": 0.5}))[
             "job_id"] for i in range(3)]
-    async with running_daemon(short_tmp, models__default=str(tiny), **WINDOW) as d2, \
+    async with running_daemon(short_tmp, models__default=str(tiny), **FAST) as d2, \
             connect(d2.socket_path) as c2:
         first = await c2.call("jobs.get", {"job_id": running})
         assert first["state"] == "interrupted" and "not re-run" in first["error"]["message"]
@@ -402,7 +388,7 @@ async def test_configured_int8_precision_reaches_the_recipe(short_tmp: Path, tin
     """models.precision = int8 loads a quantized decoder; the take's recipe records it and a
     re-render with the same seed is bit-identical."""
     async with running_daemon(short_tmp, models__default=str(tiny), models__precision="int8",
-                              **WINDOW) as d, connect(d.socket_path) as c:
+                              **FAST) as d, connect(d.socket_path) as c:
         await c.subscribe(["job.*"])
         outs = []
         for _ in range(2):

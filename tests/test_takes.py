@@ -8,7 +8,7 @@ import datetime as dt
 import json
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import jsonschema
 import miniaudio
 import pytest
 
+from tests.conftest import FAST
 from tests.support import check_event
 from timbrectl.client import Client, connect
 from timbred.app import Daemon
@@ -28,20 +29,6 @@ from timbred.protocol.schema import rooted
 from timbred.testing.daemon import running_daemon
 
 pytestmark = pytest.mark.anyio
-WINDOW: dict[str, Any] = {"models__window_s": 2.0, "models__stride_s": 1.0}
-
-
-@pytest.fixture
-async def gen(short_tmp: Path, tiny: Path) -> AsyncIterator[Daemon]:
-    async with running_daemon(short_tmp, models__default=str(tiny), **WINDOW) as d:
-        yield d
-
-
-@pytest.fixture
-async def client(gen: Daemon) -> AsyncIterator[Client]:
-    async with connect(gen.socket_path) as c:
-        await c.subscribe(["job.state", "take.*"])
-        yield c
 
 
 async def run_job(client: Client, **params: Any) -> dict[str, Any]:
@@ -205,7 +192,7 @@ async def test_full_disk_fails_the_job_and_keeps_history_consistent(short_tmp: P
     reason; no take is recorded and nothing lies under a final name; the daemon goes on."""
     with tiny_tmpfs(short_tmp / "disk", "64k") as disk:
         async with running_daemon(short_tmp, models__default=str(tiny), output__dir=str(disk),
-                                  **WINDOW) as d, connect(d.socket_path) as c:
+                                  **FAST) as d, connect(d.socket_path) as c:
             job = await run_job(c, prompt="too big", duration=5.0, format="wav",
                                 wav_subtype="FLOAT")
             assert job["state"] == "failed"

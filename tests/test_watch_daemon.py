@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -11,27 +10,11 @@ import miniaudio
 import pytest
 
 from tests.support import check_event
-from timbrectl.client import Client, connect
+from timbrectl.client import Client
 from timbred.app import Daemon
 from timbred.errors import WatchFolderError
-from timbred.testing.daemon import running_daemon
 
 pytestmark = pytest.mark.anyio
-FAST: dict[str, Any] = {"models__window_s": 2.0, "models__stride_s": 1.0,
-                        "watch__stable_interval_s": 0.1, "watch__stable_checks": 2}
-
-
-@pytest.fixture
-async def gen(short_tmp: Path, tiny: Path) -> AsyncIterator[Daemon]:
-    async with running_daemon(short_tmp, models__default=str(tiny), **FAST) as d:
-        yield d
-
-
-@pytest.fixture
-async def client(gen: Daemon) -> AsyncIterator[Client]:
-    async with connect(gen.socket_path) as c:
-        await c.subscribe(["watch.*"])
-        yield c
 
 
 async def next_file_event(client: Client, status: str) -> dict[str, Any]:
