@@ -46,7 +46,7 @@ def read_back(path: str) -> np.ndarray[Any, np.dtype[np.float32]]:
 
 
 async def events_until_done(client: Client, job_id: str,
-                            timeout: float = 60) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+                            timeout: float = 180) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Collect this job's events until it is final; validate each against the schema."""
     seen: list[dict[str, Any]] = []
     with anyio.fail_after(timeout):
@@ -64,7 +64,7 @@ async def events_until_done(client: Client, job_id: str,
 
 
 async def wait_progress(client: Client, job_id: str, at_least: int = 1) -> None:
-    with anyio.fail_after(60):
+    with anyio.fail_after(180):
         while True:
             ev = await client.next_event()
             if ev["type"] == "job.progress" and ev["data"]["job_id"] == job_id \

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.anyio
 
 
 async def next_file_event(client: Client, status: str) -> dict[str, Any]:
-    with anyio.fail_after(60):
+    with anyio.fail_after(180):
         while True:
             ev = await client.next_event()
             check_event({k: v for k, v in ev.items() if k != "method"})
@@ -29,8 +29,12 @@ async def next_file_event(client: Client, status: str) -> dict[str, Any]:
 
 async def test_default_inbox_to_outbox(gen: Daemon, client: Client) -> None:
     """The default inbox is <output dir>/inbox; a dropped file makes a take in outbox/."""
-    (listed,) = (await client.call("watch.list", {}))["folders"]
     inbox = gen.generation.output_root / "inbox"
+    for _ in range(600):  # the folder task attaches just after start-up
+        (listed,) = (await client.call("watch.list", {}))["folders"]
+        if listed["state"] == "watching":
+            break
+        await anyio.sleep(0.05)
     assert listed["path"] == str(inbox) and listed["state"] == "watching"
     await anyio.Path(inbox / "idea.txt").write_text("duration: 0.5\n\nwarm lofi rhodes\n")
     accepted = await next_file_event(client, "accepted")
