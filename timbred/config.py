@@ -167,6 +167,12 @@ KEYS: tuple[Key, ...] = (
     Key("jobs", "max_queued", int, 1000,
         "Most unfinished jobs at once; submitting past it fails with queue_full.",
         minimum=1, maximum=1_000_000),
+    Key("preview", "chunk_s", float, 1.0,
+        "Seconds of audio in each streaming-preview chunk of a job submitted with preview "
+        "on (the first chunk comes after half of this).", minimum=0.1, maximum=30),
+    Key("preview", "keep_s", float, 600.0,
+        "Seconds a finished job's preview chunks are kept (in the private runtime "
+        "directory) before they are removed.", minimum=0, maximum=86_400),
     Key("watch", "enabled", bool, True,
         "Watch folders for prompt files (drop a prompt file in, get a take out)."),
     Key("watch", "folders", list, [],

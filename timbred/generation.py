@@ -31,7 +31,7 @@ import anyio.abc
 import anyio.to_thread
 import platformdirs
 
-from timbred import __version__, export, models, presets, takes
+from timbred import __version__, export, models, presets, preview, takes
 from timbred.config import Settings
 from timbred.errors import (
     Cancelled,
@@ -48,6 +48,7 @@ from timbred.events import EventBus
 from timbred.history import EXPORT_KEYS, History, audio_sha256
 from timbred.jobs import Job, JobState, JobStore
 from timbred.library import Library, Take
+from timbred.runtime import check_socket_path, default_socket_path
 from timbred.worker.audio_io import probe_audio
 from timbred.worker.backend import GenerationOutput, GenerationParams
 from timbred.worker.process import LoadedModel, WorkerHandle
@@ -137,6 +138,8 @@ class Generation:
         self.output_root = Path(settings["output.dir"] or default_output_dir()).expanduser()
         self.history = History(settings, Library(db), self.output_root)
         self.worker = WorkerHandle(threads=settings["daemon.threads"])
+        runtime_dir = check_socket_path(settings["daemon.socket"] or default_socket_path()).parent
+        self.preview_root = preview.preview_root(runtime_dir)
         budget_mb = settings["models.memory_budget_mb"]
         self.memory_budget = budget_mb * MiB if budget_mb else int(physical_memory() * 0.75)
         self.loaded: dict[str, Loaded] = {}
@@ -166,6 +169,7 @@ class Generation:
                      self.output_root)
         if report.queued:
             log.info("%d queued job(s) resume", report.queued_count)
+        await anyio.to_thread.run_sync(preview.sweep, self.preview_root)
         async with anyio.create_task_group() as tg:
             self._tg = tg
             tg.start_soon(self._schedule)
@@ -253,6 +257,7 @@ class Generation:
             "output": request.get("output"),
             "keep_alive": request.get("keep_alive"),
             "preset": request.get("preset"),
+            "preview": bool(request.get("preview", False)),
             "session": request.get("session"),
             "export": options.to_dict(),
         }
@@ -322,6 +327,7 @@ class Generation:
     async def _run(self, job: Job) -> None:
         self.running = job
         entry: Loaded | None = None
+        previews: preview.PreviewWriter | None = None
         keep_alive = job.params.get("keep_alive")
         try:
             job = await self._transition(job, JobState.LOADING)
@@ -329,9 +335,18 @@ class Generation:
             if (await self.get(job.id)).cancel_requested:
                 raise Cancelled()
             job = await self._transition(job, JobState.GENERATING)
-            output = await self.worker.generate(
-                entry.model_id, GenerationParams.from_dict(_generation_params(job.params)),
-                self._progress_callback(job.id, time.monotonic()))
+            if job.params.get("preview"):
+                previews = self._preview_writer(job, entry)
+            try:
+                output = await self.worker.generate(
+                    entry.model_id, GenerationParams.from_dict(_generation_params(job.params)),
+                    self._progress_callback(job.id, time.monotonic()),
+                    on_preview=None if previews is None else previews.put,
+                    preview_chunk_s=self.settings["preview.chunk_s"])
+            finally:
+                if previews is not None:
+                    with anyio.CancelScope(shield=True):
+                        await previews.close()
             job = await self._transition(job, JobState.ENCODING)
             recipe = self._recipe(job, entry, output)
             written = await anyio.to_thread.run_sync(self._write_takes, job, output, recipe)
@@ -361,6 +376,8 @@ class Generation:
         finally:
             self.running = None
             self._cancel_job = None
+            if previews is not None and self._tg is not None:
+                self._tg.start_soon(self._expire_previews, job.id)
             self._idle.set()
             if entry is not None:
                 entry.in_use -= 1
@@ -401,6 +418,20 @@ class Generation:
                 self._tg.start_soon(self._save_progress, job_id, step, total)
 
         return on_progress
+
+    def _preview_writer(self, job: Job, entry: Loaded) -> preview.PreviewWriter:
+        caps = entry.info.capabilities
+        writer = preview.PreviewWriter(
+            self.preview_root, job.id, sample_rate=caps.sample_rate, channels=caps.channels,
+            total_samples=round(float(job.params["duration"]) * caps.sample_rate),
+            publish=lambda data: self.bus.publish("job.preview", data))
+        assert self._tg is not None  # jobs run only inside run()'s task group
+        self._tg.start_soon(writer.run)
+        return writer
+
+    async def _expire_previews(self, job_id: str) -> None:
+        await anyio.sleep(self.settings["preview.keep_s"])
+        await anyio.to_thread.run_sync(preview.remove_job_previews, self.preview_root, job_id)
 
     async def _save_progress(self, job_id: str, step: int, total: int) -> None:
         try:

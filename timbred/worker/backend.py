@@ -28,6 +28,8 @@ __all__ = [
     "Capabilities",
     "GenerationOutput",
     "GenerationParams",
+    "Preview",
+    "PreviewSink",
     "ProgressCallback",
     "validate_device",
     "validate_dtype",
@@ -46,6 +48,11 @@ PRECISIONS = ("auto", "int8", "bf16", "fp32")
 #: (every window of a long generation), ``total`` is the number the job will take. ``total``
 #: is fixed for the job, and ``step`` rises by one per call up to ``total``.
 ProgressCallback = Callable[[int, int], None]
+
+#: ``send(start, audio)``: finished audio while a generation runs. ``start`` is the sample
+#: offset of ``audio`` (float32, ``(variations, channels, samples)``) in the final take; the
+#: chunks arrive in order and without gaps, the last one ending where the take ends.
+PreviewSink = Callable[[int, npt.NDArray[np.float32]], None]
 
 # 2**63 - 1: seeds are stored in SQLite INTEGER columns and fed to torch.manual_seed.
 _MAX_SEED = (1 << 63) - 1
@@ -187,6 +194,26 @@ class Capabilities:
         )
 
 
+@dataclass(frozen=True)
+class Preview:
+    """Ask a generation to hand on audio as it is made (streaming preview).
+
+    About every ``chunk_s`` seconds of finished audio (the first chunk after half of that,
+    so that playback can start sooner) the backend decodes what is final so far and calls
+    ``send``. Preview audio is decoded in pieces with some left context, so it can differ
+    slightly from the take (which is decoded whole) near chunk edges; it is for listening
+    while waiting, never for keeping.
+    """
+
+    chunk_s: float
+    send: PreviewSink
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.chunk_s) and 0.05 <= self.chunk_s <= 60):
+            raise errors.InvalidParams("preview chunk_s must be in 0.05..60 seconds",
+                                       param="preview_chunk_s")
+
+
 class CancelToken:
     """A thread-safe, one-way cancellation flag shared by the requester and a generation.
 
@@ -304,8 +331,9 @@ class Backend(ABC):
         params: GenerationParams,
         progress: ProgressCallback | None = None,
         cancel: CancelToken | None = None,
+        preview: Preview | None = None,
     ) -> GenerationOutput:
-        """Make ``params.variations`` takes.
+        """Make ``params.variations`` takes, streaming them to ``preview`` if given.
 
         Raises :class:`errors.Cancelled` (within a few decoding steps of ``cancel``),
         :class:`errors.InvalidParams`, :class:`errors.AudioInputError` or

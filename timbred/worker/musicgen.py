@@ -26,6 +26,12 @@ How a generation runs
   prompt. As in audiocraft, the returned audio *includes* the prompt (re-synthesised from its
   tokens) and ``duration_s`` counts it; ``GenerationOutput.prompt_samples`` says where the
   new material starts.
+* Streaming preview (:class:`_Previewer`): after each decoding step the frames complete in
+  every codebook (past the delay pattern) are known; once a chunk's worth has built up they
+  are decoded with EnCodec, with up to one second of earlier frames as left context so the
+  codec's convolutions and LSTM start warm, and handed on. The take itself is still decoded
+  whole at the end; the last chunk is cut from that final decode, so the stream ends
+  exactly where the take does.
 * Melody conditioning computes the chroma of the melody file the way
   ``MusicgenMelodyFeatureExtractor`` does, but with ``torch.stft`` instead of torchaudio
   (which Timbre does not depend on). Each window is conditioned on the part of the melody
@@ -66,6 +72,7 @@ from timbred.worker.backend import (
     Capabilities,
     GenerationOutput,
     GenerationParams,
+    Preview,
     ProgressCallback,
     validate_device,
     validate_dtype,
@@ -150,12 +157,15 @@ class _ChromaExtractor:
 
 
 class _StepHook(StoppingCriteria):
-    """Called by ``generate`` after every decoding step: progress, cancel, token capture."""
+    """Called by ``generate`` after every decoding step: progress, cancel, token capture,
+    and the streaming preview."""
 
-    def __init__(self, progress: ProgressCallback | None, cancel: CancelToken, total: int) -> None:
+    def __init__(self, progress: ProgressCallback | None, cancel: CancelToken, total: int,
+                 previewer: _Previewer | None = None) -> None:
         self.progress = progress
         self.cancel = cancel
         self.total = total
+        self.previewer = previewer
         self.step = 0
         self.sequences: torch.Tensor | None = None
 
@@ -166,11 +176,85 @@ class _StepHook(StoppingCriteria):
         if self.progress is not None:
             self.progress(self.step, self.total)
         self.cancel.raise_if_cancelled()
+        if self.previewer is not None:
+            self.previewer.step(input_ids)
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
     def take_sequences(self) -> torch.Tensor | None:
         seqs, self.sequences = self.sequences, None
         return seqs
+
+
+#: Earlier frames decoded with each preview chunk, so the codec starts warm.
+_PREVIEW_CONTEXT_S = 1.0
+
+
+class _Previewer:
+    """Decodes finished frames while a generation runs and sends them on in chunks.
+
+    Frames are counted from the start of the take (a continuation prompt's frames first).
+    Before each decoder pass, :meth:`begin_pass` says which frames are already final
+    (``codes``) and where the pass's own frame 0 lies; after each step, :meth:`step` sees the
+    pass's raw token matrix, in which frame ``f`` of row ``r`` sits at column
+    ``delays[r] + 1 + f`` (see :meth:`MusicgenBackend._new_frames`).
+    """
+
+    def __init__(self, st: _Loaded, preview: Preview, batch: int, target_samples: int) -> None:
+        self.st = st
+        self.send = preview.send
+        self.batch = batch
+        self.target_samples = target_samples
+        rate = st.capabilities.frame_rate
+        self.chunk = max(1, round(preview.chunk_s * rate))
+        self.first = max(1, self.chunk // 2)
+        self.context = round(_PREVIEW_CONTEXT_S * rate)
+        self.target_frames = -(-target_samples // st.hop)
+        self.sent = 0  # frames handed on so far
+        self.codes = torch.empty((batch, st.num_codebooks, 0), dtype=torch.long)
+        self.pass_start = 0
+
+    def begin_pass(self, codes: torch.Tensor, context: int) -> None:
+        self.codes = codes
+        self.pass_start = codes.shape[-1] - context
+        # Frames already final before the pass starts (a continuation prompt) go at once.
+        self._maybe_send(codes.shape[-1], None)
+
+    def step(self, raw: torch.Tensor) -> None:
+        complete = raw.shape[-1] - max(self.st.delays) - 1  # frames final in every row
+        self._maybe_send(self.pass_start + complete, raw)
+
+    def _maybe_send(self, final: int, raw: torch.Tensor | None) -> None:
+        final = min(final, self.target_frames)
+        # The last chunk comes from the take's own decode (finish), not from here.
+        if final >= self.target_frames or final - self.sent < (
+                self.first if self.sent == 0 else self.chunk):
+            return
+        start = max(0, self.sent - self.context)
+        frames = self._frames(start, final, raw)
+        audio = MusicgenBackend._decode_frames(self.st, frames)
+        offset = (self.sent - start) * self.st.hop
+        self.send(self.sent * self.st.hop,
+                  np.ascontiguousarray(audio[..., offset: (final - start) * self.st.hop]))
+        self.sent = final
+
+    def _frames(self, start: int, end: int, raw: torch.Tensor | None) -> torch.Tensor:
+        """Frames ``[start, end)`` of the take as codes ``(batch, rows, end - start)``."""
+        have = self.codes.shape[-1]
+        parts = [self.codes[..., start: min(end, have)]]
+        if end > have and raw is not None:
+            rows = self.st.num_codebooks
+            grid = raw.reshape(self.batch, rows, raw.shape[-1])
+            first, last = max(start, have) - self.pass_start, end - self.pass_start
+            parts.append(torch.stack([grid[:, r, d + 1 + first: d + 1 + last]
+                                      for r, d in enumerate(self.st.delays)], dim=1))
+        return torch.cat(parts, dim=-1)
+
+    def finish(self, audio: npt.NDArray[np.float32]) -> None:
+        """Send the rest of the take, cut from its final decode."""
+        start = self.sent * self.st.hop
+        if start < audio.shape[-1]:
+            self.send(start, np.ascontiguousarray(audio[..., start:]))
+            self.sent = self.target_frames
 
 
 @dataclass
@@ -370,6 +454,7 @@ class MusicgenBackend(Backend):
         params: GenerationParams,
         progress: ProgressCallback | None = None,
         cancel: CancelToken | None = None,
+        preview: Preview | None = None,
     ) -> GenerationOutput:
         """Make ``params.variations`` takes in one batch (see the module docstring)."""
         st = self._require()
@@ -394,8 +479,12 @@ class MusicgenBackend(Backend):
         cancel.raise_if_cancelled()
         try:
             with torch.inference_mode():
+                previewer = None if preview is None else _Previewer(
+                    st, preview, params.variations, target_samples)
                 audio, plan = self._generate(st, params, prompt, melody, target_samples,
-                                             progress, cancel)
+                                             progress, cancel, previewer)
+                if previewer is not None:
+                    previewer.finish(audio)
         except errors.TimbreError:
             raise
         except Exception as exc:
@@ -464,6 +553,7 @@ class MusicgenBackend(Backend):
         target_samples: int,
         progress: ProgressCallback | None,
         cancel: CancelToken,
+        previewer: _Previewer | None = None,
     ) -> tuple[npt.NDArray[np.float32], list[tuple[int, int]]]:
         batch = params.variations
         rows = st.num_codebooks
@@ -478,11 +568,13 @@ class MusicgenBackend(Backend):
             codes = self._encode(st, prompt).expand(batch, -1, -1).contiguous()
         plan = plan_windows(codes.shape[-1], target_frames, window_frames=st.window_frames,
                             context_frames=st.context_frames, min_new_frames=min_new)
-        hook = _StepHook(progress, cancel, sum(new + min_new - 1 for _, new in plan))
+        hook = _StepHook(progress, cancel, sum(new + min_new - 1 for _, new in plan), previewer)
         sampling = _sampling_kwargs(params)
         for context, new in plan:
             cancel.raise_if_cancelled()
             have = codes.shape[-1]
+            if previewer is not None:
+                previewer.begin_pass(codes, context)
             kwargs: dict[str, Any] = dict(text_inputs)
             kwargs.update(sampling)
             # MusicGen's generate() lays the prompt out in the delay pattern itself and then
@@ -552,20 +644,29 @@ class MusicgenBackend(Backend):
         return chroma.to(st.device, st.torch_dtype).expand(batch, -1, -1)
 
     @staticmethod
+    def _decode_take(st: _Loaded, take: torch.Tensor) -> torch.Tensor:
+        """Codes ``(1, rows, frames)`` -> audio ``(channels, samples)`` on the device."""
+        encoder = st.model.audio_encoder
+        channels = st.capabilities.channels
+        parts = [encoder.decode(take[None, :, c::channels], [None]).audio_values
+                 for c in range(channels)]
+        return torch.cat(parts, dim=1)[0]
+
+    @staticmethod
+    def _decode_frames(st: _Loaded, codes: torch.Tensor) -> npt.NDArray[np.float32]:
+        """Codes ``(batch, rows, frames)`` -> float32 audio, every sample the codec gives."""
+        takes = [MusicgenBackend._decode_take(st, codes[i: i + 1]).float().cpu().numpy()
+                 for i in range(codes.shape[0])]
+        return np.stack(takes).astype(np.float32, copy=False)
+
+    @staticmethod
     def _decode(st: _Loaded, codes: torch.Tensor, target_samples: int,
                 cancel: CancelToken) -> npt.NDArray[np.float32]:
         """Codes ``(batch, rows, frames)`` -> float32 audio ``(batch, channels, samples)``."""
-        encoder = st.model.audio_encoder
-        channels = st.capabilities.channels
         takes = []
         # One take at a time: EnCodec's activations for minutes of audio are large.
         for index in range(codes.shape[0]):
-            take = codes[index: index + 1]
-            parts = [
-                encoder.decode(take[None, :, c::channels], [None]).audio_values
-                for c in range(channels)
-            ]
-            wav = torch.cat(parts, dim=1)[0, :, :target_samples]
+            wav = MusicgenBackend._decode_take(st, codes[index: index + 1])[:, :target_samples]
             if wav.shape[-1] != target_samples:
                 raise errors.GenerationFailed(
                     f"the codec returned {wav.shape[-1]} samples, {target_samples} expected"

@@ -51,12 +51,16 @@ from timbred.worker.backend import (
     Capabilities,
     GenerationOutput,
     GenerationParams,
+    Preview,
     validate_device,
     validate_dtype,
 )
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
+
+    import numpy as np
+    import numpy.typing as npt
 
     from timbred.worker.backend import Backend
 
@@ -236,7 +240,8 @@ class _Worker:
         if op == "unload":
             return self.unload(str(payload["model_id"]))
         if op == "generate":
-            return self.generate(rid, str(payload["model_id"]), payload["params"])
+            return self.generate(rid, str(payload["model_id"]), payload["params"],
+                                 payload.get("preview_s"))
         raise errors.InternalError(f"unknown worker request {op!r}")
 
     def load(self, model_id: str, source: str, device: str, dtype: str, backend: str,
@@ -269,7 +274,8 @@ class _Worker:
         slot.backend.unload()
         return True
 
-    def generate(self, rid: int, model_id: str, params_dict: Mapping[str, Any]) -> GenerationOutput:
+    def generate(self, rid: int, model_id: str, params_dict: Mapping[str, Any],
+                 preview_s: float | None = None) -> GenerationOutput:
         with self.lock:
             slot = self.models.get(model_id)
             token = self.tokens.get(rid)
@@ -287,7 +293,11 @@ class _Worker:
                 last = now
                 self.send(("progress", rid, (step, total)))
 
-        out = slot.backend.generate(params, progress, token)
+        def send_preview(start: int, audio: npt.NDArray[np.float32]) -> None:
+            self.send(("preview", rid, (start, audio)))
+
+        preview = None if preview_s is None else Preview(float(preview_s), send_preview)
+        out = slot.backend.generate(params, progress, token, preview)
         out.info["model_id"] = model_id
         return out
 
@@ -341,14 +351,18 @@ def _child_main(conn: Connection, threads: int) -> None:
 
 
 ProgressHandler = Callable[[int, int], None]
+#: ``on_preview(start, audio)``: see :data:`timbred.worker.backend.PreviewSink`.
+PreviewHandler = Callable[[int, "npt.NDArray[np.float32]"], None]
 
 
 class _Pending:
     """One request awaiting its reply."""
 
-    def __init__(self, op: str, on_progress: ProgressHandler | None = None) -> None:
+    def __init__(self, op: str, on_progress: ProgressHandler | None = None,
+                 on_preview: PreviewHandler | None = None) -> None:
         self.op = op
         self.on_progress = on_progress
+        self.on_preview = on_preview
         self.done = False
         self.value: Any = None
         self.error: BaseException | None = None
@@ -477,10 +491,11 @@ class _Session:
         pending = self.pending.get(rid)
         if pending is None:
             return  # the reply to an abandoned (cancelled) request
-        if kind == "progress":
-            if pending.on_progress is not None and pending.callback_error is None:
+        if kind in ("progress", "preview"):
+            handler = pending.on_progress if kind == "progress" else pending.on_preview
+            if handler is not None and pending.callback_error is None:
                 try:
-                    pending.on_progress(*payload)
+                    handler(*payload)
                 except Exception as exc:
                     pending.callback_error = exc
                     self.cancel(rid)
@@ -650,16 +665,22 @@ class WorkerHandle:
         return [LoadedModel.from_dict(d) for d in await self._request("ps", {})]
 
     async def generate(self, model_id: str, params: GenerationParams,
-                       on_progress: ProgressHandler | None = None) -> GenerationOutput:
+                       on_progress: ProgressHandler | None = None, *,
+                       on_preview: PreviewHandler | None = None,
+                       preview_chunk_s: float = 1.0) -> GenerationOutput:
         """Generate with ``model_id``; ``on_progress(step, total)`` runs in this event loop.
 
         Progress is throttled to about 20 calls a second (the last step always arrives).
+        With ``on_preview``, audio chunks of about ``preview_chunk_s`` seconds arrive while
+        the generation runs (see :class:`timbred.worker.backend.Preview`), in this event
+        loop, before the result.
         Raises :class:`errors.Cancelled` after :meth:`cancel`, the backend's errors as they
         were raised in the worker, or :class:`errors.WorkerCrashed`. If the calling task is
         cancelled, the worker is told to drop the generation.
         """
-        payload = {"model_id": model_id, "params": params.to_dict()}
-        result = await self._request("generate", payload, on_progress)
+        payload = {"model_id": model_id, "params": params.to_dict(),
+                   "preview_s": None if on_preview is None else preview_chunk_s}
+        result = await self._request("generate", payload, on_progress, on_preview)
         if not isinstance(result, GenerationOutput):
             raise errors.InternalError(f"worker returned {type(result).__name__} for generate")
         return result
@@ -673,14 +694,15 @@ class WorkerHandle:
             self._session.cancel_generations()
 
     async def _request(self, op: str, payload: dict[str, Any],
-                       on_progress: ProgressHandler | None = None) -> Any:
+                       on_progress: ProgressHandler | None = None,
+                       on_preview: PreviewHandler | None = None) -> Any:
         session = self._session
         if session is None:
             raise errors.WorkerCrashed("the worker is not running (call start() first)")
         if not session.alive:
             raise session.crash_error()
         rid = next(self._ids)
-        pending = session.pending[rid] = _Pending(op, on_progress)
+        pending = session.pending[rid] = _Pending(op, on_progress, on_preview)
         try:
             session.send((op, rid, payload))
             return await session.wait(pending)
