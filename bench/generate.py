@@ -405,8 +405,9 @@ def backend_child(spec_path: Path) -> int:
 class DaemonProcess:
     """A ``python -m timbred`` child with everything (socket, jobs, takes) under ``base``."""
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, env: dict[str, str] | None = None) -> None:
         self.base = base
+        self.env = dict(env or {})
         self.socket_path = base / "run" / "timbred.sock"
         self.log_path = base / "timbred.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -425,6 +426,7 @@ class DaemonProcess:
                    TIMBRE_OUTPUT_DIR=str(self.base / "music"), TIMBRE_DAEMON_DEVICE="cpu",
                    TIMBRE_MODELS_DTYPE="float32", NOTIFY_SOCKET=notify_path,
                    PYTHONUNBUFFERED="1")
+        env.update(self.env)
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
             notify.bind(notify_path)
             notify.settimeout(0.1)

@@ -167,6 +167,13 @@ KEYS: tuple[Key, ...] = (
     Key("jobs", "max_queued", int, 1000,
         "Most unfinished jobs at once; submitting past it fails with queue_full.",
         minimum=1, maximum=1_000_000),
+    Key("jobs", "max_batch_takes", int, 4,
+        "Most takes decoded together: queued jobs for the same model with the same "
+        "duration and guidance on/off (no melody or continuation) share one batch, each "
+        "sampling from its own seed. 1 decodes every job alone.", minimum=1, maximum=64),
+    Key("jobs", "batch_window_s", float, 0.02,
+        "How long a job about to start waits for others submitted with it to join its "
+        "batch.", minimum=0, maximum=10),
     Key("preview", "chunk_s", float, 1.0,
         "Seconds of audio in each streaming-preview chunk of a job submitted with preview "
         "on (the first chunk comes after half of this).", minimum=0.1, maximum=30),

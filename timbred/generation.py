@@ -143,16 +143,16 @@ class Generation:
         budget_mb = settings["models.memory_budget_mb"]
         self.memory_budget = budget_mb * MiB if budget_mb else int(physical_memory() * 0.75)
         self.loaded: dict[str, Loaded] = {}
-        self.running: Job | None = None
+        self.running: list[Job] = []  # the job(s) decoding now, in batch order
         self.device: dict[str, Any] | None = None
         self.stopping = False
         self._wake = anyio.Event()
         self._waiters: dict[str, anyio.Event] = {}
         self._models_lock = anyio.Lock()  # one load/unload/evict sequence at a time
         self._idle = anyio.Event()  # set whenever a job finishes running
-        self._last_progress = 0.0
         self._tg: anyio.abc.TaskGroup | None = None
-        self._cancel_job: str | None = None  # the running job a cancel was asked for
+        # Running jobs a cancel was asked for -> their request index in the batch.
+        self._cancel_jobs: dict[str, int] = {}
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -180,7 +180,7 @@ class Generation:
         """Stop taking jobs; interrupt the running one (recorded, never silently re-run)."""
         self.stopping = True
         self._wake.set()
-        if self.running is not None:
+        if self.running:
             idle = self._idle = anyio.Event()
             await self.worker.cancel()
             with anyio.move_on_after(10):
@@ -206,7 +206,7 @@ class Generation:
                 waiter.set()
 
     def queue(self) -> dict[str, int]:
-        return {"queued": self.store.queue_depth(), "running": int(self.running is not None)}
+        return {"queued": self.store.queue_depth(), "running": len(self.running)}
 
     # --- submit and control -------------------------------------------------------------
 
@@ -289,12 +289,18 @@ class Generation:
         job = await anyio.to_thread.run_sync(self.store.cancel, job_id)
         if job.state is JobState.CANCELLED:
             self._announce(job)
-        elif self.running is not None and self.running.id == job_id:
+        elif job_id in (running := {j.id: i for i, j in enumerate(self.running)}):
             # Remembered as well as sent: a cancel that reaches the worker before its
             # generate request would be lost, so the progress callback repeats it.
-            self._cancel_job = job_id
-            await self.worker.cancel()  # generate() raises Cancelled within a few steps
-            self.bus.publish("job.state", {"job": job.to_dict()})
+            index = self._cancel_jobs[job_id] = running[job_id]
+            if len(running) == 1:
+                await self.worker.cancel()  # generate() raises Cancelled within a few steps
+                self.bus.publish("job.state", {"job": job.to_dict()})
+            else:
+                # Its rows keep being decoded for the others' sake (their numbers must not
+                # depend on when it left), but the job is over for its owner now.
+                await self.worker.cancel(item=index)
+                job = await self._finish(job, JobState.CANCELLED, None) or job
         return job
 
     async def retry(self, job_id: str) -> Job:
@@ -322,63 +328,113 @@ class Generation:
             if job is None:
                 await self._wake.wait()
                 continue
-            await self._run(job)
+            await self._run(await self._gather(job))
 
-    async def _run(self, job: Job) -> None:
-        self.running = job
+    async def _gather(self, head: Job) -> list[Job]:
+        """``head`` and the queued jobs that can be decoded with it, in queue order.
+
+        Jobs submitted together (a script's loop, several clients) reach the queue a few
+        milliseconds apart, so a batchable head waits ``jobs.batch_window_s`` for them.
+        """
+        limit = self.settings["jobs.max_batch_takes"]
+        if limit <= 1 or _batch_key(head) is None or head.params["variations"] >= limit:
+            return [head]
+        await anyio.sleep(self.settings["jobs.batch_window_s"])
+        found = await anyio.to_thread.run_sync(
+            lambda: self.store.next_queued_batch(head.model, limit=limit, key=_batch_key))
+        if not found:  # cancelled while we waited
+            return [head]
+        batch: list[Job] = []
+        takes = 0
+        for job in found:
+            if _batch_key(job) is None or takes + job.params["variations"] > limit:
+                continue
+            batch.append(job)
+            takes += job.params["variations"]
+        return batch or [found[0]]
+
+    async def _run(self, batch: list[Job]) -> None:
+        """Decode ``batch`` (one job, or several decoded together) and write their takes."""
+        self.running = list(batch)
+        self._cancel_jobs = {}
         entry: Loaded | None = None
-        previews: preview.PreviewWriter | None = None
-        keep_alive = job.params.get("keep_alive")
+        writers: dict[str, preview.PreviewWriter] = {}
+        keep_alive = batch[0].params.get("keep_alive")
+        jobs: list[Job] = []
         try:
-            job = await self._transition(job, JobState.LOADING)
-            entry = await self._acquire(job.model, keep_alive)
-            if (await self.get(job.id)).cancel_requested:
-                raise Cancelled()
-            job = await self._transition(job, JobState.GENERATING)
-            if job.params.get("preview"):
-                previews = self._preview_writer(job, entry)
+            for job in batch:
+                with contextlib.suppress(TimbreError):  # cancelled since it was picked
+                    jobs.append(await self._transition(job, JobState.LOADING))
+            self.running = jobs
+            if not jobs:
+                return
+            entry = await self._acquire(jobs[0].model, keep_alive)
+            for job in list(jobs):
+                if (await self.get(job.id)).cancel_requested:
+                    await self._finish(job, JobState.CANCELLED, None)
+                    jobs.remove(job)
+            if not jobs:
+                return
+            jobs = [await self._transition(job, JobState.GENERATING) for job in jobs]
+            self.running = jobs
+            requests, own = _requests(jobs)
+            for job in jobs:
+                if job.params.get("preview"):
+                    writers[job.id] = self._preview_writer(job, entry)
+            by_request = {own[i]: writers.get(job.id) for i, job in enumerate(jobs)}
+
+            def on_preview(index: int, start: int, audio: Any) -> None:
+                writer = by_request.get(index)
+                if writer is not None:
+                    writer.put(start, audio)
+
             try:
-                output = await self.worker.generate(
-                    entry.model_id, GenerationParams.from_dict(_generation_params(job.params)),
-                    self._progress_callback(job.id, time.monotonic()),
-                    on_preview=None if previews is None else previews.put,
+                outputs = await self.worker.generate_batch(
+                    entry.model_id, requests, self._progress_callback(jobs, time.monotonic()),
+                    on_preview=on_preview if writers else None,
                     preview_chunk_s=self.settings["preview.chunk_s"])
             finally:
-                if previews is not None:
-                    with anyio.CancelScope(shield=True):
-                        await previews.close()
-            job = await self._transition(job, JobState.ENCODING)
-            recipe = self._recipe(job, entry, output)
-            written = await anyio.to_thread.run_sync(self._write_takes, job, output, recipe)
-            await self._transition(job, JobState.DONE, outputs=[t.path for t in written],
-                                   recipe=recipe)
+                with anyio.CancelScope(shield=True):
+                    for writer in writers.values():
+                        await writer.close()
+            for i, job in enumerate(jobs):
+                if (await self.get(job.id)).terminal:  # cancelled while the batch ran
+                    continue
+                await self._encode(job, entry, outputs[own[i]], requests, own[i])
         except Cancelled:
-            if self.stopping:
-                await self._finish(job, JobState.INTERRUPTED, Interrupted(job.state.value))
-            else:
-                await self._finish(job, JobState.CANCELLED, None)
+            state = JobState.INTERRUPTED if self.stopping else JobState.CANCELLED
+            for job in jobs:
+                await self._finish(job, state, Interrupted(job.state.value)
+                                   if self.stopping else None)
         except WorkerCrashed as exc:
             if self.stopping:  # the worker was stopped under it: recorded, never re-run
-                await self._finish(job, JobState.INTERRUPTED, Interrupted(job.state.value))
+                for job in jobs:
+                    await self._finish(job, JobState.INTERRUPTED, Interrupted(job.state.value))
                 return
-            log.error("job %s: %s", job.id, exc)
+            names = ", ".join(job.id for job in jobs)
+            log.error("job %s: %s", names, exc)
             self.loaded.clear()  # whatever the worker held died with it
-            self.bus.publish("worker.crashed", {"job_id": job.id, "reason": exc.data["reason"],
-                                                "exitcode": exc.data.get("exitcode")})
-            await self._finish(job, JobState.FAILED, exc)
+            for job in jobs:
+                self.bus.publish("worker.crashed", {
+                    "job_id": job.id, "reason": exc.data["reason"],
+                    "exitcode": exc.data.get("exitcode")})
+                await self._finish(job, JobState.FAILED, exc)
         except TimbreError as exc:
-            log.warning("job %s failed: %s", job.id, exc)
-            await self._finish(job, JobState.FAILED, exc)
+            for job in jobs or batch:
+                log.warning("job %s failed: %s", job.id, exc)
+                await self._finish(job, JobState.FAILED, exc)
         except Exception as exc:  # a bug: fail the job with the reason, keep serving
-            log.exception("job %s failed unexpectedly", job.id)
-            await self._finish(job, JobState.FAILED,
-                               InternalError(f"{type(exc).__name__}: {exc}"))
+            log.exception("job(s) %s failed unexpectedly", ", ".join(j.id for j in batch))
+            for job in jobs or batch:
+                await self._finish(job, JobState.FAILED,
+                                   InternalError(f"{type(exc).__name__}: {exc}"))
         finally:
-            self.running = None
-            self._cancel_job = None
-            if previews is not None and self._tg is not None:
-                self._tg.start_soon(self._expire_previews, job.id)
+            self.running = []
+            self._cancel_jobs = {}
             self._idle.set()
+            if self._tg is not None:
+                for job_id in writers:
+                    self._tg.start_soon(self._expire_previews, job_id)
             if entry is not None:
                 entry.in_use -= 1
                 entry.last_used = time.time()
@@ -386,36 +442,63 @@ class Generation:
                     with anyio.CancelScope(shield=True):
                         await self._unload(entry.model_id, "keep_alive 0")
 
-    async def _finish(self, job: Job, state: JobState, error: TimbreError | None) -> None:
+    async def _encode(self, job: Job, entry: Loaded, output: GenerationOutput,
+                      requests: list[GenerationParams], index: int) -> None:
+        """Export one job's takes and finish it; a failure here fails only this job."""
+        try:
+            job = await self._transition(job, JobState.ENCODING)
+            recipe = self._recipe(job, entry, output)
+            if len(requests) > 1:
+                # Decoded with others: a bit-identical re-render repeats the whole batch
+                # (on some devices and precisions a row's numbers depend on its neighbours).
+                recipe["batch"] = {"index": index, "requests": [r.to_dict() for r in requests]}
+            written = await anyio.to_thread.run_sync(self._write_takes, job, output, recipe)
+            await self._transition(job, JobState.DONE, outputs=[t.path for t in written],
+                                   recipe=recipe)
+        except TimbreError as exc:
+            log.warning("job %s failed: %s", job.id, exc)
+            await self._finish(job, JobState.FAILED, exc)
+
+    async def _finish(self, job: Job, state: JobState, error: TimbreError | None
+                      ) -> Job | None:
+        """Move ``job`` to a final ``state`` unless it is there already; the new job or None."""
         with anyio.CancelScope(shield=True):
             current = await self.get(job.id)
             if current.terminal:
-                return
+                return None
             if state is JobState.FAILED and current.state is JobState.QUEUED:
                 # queued -> failed is not a legal edge; go through loading first.
                 current = await self._transition(current, JobState.LOADING)
-            await self._transition(current, state, error=error)
+            return await self._transition(current, state, error=error)
+        return None  # not reached; a shielded scope cannot be cancelled
 
-    def _progress_callback(self, job_id: str, started: float) -> Any:
-        last_saved = 0.0
+    def _progress_callback(self, jobs: list[Job], started: float) -> Any:
+        """One decoding's progress, published for each job in it (throttled per job)."""
+        last_event = dict.fromkeys((job.id for job in jobs), 0.0)
+        last_saved = dict.fromkeys((job.id for job in jobs), 0.0)
 
         def on_progress(step: int, total: int) -> None:
-            nonlocal last_saved
-            if self._cancel_job == job_id and self._tg is not None:
-                self._tg.start_soon(self.worker.cancel)
+            if self._tg is not None:
+                for index in self._cancel_jobs.values():
+                    self._tg.start_soon(self.worker.cancel,
+                                        None if len(jobs) == 1 else index)
             now = time.monotonic()
-            if step < total and now - self._last_progress < 1 / PROGRESS_EVENTS_PER_S:
-                return
-            self._last_progress = now
             elapsed = now - started
             eta = elapsed / step * (total - step) if step else None
-            self.bus.publish("job.progress", {
-                "job_id": job_id, "step": step, "total": total,
-                "elapsed_s": round(elapsed, 3), "eta_s": None if eta is None else round(eta, 3)})
-            # Persist at most once a second, off the event loop (events carry the rest).
-            if (step == total or now - last_saved >= 1.0) and self._tg:
-                last_saved = now
-                self._tg.start_soon(self._save_progress, job_id, step, total)
+            for job_id in last_event:
+                if job_id in self._cancel_jobs and len(jobs) > 1:
+                    continue  # already over for its owner
+                if step < total and now - last_event[job_id] < 1 / PROGRESS_EVENTS_PER_S:
+                    continue
+                last_event[job_id] = now
+                self.bus.publish("job.progress", {
+                    "job_id": job_id, "step": step, "total": total,
+                    "elapsed_s": round(elapsed, 3),
+                    "eta_s": None if eta is None else round(eta, 3)})
+                # Persist at most once a second, off the event loop (events carry the rest).
+                if (step == total or now - last_saved[job_id] >= 1.0) and self._tg:
+                    last_saved[job_id] = now
+                    self._tg.start_soon(self._save_progress, job_id, step, total)
 
         return on_progress
 
@@ -469,7 +552,8 @@ class Generation:
             "continuation": p.get("continuation_path"), "model": recipe.get("model"),
             "session": take.session, **recipe.get("export", {}),
             "replay": {"take_id": take.id, "take_index": take.take_index,
-                       "audio_sha256": recipe.get("audio_sha256")},
+                       "audio_sha256": recipe.get("audio_sha256"),
+                       "batch": recipe.get("batch")},
         }
         if request["loudness_target_lufs"] is None:
             request["loudness_target_lufs"] = False
@@ -589,8 +673,8 @@ class Generation:
         ref = await anyio.to_thread.run_sync(models.resolve, model)
         async with self._models_lock:
             entry = self.loaded.get(ref.id)
-            if entry is not None and entry.in_use and self.running is not None:
-                raise InvalidJobState(self.running.id, self.running.state.value,
+            if entry is not None and entry.in_use and self.running:
+                raise InvalidJobState(self.running[0].id, self.running[0].state.value,
                                       f"{model} is in use; unload it once the job finishes")
             return await self._unload(ref.id, "requested")
 
@@ -615,6 +699,33 @@ def _model_type(ref: models.ModelRef) -> str | None:
     except (OSError, ValueError):
         return None
     return value if isinstance(value, str) else None
+
+
+def _batch_key(job: Job) -> tuple[Any, ...] | None:
+    """Jobs with equal keys can be decoded together; None: this one is decoded alone.
+
+    A batch shares one decoding plan (duration), the guidance rows, and the loaded model
+    (``model`` already groups them). Melody and continuation inputs and replays (which
+    repeat their original batch exactly) go alone.
+    """
+    p = job.params
+    if p.get("melody") or p.get("continuation") or p.get("replay"):
+        return None
+    return (float(p["duration"]), float(p["guidance"]) > 1)
+
+
+def _requests(jobs: list[Job]) -> tuple[list[GenerationParams], list[int]]:
+    """What the worker decodes for ``jobs``, and where each job's takes are in it.
+
+    A replay of a take that was decoded in a batch decodes that whole batch again (its
+    recipe holds every request) and keeps only its own.
+    """
+    replay = jobs[0].params.get("replay") if len(jobs) == 1 else None
+    if replay is not None and replay.get("batch"):
+        requests = [GenerationParams.from_dict(r) for r in replay["batch"]["requests"]]
+        return requests, [int(replay["batch"]["index"])]
+    return [GenerationParams.from_dict(_generation_params(job.params)) for job in jobs], \
+        list(range(len(jobs)))
 
 
 def _generation_params(p: Mapping[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -339,6 +339,29 @@ class Backend(ABC):
         :class:`errors.InvalidParams`, :class:`errors.AudioInputError` or
         :class:`errors.GenerationFailed`.
         """
+
+    def generate_batch(
+        self,
+        items: Sequence[GenerationParams],
+        progress: ProgressCallback | None = None,
+        cancels: Sequence[CancelToken] | None = None,
+        preview: Preview | None = None,
+    ) -> list[GenerationOutput]:
+        """Make several requests' takes, decoded together where the backend can.
+
+        Each request samples from its own seed, so its takes do not depend on which others
+        share the batch (numerically they may, on some devices and precisions: a re-render
+        repeats the whole batch). ``cancels`` holds one token per request; the call raises
+        :class:`errors.Cancelled` only once all of them are cancelled. ``preview`` receives
+        every request's rows, in order. This default runs one request at a time.
+        """
+        if preview is not None and len(items) > 1:
+            raise errors.InvalidParams(f"{self.name} cannot preview a batch", param="preview")
+        tokens = list(cancels) if cancels is not None else [CancelToken() for _ in items]
+        outputs = []
+        for params, token in zip(items, tokens, strict=True):
+            outputs.append(self.generate(params, progress, token, preview))
+        return outputs
 
     @abstractmethod
     def memory_bytes(self) -> int:

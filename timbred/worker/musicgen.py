@@ -45,9 +45,10 @@ import gc
 import math
 import re
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -56,10 +57,15 @@ import transformers
 from transformers import (
     AutoConfig,
     AutoTokenizer,
+    LogitsProcessor,
+    LogitsProcessorList,
     MusicgenForConditionalGeneration,
     MusicgenMelodyForConditionalGeneration,
     StoppingCriteria,
     StoppingCriteriaList,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
 )
 from transformers.audio_utils import chroma_filter_bank
 from transformers.feature_extraction_utils import FeatureExtractionMixin
@@ -457,31 +463,58 @@ class MusicgenBackend(Backend):
         preview: Preview | None = None,
     ) -> GenerationOutput:
         """Make ``params.variations`` takes in one batch (see the module docstring)."""
+        return self.generate_batch([params], progress,
+                                   None if cancel is None else [cancel], preview)[0]
+
+    def generate_batch(
+        self,
+        items: Sequence[GenerationParams],
+        progress: ProgressCallback | None = None,
+        cancels: Sequence[CancelToken] | None = None,
+        preview: Preview | None = None,
+    ) -> list[GenerationOutput]:
+        """Decode several requests as one batch: one ``generate`` call per window for all.
+
+        Each request samples with its own generator, seeded with its own seed, and its own
+        temperature, top-k, top-p and guidance scale (:class:`_RowSampler`). They must share
+        the duration (one decoding plan) and whether guidance is on, and take neither melody
+        nor continuation. A cancelled request's rows keep being decoded (the others'
+        numbers must not depend on when it left); only when all are cancelled does the
+        batch stop. ``preview`` receives the rows of every request, in order.
+        """
         st = self._require()
-        cancel = cancel if cancel is not None else CancelToken()
+        if not items:
+            raise errors.InvalidParams("an empty batch", param="items")
+        tokens = list(cancels) if cancels is not None else [CancelToken() for _ in items]
+        if len(tokens) != len(items):
+            raise errors.InvalidParams("one cancel token per request", param="cancels")
+        _check_batchable(items)
+        cancel = _AllCancelled(tokens)
+        first = items[0]
         caps = st.capabilities
-        if params.melody_path is not None and st.chroma is None:
+        if first.melody_path is not None and st.chroma is None:
             raise errors.InvalidParams(
                 f"{st.source} is not a melody model; melody conditioning needs a "
                 "musicgen-melody checkpoint", param="melody"
             )
-        target_samples = round(params.duration_s * caps.sample_rate)
+        target_samples = round(first.duration_s * caps.sample_rate)
         if target_samples < 1:
             raise errors.InvalidParams("duration_s is shorter than one sample",
                                        param="duration_s")
-        prompt = self._read_prompt(st, params, target_samples)
+        prompt = self._read_prompt(st, first, target_samples)
         melody = None
-        if params.melody_path is not None and st.chroma is not None:
-            wave = read_audio(params.melody_path, param="melody",
+        if first.melody_path is not None and st.chroma is not None:
+            wave = read_audio(first.melody_path, param="melody",
                               sample_rate=st.chroma.sample_rate, channels=1,
-                              max_duration_s=params.duration_s)[0]
+                              max_duration_s=first.duration_s)[0]
             melody = (st.chroma, wave)
         cancel.raise_if_cancelled()
+        rows = sum(p.variations for p in items)
         try:
             with torch.inference_mode():
                 previewer = None if preview is None else _Previewer(
-                    st, preview, params.variations, target_samples)
-                audio, plan = self._generate(st, params, prompt, melody, target_samples,
+                    st, preview, rows, target_samples)
+                audio, plan = self._generate(st, items, prompt, melody, target_samples,
                                              progress, cancel, previewer)
                 if previewer is not None:
                     previewer.finish(audio)
@@ -494,8 +527,8 @@ class MusicgenBackend(Backend):
             _free_memory(st.device)
             if _is_oom(exc):
                 raise errors.GenerationFailed(
-                    f"out of memory on {st.device} generating {params.variations} x "
-                    f"{params.duration_s:g} s; try fewer variations, a shorter duration, "
+                    f"out of memory on {st.device} generating {rows} x "
+                    f"{first.duration_s:g} s; try fewer variations, a shorter duration, "
                     "a smaller model or a half-precision dtype"
                 ) from exc
             raise errors.GenerationFailed(f"{type(exc).__name__}: {exc}") from exc
@@ -510,15 +543,23 @@ class MusicgenBackend(Backend):
             "window_s": self.window_s,
             "stride_s": self.stride_s,
             "windows": len(plan),
+            "sampler": SAMPLER,
+            "batch_requests": len(items),
+            "batch_rows": rows,
             "transformers": transformers.__version__,
             "torch": torch.__version__,
         }
-        return GenerationOutput(
-            audio=audio,
-            sample_rate=caps.sample_rate,
-            info=info,
-            prompt_samples=0 if prompt is None else int(prompt.shape[-1]),
-        )
+        outputs = []
+        row = 0
+        for p in items:
+            outputs.append(GenerationOutput(
+                audio=np.ascontiguousarray(audio[row: row + p.variations]),
+                sample_rate=caps.sample_rate,
+                info=dict(info),
+                prompt_samples=0 if prompt is None else int(prompt.shape[-1]),
+            ))
+            row += p.variations
+        return outputs
 
     def _read_prompt(self, st: _Loaded, params: GenerationParams,
                      target_samples: int) -> npt.NDArray[np.float32] | None:
@@ -547,7 +588,7 @@ class MusicgenBackend(Backend):
     def _generate(
         self,
         st: _Loaded,
-        params: GenerationParams,
+        items: Sequence[GenerationParams],
         prompt: npt.NDArray[np.float32] | None,
         melody: tuple[_ChromaExtractor, npt.NDArray[np.float32]] | None,
         target_samples: int,
@@ -555,13 +596,15 @@ class MusicgenBackend(Backend):
         cancel: CancelToken,
         previewer: _Previewer | None = None,
     ) -> tuple[npt.NDArray[np.float32], list[tuple[int, int]]]:
-        batch = params.variations
+        batch = sum(p.variations for p in items)
         rows = st.num_codebooks
         min_new = max(st.delays) + 1
         target_frames = -(-target_samples // st.hop)
-        # Seed before anything random happens, for bit-identical re-renders.
-        torch.manual_seed(params.seed)
-        text = st.tokenizer([params.prompt] * batch, padding=True, return_tensors="pt")
+        # Every request's randomness comes from its own seeded generator (never the global
+        # one), so a re-render with the same batch is bit-identical.
+        sampler = _RowSampler(items, rows, st.device)
+        texts = [p.prompt for p in items for _ in range(p.variations)]
+        text = st.tokenizer(texts, padding=True, return_tensors="pt")
         text_inputs = {k: v.to(st.device) for k, v in text.items()}
         codes = torch.empty((batch, rows, 0), dtype=torch.long, device=st.device)
         if prompt is not None:
@@ -569,14 +612,13 @@ class MusicgenBackend(Backend):
         plan = plan_windows(codes.shape[-1], target_frames, window_frames=st.window_frames,
                             context_frames=st.context_frames, min_new_frames=min_new)
         hook = _StepHook(progress, cancel, sum(new + min_new - 1 for _, new in plan), previewer)
-        sampling = _sampling_kwargs(params)
         for context, new in plan:
             cancel.raise_if_cancelled()
             have = codes.shape[-1]
             if previewer is not None:
                 previewer.begin_pass(codes, context)
             kwargs: dict[str, Any] = dict(text_inputs)
-            kwargs.update(sampling)
+            kwargs.update(sampler.generate_kwargs())
             # MusicGen's generate() lays the prompt out in the delay pattern itself and then
             # takes exactly new + (codebooks - 1) steps to complete `new` frames.
             kwargs["max_new_tokens"] = new + min_new - 1
@@ -676,19 +718,123 @@ class MusicgenBackend(Backend):
         return np.ascontiguousarray(np.stack(takes), dtype=np.float32)
 
 
-def _sampling_kwargs(params: GenerationParams) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {"guidance_scale": params.guidance_scale}
-    if params.temperature == 0:
-        kwargs["do_sample"] = False
-    else:
-        kwargs.update(
-            do_sample=True,
-            temperature=params.temperature,
-            top_k=params.top_k,
-            # audiocraft's top_p=0 means "off"; transformers' off value is 1.0.
-            top_p=params.top_p if params.top_p > 0 else 1.0,
-        )
-    return kwargs
+#: How tokens are drawn; recorded with every take (a change here changes every re-render).
+SAMPLER = "per-request-generator/1"
+
+#: The logit _RowSampler leaves on every token but the chosen one: finite, so that
+#: guidance's ``uncond + (cond - uncond) * scale`` after it cannot make a NaN.
+_NOT_CHOSEN = -1e4
+
+
+class _RowSampler(LogitsProcessor):
+    """Draws every request's tokens with its own generator and its own sampling settings.
+
+    transformers samples a whole batch from the global RNG, so a row's tokens would depend
+    on which other requests shared the batch. Instead this processor runs on the raw logits
+    (MusicGen's generate puts it before its own guidance processor), applies each request's
+    guidance with the same formula as ``ClassifierFreeGuidanceLogitsProcessor``, then
+    transformers' own temperature / top-k / top-p warpers, and draws from a
+    ``torch.Generator`` seeded with the request's seed (``temperature == 0``: argmax). It
+    returns logits that single out the drawn token (in both halves when guidance is on), so
+    that guidance and greedy decoding after it pick exactly that token.
+    """
+
+    def __init__(self, items: Sequence[GenerationParams], codebooks: int,
+                 device: torch.device) -> None:
+        self.guided = items[0].guidance_scale > 1
+        self.spans: list[tuple[slice, GenerationParams, torch.Generator, LogitsProcessorList]] = []
+        row = 0
+        for p in items:
+            rows = p.variations * codebooks
+            generator = torch.Generator(device=device)
+            generator.manual_seed(p.seed)
+            self.spans.append((slice(row, row + rows), p, generator, _warpers(p)))
+            row += rows
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        """``generate()`` arguments: a fresh list each call (generate appends to it)."""
+        return {
+            "do_sample": False,
+            # Any value > 1 makes MusicGen add the unconditional rows; each request's own
+            # scale is applied here, and the guidance processor then changes nothing.
+            "guidance_scale": 2.0 if self.guided else 1.0,
+            "logits_processor": LogitsProcessorList([self]),
+        }
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor
+                 ) -> torch.FloatTensor:
+        n = input_ids.shape[0]
+        logits = scores.float()
+        out = torch.full_like(scores, _NOT_CHOSEN)
+        for span, p, generator, warpers in self.spans:
+            row_logits = logits[span]
+            if self.guided:
+                uncond = logits[n:][span]
+                row_logits = uncond + (row_logits - uncond) * p.guidance_scale
+            if p.temperature == 0:
+                chosen = torch.argmax(row_logits, dim=-1)
+            else:
+                row_logits = warpers(cast(torch.LongTensor, input_ids[span]), row_logits)
+                probs = torch.nn.functional.softmax(row_logits, dim=-1)
+                chosen = torch.multinomial(probs, num_samples=1, generator=generator)[:, 0]
+            index = torch.arange(span.start, span.stop, device=scores.device)
+            out[index, chosen] = 0
+            if self.guided:
+                out[index + n, chosen] = 0
+        return out  # type: ignore[return-value]
+
+
+def _warpers(p: GenerationParams) -> LogitsProcessorList:
+    """transformers' own warpers, added under the same conditions ``generate`` adds them."""
+    warpers = LogitsProcessorList()
+    if p.temperature not in (0.0, 1.0):
+        warpers.append(TemperatureLogitsWarper(p.temperature))
+    if p.top_k > 0:
+        warpers.append(TopKLogitsWarper(top_k=p.top_k))
+    # audiocraft's top_p=0 means "off", as does transformers' 1.0.
+    if 0 < p.top_p < 1:
+        warpers.append(TopPLogitsWarper(top_p=p.top_p))
+    return warpers
+
+
+def _check_batchable(items: Sequence[GenerationParams]) -> None:
+    """Requests decoded together share one decoding plan and the guidance rows."""
+    if len(items) == 1:
+        return
+    first = items[0]
+    for p in items[1:]:
+        if p.duration_s != first.duration_s:
+            raise errors.InvalidParams("requests in one batch must have the same duration",
+                                       param="duration_s")
+        if (p.guidance_scale > 1) != (first.guidance_scale > 1):
+            raise errors.InvalidParams(
+                "requests in one batch must all use guidance, or none", param="guidance_scale")
+    for p in items:
+        if p.melody_path is not None or p.continuation_path is not None:
+            raise errors.InvalidParams(
+                "requests with a melody or a continuation are decoded alone", param="items")
+
+
+class _AllCancelled(CancelToken):
+    """Cancelled once every request of a batch is (the batch runs while one still wants it)."""
+
+    __slots__ = ("_tokens",)
+
+    def __init__(self, tokens: Sequence[CancelToken]) -> None:
+        super().__init__()
+        self._tokens = tuple(tokens)
+
+    def cancel(self) -> None:
+        for token in self._tokens:
+            token.cancel()
+
+    @property
+    def cancelled(self) -> bool:
+        return all(token.cancelled for token in self._tokens)
+
+    def raise_if_cancelled(self) -> None:
+        if self.cancelled:
+            raise errors.Cancelled()
 
 
 def _torch_device(source: str, device: str) -> torch.device:

@@ -38,12 +38,14 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import numpy as np
+import numpy.typing as npt
 
 from timbred import errors
 from timbred.worker.backend import (
@@ -58,9 +60,6 @@ from timbred.worker.backend import (
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
-
-    import numpy as np
-    import numpy.typing as npt
 
     from timbred.worker.backend import Backend
 
@@ -161,7 +160,7 @@ class _Worker:
         )
         self.lock = threading.Lock()  # guards models and tokens (reader thread vs main)
         self.models: dict[str, _Slot] = {}
-        self.tokens: dict[int, CancelToken] = {}
+        self.tokens: dict[int, list[CancelToken]] = {}  # one per request of a batch
 
     def send(self, message: tuple[str, int, Any]) -> None:
         # The main thread (replies, progress) and the reader thread (ps) both send.
@@ -176,15 +175,18 @@ class _Worker:
             except (EOFError, OSError):
                 # The parent is gone: stop whatever runs and let the main loop end.
                 with self.lock:
-                    for token in self.tokens.values():
-                        token.cancel()
+                    for tokens in self.tokens.values():
+                        for token in tokens:
+                            token.cancel()
                 self.inbox.put(None)
                 return
             if op == "cancel":
                 with self.lock:
-                    target = self.tokens.get(payload.get("target", -1))
-                if target is not None:
-                    target.cancel()
+                    targets = list(self.tokens.get(payload.get("target", -1), ()))
+                item = payload.get("item")
+                for index, one in enumerate(targets):
+                    if item is None or item == index:
+                        one.cancel()
             elif op == "ps":
                 with self.lock:
                     listing = [slot.describe() for slot in self.models.values()]
@@ -194,7 +196,7 @@ class _Worker:
                     # Registered before queueing, so a cancel that overtakes the start of
                     # the generation still finds its token.
                     with self.lock:
-                        self.tokens[rid] = CancelToken()
+                        self.tokens[rid] = [CancelToken() for _ in payload.get("items", ())]
                 self.inbox.put((op, rid, payload))
 
     def _send_quietly(self, message: tuple[str, int, Any]) -> None:
@@ -240,7 +242,7 @@ class _Worker:
         if op == "unload":
             return self.unload(str(payload["model_id"]))
         if op == "generate":
-            return self.generate(rid, str(payload["model_id"]), payload["params"],
+            return self.generate(rid, str(payload["model_id"]), payload["items"],
                                  payload.get("preview_s"))
         raise errors.InternalError(f"unknown worker request {op!r}")
 
@@ -274,16 +276,16 @@ class _Worker:
         slot.backend.unload()
         return True
 
-    def generate(self, rid: int, model_id: str, params_dict: Mapping[str, Any],
-                 preview_s: float | None = None) -> GenerationOutput:
+    def generate(self, rid: int, model_id: str, items: Sequence[Mapping[str, Any]],
+                 preview_s: float | None = None) -> list[GenerationOutput]:
         with self.lock:
             slot = self.models.get(model_id)
-            token = self.tokens.get(rid)
+            tokens = self.tokens.get(rid)
         if slot is None:
             raise errors.ModelNotFound(model_id, "it is not loaded in the inference worker")
-        if token is None:
-            token = CancelToken()
-        params = GenerationParams.from_dict(params_dict)
+        batch = [GenerationParams.from_dict(item) for item in items]
+        if tokens is None or len(tokens) != len(batch):
+            tokens = [CancelToken() for _ in batch]
         last = 0.0
 
         def progress(step: int, total: int) -> None:
@@ -294,12 +296,17 @@ class _Worker:
                 self.send(("progress", rid, (step, total)))
 
         def send_preview(start: int, audio: npt.NDArray[np.float32]) -> None:
-            self.send(("preview", rid, (start, audio)))
+            row = 0
+            for index, params in enumerate(batch):
+                rows = audio[row: row + params.variations]
+                self.send(("preview", rid, (index, start, np.ascontiguousarray(rows))))
+                row += params.variations
 
         preview = None if preview_s is None else Preview(float(preview_s), send_preview)
-        out = slot.backend.generate(params, progress, token, preview)
-        out.info["model_id"] = model_id
-        return out
+        outputs = slot.backend.generate_batch(batch, progress, tokens, preview)
+        for out in outputs:
+            out.info["model_id"] = model_id
+        return outputs
 
 
 def _unexpected(op: str, payload: Mapping[str, Any], exc: Exception) -> errors.TimbreError:
@@ -352,14 +359,16 @@ def _child_main(conn: Connection, threads: int) -> None:
 
 ProgressHandler = Callable[[int, int], None]
 #: ``on_preview(start, audio)``: see :data:`timbred.worker.backend.PreviewSink`.
-PreviewHandler = Callable[[int, "npt.NDArray[np.float32]"], None]
+PreviewHandler = Callable[[int, npt.NDArray[np.float32]], None]
+#: ``on_preview(request, start, audio)``: a batch's preview, one request's rows at a time.
+BatchPreviewHandler = Callable[[int, int, npt.NDArray[np.float32]], None]
 
 
 class _Pending:
     """One request awaiting its reply."""
 
     def __init__(self, op: str, on_progress: ProgressHandler | None = None,
-                 on_preview: PreviewHandler | None = None) -> None:
+                 on_preview: BatchPreviewHandler | None = None) -> None:
         self.op = op
         self.on_progress = on_progress
         self.on_preview = on_preview
@@ -442,10 +451,14 @@ class _Session:
         with contextlib.suppress(errors.WorkerCrashed):
             self.send(("cancel", 0, {"target": rid}))
 
-    def cancel_generations(self) -> None:
+    def cancel_generations(self, item: int | None = None) -> None:
         for rid, pending in list(self.pending.items()):
             if pending.op == "generate" and not pending.done:
-                self.cancel(rid)
+                if item is None:
+                    self.cancel(rid)
+                else:
+                    with contextlib.suppress(errors.WorkerCrashed):
+                        self.send(("cancel", 0, {"target": rid, "item": item}))
 
     async def wait(self, pending: _Pending) -> Any:
         """Wait for ``pending``'s reply, reading the pipe for everyone if nobody else is."""
@@ -678,24 +691,45 @@ class WorkerHandle:
         were raised in the worker, or :class:`errors.WorkerCrashed`. If the calling task is
         cancelled, the worker is told to drop the generation.
         """
-        payload = {"model_id": model_id, "params": params.to_dict(),
+        def each(index: int, start: int, audio: npt.NDArray[np.float32]) -> None:
+            if on_preview is not None:
+                on_preview(start, audio)
+
+        (output,) = await self.generate_batch(
+            model_id, [params], on_progress, on_preview=None if on_preview is None else each,
+            preview_chunk_s=preview_chunk_s)
+        return output
+
+    async def generate_batch(self, model_id: str, items: Sequence[GenerationParams],
+                             on_progress: ProgressHandler | None = None, *,
+                             on_preview: BatchPreviewHandler | None = None,
+                             preview_chunk_s: float = 1.0) -> list[GenerationOutput]:
+        """Decode several requests together (see :meth:`Backend.generate_batch`).
+
+        As :meth:`generate`, with one output per request and ``on_preview(request, start,
+        audio)``. :meth:`cancel` with ``item`` drops one request (its rows are still
+        decoded, for the others' sake); the call raises Cancelled once all are dropped.
+        """
+        payload = {"model_id": model_id, "items": [p.to_dict() for p in items],
                    "preview_s": None if on_preview is None else preview_chunk_s}
         result = await self._request("generate", payload, on_progress, on_preview)
-        if not isinstance(result, GenerationOutput):
+        if not isinstance(result, list) or len(result) != len(items) or not all(
+                isinstance(out, GenerationOutput) for out in result):
             raise errors.InternalError(f"worker returned {type(result).__name__} for generate")
         return result
 
-    async def cancel(self) -> None:
-        """Cancel the generation(s) in flight; each one's :meth:`generate` raises Cancelled.
+    async def cancel(self, item: int | None = None) -> None:
+        """Cancel the generation(s) in flight (``item``: only that request of the batch);
+        each one's :meth:`generate` raises Cancelled.
 
         A generation that finishes before the worker sees the cancel returns normally.
         """
         if self._session is not None:
-            self._session.cancel_generations()
+            self._session.cancel_generations(item)
 
     async def _request(self, op: str, payload: dict[str, Any],
                        on_progress: ProgressHandler | None = None,
-                       on_preview: PreviewHandler | None = None) -> Any:
+                       on_preview: BatchPreviewHandler | None = None) -> Any:
         session = self._session
         if session is None:
             raise errors.WorkerCrashed("the worker is not running (call start() first)")

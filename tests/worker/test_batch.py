@@ -1,0 +1,99 @@
+"""MusicgenBackend.generate_batch: several requests decoded together on the real tiny model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.worker.conftest import WavWriter
+from timbred import errors
+from timbred.worker.backend import CancelToken, GenerationParams
+from timbred.worker.musicgen import MusicgenBackend
+
+
+def request(seed: int, **kw: Any) -> GenerationParams:
+    kw.setdefault("duration_s", 1.0)
+    kw.setdefault("prompt", f"request {seed}")
+    return GenerationParams(seed=seed, **kw)
+
+
+MIXED = [
+    request(1),
+    request(2, prompt="a longer prompt, so the text batch is padded", temperature=0.6,
+            top_k=5),
+    request(3, variations=2, guidance_scale=6.0, top_p=0.9),
+    request(4, temperature=0.0),
+]
+
+
+def test_each_request_gets_its_own_takes(backend: MusicgenBackend) -> None:
+    outputs = backend.generate_batch(MIXED)
+    assert [o.audio.shape[0] for o in outputs] == [1, 1, 2, 1]
+    assert all(o.info["batch_requests"] == 4 and o.info["batch_rows"] == 5 for o in outputs)
+    rows = [take for o in outputs for take in o.audio]
+    assert len({r.tobytes() for r in rows}) == 5
+
+
+def test_a_request_samples_from_its_own_seed(backend: MusicgenBackend) -> None:
+    """In fp32 on the CPU, a request's takes are the same alone, in a batch, or in another
+    order: its tokens come from its own generator, and these GEMMs compute each row alike
+    whatever the batch (that second part is the device's, hence the recorded batch)."""
+    together = backend.generate_batch(MIXED)
+    reordered = backend.generate_batch(MIXED[::-1])[::-1]
+    for request_, a, b in zip(MIXED, together, reordered, strict=True):
+        alone = backend.generate(request_)
+        assert np.array_equal(a.audio, alone.audio)
+        assert np.array_equal(b.audio, alone.audio)
+
+
+def test_int8_batches_rerender_bit_identically(tiny_model: Any) -> None:
+    backend = MusicgenBackend(precision="int8")
+    backend.load(str(tiny_model), device="cpu", dtype="float32")
+    try:
+        first = backend.generate_batch(MIXED)
+        again = backend.generate_batch(MIXED)
+        assert all(np.array_equal(a.audio, b.audio) for a, b in zip(first, again, strict=True))
+    finally:
+        backend.unload()
+
+
+@pytest.mark.parametrize(("other", "param"), [
+    (request(2, duration_s=1.5), "duration_s"),
+    (request(2, guidance_scale=1.0), "guidance_scale"),
+])
+def test_requests_that_cannot_share_a_plan_are_refused(backend: MusicgenBackend,
+                                                       other: GenerationParams,
+                                                       param: str) -> None:
+    with pytest.raises(errors.InvalidParams) as info:
+        backend.generate_batch([request(1), other])
+    assert info.value.data["param"] == param
+
+
+def test_melody_and_continuation_are_decoded_alone(backend: MusicgenBackend,
+                                                   write_wav: WavWriter) -> None:
+    wav = str(write_wav("prompt.wav", seconds=0.3))
+    with pytest.raises(errors.InvalidParams, match="decoded alone"):
+        backend.generate_batch([request(1), request(2, continuation_path=wav)])
+
+
+def test_one_cancelled_request_keeps_the_batch_going(backend: MusicgenBackend) -> None:
+    tokens = [CancelToken() for _ in MIXED]
+    tokens[1].cancel()
+    outputs = backend.generate_batch(MIXED, cancels=tokens)
+    plain = backend.generate_batch(MIXED)
+    # The cancelled request was still decoded, so the others are exactly as without it.
+    assert all(np.array_equal(a.audio, b.audio) for a, b in zip(outputs, plain, strict=True))
+
+
+def test_a_batch_stops_once_every_request_is_cancelled(backend: MusicgenBackend) -> None:
+    tokens = [CancelToken() for _ in MIXED]
+
+    def progress(step: int, total: int) -> None:
+        if step == 3:
+            for token in tokens:
+                token.cancel()
+
+    with pytest.raises(errors.Cancelled):
+        backend.generate_batch(MIXED, progress, tokens)
