@@ -321,11 +321,6 @@ def _error_dict(error: TimbreError | Mapping[str, Any]) -> dict[str, Any]:
             "data": dict(error.get("data", {}))}
 
 
-def _casefold(value: object) -> str | None:
-    # SQLite's lower() only folds ASCII; prompts are often not ASCII.
-    return value.casefold() if isinstance(value, str) else None
-
-
 # The columns _row_to_job reads, in its order. Queries append only constant clauses with
 # ? placeholders to these, never values.
 _SELECT_JOBS: Final = (
@@ -360,6 +355,8 @@ class JobStore(SQLiteStore):
     or has a schema newer than this code.
     """
 
+    _corrupt_advice = " and timbred will start with an empty queue"
+
     def __init__(
         self,
         path: str | os.PathLike[str],
@@ -374,55 +371,7 @@ class JobStore(SQLiteStore):
         self.max_queued = max_queued
         self._clock = clock
         self._lock = threading.Lock()
-        try:
-            self._conn = sqlite3.connect(
-                self.path,
-                timeout=busy_timeout_s,  # sets SQLite's busy_timeout
-                isolation_level=None,  # we issue BEGIN/COMMIT ourselves
-                check_same_thread=False,  # guarded by self._lock
-            )
-        except sqlite3.Error as exc:
-            raise _store_error(self.path, f"cannot open: {exc}") from exc
-        try:
-            self._setup()
-        except BaseException:
-            self._conn.close()
-            raise
-
-    def _setup(self) -> None:
-        conn = self._conn
-        try:
-            # A corrupt header shows up on the first statement that reads the file.
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            # set_progress's NORMAL shortcut is only safe in WAL mode (NORMAL in rollback mode
-            # can corrupt the file on power loss). WAL fails on some network filesystems.
-            if str(mode).lower() != "wal":
-                raise _store_error(
-                    self.path,
-                    f"cannot use WAL journaling (got {mode!r}); put the database on a local disk",
-                )
-            conn.execute("PRAGMA synchronous = FULL")
-            conn.execute("PRAGMA foreign_keys = ON")
-            conn.create_function("timbre_casefold", 1, _casefold, deterministic=True)
-            # A damaged page would otherwise surface later as a confusing error mid-run.
-            # quick_check is linear in the file size; the jobs table stays small.
-            problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
-            if problems != ["ok"]:
-                raise _store_error(
-                    self.path,
-                    "is corrupt (" + "; ".join(problems) + "); move it aside and timbred will "
-                    "start with an empty queue",
-                )
-            migrate(conn, self.path)
-        except sqlite3.Error as exc:
-            # A damaged header reads as NOTADB, a damaged page as CORRUPT; anything else
-            # (permissions, a directory, a full disk) is not the file's contents' fault.
-            if getattr(exc, "sqlite_errorname", "") in {"SQLITE_NOTADB", "SQLITE_CORRUPT"}:
-                problem = (f"is corrupt or not a SQLite database ({exc}); move it aside and "
-                           "timbred will start with an empty queue")
-            else:
-                problem = f"cannot open: {exc}"
-            raise _store_error(self.path, problem) from exc
+        self._open(busy_timeout_s, lambda conn: migrate(conn, self.path))
 
     # --- plumbing ---------------------------------------------------------------------------
 

@@ -443,10 +443,6 @@ def _to_json(value: object, param: str) -> str:
         raise InvalidParams(f"{param} must be plain JSON: {exc}", param=param) from exc
 
 
-def _casefold(value: object) -> str | None:
-    return value.casefold() if isinstance(value, str) else None
-
-
 def _fts_query(text: str) -> str:
     # Every word becomes a quoted prefix term (FTS5 syntax never sees user text unquoted);
     # terms are ANDed. A word with no letters or digits matches nothing, as FTS5 would.
@@ -503,52 +499,18 @@ class Library(SQLiteStore):
         self.path = os.fspath(path)
         self._clock = clock
         self._lock = threading.Lock()
-        try:
-            self._conn = sqlite3.connect(
-                self.path,
-                timeout=busy_timeout_s,
-                isolation_level=None,  # we issue BEGIN/COMMIT ourselves
-                check_same_thread=False,  # guarded by self._lock
-            )
-        except sqlite3.Error as exc:
-            raise _store_error(self.path, f"cannot open: {exc}") from exc
-        try:
-            self._fts = self._setup()
-        except BaseException:
-            self._conn.close()
-            raise
+        self._fts = self._open(busy_timeout_s, self._setup)
 
-    def _setup(self) -> bool:
-        conn = self._conn
-        try:
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise _store_error(
-                    self.path,
-                    f"cannot use WAL journaling (got {mode!r}); put the database on a local disk",
-                )
-            conn.execute("PRAGMA synchronous = FULL")
-            conn.execute("PRAGMA foreign_keys = ON")
-            conn.create_function("timbre_casefold", 1, _casefold, deterministic=True)
-            problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
-            if problems != ["ok"]:
-                raise _store_error(
-                    self.path, "is corrupt (" + "; ".join(problems) + "); move it aside"
-                )
-            # The file's identity (application_id, user_version) is the job store's: on a new
-            # file its migration runs first, so that JobStore accepts the file afterwards.
-            jobs.migrate(conn, self.path)
-            fts_available = _fts5_available(conn)
-            migrate(conn, self.path, fts=fts_available)
-            has_fts = bool(conn.execute(
-                "SELECT count(*) FROM sqlite_master WHERE name = 'prompts_fts'"
-            ).fetchone()[0])
-        except sqlite3.Error as exc:
-            if getattr(exc, "sqlite_errorname", "") in {"SQLITE_NOTADB", "SQLITE_CORRUPT"}:
-                problem = f"is corrupt or not a SQLite database ({exc}); move it aside"
-            else:
-                problem = f"cannot open: {exc}"
-            raise _store_error(self.path, problem) from exc
+    def _setup(self, conn: sqlite3.Connection) -> bool:
+        """Migrate (the job store's part first) and say whether search has FTS5."""
+        # The file's identity (application_id, user_version) is the job store's: on a new
+        # file its migration runs first, so that JobStore accepts the file afterwards.
+        jobs.migrate(conn, self.path)
+        fts_available = _fts5_available(conn)
+        migrate(conn, self.path, fts=fts_available)
+        has_fts = bool(conn.execute(
+            "SELECT count(*) FROM sqlite_master WHERE name = 'prompts_fts'"
+        ).fetchone()[0])
         if has_fts and not fts_available:
             raise _store_error(
                 self.path, "has a full-text index but this SQLite was built without FTS5"

@@ -13,11 +13,19 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Self
+from typing import Self, TypeVar
 
 from timbred.errors import StoreError
+
+_T = TypeVar("_T")
+
+
+def casefold(value: object) -> str | None:
+    """SQL function ``timbre_casefold``: Unicode case-insensitive matching (SQLite's LIKE and
+    lower() fold ASCII only)."""
+    return value.casefold() if isinstance(value, str) else None
 
 
 class SQLiteStore:
@@ -30,6 +38,63 @@ class SQLiteStore:
     def _error(self, problem: str) -> StoreError:
         """The StoreError for ``problem`` (subclasses say which part of the file it is)."""
         return StoreError(self.path, problem)
+
+    #: What to tell the user to do with a corrupt file (after "move it aside").
+    _corrupt_advice = ""
+    #: Whether opening runs ``quick_check`` (a store opened after another on the same file
+    #: need not read it all again).
+    _quick_check = True
+
+    def _open(self, busy_timeout_s: float, setup: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Connect to ``self.path``, configure the connection, check the file, run ``setup``.
+
+        Every store on the shared file runs the same checks: WAL journaling (the stores'
+        ``synchronous`` choices are only safe with it; it fails on some network
+        filesystems), ``synchronous = FULL``, foreign keys, the ``timbre_casefold`` function,
+        and a ``quick_check`` so that a damaged page is reported now, not mid-run. Returns
+        what ``setup`` returns; the connection is closed again if anything fails.
+        """
+        try:
+            self._conn = sqlite3.connect(
+                self.path,
+                timeout=busy_timeout_s,  # sets SQLite's busy_timeout
+                isolation_level=None,  # we issue BEGIN/COMMIT ourselves
+                check_same_thread=False,  # guarded by self._lock
+            )
+        except sqlite3.Error as exc:
+            raise self._error(f"cannot open: {exc}") from exc
+        try:
+            return self._configure(setup)
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def _configure(self, setup: Callable[[sqlite3.Connection], _T]) -> _T:
+        conn = self._conn
+        advice = f"move it aside{self._corrupt_advice}"
+        try:
+            # A corrupt header shows up on the first statement that reads the file.
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise self._error(f"cannot use WAL journaling (got {mode!r}); put the "
+                                  "database on a local disk")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.create_function("timbre_casefold", 1, casefold, deterministic=True)
+            # quick_check is linear in the file size, which stays small here.
+            problems = (["ok"] if not self._quick_check
+                        else [row[0] for row in conn.execute("PRAGMA quick_check(5)")])
+            if problems != ["ok"]:
+                raise self._error(f"is corrupt ({'; '.join(problems)}); {advice}")
+            return setup(conn)
+        except sqlite3.Error as exc:
+            # A damaged header reads as NOTADB, a damaged page as CORRUPT; anything else
+            # (permissions, a directory, a full disk) is not the file's contents' fault.
+            if getattr(exc, "sqlite_errorname", "") in {"SQLITE_NOTADB", "SQLITE_CORRUPT"}:
+                problem = f"is corrupt or not a SQLite database ({exc}); {advice}"
+            else:
+                problem = f"cannot open: {exc}"
+            raise self._error(problem) from exc
 
     def close(self) -> None:
         """Close the database; later calls raise StoreError."""

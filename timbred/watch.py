@@ -248,31 +248,17 @@ class WatchStore(SQLiteStore):
     application, or holds watch tables newer than this code.
     """
 
+    _quick_check = False  # the job store, opened first, has just checked the file
+
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout_s: float = 5.0) -> None:
         self.path = os.fspath(path)
         self._lock = threading.Lock()
-        try:
-            self._conn = sqlite3.connect(self.path, timeout=busy_timeout_s,
-                                         isolation_level=None, check_same_thread=False)
-        except sqlite3.Error as exc:
-            raise self._error(f"cannot open: {exc}") from exc
-        try:
-            with self._translate():
-                self._setup()
-        except BaseException:
-            self._conn.close()
-            raise
+        self._open(busy_timeout_s, self._setup)
 
     def _error(self, problem: str) -> StoreError:
         return StoreError(self.path, f"watch tables: {problem}")
 
-    def _setup(self) -> None:
-        conn = self._conn
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise self._error(f"cannot use WAL journaling (got {mode!r}); put the database on "
-                              "a local disk")
-        conn.execute("PRAGMA synchronous = FULL")
+    def _setup(self, conn: sqlite3.Connection) -> None:
         app_id = int(conn.execute("PRAGMA application_id").fetchone()[0])
         if app_id not in (0, _JOB_APPLICATION_ID):
             raise self._error("is not a Timbre database (wrong application_id)")
