@@ -325,7 +325,6 @@ class Backend(ABC):
     def capabilities(self) -> Capabilities:
         """What the loaded model can do; raises :class:`errors.GenerationFailed` if none is."""
 
-    @abstractmethod
     def generate(
         self,
         params: GenerationParams,
@@ -337,9 +336,12 @@ class Backend(ABC):
 
         Raises :class:`errors.Cancelled` (within a few decoding steps of ``cancel``),
         :class:`errors.InvalidParams`, :class:`errors.AudioInputError` or
-        :class:`errors.GenerationFailed`.
+        :class:`errors.GenerationFailed`. A batch of one: see :meth:`generate_batch`.
         """
+        return self.generate_batch([params], progress,
+                                   None if cancel is None else [cancel], preview)[0]
 
+    @abstractmethod
     def generate_batch(
         self,
         items: Sequence[GenerationParams],
@@ -347,21 +349,14 @@ class Backend(ABC):
         cancels: Sequence[CancelToken] | None = None,
         preview: Preview | None = None,
     ) -> list[GenerationOutput]:
-        """Make several requests' takes, decoded together where the backend can.
+        """Make several requests' takes, decoded together.
 
         Each request samples from its own seed, so its takes do not depend on which others
         share the batch (numerically they may, on some devices and precisions: a re-render
         repeats the whole batch). ``cancels`` holds one token per request; the call raises
         :class:`errors.Cancelled` only once all of them are cancelled. ``preview`` receives
-        every request's rows, in order. This default runs one request at a time.
+        every request's rows, in order. Raises what :meth:`generate` raises.
         """
-        if preview is not None and len(items) > 1:
-            raise errors.InvalidParams(f"{self.name} cannot preview a batch", param="preview")
-        tokens = list(cancels) if cancels is not None else [CancelToken() for _ in items]
-        outputs = []
-        for params, token in zip(items, tokens, strict=True):
-            outputs.append(self.generate(params, progress, token, preview))
-        return outputs
 
     @abstractmethod
     def memory_bytes(self) -> int:

@@ -455,17 +455,6 @@ class MusicgenBackend(Backend):
 
     # --- generation ------------------------------------------------------------------------
 
-    def generate(
-        self,
-        params: GenerationParams,
-        progress: ProgressCallback | None = None,
-        cancel: CancelToken | None = None,
-        preview: Preview | None = None,
-    ) -> GenerationOutput:
-        """Make ``params.variations`` takes in one batch (see the module docstring)."""
-        return self.generate_batch([params], progress,
-                                   None if cancel is None else [cancel], preview)[0]
-
     def generate_batch(
         self,
         items: Sequence[GenerationParams],
