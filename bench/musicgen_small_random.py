@@ -29,10 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import shutil
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -41,14 +38,18 @@ import torch
 import transformers
 from transformers import (
     EncodecConfig,
-    EncodecFeatureExtractor,
-    GenerationConfig,
     MusicgenConfig,
     MusicgenDecoderConfig,
     MusicgenForConditionalGeneration,
-    MusicgenProcessor,
     T5Config,
-    T5Tokenizer,
+)
+
+from timbred.testing.checkpoint import (
+    build_once,
+    generation_config,
+    randomise_codebooks,
+    save_processor,
+    t5_tokenizer,
 )
 
 __all__ = ["BUILDER_VERSION", "DECODERS", "SAMPLE_RATE", "Size", "build"]
@@ -72,6 +73,18 @@ _SEED = 20240601
 _CODEBOOK_SIZE = 2048
 _NUM_CODEBOOKS = 4
 _T5_VOCAB = 32128
+#: The tokenizer's words; every id lies well inside T5's 32128.
+_WORDS = (
+    "a", "an", "the", "and", "with", "of", "in", "for", "to", "on", "at", "by", "lo",
+    "fi", "hip", "hop", "jazz", "rock", "pop", "funk", "soul", "blues", "metal", "folk",
+    "techno", "house", "disco", "reggae", "orchestral", "cinematic", "epic", "piano",
+    "drums", "bass", "guitar", "synth", "strings", "violin", "cello", "saxophone",
+    "trumpet", "flute", "organ", "vocals", "choir", "ambient", "calm", "relaxing",
+    "loud", "slow", "fast", "upbeat", "groovy", "warm", "soft", "heavy", "beat", "song",
+    "music", "track", "melody", "rhythm", "chill", "happy", "sad", "dark", "bright",
+    "dreamy", "retro", "80s", "90s", "bpm", "electric", "acoustic", "electronic",
+    "background", "study", "night", "summer", "rain", "dance", "solo", "minor", "major",
+)
 
 
 def build(dest: Path, *, size: Size = "small") -> Path:
@@ -83,21 +96,7 @@ def build(dest: Path, *, size: Size = "small") -> Path:
     """
     if size not in DECODERS:
         raise ValueError(f"unknown size {size!r}: use one of {', '.join(DECODERS)}")
-    dest = Path(dest)
-    stamp = _stamp(size)
-    if _read_stamp(dest) == stamp:
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
-        _write_checkpoint(tmp, size)
-        (tmp / _STAMP).write_text(json.dumps(stamp, sort_keys=True) + "\n", encoding="utf-8")
-        if dest.exists():  # stale: rename() cannot replace a non-empty directory
-            shutil.rmtree(dest)
-        tmp.rename(dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dest
+    return build_once(Path(dest), _stamp(size), _STAMP, lambda out: _write_checkpoint(out, size))
 
 
 def _stamp(size: str) -> dict[str, Any]:
@@ -107,14 +106,6 @@ def _stamp(size: str) -> dict[str, Any]:
         "size": size,
         "transformers": transformers.__version__,
     }
-
-
-def _read_stamp(dest: Path) -> dict[str, Any] | None:
-    try:
-        loaded = json.loads((dest / _STAMP).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return loaded if isinstance(loaded, dict) else None
 
 
 def _configs(size: str) -> MusicgenConfig:
@@ -192,59 +183,14 @@ def _write_checkpoint(out: Path, size: str) -> None:
         torch.manual_seed(_SEED)
         # Any: transformers' model classes are only partly typed (nn.Module attribute access).
         model: Any = MusicgenForConditionalGeneration(_configs(size))
-        # EnCodec initialises its codebooks to zeros (trained ones are learned); random ones
-        # make the codes decode to different (noise) samples instead of one constant.
-        for layer in model.audio_encoder.quantizer.layers:
-            book = layer.codebook
-            book.embed.copy_(torch.randn_like(book.embed))
-            book.embed_avg.copy_(book.embed)
-            book.cluster_size.fill_(1.0)
-        model.generation_config = GenerationConfig(  # type: ignore[no-untyped-call]
-            decoder_start_token_id=_CODEBOOK_SIZE,
-            pad_token_id=_CODEBOOK_SIZE,
-            bos_token_id=_CODEBOOK_SIZE,
-            do_sample=True,
-            top_k=250,
-            guidance_scale=3.0,
-            max_length=1500,
-        )
+        randomise_codebooks(model)
+        model.generation_config = generation_config(_CODEBOOK_SIZE, top_k=250)
         model.eval()
         model.save_pretrained(out)
         del model
-    tokenizer = _tokenizer()
+    tokenizer = t5_tokenizer(_WORDS)
     tokenizer.save_pretrained(out)
-    extractor = EncodecFeatureExtractor(
-        feature_size=1, sampling_rate=SAMPLE_RATE, padding_value=0.0,
-        chunk_length_s=None, overlap=None,
-    )
-    processor = MusicgenProcessor(  # type: ignore[no-untyped-call]
-        feature_extractor=extractor, tokenizer=tokenizer
-    )
-    processor.save_pretrained(out)
-
-
-def _tokenizer() -> T5Tokenizer:
-    """A T5 (Unigram) tokenizer over a hand-written vocabulary: offline and deterministic."""
-    pieces = ["<pad>", "</s>", "<unk>", "\u2581"]
-    words = [
-        "a", "an", "the", "and", "with", "of", "in", "for", "to", "on", "at", "by", "lo",
-        "fi", "hip", "hop", "jazz", "rock", "pop", "funk", "soul", "blues", "metal", "folk",
-        "techno", "house", "disco", "reggae", "orchestral", "cinematic", "epic", "piano",
-        "drums", "bass", "guitar", "synth", "strings", "violin", "cello", "saxophone",
-        "trumpet", "flute", "organ", "vocals", "choir", "ambient", "calm", "relaxing",
-        "loud", "slow", "fast", "upbeat", "groovy", "warm", "soft", "heavy", "beat", "song",
-        "music", "track", "melody", "rhythm", "chill", "happy", "sad", "dark", "bright",
-        "dreamy", "retro", "80s", "90s", "bpm", "electric", "acoustic", "electronic",
-        "background", "study", "night", "summer", "rain", "dance", "solo", "minor", "major",
-    ]
-    chars = "abcdefghijklmnopqrstuvwxyz0123456789.,!?-'"
-    vocab: list[tuple[str, float]] = [(p, 0.0) for p in pieces]
-    vocab += [("\u2581" + w, -2.0) for w in words]
-    vocab += [(c, -5.0) for c in chars]
-    vocab += [("\u2581" + c, -6.0) for c in chars]
-    if len(vocab) > _T5_VOCAB:  # cannot happen with the lists above; kept as a guard
-        raise ValueError("the tokenizer vocabulary does not fit T5's embedding table")
-    return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=512)
+    save_processor(out, tokenizer, SAMPLE_RATE)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,10 +16,7 @@ frames, 4 codebooks, pad/bos token = vocabulary size), and are tiny everywhere e
 
 from __future__ import annotations
 
-import contextlib
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,17 +24,21 @@ import torch
 import transformers
 from transformers import (
     EncodecConfig,
-    EncodecFeatureExtractor,
-    GenerationConfig,
     MusicgenConfig,
     MusicgenDecoderConfig,
     MusicgenForConditionalGeneration,
     MusicgenMelodyConfig,
     MusicgenMelodyDecoderConfig,
     MusicgenMelodyForConditionalGeneration,
-    MusicgenProcessor,
     T5Config,
-    T5Tokenizer,
+)
+
+from timbred.testing.checkpoint import (
+    build_once,
+    generation_config,
+    randomise_codebooks,
+    save_processor,
+    t5_tokenizer,
 )
 
 __all__ = ["BUILDER_VERSION", "SAMPLE_RATE", "build_tiny_musicgen"]
@@ -53,6 +54,12 @@ _SEED = 1234
 _CODEBOOK_SIZE = 64  # a power of two, as EnCodec requires
 _NUM_CODEBOOKS = 4
 _CHROMA_LENGTH = 235  # facebook/musicgen-melody's value: 30 s of chroma at 32 kHz / 4096
+_WORDS = (
+    "a", "an", "the", "and", "with", "of", "in", "for", "to", "lo", "fi", "hip", "hop",
+    "jazz", "rock", "pop", "piano", "drums", "bass", "guitar", "synth", "ambient", "calm",
+    "loud", "slow", "fast", "beat", "song", "music", "track", "chill", "happy", "sad",
+    "dark", "bright",
+)
 
 
 def build_tiny_musicgen(dest: Path, *, melody: bool = False, stereo: bool = False) -> Path:
@@ -66,19 +73,8 @@ def build_tiny_musicgen(dest: Path, *, melody: bool = False, stereo: bool = Fals
     temporary sibling directory and renamed into place, and a stamp (builder version,
     variant, transformers version) makes a stale cache rebuild itself.
     """
-    dest = Path(dest)
-    stamp = _stamp(melody, stereo)
-    if _read_stamp(dest) == stamp:
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
-        _write_checkpoint(tmp, melody=melody, stereo=stereo)
-        (tmp / _STAMP).write_text(json.dumps(stamp, sort_keys=True) + "\n", encoding="utf-8")
-        _replace_dir(tmp, dest, stamp)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dest
+    return build_once(Path(dest), _stamp(melody, stereo), _STAMP,
+                      lambda out: _write_checkpoint(out, melody=melody, stereo=stereo))
 
 
 def _stamp(melody: bool, stereo: bool) -> dict[str, Any]:
@@ -91,36 +87,11 @@ def _stamp(melody: bool, stereo: bool) -> dict[str, Any]:
     }
 
 
-def _read_stamp(dest: Path) -> dict[str, Any] | None:
-    try:
-        loaded = json.loads((dest / _STAMP).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return loaded if isinstance(loaded, dict) else None
-
-
-def _replace_dir(tmp: Path, dest: Path, stamp: dict[str, Any]) -> None:
-    """Move the finished build into place; a concurrent builder that won the race also counts."""
-    if dest.exists():
-        if _read_stamp(dest) == stamp:
-            return
-        # Stale: move it aside first, because rename() cannot replace a non-empty directory.
-        trash = Path(tempfile.mkdtemp(prefix=f".{dest.name}.stale.", dir=dest.parent))
-        with contextlib.suppress(FileNotFoundError):  # another builder moved it first
-            dest.rename(trash / "old")
-        shutil.rmtree(trash, ignore_errors=True)
-    try:
-        tmp.rename(dest)
-    except OSError:
-        if _read_stamp(dest) != stamp:
-            raise
-
-
 def _write_checkpoint(out: Path, *, melody: bool, stereo: bool) -> None:
     # fork_rng: seeding must not disturb the caller's global RNG stream.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_SEED)
-        tokenizer = _tokenizer()
+        tokenizer = t5_tokenizer(_WORDS)
         text_config = T5Config(
             vocab_size=len(tokenizer),
             d_model=32,
@@ -182,21 +153,8 @@ def _write_checkpoint(out: Path, *, melody: bool, stereo: bool) -> None:
                 decoder=MusicgenDecoderConfig(**decoder_kwargs).to_dict(),
             )
             model = MusicgenForConditionalGeneration(config)
-        # EnCodec initialises its codebooks to zeros (trained ones are learned), which would
-        # map every code to the same sound; random codebooks make distinct codes audible.
-        for layer in model.audio_encoder.quantizer.layers:
-            book = layer.codebook
-            book.embed.copy_(torch.randn_like(book.embed))
-            book.embed_avg.copy_(book.embed)
-            book.cluster_size.fill_(1.0)
-        model.generation_config = GenerationConfig(  # type: ignore[no-untyped-call]
-            decoder_start_token_id=_CODEBOOK_SIZE,
-            pad_token_id=_CODEBOOK_SIZE,
-            bos_token_id=_CODEBOOK_SIZE,
-            do_sample=True,
-            guidance_scale=3.0,
-            max_length=1500,
-        )
+        randomise_codebooks(model)
+        model.generation_config = generation_config(_CODEBOOK_SIZE)
         model.eval()
         model.save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -205,30 +163,7 @@ def _write_checkpoint(out: Path, *, melody: bool, stereo: bool) -> None:
         # Timbre does not depend on; write the file save_pretrained() would have written.
         _write_melody_preprocessor_config(out)
     else:
-        extractor = EncodecFeatureExtractor(
-            feature_size=1, sampling_rate=SAMPLE_RATE, padding_value=0.0
-        )
-        processor = MusicgenProcessor(  # type: ignore[no-untyped-call]
-            feature_extractor=extractor, tokenizer=tokenizer
-        )
-        processor.save_pretrained(out)
-
-
-def _tokenizer() -> T5Tokenizer:
-    """A T5 (Unigram) tokenizer over a hand-written vocabulary: built offline, deterministic."""
-    pieces = ["<pad>", "</s>", "<unk>", "\u2581"]
-    words = [
-        "a", "an", "the", "and", "with", "of", "in", "for", "to", "lo", "fi", "hip", "hop",
-        "jazz", "rock", "pop", "piano", "drums", "bass", "guitar", "synth", "ambient", "calm",
-        "loud", "slow", "fast", "beat", "song", "music", "track", "chill", "happy", "sad",
-        "dark", "bright",
-    ]
-    chars = "abcdefghijklmnopqrstuvwxyz0123456789.,!?-'"
-    vocab: list[tuple[str, float]] = [(p, 0.0) for p in pieces]
-    vocab += [("\u2581" + w, -2.0) for w in words]
-    vocab += [(c, -5.0) for c in chars]
-    vocab += [("\u2581" + c, -6.0) for c in chars]
-    return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=512)
+        save_processor(out, tokenizer, SAMPLE_RATE)
 
 
 def _write_melody_preprocessor_config(out: Path) -> None:
