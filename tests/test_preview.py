@@ -16,6 +16,7 @@ from tests.conftest import FAST
 from tests.test_generation import events_until_done
 from timbrectl.client import Client, connect
 from timbred.app import Daemon
+from timbred.preview import PreviewWriter
 from timbred.testing.daemon import running_daemon
 
 pytestmark = pytest.mark.anyio
@@ -112,3 +113,15 @@ async def test_leftover_previews_are_swept_at_start(short_tmp: Path, tiny: Path)
     async with running_daemon(short_tmp, models__default=str(tiny), **FAST) as daemon:
         await until_gone(leftover)
         assert daemon.runtime_dir == short_tmp / "run"
+
+
+async def test_a_chunk_the_writer_cannot_write_stops_the_preview_only(tmp_path: Path) -> None:
+    events: list[dict[str, Any]] = []
+    writer = PreviewWriter(tmp_path, "j-1", sample_rate=SR, channels=1, total_samples=SR,
+                           publish=events.append)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(writer.run)
+        writer.put(0, np.zeros((1, 2, 100), dtype=np.float32))  # two channels, one expected
+        writer.put(100, np.zeros((1, 1, 100), dtype=np.float32))
+        await writer.close()
+    assert writer.failed and events == []

@@ -96,8 +96,9 @@ class PreviewWriter:
                         continue
                     try:
                         event = await anyio.to_thread.run_sync(self._write, start, audio)
-                    except (OSError, sf.LibsndfileError) as exc:
-                        # A preview is a convenience: a full runtime dir must not fail the job.
+                    except (OSError, sf.LibsndfileError, errors.TimbreError) as exc:
+                        # A preview is a convenience: a full runtime dir (or a chunk it cannot
+                        # write) must not fail the job, nor escape into the daemon's tasks.
                         self.failed = True
                         log.warning("job %s: preview stopped: %s", self.job_id, exc)
                         continue
