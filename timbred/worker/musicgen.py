@@ -41,6 +41,7 @@ How a generation runs
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
 import re
@@ -84,6 +85,7 @@ from timbred.worker.backend import (
     validate_dtype,
     validate_precision,
 )
+from timbred.worker.kvcache import preallocated_kv
 from timbred.worker.precision import quantize_decoder, quantized_bytes, resolve_precision
 
 __all__ = ["MusicgenBackend", "plan_windows"]
@@ -300,12 +302,16 @@ class MusicgenBackend(Backend):
     load time (bf16 on CUDA, int8 on CPU where it works, else fp32). ``None`` (the default)
     keeps the older behaviour: the whole model in ``dtype``. The concrete precision is
     recorded in every :attr:`GenerationOutput.info` (``None`` when ``dtype`` decided).
+
+    ``preallocate_kv`` (default on) decodes with :mod:`timbred.worker.kvcache`'s in-place
+    self-attention cache instead of transformers' re-concatenating one; the takes are
+    bit-identical either way (tested), so it is not recorded. Off only for comparisons.
     """
 
     name: ClassVar[str] = "musicgen"
 
     def __init__(self, *, window_s: float = 30.0, stride_s: float = 18.0,
-                 precision: object = None) -> None:
+                 precision: object = None, preallocate_kv: object = True) -> None:
         # ``precision`` is typed ``object``: backend options arrive untyped (from the config,
         # over the worker pipe) and are checked here, at runtime, by validate_precision.
         if not (math.isfinite(window_s) and window_s > 0):
@@ -317,6 +323,10 @@ class MusicgenBackend(Backend):
         self.precision: str | None = (
             None if precision is None else validate_precision(precision)
         )
+        if not isinstance(preallocate_kv, bool):
+            raise errors.InvalidParams("preallocate_kv must be true or false",
+                                       param="preallocate_kv")
+        self.preallocate_kv = preallocate_kv
         self._state: _Loaded | None = None
 
     # --- loading ---------------------------------------------------------------------------
@@ -619,7 +629,12 @@ class MusicgenBackend(Backend):
             if melody is not None:
                 kwargs["input_features"] = self._melody_features(st, *melody, have - context,
                                                                  batch)
-            st.model.generate(**kwargs)
+            # Positions this pass holds: BOS, the context frames and every new step.
+            kv: contextlib.AbstractContextManager[dict[str, Any]] = contextlib.nullcontext({})
+            if self.preallocate_kv:
+                kv = preallocated_kv(st.model, 1 + context + kwargs["max_new_tokens"])
+            with kv as extra:
+                st.model.generate(**kwargs, **extra)
             codes = torch.cat([codes, self._new_frames(hook, batch, rows, st.delays, context,
                                                        new, min_new)], dim=-1)
         cancel.raise_if_cancelled()
