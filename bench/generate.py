@@ -15,6 +15,9 @@ prompt) made three ways, on one machine, back to back:
     loads the model into the worker), then ``timbrectl generate ... --json`` is timed end to end
     as a subprocess; (c') is the job's own ``started_at`` -> ``finished_at`` from that record.
 
+With ``--precision`` (repeatable: fp32, int8, bf16) (b) and (c) are measured for each
+Timbre precision, against the same float32 (a): the end-to-end speed-up a user sees.
+
 The daemon's overhead over a warm in-process generation is (c) - (b), split into the client's
 share (c) - (c') and the daemon's (c') - (b) (IPC, job bookkeeping, WAV encoding and writing).
 
@@ -69,6 +72,7 @@ SEED = 1
 FRAME_RATE = 50
 #: Length of the warm-up clip in (b) and (c); it only has to load and exercise the model.
 WARMUP_DURATION_S = 1.0
+PRECISIONS = ("fp32", "int8", "bf16")
 DAEMON_START_TIMEOUT_S = 60.0
 SIZES = ("small", "medium")
 #: Rows during which other processes used more than this many cores are marked disturbed.
@@ -178,6 +182,8 @@ class Results:
     """... but no longer than this."""
     attempts: int
     """Tries per timed run while other work disturbs it; the least disturbed one is kept."""
+    precisions: tuple[str, ...] = ("fp32",)
+    """Timbre's decoder precision for (b) and (c); (a) is always float32."""
     rows: dict[str, Row] = field(default_factory=dict)
     waited_s: float = 0.0
     repeated: int = 0
@@ -367,7 +373,7 @@ def backend_child(spec_path: Path) -> int:
     def progress(step: int, total: int) -> None:
         steps.append(step)
 
-    backend = MusicgenBackend()
+    backend = MusicgenBackend(precision=spec["precision"])
     t0 = time.perf_counter()
     backend.load(spec["model_dir"], device="cpu", dtype="float32")
     load_s = time.perf_counter() - t0
@@ -578,16 +584,22 @@ def measure_plain(res: Results, work: Path, timeout: float) -> None:
         "60 ms short (Timbre takes 3 more steps to return exactly the duration asked).")
 
 
-def measure_backend(res: Results, work: Path, timeout: float) -> None:
+def key(row: str, precision: str) -> str:
+    """A Timbre row's key: ``b``/``c``/``c'`` for fp32, ``b int8`` and so on otherwise."""
+    return row if precision == "fp32" else f"{row} {precision}"
+
+
+def measure_backend(res: Results, work: Path, timeout: float, precision: str) -> None:
     """(b): MusicgenBackend in one child process: load, warm up, ``--runs`` timed generates."""
-    print(f"bench.generate: (b) Timbre MusicgenBackend in-process, {res.runs} run(s) ...",
-          file=sys.stderr)
+    print(f"bench.generate: (b) Timbre MusicgenBackend in-process, {precision}, "
+          f"{res.runs} run(s) ...", file=sys.stderr)
     spec: dict[str, Any] = {
         "model_dir": str(res.model_dir), "prompt": PROMPT, "seed": SEED,
         "guidance": res.guidance, "duration": res.duration_s,
         "warmup_duration": WARMUP_DURATION_S, "runs": res.runs,
         "report": str(work / "backend.json"), "attempts": res.attempts,
         "quiet_cores": res.quiet_cores, "quiet_limit_s": res.quiet_limit_s,
+        "precision": precision,
     }
     spec_path = work / "backend-spec.json"
     spec_path.write_text(json.dumps(spec))
@@ -596,23 +608,25 @@ def measure_backend(res: Results, work: Path, timeout: float) -> None:
     _check(timed, "the MusicgenBackend child")
     report = json.loads(Path(spec["report"]).read_text())
     first = report["runs"][0]
-    res.rows["b"] = Row("b", "(b) Timbre `MusicgenBackend.generate()`, in-process, warm",
+    b = key("b", precision)
+    res.rows[b] = Row(b, f"({b}) Timbre `MusicgenBackend.generate()`, in-process, warm",
                         [r["generate_s"] for r in report["runs"]],
                         first["samples"] / first["sample_rate"], int(first["steps"]),
                         timed.maxrss_kib, "process", [r["other_cores"] for r in report["runs"]])
     res.waited_s += report["waited_s"]
     res.repeated += report["repeated"]
     res.notes.append(
-        f"(b) model load {report['load_s']:.1f} s and a {WARMUP_DURATION_S:g} s warm-up clip "
+        f"({b}) model load {report['load_s']:.1f} s and a {WARMUP_DURATION_S:g} s warm-up clip "
         f"{report['warmup_s']:.1f} s, both untimed; torch threads {report['threads']}. It "
         "runs in its own child process (backend and timer in one process) so that its peak "
         "RSS is its own.")
 
 
-def measure_daemon(res: Results, work: Path, timeout: float) -> None:
+def measure_daemon(res: Results, work: Path, timeout: float, precision: str) -> None:
     """(c) and (c'): timbrectl against a warm daemon, ``--runs`` CLI invocations."""
     base = Path(tempfile.mkdtemp(prefix="tb-"))  # short: sun_path holds ~100 bytes
-    daemon = DaemonProcess(base)
+    daemon = DaemonProcess(base, env={"TIMBRE_MODELS_PRECISION": precision})
+    c, c1 = key("c", precision), key("c'", precision)
     try:
         daemon.start()
         ours: list[int] = [daemon.pid]
@@ -631,30 +645,31 @@ def measure_daemon(res: Results, work: Path, timeout: float) -> None:
             job["bench_daemon_cpu_s"] = process_cpu_s(daemon.pid) - daemon_cpu
             return timed, job
 
-        print("bench.generate: (c) warm-up job (loads the model into the daemon) ...",
+        print(f"bench.generate: ({c}) warm-up job (loads the model into the daemon) ...",
               file=sys.stderr)
         warm, _ = cli(WARMUP_DURATION_S)
         worker = daemon.worker_pid()
         ours.append(worker)
         kept = []
         for i in range(res.runs):
-            print(f"bench.generate: (c) timbrectl generate, run {i + 1}/{res.runs} ...",
+            print(f"bench.generate: ({c}) timbrectl generate, run {i + 1}/{res.runs} ...",
                   file=sys.stderr)
             kept.append(res.least_disturbed(lambda: cli(res.duration_s),
                                             lambda r: r[0].other_cores, lambda: ours))
         worker_rss = vmhwm_kib(worker)
         daemon_rss = vmhwm_kib(daemon.pid)
         audio_s = _wav_seconds(kept[-1][1]["outputs"][0])
-        steps = res.rows["b"].steps if "b" in res.rows else round(res.duration_s * FRAME_RATE)
+        b = key("b", precision)
+        steps = res.rows[b].steps if b in res.rows else round(res.duration_s * FRAME_RATE)
         others = [t.other_cores for t, _ in kept]
-        res.rows["c"] = Row("c", "(c) `timbrectl generate`, warm daemon, end to end",
+        res.rows[c] = Row(c, f"({c}) `timbrectl generate`, warm daemon, end to end",
                             [t.wall_s for t, _ in kept], audio_s, steps, worker_rss, "worker",
                             others)
-        res.rows["c'"] = Row("c'", "(c') … the job's `started_at` → `finished_at`",
+        res.rows[c1] = Row(c1, f"({c1}) … the job's `started_at` → `finished_at`",
                              [j["finished_at"] - j["started_at"] for _, j in kept], audio_s,
                              steps, None, "", others)
         res.notes.append(
-            f"(c) warm-up job ({WARMUP_DURATION_S:g} s clip, model load included) took "
+            f"({c}) warm-up job ({WARMUP_DURATION_S:g} s clip, model load included) took "
             f"{warm.wall_s:.1f} s through the CLI. Peak RSS of the other processes: daemon "
             f"{daemon_rss / 1024:.0f} MiB, `timbrectl` "
             f"{max(t.maxrss_kib for t, _ in kept) / 1024:.0f} MiB. The worker's peak "
@@ -709,9 +724,12 @@ def markdown(res: Results, info: dict[str, Any], runtime_s: float) -> str:
         f"## Generation: plain transformers vs Timbre (musicgen-{res.size} shapes, CPU)",
         "",
         f"`python -m bench.generate --size {res.size} --duration {res.duration_s:g} "
-        f"--guidance {res.guidance:g} --runs {res.runs}`: one {res.duration_s:g} s clip, "
-        f"guidance {res.guidance:g}, seed {SEED}, prompt \"{PROMPT}\", float32 on CPU; {runs} "
-        f"per row; the whole benchmark took {runtime_s / 60:.1f} min.",
+        f"--guidance {res.guidance:g} --runs {res.runs}"
+        + "".join(f" --precision {p}" for p in res.precisions)
+        + f"`: one {res.duration_s:g} s clip, guidance {res.guidance:g}, seed {SEED}, prompt "
+        f"\"{PROMPT}\", on CPU; (a) in float32, Timbre's rows in the precision their key "
+        f"names (no suffix: fp32); {runs} per row; the whole benchmark took "
+        f"{runtime_s / 60:.1f} min.",
         "",
         f"Machine: {info['cpu']}, {info['usable_cores']} usable of {info['cores']} cores, "
         f"{info['ram_gib']:.1f} GiB RAM; {info['python']}; torch {info['torch']} "
@@ -757,51 +775,71 @@ def markdown(res: Results, info: dict[str, Any], runtime_s: float) -> str:
 
 def derived(res: Results) -> list[str]:
     """The overheads and the interpretation, worded from the numbers."""
+    lines: list[str] = []
+    for precision in res.precisions:
+        lines += _derived_for(res, precision)
     r = res.rows
-    a, a1, b, c, c1 = r["a"], r["a'"], r["b"], r["c"], r["c'"]
+    disturbed = [row.key for row in r.values() if row.disturbed]
+    if disturbed:
+        lines.append(
+            f"- **Caution:** other processes used more than {DISTURBED_CORES:g} cores during "
+            f"({'), ('.join(disturbed)}); on 2 cores that slows torch a lot, so those rows "
+            "overstate the time. Re-run on a quiet machine before trusting them.")
+    return lines
+
+
+def _derived_for(res: Results, precision: str) -> list[str]:
+    r = res.rows
+    a, a1 = r["a"], r["a'"]
+    b, c, c1 = (r[key(k, precision)] for k in ("b", "c", "c'"))
     overhead = c.wall_s - b.wall_s
     client = c.wall_s - c1.wall_s
     server = c1.wall_s - b.wall_s
     startup = a.wall_s - a1.wall_s
     step_ratio = b.ms_per_step / a1.ms_per_step
     lines = [
-        f"Daemon overhead over a warm in-process generate: (c) - (b) = {overhead:+.2f} s "
-        f"({overhead / b.wall_s:+.1%} of (b)); of which client side (c) - (c') = "
-        f"{client:+.2f} s (interpreter start, connect, submit, following events, printing) "
-        f"and daemon side (c') - (b) = {server:+.2f} s (worker IPC, job bookkeeping, "
-        "WAV encoding and writing).",
+        f"**{precision}.** End to end, `timbrectl generate` on a warm daemon takes "
+        f"{_ratio(c.wall_s, a.wall_s)} the plain float32 script's wall time "
+        f"(**{a.wall_s / c.wall_s:.2f}x faster**). Daemon overhead over a warm in-process "
+        f"generate: ({c.key}) - ({b.key}) = {overhead:+.2f} s ({overhead / b.wall_s:+.1%} of "
+        f"({b.key})); of which client side ({c.key}) - ({c1.key}) = {client:+.2f} s "
+        "(interpreter start, connect, submit, following events, printing) and daemon side "
+        f"({c1.key}) - ({b.key}) = {server:+.2f} s (worker IPC, job bookkeeping, WAV "
+        "encoding and writing, and any decoding slowdown from sharing the cores).",
         "",
         "Interpretation:",
         "",
-        f"- The daemon's win over the plain script ({_ratio(c.wall_s, a.wall_s)} its wall "
-        f"time, {a.wall_s - c.wall_s:.1f} s saved per clip) comes from the warm model: the "
-        f"plain script spends {startup:.1f} s of its {a.wall_s:.1f} s outside `generate()` "
-        "(Python start, importing torch and transformers, loading the weights, writing the "
-        "WAV), which a warm daemon pays once, not per clip.",
+        f"- The warm model saves the plain script's {startup:.1f} s outside `generate()` "
+        f"(of its {a.wall_s:.1f} s: Python start, importing torch and transformers, loading "
+        "the weights, writing the WAV), which a warm daemon pays once, not per clip.",
     ]
-    if abs(step_ratio - 1) <= 0.1:
-        same = "Decoding is not faster"
-    elif a1.disturbed or b.disturbed:
-        same = ("Per-step times differ because other processes were busy during "
-                f"{'(a)' if a1.disturbed else '(b)'}, not because Timbre decodes faster")
+    if precision != "fp32":
+        lines.append(
+            f"- Decoding: Timbre's {precision} decoder takes {b.ms_per_step:.0f} ms/step "
+            f"(wall ÷ steps, text encoding and EnCodec included) against "
+            f"{a1.ms_per_step:.0f} ms/step for the plain float32 `generate()` "
+            f"({a1.ms_per_step / b.ms_per_step:.2f}x faster).")
     else:
-        same = "Per-step times differ, but not because Timbre decodes faster"
-    lines.append(
-        f"- {same}: Timbre's backend takes {b.ms_per_step:.0f} ms/step against "
-        f"{a1.ms_per_step:.0f} ms/step for the plain `generate()` ({step_ratio:.2f}x); both "
-        "run the same transformers decoding loop in float32 on the same threads (Timbre adds "
-        "a per-step callback and 3 steps to complete the last frames). Real-time factor is "
-        f"{b.rtf:.2f} in-process and {c.rtf:.2f} through the daemon, "
-        f"{'well below' if c.rtf < 0.8 else 'near' if c.rtf < 1.2 else 'above'} real time; "
-        "faster decoding (a compiled or quantised decoder, a static KV cache, half precision "
-        "where the CPU has it) is a separate issue.")
+        if abs(step_ratio - 1) <= 0.1:
+            same = "Decoding is not faster"
+        elif a1.disturbed or b.disturbed:
+            same = ("Per-step times differ because other processes were busy during "
+                    f"{'(a)' if a1.disturbed else '(b)'}, not because of a faster decoder")
+        else:
+            same = ("Per-step times differ: the same float32 arithmetic, but Timbre's "
+                    "decoder appends to a preallocated KV cache instead of re-copying it")
+        lines.append(
+            f"- {same}: Timbre's backend takes {b.ms_per_step:.0f} ms/step against "
+            f"{a1.ms_per_step:.0f} ms/step for the plain `generate()` ({step_ratio:.2f}x); "
+            "both run transformers' decoding loop in float32 on the same threads (Timbre "
+            "adds a per-step callback and 3 steps to complete the last frames).")
     verdict = f"- The daemon adds {overhead:.1f} s per clip over the in-process backend " \
         f"({overhead / b.wall_s:.1%})"
     if res.runs > 1:
         spread = max(max(row.walls) - min(row.walls) for row in (b, c))
-        verdict += (f"; the runs of (b) and (c) spread over up to {spread:.1f} s, so this is "
-                    + ("within run-to-run noise." if abs(overhead) <= spread else
-                       "more than run-to-run noise."))
+        verdict += (f"; the runs of ({b.key}) and ({c.key}) spread over up to {spread:.1f} s, "
+                    "so this is " + ("within run-to-run noise." if abs(overhead) <= spread
+                                     else "more than run-to-run noise."))
     else:
         verdict += ("; with one run per row this includes run-to-run variation of a few "
                     "percent (use `--runs 3` to see it).")
@@ -811,12 +849,7 @@ def derived(res: Results) -> list[str]:
             f"- Memory: the worker peaks at {c.rss_kib / 1024:,.0f} MiB against "
             f"{a.rss_kib / 1024:,.0f} MiB for the plain script and {b.rss_kib / 1024:,.0f} MiB "
             "in-process.")
-    disturbed = [row.key for row in r.values() if row.disturbed]
-    if disturbed:
-        lines.append(
-            f"- **Caution:** other processes used more than {DISTURBED_CORES:g} cores during "
-            f"({'), ('.join(disturbed)}); on 2 cores that slows torch a lot, so those rows "
-            "overstate the time. Re-run on a quiet machine before trusting them.")
+    lines.append("")
     return lines
 
 
@@ -872,6 +905,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attempts", type=int, default=3, metavar="N",
                    help="tries per timed run while other processes disturb it (more than "
                    f"{DISTURBED_CORES:g} cores); the least disturbed is kept (default 3)")
+    p.add_argument("--precision", choices=PRECISIONS, action="append",
+                   help="Timbre's decoder precision for (b) and (c); repeat for several "
+                   "(default fp32). (a) is always the plain float32 script.")
     p.add_argument("--backend-child", type=Path, help=argparse.SUPPRESS)
     return p
 
@@ -900,13 +936,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     info = machine()
     model_dir = (args.model_dir or default_model_dir(args.size)).absolute()
     res = Results(model_dir, args.size, args.duration, args.guidance, args.runs,
-                  args.quiet_cores, max(0.0, args.quiet_wait), args.attempts)
+                  args.quiet_cores, max(0.0, args.quiet_wait), args.attempts,
+                  precisions=tuple(dict.fromkeys(args.precision or ["fp32"])))
     work = Path(tempfile.mkdtemp(prefix="tb-gen-"))
     try:
         build_model(model_dir, args.size, args.timeout)
         measure_plain(res, work, args.timeout)
-        measure_backend(res, work, args.timeout)
-        measure_daemon(res, work, args.timeout)
+        for precision in res.precisions:
+            measure_backend(res, work, args.timeout, precision)
+            measure_daemon(res, work, args.timeout, precision)
     except BenchError as exc:
         print(f"bench.generate: {exc}", file=sys.stderr)
         return 1
