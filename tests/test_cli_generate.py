@@ -62,6 +62,9 @@ def test_json_and_no_wait(env: dict[str, str]) -> None:
     assert record["id"] == job_id and record["state"] == "done"
     listed = ctl(env, "jobs", "list")
     assert job_id in listed.stdout and "done" in listed.stdout
+    shown = ctl(env, "jobs", "show", job_id).stdout
+    t = record["timings"]
+    assert f"decode {t['decode_s']:.2f}s" in shown and f"export {t['export_s']:.2f}s" in shown
     as_json = ctl(env, "generate", "y", "-d", "0.5", "--json")
     assert json.loads(as_json.stdout)["state"] == "done"
 

@@ -92,6 +92,29 @@ class TestSubmitToTake:
         (path,) = job["outputs"]
         assert read_back(path).shape == (int(1.5 * SR), 1)
         assert job["recipe"]["params"]["seed"] == 3 and job["recipe"]["device"] == "cpu"
+        assert [e["data"]["job"]["timings"] for e in seen if e["type"] == "job.state"
+                and e["data"]["job"]["state"] != "done"] == [None] * 4
+
+    async def test_timings_account_for_the_job(self, client: Client) -> None:
+        """A done job says where its time went; the phases add up to started -> finished,
+        the decode is the worker's own measurement and the first job's load is real."""
+        jobs = []
+        for seed in (1, 2):  # the first loads the model (it may be warm from other tests)
+            submitted = await client.call("generate.submit", {"prompt": "timed",
+                                                              "duration": 1.0, "seed": seed})
+            job, _ = await events_until_done(client, submitted["job_id"])
+            assert job["state"] == "done", job["error"]
+            jsonschema.validate(job, job_schema())
+            jobs.append(job)
+        for job in jobs:
+            t = job["timings"]
+            assert set(t) == {"load_s", "decode_s", "export_s", "other_s"}
+            span = job["finished_at"] - job["started_at"]
+            assert t["decode_s"] > 0 and t["export_s"] > 0 and t["load_s"] >= 0
+            assert 0 <= span - sum(t.values()) < 0.5, (span, t)
+            # The daemon's share is small next to decoding even on a tiny model.
+            assert t["other_s"] < t["decode_s"] + t["export_s"], t
+        assert jobs[1]["timings"]["load_s"] < 0.1  # warm: nothing to load
 
     async def test_seed_is_chosen_and_recorded(self, client: Client) -> None:
         """Without a seed one is chosen at random and recorded in the job."""

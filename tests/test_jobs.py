@@ -273,11 +273,22 @@ class TestTransitions:
         assert job.started_at is not None and job.finished_at is None
         store.set_state(job.id, JobState.GENERATING, recipe={"seed": 1, "device": "cpu"})
         store.set_state(job.id, JobState.ENCODING)
-        done = store.set_state(job.id, JobState.DONE, outputs=["/takes/a.wav", "/takes/b.wav"])
+        assert store.get(job.id).timings is None
+        timings = {"load_s": 0.0, "decode_s": 1.25, "export_s": 0.5, "other_s": 0.01}
+        done = store.set_state(job.id, JobState.DONE, outputs=["/takes/a.wav", "/takes/b.wav"],
+                               timings=timings)
         assert done.finished_at is not None and done.finished_at >= job.started_at
         assert done.outputs == ("/takes/a.wav", "/takes/b.wav")
         assert done.recipe == {"seed": 1, "device": "cpu"}
+        assert done.timings == timings and done.to_dict()["timings"] == timings
         assert done.terminal
+
+    def test_timings_must_be_an_object(self, store: JobStore) -> None:
+        job = job_in(store, JobState.ENCODING)
+        with pytest.raises(InvalidParams) as info:
+            store.set_state(job.id, JobState.DONE, timings=[1.0])  # type: ignore[arg-type]
+        assert info.value.data["param"] == "timings"
+        assert store.get(job.id) == job
 
     @pytest.mark.parametrize("start", list(JobState))
     def test_only_transitions_in_the_table_are_allowed(
@@ -547,6 +558,7 @@ class TestSchema:
         with JobStore(db_path) as store:
             old = store.get("j-1m0000000")
             assert old.outputs == ("/takes/old.wav",) and old.recipe == {"seed": 1}
+            assert old.timings is None and old.to_dict()["timings"] is None
             assert store.next_queued() == store.get("j-1m0000001")
             new = store.submit("musicgen-small", {"prompt": "new"})
             assert new.id > "j-1m0000001"
@@ -559,19 +571,19 @@ class TestSchema:
         later = (*MIGRATIONS, ("ALTER TABLE jobs ADD COLUMN note TEXT",
                                "UPDATE jobs SET note = 'from v' || 1"))
         with closing(sqlite3.connect(db_path, isolation_level=None)) as raw:
-            assert migrate(raw, str(db_path), later) == (1, 2)
-            assert raw.execute("PRAGMA user_version").fetchone()[0] == 2
+            assert migrate(raw, str(db_path), later) == (1, len(later))
+            assert raw.execute("PRAGMA user_version").fetchone()[0] == len(later)
             assert raw.execute("SELECT count(*), min(note) FROM jobs").fetchone() == (2, "from v1")
-            assert migrate(raw, str(db_path), later) == (2, 2)
+            assert migrate(raw, str(db_path), later) == (len(later), len(later))
 
     def test_a_failing_migration_leaves_the_last_good_version(self, db_path: Path) -> None:
         """A migration that fails half-way is rolled back whole and named in the error."""
         make_v1(db_path)
         broken = (*MIGRATIONS, ("ALTER TABLE jobs ADD COLUMN note TEXT", "SELECT nonsense"))
         with closing(sqlite3.connect(db_path, isolation_level=None)) as raw:
-            with pytest.raises(StoreError, match="schema version 2 failed"):
+            with pytest.raises(StoreError, match=f"schema version {len(broken)} failed"):
                 migrate(raw, str(db_path), broken)
-            assert raw.execute("PRAGMA user_version").fetchone()[0] == 1
+            assert raw.execute("PRAGMA user_version").fetchone()[0] == len(broken) - 1
             columns = [row[1] for row in raw.execute("PRAGMA table_info(jobs)")]
             assert "note" not in columns
 

@@ -88,6 +88,10 @@ def job_detail(job: dict[str, Any]) -> str:
         rows.append(("progress", f"{job['progress']['step']}/{job['progress']['total']}"))
     if job["error"]:
         rows.append(("error", job["error"]["message"]))
+    if job.get("timings"):
+        t = job["timings"]
+        rows.append(("time", f"load {t['load_s']:.2f}s, decode {t['decode_s']:.2f}s, "
+                             f"export {t['export_s']:.2f}s, other {t['other_s']:.3f}s"))
     rows += [("output", path) for path in job["outputs"]]
     return "\n".join([job["id"], *(f"  {k:<9} {v}" for k, v in rows)])
 

@@ -368,7 +368,9 @@ class Generation:
             self.running = jobs
             if not jobs:
                 return
+            began = time.monotonic()  # with started_at (the loading transition)
             entry = await self._acquire(jobs[0].model, keep_alive)
+            load_s = time.monotonic() - began
             for job in list(jobs):
                 if (await self.get(job.id)).cancel_requested:
                     await self._finish(job, JobState.CANCELLED, None)
@@ -400,7 +402,8 @@ class Generation:
             for i, job in enumerate(jobs):
                 if (await self.get(job.id)).terminal:  # cancelled while the batch ran
                     continue
-                await self._encode(job, entry, outputs[own[i]], requests, own[i])
+                await self._encode(job, entry, outputs[own[i]], requests, own[i],
+                                   began=began, load_s=load_s)
         except Cancelled:
             state = JobState.INTERRUPTED if self.stopping else JobState.CANCELLED
             for job in jobs:
@@ -443,8 +446,13 @@ class Generation:
                         await self._unload(entry.model_id, "keep_alive 0")
 
     async def _encode(self, job: Job, entry: Loaded, output: GenerationOutput,
-                      requests: list[GenerationParams], index: int) -> None:
-        """Export one job's takes and finish it; a failure here fails only this job."""
+                      requests: list[GenerationParams], index: int, *, began: float,
+                      load_s: float) -> None:
+        """Export one job's takes and finish it; a failure here fails only this job.
+
+        ``began`` (monotonic, when the job started loading) and ``load_s`` feed the job's
+        ``timings`` (see the Job schema).
+        """
         try:
             job = await self._transition(job, JobState.ENCODING)
             recipe = self._recipe(job, entry, output)
@@ -452,9 +460,15 @@ class Generation:
                 # Decoded with others: a bit-identical re-render repeats the whole batch
                 # (on some devices and precisions a row's numbers depend on its neighbours).
                 recipe["batch"] = {"index": index, "requests": [r.to_dict() for r in requests]}
+            exporting = time.monotonic()
             written = await anyio.to_thread.run_sync(self._write_takes, job, output, recipe)
+            done = time.monotonic()
+            decode_s = output.decode_s or 0.0
+            timings = {"load_s": load_s, "decode_s": decode_s, "export_s": done - exporting,
+                       "other_s": (done - began) - load_s - decode_s - (done - exporting)}
             await self._transition(job, JobState.DONE, outputs=[t.path for t in written],
-                                   recipe=recipe)
+                                   recipe=recipe,
+                                   timings={k: round(v, 4) for k, v in timings.items()})
         except TimbreError as exc:
             log.warning("job %s failed: %s", job.id, exc)
             await self._finish(job, JobState.FAILED, exc)

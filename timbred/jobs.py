@@ -139,6 +139,8 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "CREATE INDEX jobs_by_state ON jobs (state, priority DESC, seq)",
         "CREATE INDEX jobs_by_model ON jobs (model, seq)",
     ),
+    # 2: where a done job's time went (JSON object, see Job.timings).
+    ("ALTER TABLE jobs ADD COLUMN timings TEXT",),
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
@@ -218,6 +220,9 @@ class Job:
     retry_of: str | None = None
     recipe: dict[str, Any] | None = None
     cancel_requested: bool = False
+    #: Seconds by phase once done (``load_s``, ``decode_s``, ``export_s``, ``other_s``);
+    #: opaque to the store, like ``recipe``.
+    timings: dict[str, float] | None = None
 
     @property
     def terminal(self) -> bool:
@@ -246,6 +251,7 @@ class Job:
             "retry_of": self.retry_of,
             "recipe": copy.deepcopy(self.recipe),
             "cancel_requested": self.cancel_requested,
+            "timings": copy.deepcopy(self.timings),
         }
 
 
@@ -326,7 +332,7 @@ def _error_dict(error: TimbreError | Mapping[str, Any]) -> dict[str, Any]:
 _SELECT_JOBS: Final = (
     "SELECT id, state, priority, model, params, created_at, started_at, finished_at, "
     "progress_step, progress_total, error, outputs, attempts, retry_of, recipe, "
-    "cancel_requested FROM jobs"
+    "cancel_requested, timings FROM jobs"
 )
 _SELECT_SEQ_AND_JOBS: Final = _SELECT_JOBS.replace("SELECT ", "SELECT seq, ", 1)
 
@@ -380,7 +386,7 @@ class JobStore(SQLiteStore):
 
     def _row_to_job(self, row: Sequence[Any]) -> Job:
         (job_id, state, priority, model, params, created_at, started_at, finished_at, step,
-         total, error, outputs, attempts, retry_of, recipe, cancel_requested) = row
+         total, error, outputs, attempts, retry_of, recipe, cancel_requested, timings) = row
         try:
             return Job(
                 id=job_id,
@@ -398,6 +404,7 @@ class JobStore(SQLiteStore):
                 retry_of=retry_of,
                 recipe=None if recipe is None else json.loads(recipe),
                 cancel_requested=bool(cancel_requested),
+                timings=None if timings is None else json.loads(timings),
             )
         except (ValueError, TypeError) as exc:
             raise _store_error(self.path, f"job {job_id} is unreadable: {exc}") from exc
@@ -593,11 +600,13 @@ class JobStore(SQLiteStore):
         error: TimbreError | Mapping[str, Any] | None = None,
         outputs: Sequence[str] | None = None,
         recipe: Mapping[str, Any] | None = None,
+        timings: Mapping[str, float] | None = None,
     ) -> Job:
         """Move a job to ``state``, committed before returning; return the updated job.
 
         ``started_at`` is stamped on entering loading and ``finished_at`` on entering a
-        terminal state. ``outputs`` and ``recipe`` replace the stored values when given.
+        terminal state. ``outputs``, ``recipe`` and ``timings`` replace the stored values
+        when given.
         ``error`` is required for failed and interrupted, allowed for cancelled, refused
         otherwise. Raises JobNotFound, InvalidJobState for a transition not in TRANSITIONS,
         and InvalidParams for malformed arguments.
@@ -622,6 +631,11 @@ class JobStore(SQLiteStore):
             if not isinstance(recipe, Mapping):
                 raise InvalidParams("recipe must be an object", param="recipe")
             recipe_json = _to_json(dict(recipe), "recipe")
+        timings_json: str | None = None
+        if timings is not None:
+            if not isinstance(timings, Mapping):
+                raise InvalidParams("timings must be an object", param="timings")
+            timings_json = _to_json(dict(timings), "timings")
 
         with self._write() as conn:
             job = self._fetch(conn, job_id)
@@ -633,9 +647,9 @@ class JobStore(SQLiteStore):
                 "started_at = CASE WHEN ? THEN ? ELSE started_at END, "
                 "finished_at = CASE WHEN ? THEN ? ELSE finished_at END, "
                 "error = coalesce(?, error), outputs = coalesce(?, outputs), "
-                "recipe = coalesce(?, recipe) WHERE id = ?",
+                "recipe = coalesce(?, recipe), timings = coalesce(?, timings) WHERE id = ?",
                 (new.value, new is _S.LOADING, now, new in TERMINAL_STATES, now, error_json,
-                 outputs_json, recipe_json, job_id),
+                 outputs_json, recipe_json, timings_json, job_id),
             )
             return self._fetch(conn, job_id)
 

@@ -256,6 +256,9 @@ class GenerationOutput:
     sample_rate: int
     info: dict[str, Any] = field(default_factory=dict)
     prompt_samples: int = 0
+    #: Wall seconds of the backend call that made it (the whole batch's), set by the
+    #: inference worker: what the same call costs in-process, without the daemon around it.
+    decode_s: float | None = None
 
 
 def validate_device(device: str) -> str:

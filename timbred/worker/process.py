@@ -303,9 +303,12 @@ class _Worker:
                 row += params.variations
 
         preview = None if preview_s is None else Preview(float(preview_s), send_preview)
+        began = time.perf_counter()
         outputs = slot.backend.generate_batch(batch, progress, tokens, preview)
+        decode_s = time.perf_counter() - began
         for out in outputs:
             out.info["model_id"] = model_id
+            out.decode_s = decode_s
         return outputs
 
 
