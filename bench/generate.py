@@ -677,6 +677,16 @@ def measure_daemon(res: Results, work: Path, timeout: float, precision: str) -> 
             f"job the daemon process used {kept[-1][1]['bench_daemon_cpu_s']:.2f} CPU-s and "
             f"`timbrectl` {kept[-1][0].cpu_s:.2f} CPU-s, on the cores the worker's torch "
             "threads also use.")
+        timings = kept[-1][1].get("timings")
+        if timings:
+            res.notes.append(
+                f"({c}) the daemon's own account of the (last) timed job (`timings` in its "
+                f"record): load {timings['load_s']:.3f} s, decode {timings['decode_s']:.2f} s "
+                f"(timed inside the worker), export {timings['export_s']:.3f} s, other "
+                f"{timings['other_s'] * 1000:.0f} ms (IPC, bookkeeping). Daemon overhead "
+                "over an in-process generate by that account (all but decode): "
+                f"**{(timings['load_s'] + timings['export_s'] + timings['other_s']) * 1000:.0f}"
+                f" ms**, of which {timings['other_s'] * 1000:.0f} ms is not writing the take.")
     except BenchError as exc:
         raise BenchError(f"{exc}\nlast lines of the daemon's log:\n{daemon.log_tail()}") from exc
     finally:
