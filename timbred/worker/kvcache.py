@@ -7,11 +7,10 @@ Why
 transformers' default ``DynamicCache`` grows each layer's keys and values with ``torch.cat``:
 every decoding step copies the whole cache of every layer to add one position. For MusicGen
 that is quadratic in the clip's length: a 10 s clip at guidance 3 has ~500 positions, and
-near the end each step copies ~200 MB (24 layers x keys and values x 2 rows x 16 heads x
-500 x 64 float32) and so reads and writes ~200 MB each, against the ~360 MB of int8
-decoder weights a step reads.
-Under ``torch.profiler`` a 2 s int8 clip spent 48 % of its CPU time in ``aten::cat`` (the
-profiler inflates small ops; the wall-clock gain is in bench/RESULTS.md).
+near the end each step copies the whole cache, ~200 MB (24 layers x keys and values x 2 rows
+x 16 heads x 500 x 64 float32), against the ~360 MB of int8 decoder weights a step reads.
+Measured (bench/kvcache.py, int8): within noise for a 10 s clip, 0.80x the wall time for a
+30 s one.
 
 :class:`PreallocatedLayer` writes each new position into a buffer allocated once for the
 whole pass (capacity known from ``max_new_tokens``; it doubles if ever exceeded) and hands
