@@ -1,7 +1,7 @@
 """``timbre``: the full-screen studio attached to timbred.
 
-:class:`Studio` wires the pieces (state, daemon link, player, waveforms, actions, layout, keys)
-and runs them on one event loop; :func:`main` is the ``timbre`` command.
+:class:`Studio` wires the pieces (state, daemon link, player, live preview, waveforms, actions,
+layout, keys) and runs them on one event loop; :func:`main` is the ``timbre`` command.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from timbre_tui.data import DaemonLink, describe_error
 from timbre_tui.key_bindings import DEFAULT_KEYS, KeyMap, load_global_bindings
 from timbre_tui.layout import WIDE_COLUMNS, Widgets, build_layout, create_widgets
 from timbre_tui.playback import NullBackend, PlaybackBackend, Player, open_backend
+from timbre_tui.preview import LivePreview
 from timbre_tui.state import PARAM_SPECS, Level, StudioState, Take
 from timbre_tui.style import THEMES, build_style
 from timbre_tui.waveform import WaveformCache
@@ -46,17 +47,18 @@ class Studio:
 
     def __init__(self, socket_path: Path, *, keymap: KeyMap | None = None,
                  theme: str = "default", backend: PlaybackBackend | None = None,
-                 retry_interval: float = 0.5, input: Input | None = None,
-                 output: Output | None = None) -> None:
+                 preview: bool = True, retry_interval: float = 0.5,
+                 input: Input | None = None, output: Output | None = None) -> None:
         self.state = StudioState(socket_path=str(socket_path))
         self.keymap: KeyMap = dict(keymap or DEFAULT_KEYS)
         self.player = Player(backend or NullBackend())
+        self.preview = LivePreview(self, enabled=preview)
         self._tg: anyio.abc.TaskGroup | None = None
         self._search_generation = 0
         self.waveforms = WaveformCache(lambda fn: self.spawn(fn, what="waveform"),
                                        self.invalidate)
         self.link = DaemonLink(self.state, socket_path, self.invalidate,
-                               retry_interval=retry_interval)
+                               on_event=self.preview.on_event, retry_interval=retry_interval)
         self.actions = build_actions(self)
         self.commands = build_commands(self)
         self.widgets: Widgets = create_widgets(self)
@@ -76,6 +78,7 @@ class Studio:
         async with anyio.create_task_group() as tg:
             self._tg = tg
             tg.start_soon(self.link.run)
+            tg.start_soon(self.preview.run)
             tg.start_soon(self._tick)
             if handle_signals:
                 tg.start_soon(self._quit_on_signals)
@@ -93,10 +96,11 @@ class Studio:
                 self.quit()
 
     async def _tick(self) -> None:
-        """Move the playhead and expire messages."""
+        """Move the playhead, expire messages, and catch a previewed job's unseen end."""
         had_message = False
         while True:
             await anyio.sleep(TICK_S)
+            self.preview.check()
             changed = self.player.poll() or self.player.playing
             has_message = self.state.current_message() is not None
             if changed or had_message != has_message:
@@ -365,7 +369,8 @@ def main(argv: list[str] | None = None) -> int:
     except (TimbreError, ValueError) as exc:
         print(f"timbre: {exc}", file=sys.stderr)
         return 2
-    studio = Studio(socket_path, keymap=config.keys, theme=theme, backend=open_backend())
+    studio = Studio(socket_path, keymap=config.keys, theme=theme, backend=open_backend(),
+                    preview=config.preview)
     try:
         return anyio.run(studio.run)
     except KeyboardInterrupt:

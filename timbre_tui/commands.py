@@ -101,8 +101,21 @@ def build_actions(studio: Studio) -> dict[str, Action]:
 
 
 def play_pause(studio: Studio) -> None:
-    """Pause the playing take; otherwise play the selected (or newest) take."""
+    """Pause the playing take; otherwise play the selected (or newest) take.
+
+    A live preview (playing or paused) is what the musician is hearing, and until its job
+    is done there is no take of it to select: the key pauses and resumes it, whatever is
+    selected. Stop ends it, and the key plays the selection again.
+    """
     player, state = studio.player, studio.state
+    if player.stream_key is not None:
+        if player.playing:
+            player.pause()
+            studio.say("paused the live preview")
+        else:
+            player.resume()
+            studio.say("playing the live preview")
+        return
     take = state.selected()
     if take is None:
         takes = state.takes()
@@ -161,8 +174,10 @@ def reload(studio: Studio) -> None:
 
 
 def submit(studio: Studio, prompt: str) -> None:
-    """Queue ``prompt`` with the panel's parameters."""
+    """Queue ``prompt`` with the panel's parameters (and a live preview when enabled)."""
     params = studio.state.params.submit_params(prompt)
+    if studio.preview.enabled:
+        params["preview"] = True
 
     async def go() -> None:
         try:
@@ -172,6 +187,7 @@ def submit(studio: Studio, prompt: str) -> None:
                 studio.widgets.composer.text = prompt  # give the words back
             raise
         studio.state.upsert_job(result["job"])
+        studio.preview.claim(result["job_id"])
         studio.say(f"queued {result['job_id']}")
 
     studio.spawn(go, what="submit")
@@ -439,6 +455,9 @@ def help_text(studio: Studio) -> str:
         "  / searches the library.",
         "Parameter panel: Up/Down choose, Left/Right or -/+ change,",
         "  Enter types a value, l locks the seed, r new seed, Esc back.",
+        "Live preview: a prompt you send plays while it is made (unless",
+        "  something else plays); play/pause pauses it, stop ends it.",
+        "  tui.toml: [preview] enabled = false turns it off.",
         "Composer: Up on the first line recalls older prompts, Down on",
         "  the last newer ones; Tab completes /commands.",
         "Quitting: Ctrl-Q at once; Ctrl-C clears the composer, and on an",

@@ -7,6 +7,9 @@ newline = ["escape enter", "c-j"]
 
 [theme]
 name = "high-contrast"   # or "default"; --theme overrides
+
+[preview]
+enabled = false          # default true: stream a prompt's take while it is made, and play it
 ```
 
 Problems are :class:`timbred.errors.ConfigError` naming the file, the key and what was expected,
@@ -36,6 +39,8 @@ class TuiConfig:
     path: Path | None
     keys: KeyMap
     theme: str
+    #: Submit with a streaming preview and play it as it arrives (:mod:`timbre_tui.preview`).
+    preview: bool = True
 
 
 def default_config_path() -> Path:
@@ -59,8 +64,8 @@ def load_config(path: Path | None = None) -> TuiConfig:
     except OSError as exc:
         raise ConfigError(source, "(file)", f"a readable file ({exc.strerror})") from exc
     for section, table in doc.items():
-        if section not in ("keys", "theme"):
-            raise ConfigError(source, section, "a known section (keys, theme)")
+        if section not in ("keys", "theme", "preview"):
+            raise ConfigError(source, section, "a known section (keys, theme, preview)")
         if not isinstance(table, dict):
             raise ConfigError(source, section, "a table ([section])", table)
     keys = parse_keymap(doc.get("keys", {}), source)
@@ -71,7 +76,14 @@ def load_config(path: Path | None = None) -> TuiConfig:
     theme = theme_table.get("name", "default")
     if theme not in THEMES:
         raise ConfigError(source, "theme.name", f"one of {', '.join(THEMES)}", theme)
-    return TuiConfig(path, keys, theme)
+    preview_table: dict[str, Any] = doc.get("preview", {})
+    for name in preview_table:
+        if name != "enabled":
+            raise ConfigError(source, f"preview.{name}", "a known key (enabled)")
+    preview = preview_table.get("enabled", True)
+    if not isinstance(preview, bool):
+        raise ConfigError(source, "preview.enabled", "true or false", preview)
+    return TuiConfig(path, keys, theme, preview)
 
 
 def parse_keymap(table: dict[str, Any], source: str) -> KeyMap:

@@ -2,7 +2,8 @@
 
 :class:`DaemonLink` follows the daemon's events with :func:`timbrectl.client.follow_events`
 (which reconnects and replays by ``seq``), reloads the state by RPC when it (re)connects having
-missed events, and keeps one connection open for requests. :func:`describe_error` is the one
+missed events, hands every event to ``on_event`` too (the live preview's feed), and keeps one
+connection open for requests. :func:`describe_error` is the one
 translation of errors into the line the user reads. Library queries go to the daemon's history
 (``history.search``, in :meth:`DaemonLink.library`).
 """
@@ -58,10 +59,12 @@ class DaemonLink:
     """The studio's connection to timbred: events in, requests out, state kept current."""
 
     def __init__(self, state: StudioState, socket_path: Path, on_change: Callable[[], None], *,
+                 on_event: Callable[[dict[str, Any]], None] | None = None,
                  retry_interval: float = 0.5, timeout: float = 15.0) -> None:
         self.state = state
         self.socket_path = socket_path
         self._on_change = on_change
+        self._on_event = on_event
         self._retry_interval = retry_interval
         self._timeout = timeout
         self._tg: anyio.abc.TaskGroup | None = None
@@ -88,9 +91,12 @@ class DaemonLink:
             async for item in stream:
                 if item["method"] == "connection":
                     await self._on_connection(item)
-                elif item["method"] == "event" and self.state.apply_event(item) \
-                        and item["type"].startswith("model.") and self._tg is not None:
-                    self._tg.start_soon(self._refresh_status)
+                elif item["method"] == "event":
+                    if self.state.apply_event(item) and item["type"].startswith("model.") \
+                            and self._tg is not None:
+                        self._tg.start_soon(self._refresh_status)
+                    if self._on_event is not None:
+                        self._on_event(item)  # after the state has it (the preview reads it)
                 self._on_change()
 
     async def _on_connection(self, item: dict[str, Any]) -> None:

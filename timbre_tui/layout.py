@@ -58,7 +58,14 @@ from timbre_tui.key_bindings import (
     load_panel_bindings,
     load_timeline_bindings,
 )
-from timbre_tui.state import PARAM_SPECS, Take, format_value, short_model, takes_of
+from timbre_tui.state import (
+    ACTIVE_STATES,
+    PARAM_SPECS,
+    Take,
+    format_value,
+    short_model,
+    takes_of,
+)
 from timbre_tui.waveform import sparkline
 
 if TYPE_CHECKING:
@@ -351,7 +358,30 @@ def _prompt_lines(job: dict[str, Any], width: int) -> Lines:
 
 
 def _job_body(studio: Studio, job: dict[str, Any], width: int) -> tuple[Lines, int | None]:
-    """The lines under a prompt, and which of them is the selected take (if any)."""
+    """The lines under a prompt, and which of them is the selected take (if any); a running
+    job being previewed gets its preview line under its state."""
+    lines, sel = _job_state_lines(studio, job, width)
+    live = preview_text(studio, job["id"])
+    if live and job["state"] in ACTIVE_STATES:
+        lines.append([("class:take.playing", f"  {live}")])
+    return lines, sel
+
+
+def preview_text(studio: Studio, job_id: str) -> str:
+    """``▶ live preview 0:03 of 0:05 so far`` while ``job_id``'s preview plays (or is
+    paused); empty otherwise."""
+    player = studio.player
+    key = player.stream_key
+    if key is None or key[0] != job_id:
+        return ""
+    marker = "▶" if player.playing else "‖"
+    so_far = "" if player.stream_finished else " so far"
+    return (f"{marker} live preview {clock(player.position())} of "
+            f"{clock(player.duration)}{so_far}")
+
+
+def _job_state_lines(studio: Studio, job: dict[str, Any],
+                     width: int) -> tuple[Lines, int | None]:
     state = job["state"]
     st = studio.state
     if state == "done":
@@ -398,7 +428,7 @@ def take_line(studio: Studio, take: Take, width: int, *, label: str | None = Non
     """``▶ take 1  0:10  ▁▂▃▅▇█  -14 LUFS  name.wav``, with the playhead when playing."""
     st, player = studio.state, studio.player
     selected = st.selected_take == take.key
-    playing_this = player.path == take.path and player.state != "stopped"
+    playing_this = player.is_on(take.key, take.path)  # its live preview counts
     env = studio.waveforms.get(take.path)
     duration = env.duration_s if env is not None else take.duration_s
     marker = ("▶" if player.state == "playing" else "‖") if playing_this else \
@@ -481,6 +511,9 @@ def render_queue(studio: Studio, width: int) -> Rendered:
         lines.append([("class:timeline.state", f" {icon} {shown:<11}"),
                       ("class:timeline.meta", fit(job["id"], width - 15))])
         lines.append([("class:timeline.prompt", "   " + fit(prompt, width - 3))])
+        live = preview_text(studio, job["id"])
+        if live:
+            lines.append([("class:take.playing", "   " + fit(live, width - 3))])
         prog = st.progress.get(job["id"])
         if prog:
             step, total = int(prog.get("step", 0)), int(prog.get("total", 0) or 1)
@@ -622,7 +655,12 @@ def status_segments(studio: Studio) -> list[tuple[int, StyleAndTextTuples]]:
         segs.append((4, [("class:status-bar", f"│ loaded: {fit(models, 24)} ")]))
         running, queued = st.queue_depth()
         segs.append((7, [("class:status-bar", f"│ {running} running · {queued} queued ")]))
-    backend = studio.player.backend
+    player = studio.player
+    if player.stream_key is not None:
+        marker = "▶" if player.playing else "‖"
+        segs.append((6, [("class:status-bar",
+                          f"│ {marker} live preview {clock(player.position())} ")]))
+    backend = player.backend
     if backend.audible:
         segs.append((3, [("class:status-bar", f"│ audio {backend.name} ")]))
     else:

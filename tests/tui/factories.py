@@ -1,4 +1,5 @@
-"""Job records shaped like the daemon's (schemas/openrpc.json ``Job``) and a real take file."""
+"""Job records and job.preview events shaped like the daemon's (schemas/openrpc.json), and
+real take and preview chunk files."""
 
 from __future__ import annotations
 
@@ -34,3 +35,40 @@ def swell(path: Path, seconds: float = 2.0) -> Path:
     audio = np.sin(2 * np.pi * 220 * t) * (t / seconds)
     sf.write(path, audio.astype(np.float32), SR)
     return path
+
+
+def tone(seconds: float, sr: int = SR, start_s: float = 0.0) -> np.ndarray[Any, Any]:
+    """A 220 Hz tone at half scale from ``start_s`` (so pieces of it join without a seam)."""
+    t = start_s + np.arange(round(seconds * sr), dtype=np.float64) / sr
+    return (0.5 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+
+
+def preview_chunks(folder: Path, lengths_s: Sequence[float],
+                   sr: int = SR) -> list[tuple[str, float]]:
+    """A tone cut into chunk files as timbred writes them (16-bit mono WAV), with their starts."""
+    out: list[tuple[str, float]] = []
+    start = 0.0
+    for i, length in enumerate(lengths_s):
+        path = folder / f"chunk-{i:04d}-1.wav"
+        sf.write(path, tone(length, sr, start), sr, subtype="PCM_16", format="WAV")
+        out.append((str(path), start))
+        start += length
+    return out
+
+
+def preview_event(job_id: str, index: int, path: str, start_s: float, duration_s: float, *,
+                  final: bool = False, sr: int = SR) -> dict[str, Any]:
+    """A ``job.preview`` event as the studio gets it (schemas/openrpc.json ``x-events``)."""
+    return {"method": "event", "type": "job.preview", "data": {
+        "job_id": job_id, "index": index, "paths": [path],
+        "start_sample": round(start_s * sr), "frames": round(duration_s * sr),
+        "start_s": start_s, "duration_s": duration_s, "sample_rate": sr, "channels": 1,
+        "final": final}}
+
+
+def cut(path: str, keep_bytes: int | None) -> None:
+    """Damage a file as a reader may find it: cut to ``keep_bytes``, or removed (None)."""
+    if keep_bytes is None:
+        Path(path).unlink()
+    else:
+        Path(path).write_bytes(Path(path).read_bytes()[:keep_bytes])

@@ -123,14 +123,15 @@ class Harness:
 
 
 @asynccontextmanager
-async def running_studio(socket_path: Path, *, columns: int = 120,
-                         rows: int = 40) -> AsyncIterator[Harness]:
-    """A studio attached to ``socket_path`` with pipe input and a silent, fake-clock player."""
+async def running_studio(socket_path: Path, *, columns: int = 120, rows: int = 40,
+                         preview: bool = True) -> AsyncIterator[Harness]:
+    """A studio attached to ``socket_path`` with pipe input and a silent, fake-clock player
+    (``preview``: ask for and play live previews, as ``[preview] enabled`` does)."""
     clock = FakeClock()
     output = SizedOutput(columns, rows)
     with create_pipe_input() as pipe:
         studio = Studio(socket_path, backend=NullBackend("no audio device (test)", clock=clock),
-                        retry_interval=0.1, input=pipe, output=output)
+                        preview=preview, retry_interval=0.1, input=pipe, output=output)
         harness = Harness(studio, pipe, clock, output)
         async with anyio.create_task_group() as tg:
             # Its own app session: get_app() inside this studio's task means this studio

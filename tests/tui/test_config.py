@@ -39,6 +39,8 @@ class TestKeys:
         assert config.keys["stop"] == ()
         assert config.keys["quit"] == DEFAULT_KEYS["quit"]
         assert config.theme == "high-contrast"
+        assert config.preview  # on unless turned off
+        assert not load_config(write(tmp_path, "[preview]\nenabled = false\n")).preview
 
     @pytest.mark.parametrize(("text", "needle"), [
         ('[keys]\nplay = "f5"\n', "keys.play: expected a known action"),
@@ -47,6 +49,8 @@ class TestKeys:
         ('[keys]\nquit = 3\n', "keys.quit: expected a key string or a list"),
         ('[colours]\nx = 1\n', "colours: expected a known section"),
         ('[theme]\nname = "neon"\n', "theme.name: expected one of default, high-contrast"),
+        ('[preview]\nenabled = "no"\n', "preview.enabled: expected true or false"),
+        ('[preview]\nplay = true\n', "preview.play: expected a known key (enabled)"),
         ("[keys\n", "(file): expected valid TOML"),
     ])
     def test_errors_name_the_file_and_the_key(self, tmp_path: Path, text: str,

@@ -45,8 +45,9 @@ class TestPromptToTake:
         stops (both show disconnected) and a new one starts on the same socket and database:
         both reconnect and reload; Up recalls the prompt from the daemon's history."""
         sock = socket_under(short_tmp)
-        async with running_studio(sock) as h, \
-                running_studio(sock, columns=80, rows=24) as other:
+        # Without live previews: here the take is played as a take (test_preview.py has them).
+        async with running_studio(sock, preview=False) as h, \
+                running_studio(sock, columns=80, rows=24, preview=False) as other:
             await h.until(lambda: h.studio.state.connection == "disconnected", "disconnected")
             assert "timbrectl daemon start" in h.screen()
 
