@@ -111,7 +111,8 @@ class TestSubmitToTake:
             assert set(t) == {"load_s", "decode_s", "export_s", "other_s"}
             span = job["finished_at"] - job["started_at"]
             assert t["decode_s"] > 0 and t["export_s"] > 0 and t["load_s"] >= 0
-            assert 0 <= span - sum(t.values()) < 0.5, (span, t)
+            # started_at is stamped before the clock starts, finished_at after it stops.
+            assert -1e-3 <= span - sum(t.values()) < 0.5, (span, t)
             # The daemon's share is small next to decoding even on a tiny model.
             assert t["other_s"] < t["decode_s"] + t["export_s"], t
         assert jobs[1]["timings"]["load_s"] < 0.1  # warm: nothing to load

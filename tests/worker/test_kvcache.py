@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from tests.worker.conftest import TINY_STRIDE_S, TINY_WINDOW_S, WavWriter
+from timbred import errors
 from timbred.worker import kvcache
 from timbred.worker.backend import GenerationParams
 from timbred.worker.kvcache import PreallocatedLayer
@@ -150,5 +151,6 @@ def test_the_decoder_is_restored_after_a_pass(backend: MusicgenBackend) -> None:
 
 
 def test_bad_option_is_named() -> None:
-    with pytest.raises(Exception, match="preallocate_kv"):
+    with pytest.raises(errors.InvalidParams) as info:
         MusicgenBackend(preallocate_kv="yes")
+    assert info.value.data["param"] == "preallocate_kv"
