@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import miniaudio
+import numpy as np
 import pytest
 
 from timbrectl import spawn
@@ -92,3 +93,33 @@ def test_ctrl_c_without_a_terminal_cancels(env: dict[str, str]) -> None:
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert json.loads(out)["state"] == "cancelled"
+
+
+def test_stream_pipes_the_take_as_it_is_made(env: dict[str, str], tmp_path: Path) -> None:
+    """--stream writes one streaming WAV of the first take to stdout (paths to stderr); it is
+    the take's audio (before loudness normalisation), exactly as long, read back by numpy."""
+    out = tmp_path / "stream.wav"
+    with out.open("wb") as sink:
+        proc = subprocess.run([sys.executable, "-m", "timbrectl", "generate", "rain", "-d",
+                               "2.5", "--seed", "4", "--stream"], env=env, stdout=sink,
+                              stderr=subprocess.PIPE, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    data = out.read_bytes()
+    assert data[:4] == b"RIFF" and data[8:16] == b"WAVEfmt "
+    assert int.from_bytes(data[4:8], "little") == 0xFFFFFFFF  # length unknown: streaming
+    channels = int.from_bytes(data[22:24], "little")
+    rate = int.from_bytes(data[24:28], "little")
+    assert (channels, rate) == (1, 32000) and data[36:40] == b"data"
+    pcm = np.frombuffer(data[44:], dtype="<i2").astype(np.float32) / 32768
+    assert len(pcm) == round(2.5 * rate)
+    (take,) = [line for line in proc.stderr.splitlines() if line.endswith(".wav")]
+    decoded = miniaudio.wav_read_file_f32(take)
+    whole = np.asarray(decoded.samples, dtype=np.float32)
+    assert len(whole) == len(pcm) and np.abs(pcm).max() > 0.01
+    # Same audio up to the take's loudness gain and limiter, and 16-bit rounding.
+    assert np.corrcoef(pcm, whole)[0, 1] > 0.95
+
+
+def test_stream_refuses_a_terminal_and_json(env: dict[str, str]) -> None:
+    proc = ctl(env, "generate", "x", "-d", "0.5", "--stream", "--json")
+    assert proc.returncode == 2 and "--stream" in proc.stderr and proc.stdout == ""

@@ -3,6 +3,11 @@
 The subscription to ``job.*`` is made *before* submitting, so no progress or state event of the
 new job can be missed. Ctrl-C asks whether to cancel the job or leave it running (without a
 terminal to ask on, it cancels).
+
+``--stream`` asks the daemon for a streaming preview and writes the first take to stdout as a
+16-bit WAV while it is being generated, for a player reading a pipe (``| ffplay -nodisp -``,
+``| aplay``, ``| play -``); the written paths then go to stderr. The WAV header's sizes say
+"unknown" (0xFFFFFFFF, as streaming WAV writers do), so players read to the end of the pipe.
 """
 
 from __future__ import annotations
@@ -10,9 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import struct
 import sys
+import wave
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import anyio
 import anyio.to_thread
@@ -49,8 +56,72 @@ def submit_params(args: argparse.Namespace) -> dict[str, Any]:
         "format": args.format, "wav_subtype": args.wav_subtype,
         "mp3_bitrate_kbps": args.bitrate, "true_peak_ceiling_dbtp": args.ceiling,
         "loudness_target_lufs": False if args.no_normalise else args.loudness,
+        "preview": True if getattr(args, "stream", False) else None,
     }
     return {k: v for k, v in params.items() if v is not None}
+
+
+#: A WAV data or RIFF size of "unknown": the stream ends when the pipe does.
+_UNKNOWN_SIZE = 0xFFFFFFFF
+
+
+class PreviewStream:
+    """Writes a job's preview chunks (first variation) to ``out`` as one streaming WAV.
+
+    Chunks are placed at their ``start_sample``: a gap (a chunk that could not be read) is
+    written as silence, so what follows stays in time. A reader that goes away (the player
+    was closed) ends the stream, not the job.
+    """
+
+    def __init__(self, out: BinaryIO) -> None:
+        self.out = out
+        self.frames = 0  # frames written
+        self.closed = False
+        self._format: tuple[int, int] | None = None  # (sample rate, channels)
+
+    def _header(self, rate: int, channels: int) -> bytes:
+        block = channels * 2
+        return (b"RIFF" + struct.pack("<I", _UNKNOWN_SIZE) + b"WAVE"
+                + b"fmt " + struct.pack("<IHHIIHH", 16, 1, channels, rate, rate * block,
+                                        block, 16)
+                + b"data" + struct.pack("<I", _UNKNOWN_SIZE))
+
+    def _read(self, path: str, frames: int, channels: int) -> bytes:
+        with wave.open(path, "rb") as w:
+            if w.getsampwidth() != 2 or w.getnchannels() != channels:
+                raise wave.Error(f"{w.getsampwidth() * 8}-bit, {w.getnchannels()} channel(s)")
+            data = w.readframes(frames)
+        if len(data) != frames * channels * 2:
+            raise EOFError(f"{len(data) // (channels * 2)} of {frames} frames")
+        return data
+
+    def write(self, chunk: dict[str, Any]) -> None:
+        """Append one ``job.preview`` event's chunk."""
+        if self.closed:
+            return
+        rate, channels = int(chunk["sample_rate"]), int(chunk["channels"])
+        frames, start = int(chunk["frames"]), int(chunk["start_sample"])
+        parts: list[bytes] = []
+        if self._format is None:
+            self._format = (rate, channels)
+            parts.append(self._header(rate, channels))
+        if start > self.frames:
+            parts.append(bytes((start - self.frames) * channels * 2))
+        try:
+            parts.append(self._read(chunk["paths"][0], frames, channels))
+        except (OSError, EOFError, wave.Error) as exc:
+            print(f"timbrectl: preview chunk {chunk['index']} unreadable ({exc}); "
+                  "streaming silence in its place", file=sys.stderr)
+            parts.append(bytes(frames * channels * 2))
+        try:
+            self.out.write(b"".join(parts))
+            self.out.flush()
+        except (BrokenPipeError, ValueError):  # the player went away
+            self.closed = True
+            print("timbrectl: the stream's reader closed; the take is still being made",
+                  file=sys.stderr)
+            return
+        self.frames = max(self.frames, start) + frames
 
 
 class Progress:
@@ -87,8 +158,12 @@ async def _ask_cancel(job_id: str) -> bool:
     return await anyio.to_thread.run_sync(ask, abandon_on_cancel=True)
 
 
-async def follow(client: Client, job_id: str, progress: Progress) -> dict[str, Any]:
-    """Follow ``job_id``'s events until it reaches a final state; return the job record."""
+async def follow(client: Client, job_id: str, progress: Progress,
+                 stream: PreviewStream | None = None) -> dict[str, Any]:
+    """Follow ``job_id``'s events until it reaches a final state; return the job record.
+
+    With ``stream``, the job's preview chunks are written to it as they come.
+    """
     job: dict[str, Any] = await client.call("jobs.get", {"job_id": job_id})
     while job["state"] not in TERMINAL:
         event = await client.next_event()
@@ -100,6 +175,9 @@ async def follow(client: Client, job_id: str, progress: Progress) -> dict[str, A
         if event["type"] == "job.progress" and data["job_id"] == job_id:
             progress.show(f"{job_id} generating "
                           + render.progress_bar(data["step"], data["total"], data["eta_s"]))
+        elif event["type"] == "job.preview" and data["job_id"] == job_id \
+                and stream is not None:
+            await anyio.to_thread.run_sync(stream.write, data)
         elif event["type"] == "job.state" and data["job"]["id"] == job_id:
             job = data["job"]
             if job["state"] not in TERMINAL:
@@ -109,6 +187,17 @@ async def follow(client: Client, job_id: str, progress: Progress) -> dict[str, A
 
 async def run(args: argparse.Namespace) -> int:
     """The generate command."""
+    stream: PreviewStream | None = None
+    if args.stream:
+        if args.no_wait or args.json:
+            print("timbrectl: --stream writes audio to stdout, so it cannot be combined with "
+                  "--no-wait or --json", file=sys.stderr)
+            return 2
+        if sys.stdout.isatty():
+            print("timbrectl: --stream writes WAV audio to stdout; pipe it into a player, "
+                  "e.g. timbrectl generate \"...\" --stream | ffplay -nodisp -", file=sys.stderr)
+            return 2
+        stream = PreviewStream(sys.stdout.buffer)
     progress = Progress()
     async with connect(args.socket, timeout=args.timeout) as client:
         await client.subscribe(["job.*"])
@@ -137,7 +226,7 @@ async def run(args: argparse.Namespace) -> int:
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(watch_sigint, tg.cancel_scope)
-            outcome = await follow(client, job_id, progress)
+            outcome = await follow(client, job_id, progress, stream)
             tg.cancel_scope.cancel()
     progress.done()
     if not outcome:  # left running
@@ -147,7 +236,7 @@ async def run(args: argparse.Namespace) -> int:
     if outcome["state"] == "done":
         if not args.json:
             for path in outcome["outputs"]:
-                print(path)
+                print(path, file=sys.stderr if stream is not None else sys.stdout)
         return EXIT_OK
     reason = (outcome.get("error") or {}).get("message", outcome["state"])
     print(f"timbrectl: job {job_id} {outcome['state']}: {reason}", file=sys.stderr)
@@ -198,5 +287,8 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="history session (and folder) of the takes (default: today's date)")
     add_export_arguments(g)
     g.add_argument("--no-wait", action="store_true", help="print the job id and return")
+    g.add_argument("--stream", action="store_true",
+                   help="write the first take to stdout as WAV while it is made, for a player "
+                   "reading a pipe (| ffplay -nodisp -); the paths go to stderr")
     g.set_defaults(func=run)
 
