@@ -866,6 +866,13 @@ def _derived_for(res: Results, precision: str) -> list[str]:
 # --- entry point ---------------------------------------------------------------------------
 
 
+def write_report(out: Path, text: str) -> None:
+    """Write a benchmark's Markdown fragment to ``out`` (making its folder) and print it."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
+    print(text)
+
+
 def default_model_dir(size: str) -> Path:
     """Where the random-weight checkpoint is cached between runs."""
     return Path(platformdirs.user_cache_dir("timbre")) / "bench" / f"musicgen-{size}-random"
@@ -961,9 +968,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     text = markdown(res, info, time.monotonic() - began)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text, encoding="utf-8")
-    print(text)
+    write_report(args.out, text)
     return 0
 
 

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.generate import build_model, default_model_dir, machine
+from bench.generate import build_model, default_model_dir, machine, write_report
 
 
 def measure(model_dir: Path, precision: str, duration: float, rounds: int
@@ -107,9 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     build_model(model_dir, "small", 1800.0)
     text = markdown(measure(model_dir, args.precision, args.duration, args.rounds), args,
                     machine())
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text, encoding="utf-8")
-    print(text)
+    write_report(args.out, text)
     return 0 if "**NO**" not in text else 1
 
 

@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from bench.generate import build_model, default_model_dir, machine
+from bench.generate import build_model, default_model_dir, machine, write_report
 
 PROMPT = "warm lo-fi hip hop with a soft piano"
 GROUP = 128
@@ -220,9 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     kernels = kernel_rows(args.repeats)
     errors = error_rows(model_dir, args.steps)
     text = markdown(errors, kernels, args.steps, info)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text, encoding="utf-8")
-    print(text)
+    write_report(args.out, text)
     return 0
 
 

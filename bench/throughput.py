@@ -35,6 +35,7 @@ from bench.generate import (
     build_model,
     default_model_dir,
     machine,
+    write_report,
 )
 from timbrectl.client import Client, connect
 
@@ -184,9 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bench.throughput: {exc}", file=sys.stderr)
         return 1
     text = markdown(rows, args, machine())
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text, encoding="utf-8")
-    print(text)
+    write_report(args.out, text)
     return 0
 
 

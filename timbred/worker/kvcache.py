@@ -17,10 +17,11 @@ whole pass (capacity known from ``max_new_tokens``; it doubles if ever exceeded)
 attention a view of the filled part. Attention sees the same values in the same order, so
 the output is bit-identical to ``DynamicCache`` (tested); only where they live differs.
 
-transformers' ``StaticCache`` also avoids the copies, but attends over the full
-preallocated length with a mask and expects ``cache_position`` in every update, which
-MusicGen's attention does not pass; this layer keeps ``DynamicCache``'s exact semantics
-(sequence length, masks) instead.
+transformers' ``StaticCache`` also avoids the copies, but it hands attention the whole
+preallocated length every step, masking the unfilled positions: more attention work per
+step, and a different computation from ``DynamicCache``'s (not checked for bit-identity).
+This layer keeps ``DynamicCache``'s exact semantics (sequence length, masks) instead, so
+takes made before it re-render bit for bit.
 """
 
 from __future__ import annotations

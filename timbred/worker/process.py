@@ -449,19 +449,16 @@ class _Session:
         except OSError as exc:
             raise self.crash_error() from exc
 
-    def cancel(self, rid: int) -> None:
+    def cancel(self, rid: int, item: int | None = None) -> None:
+        """Cancel request ``rid`` (``item``: only that request of its batch)."""
         # On failure, the reading task reports the crash to the request itself.
         with contextlib.suppress(errors.WorkerCrashed):
-            self.send(("cancel", 0, {"target": rid}))
+            self.send(("cancel", 0, {"target": rid, "item": item}))
 
     def cancel_generations(self, item: int | None = None) -> None:
         for rid, pending in list(self.pending.items()):
             if pending.op == "generate" and not pending.done:
-                if item is None:
-                    self.cancel(rid)
-                else:
-                    with contextlib.suppress(errors.WorkerCrashed):
-                        self.send(("cancel", 0, {"target": rid, "item": item}))
+                self.cancel(rid, item)
 
     async def wait(self, pending: _Pending) -> Any:
         """Wait for ``pending``'s reply, reading the pipe for everyone if nobody else is."""
