@@ -524,22 +524,29 @@ class TestFolders:
         assert gen.prompts == ["After the folder came back"]
         assert "does not exist" in (events.folders("missing")[0]["reason"] or "")
 
-    async def test_replaced_folder_is_reattached(self, tmp_path: Path, inbox: Path) -> None:
+    async def test_replaced_folder_is_reattached(self, tmp_path: Path) -> None:
         """A folder replaced by another directory at the same path (what an unmount and
         remount looks like) is detected by its device and inode and re-attached; the old
-        directory is no longer watched."""
+        directory is no longer watched. The path is a symlink re-pointed with one rename, so
+        the path never stops resolving (a rename-then-mkdir would let the watcher see it
+        missing in between, which is a different, also correct, report)."""
         gen, events = FakeGeneration(), Events()
-        async with running(make(tmp_path, gen, events)):
+        first, second, link = tmp_path / "first", tmp_path / "second", tmp_path / "inbox"
+        first.mkdir()
+        second.mkdir()
+        link.symlink_to(first)
+        async with running(make(tmp_path, gen, events, folders=[link])):
             await events.until(lambda: bool(events.folders("watching")))
-            await anyio.Path(inbox).rename(tmp_path / "old-inbox")
-            await anyio.Path(inbox).mkdir()
+            (tmp_path / "next-link").symlink_to(second)
+            os.replace(tmp_path / "next-link", link)  # atomic: no moment without a folder
             await events.until(lambda: len(events.folders("watching")) == 2)
-            (tmp_path / "old-inbox" / "old.txt").write_text("Not watched any more")
-            (inbox / "new.txt").write_text("In the new folder")
+            (first / "old.txt").write_text("Not watched any more")
+            (link / "new.txt").write_text("In the new folder")
             await events.until(lambda: bool(events.files("done")))
         assert gen.prompts == ["In the new folder"]
-        assert "was replaced" in (events.folders("missing")[0]["reason"] or "")
-        assert (tmp_path / "old-inbox" / "old.txt").exists()
+        assert [e["reason"] for e in events.folders("missing")] == [
+            "was replaced (another directory now has its path)"]
+        assert (first / "old.txt").exists()
 
     async def test_missing_folder_at_start_is_attached_when_created(self, tmp_path: Path
                                                                     ) -> None:

@@ -437,6 +437,8 @@ def _survey(path: Path, identity: tuple[int, int], names: list[str],
                 for entry in entries:
                     if entry.name not in known and is_candidate_name(entry.name):
                         survey.found.append(entry.name)
+        except FileNotFoundError:  # went away between the stat and the listing
+            return _Survey(gone="does not exist")
         except OSError as exc:
             return _Survey(gone=exc.strerror or str(exc))
     for name in (*names, *survey.found):
