@@ -7,7 +7,8 @@ small's shapes, random weights), side by side in one run:
 
 1. **Error** (``compare_logits``: teacher-forced, guidance 3, ``--steps`` steps) of
    Timbre's int8 (``quantize_dynamic``: int8 weights per output channel and uint8
-   activations per tensor) and of *simulated* variants that isolate each source: weights
+   activations per tensor, 8 bits where the kernel is exact at full range), of torch's stock
+   7-bit activations, and of *simulated* variants that isolate each source: weights
    rounded to int8 (per channel, or per group of 128 inputs) with float32 activations;
    activations rounded (per tensor, as fbgemm does) with float32 weights; linear inputs
    rounded to bfloat16; some with the four ``lm_heads`` left in float32. Simulated means
@@ -74,7 +75,11 @@ def _replace_linears(model: Any, make: Callable[[torch.nn.Linear], torch.nn.Modu
 def error_rows(model_dir: Path, steps: int) -> list[tuple[str, Any]]:
     from transformers import AutoProcessor, MusicgenForConditionalGeneration
 
-    from timbred.worker.precision import _quantize_dynamic, compare_logits
+    from timbred.worker.precision import (
+        _quantize_dynamic,
+        compare_logits,
+        int8_activation_bits,
+    )
 
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     ref: Any = MusicgenForConditionalGeneration.from_pretrained(str(model_dir))
@@ -100,6 +105,12 @@ def error_rows(model_dir: Path, steps: int) -> list[tuple[str, Any]]:
         zero = round(-lo / scale)
         return ((x / scale).round() + zero).clamp(0, 255).sub(zero) * scale
 
+    def block32(x: torch.Tensor) -> torch.Tensor:
+        # Symmetric int8, one scale per 32 consecutive inputs (weights or activations).
+        g = x.reshape(*x.shape[:-1], x.shape[-1] // 32, 32)
+        scale = (g.abs().amax(-1, keepdim=True) / 127).clamp_min(torch.finfo(x.dtype).tiny)
+        return ((g / scale).round().clamp(-127, 127) * scale).reshape(x.shape)
+
     def a_bf16(x: torch.Tensor) -> torch.Tensor:
         return x.bfloat16().float()
 
@@ -107,19 +118,22 @@ def error_rows(model_dir: Path, steps: int) -> list[tuple[str, Any]]:
              skip: tuple[str, ...] = ()) -> Any:
         return _replace_linears(ref, lambda lin: FakeQuantLinear(lin, w, a), skip)
 
-    def timbre_int8(skip: tuple[str, ...] = ()) -> Any:
+    def timbre_int8(skip: tuple[str, ...] = (), full_range: bool | None = None) -> Any:
         model = copy.deepcopy(ref)
-        if skip:
-            _quantize_dynamic(model.decoder.model)  # everything but the lm_heads
+        if skip:  # everything but the lm_heads
+            _quantize_dynamic(model.decoder.model, full_range=full_range)
         else:
-            _quantize_dynamic(model.decoder)
+            _quantize_dynamic(model.decoder, full_range=full_range)
         return model
 
     heads = ("lm_heads",)
+    bits = int8_activation_bits()
     variants: list[tuple[str, Callable[[], Any]]] = [
-        ("Timbre int8 (`quantize_dynamic`: int8 weights/channel + uint8 activations/tensor)",
-         timbre_int8),
+        (f"Timbre int8 here (`quantize_dynamic`: int8 weights/channel + {bits}-bit "
+         "activations/tensor)", timbre_int8),
         ("… the same, lm_heads in float32", lambda: timbre_int8(heads)),
+        ("torch's stock dynamic int8 (7-bit activations: `reduce_range`)",
+         lambda: timbre_int8(full_range=False)),
         ("simulated: activations only (uint8 per tensor), float32 weights",
          lambda: fake(a=a_tensor)),
         ("simulated: weights only, int8 per channel, float32 activations",
@@ -130,6 +144,9 @@ def error_rows(model_dir: Path, steps: int) -> list[tuple[str, Any]]:
         (f"simulated: weights only, int8 per group of {GROUP}, lm_heads float32",
          lambda: fake(w=w_group, skip=heads)),
         ("simulated: bfloat16 linear inputs only, float32 weights", lambda: fake(a=a_bf16)),
+        ("simulated: int8 weights and activations per block of 32 inputs (ONNX Runtime's "
+         "`MatMulNBits`, accuracy level 4), lm_heads float32",
+         lambda: fake(w=block32, a=block32, skip=heads)),
     ]
     rows = []
     for label, build in variants:
@@ -140,7 +157,7 @@ def error_rows(model_dir: Path, steps: int) -> list[tuple[str, Any]]:
 
 
 def kernel_rows(repeats: int) -> list[tuple[str, float]]:
-    from timbred.worker.precision import _quantize_dynamic
+    from timbred.worker.precision import _quantize_dynamic, full_range_int8
 
     shapes = [(1024, 1024)] * 6 + [(4096, 1024), (1024, 4096)]
     layers = 24
@@ -175,13 +192,18 @@ def kernel_rows(repeats: int) -> list[tuple[str, float]]:
                         timed(packed_step)))
         stack = torch.nn.Sequential(*[torch.nn.Linear(k, n) for _ in range(layers)
                                       for n, k in shapes])
-        mods: list[Any] = list(_quantize_dynamic(stack).children())
         x32 = {k: torch.randn(2, k) for k in (1024, 4096)}
+        for full_range, label in ((False, "7-bit activations (torch's stock)"),
+                                  (True, "8-bit activations")):
+            if full_range and not full_range_int8():
+                continue  # this CPU's kernel saturates at full range: Timbre keeps 7 bits
+            mods: list[Any] = list(_quantize_dynamic(copy.deepcopy(stack),
+                                                     full_range=full_range).children())
 
-        def fbgemm_step() -> object:
-            return [m(x32[m.in_features]) for m in mods]
+            def fbgemm_step(mods: list[Any] = mods) -> object:
+                return [m(x32[m.in_features]) for m in mods]
 
-        out.append(("Timbre int8 (`quantize_dynamic`, fbgemm)", timed(fbgemm_step)))
+            out.append((f"int8 `quantize_dynamic` (fbgemm), {label}", timed(fbgemm_step)))
     return out
 
 
@@ -198,10 +220,10 @@ def markdown(errors: list[tuple[str, Any]], kernels: list[tuple[str, float]], st
     for label, r in errors:
         lines.append(f"| {label} | {r.max_rel_error:.4f} | {r.mean_rel_error:.4f} | "
                      f"{r.topk_agreement:.3f} |")
-    base = dict(kernels)["Timbre int8 (`quantize_dynamic`, fbgemm)"]
+    base = kernels[-1][1]  # the last fbgemm row: what Timbre uses on this CPU
     lines += ["", "Kernels on a musicgen-small-shaped stack of linear layers (2 rows, one "
               "decoding step's linear work):", "",
-              "| kernel | ms per step | vs Timbre int8 |", "|---|--:|--:|"]
+              f"| kernel | ms per step | vs {kernels[-1][0]} |", "|---|--:|--:|"]
     for label, ms in kernels:
         lines.append(f"| {label} | {ms:.1f} | {ms / base:.2f}x |")
     return "\n".join(lines) + "\n"

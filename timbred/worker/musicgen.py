@@ -86,7 +86,12 @@ from timbred.worker.backend import (
     validate_precision,
 )
 from timbred.worker.kvcache import preallocated_kv
-from timbred.worker.precision import quantize_decoder, quantized_bytes, resolve_precision
+from timbred.worker.precision import (
+    int8_activation_bits,
+    quantize_decoder,
+    quantized_bytes,
+    resolve_precision,
+)
 
 __all__ = ["MusicgenBackend", "plan_windows"]
 
@@ -548,6 +553,8 @@ class MusicgenBackend(Backend):
             "transformers": transformers.__version__,
             "torch": torch.__version__,
         }
+        if st.precision == "int8":  # 8 where the CPU's kernel is exact at full range, else 7
+            info["int8_activation_bits"] = int8_activation_bits()
         outputs = []
         row = 0
         for p in items:
