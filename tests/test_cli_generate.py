@@ -70,6 +70,19 @@ def test_json_and_no_wait(env: dict[str, str]) -> None:
     assert json.loads(as_json.stdout)["state"] == "done"
 
 
+def test_a_retried_command_with_a_key_gets_the_first_job(env: dict[str, str]) -> None:
+    """The same command run again with --idempotency-key prints the first run's paths and
+    queues nothing new; the key with another prompt is refused naming it (exit 1)."""
+    first = ctl(env, "generate", "twice", "-d", "0.5", "--idempotency-key", "run-7")
+    again = ctl(env, "generate", "twice", "-d", "0.5", "--idempotency-key", "run-7")
+    assert first.returncode == 0 and again.returncode == 0, (first.stderr, again.stderr)
+    assert again.stdout == first.stdout and first.stdout.strip()
+    listed = json.loads(ctl(env, "jobs", "list", "--json").stdout)
+    assert len(listed["jobs"]) == 1
+    other = ctl(env, "generate", "other", "-d", "0.5", "--idempotency-key", "run-7")
+    assert other.returncode == 1 and "idempotency_key" in other.stderr
+
+
 def test_invalid_parameter_exits_1_naming_it(env: dict[str, str]) -> None:
     """An impossible value is refused before queueing: exit 1 and the parameter named."""
     proc = ctl(env, "generate", "x", "-d", "1000")

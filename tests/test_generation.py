@@ -247,6 +247,38 @@ class TestInvalidParams:
         assert "musicgen-small" in info.value.message
 
 
+class TestIdempotency:
+    async def test_a_repeated_request_gets_the_same_job(self, client: Client) -> None:
+        """Sent twice under one idempotency_key (as after a lost reply), a request makes
+        one job: the repeat gets it back, random seed and all, and the key is kept."""
+        params = {"prompt": "said twice", "duration": 0.5, "idempotency_key": "retry-1"}
+        first = await client.call("generate.submit", params)
+        again = await client.call("generate.submit", params)
+        assert again["job_id"] == first["job_id"]
+        assert again["job"]["params"]["seed"] == first["job"]["params"]["seed"]
+        assert again["job"]["idempotency_key"] == "retry-1"
+        jsonschema.validate(again["job"], job_schema())
+        page = await client.call("jobs.list", {"text": "said twice"})
+        assert [j["id"] for j in page["jobs"]] == [first["job_id"]]
+        job, _ = await events_until_done(client, first["job_id"])
+        assert job["state"] == "done", job["error"]
+        done_again = await client.call("generate.submit", params)  # also once it is done
+        assert done_again["job_id"] == first["job_id"] and done_again["job"]["state"] == "done"
+
+    async def test_the_same_key_for_another_request_is_refused(self, client: Client) -> None:
+        """A used key with different params is -32602 naming idempotency_key; nothing is
+        queued for it."""
+        first = await client.call("generate.submit", {"prompt": "one", "duration": 0.5,
+                                                      "idempotency_key": "k"})
+        with pytest.raises(InvalidParams) as info:
+            await client.call("generate.submit", {"prompt": "two", "duration": 0.5,
+                                                  "idempotency_key": "k"})
+        assert info.value.data["param"] == "idempotency_key"
+        assert first["job_id"] in info.value.message
+        page = await client.call("jobs.list", {})
+        assert [j["id"] for j in page["jobs"]] == [first["job_id"]]
+
+
 class TestControl:
     async def test_cancel_mid_generation(self, client: Client) -> None:
         """A running job stops within a few steps of jobs.cancel and ends `cancelled`."""

@@ -32,6 +32,7 @@ from timbred.jobs import (
     JobState,
     JobStore,
     migrate,
+    request_digest,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -551,6 +552,52 @@ def make_v1(path: Path) -> None:
         raw.executescript(V1_SCHEMA)
 
 
+class TestIdempotency:
+    def test_a_repeat_gets_the_first_job_also_after_reopening(self, db_path: Path) -> None:
+        """submit_once with a used key and the same digest returns that job (not new),
+        across a close and reopen of the file; a new key makes a new job."""
+        with JobStore(db_path) as store:
+            first, created = store.submit_once("m", {"prompt": "a", "seed": 1}, 0,
+                                               key="k-1", digest="d1")
+            assert created and first.idempotency_key == "k-1"
+            again, created = store.submit_once("m", {"prompt": "a", "seed": 2}, 0,
+                                               key="k-1", digest="d1")
+            assert not created and again == first  # the stored params, not the new ones
+        with JobStore(db_path) as store:
+            assert store.find_submitted("k-1", "d1") == first
+            assert store.find_submitted("k-2", "d1") is None
+            other, created = store.submit_once("m", {"prompt": "a"}, 0, key="k-2",
+                                               digest="d1")
+            assert created and other.id != first.id
+            assert [j.id for j in store.list()[0]] == [other.id, first.id]
+
+    def test_a_used_key_with_another_request_is_refused(self, store: JobStore) -> None:
+        """The same key for a different request is InvalidParams naming the parameter and
+        the job; nothing is queued."""
+        job, _ = store.submit_once("m", {"prompt": "a"}, 0, key="k", digest="d1")
+        for call in (lambda: store.find_submitted("k", "d2"),
+                     lambda: store.submit_once("m", {"prompt": "b"}, 0, key="k", digest="d2")):
+            with pytest.raises(InvalidParams) as info:
+                call()
+            assert info.value.data["param"] == "idempotency_key"
+            assert job.id in info.value.message
+        assert store.queue_depth() == 1
+
+    @pytest.mark.parametrize("key", ["", "x" * 201, "tab\there", 7, None])
+    def test_bad_keys_are_refused(self, store: JobStore, key: Any) -> None:
+        with pytest.raises(InvalidParams) as info:
+            store.submit_once("m", {"prompt": "a"}, 0, key=key, digest="d")
+        assert info.value.data["param"] == "idempotency_key"
+        assert store.queue_depth() == 0
+
+    def test_the_digest_ignores_key_order_nulls_and_the_key(self) -> None:
+        a = request_digest({"prompt": "x", "duration": 2.0, "seed": None,
+                            "idempotency_key": "k1"})
+        b = request_digest({"duration": 2.0, "prompt": "x", "idempotency_key": "k2"})
+        assert a == b
+        assert a != request_digest({"duration": 2.5, "prompt": "x"})
+
+
 class TestSchema:
     def test_a_version_1_database_opens_and_works(self, db_path: Path) -> None:
         """A database written by schema version 1 is migrated to the current version intact."""
@@ -559,6 +606,7 @@ class TestSchema:
             old = store.get("j-1m0000000")
             assert old.outputs == ("/takes/old.wav",) and old.recipe == {"seed": 1}
             assert old.timings is None and old.to_dict()["timings"] is None
+            assert old.idempotency_key is None
             assert store.next_queued() == store.get("j-1m0000001")
             new = store.submit("musicgen-small", {"prompt": "new"})
             assert new.id > "j-1m0000001"

@@ -25,7 +25,14 @@ import pytest
 
 from timbred.errors import InvalidParams, JobNotFound, ModelNotFound, StoreError, WatchFolderError
 from timbred.promptfile import parse
-from timbred.watch import DONE_DIR, OUTBOX_DIR, REJECTED_DIR, WatchService, WatchStore
+from timbred.watch import (
+    DONE_DIR,
+    OUTBOX_DIR,
+    REJECTED_DIR,
+    FileRecord,
+    WatchService,
+    WatchStore,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -46,8 +53,12 @@ class FakeGeneration:
         self.finished: dict[str, dict[str, Any]] = {}
         self.outstanding = 0  # submitted, and wait() not returned yet
         self.max_outstanding = 0
+        self.keys: dict[str, str] = {}  # idempotency key -> job id, as the daemon keeps
 
     async def submit(self, request: dict[str, Any]) -> str:
+        key = request.get("idempotency_key")
+        if key in self.keys:
+            return self.keys[key]
         params = request["params"]
         if params.get("model") == "missing":
             raise ModelNotFound("missing", "not downloaded yet")
@@ -58,6 +69,8 @@ class FakeGeneration:
         self.submitted.append(request)
         self.submit_times.append(time.monotonic())
         self.jobs[job_id] = request
+        if key is not None:
+            self.keys[key] = job_id
         self.outstanding += 1
         self.max_outstanding = max(self.max_outstanding, self.outstanding)
         return job_id
@@ -293,27 +306,42 @@ class TestExactlyOnce:
             await events.until(lambda: bool(events.files("done")))
             await settle(service)
         assert gen.prompts == ["Claimed before the crash"]
+        assert gen.submitted[0]["idempotency_key"].startswith("watch:")
         assert not path.exists()
         assert sorted(p.name for p in (inbox / DONE_DIR).iterdir()) == [
             "claimed.txt", "claimed.txt.result.json"]
 
-    async def test_crash_inside_submit_is_not_resubmitted(self, tmp_path: Path,
-                                                          inbox: Path) -> None:
-        """A prompt caught mid-submit by a crash may or may not be a job: it is not
-        resubmitted (no duplicate), and the result file says so."""
+    @pytest.mark.parametrize("job_made", [True, False],
+                             ids=["after-the-job-was-made", "before-the-job-was-made"])
+    async def test_crash_inside_submit_makes_exactly_one_job(
+            self, tmp_path: Path, inbox: Path, job_made: bool) -> None:
+        """A prompt caught mid-submit by a crash may or may not be a job already. It is
+        submitted again under the idempotency key its first attempt used: the job made
+        then is kept and waited for, or (none made) exactly one is made now."""
         gen, events = FakeGeneration(), Events()
         (inbox / DONE_DIR).mkdir()
         path = inbox / DONE_DIR / "mid.txt"
         path.write_text("Maybe submitted")
-        seed_claim(tmp_path, path, status="submitting", location=f"{DONE_DIR}/mid.txt",
-                   name="mid.txt")
+        record = seed_claim(tmp_path, path, status="submitting",
+                            location=f"{DONE_DIR}/mid.txt", name="mid.txt")
+        if job_made:  # what the first attempt left in the daemon before the crash
+            index = record.prompts[0]["request"]["index"]
+            key = f"watch:{record.id}:{record.created_at:.6f}:{index}"
+            first = {"params": {"prompt": "Maybe submitted",
+                                "output": record.prompts[0]["output"]},
+                     "export": {}, "preset": None, "idempotency_key": key}
+            gen.jobs["j-early"], gen.keys[key] = first, "j-early"
         async with running(make(tmp_path, gen, events)):
-            await events.until(lambda: bool(events.files("failed")))
-        assert gen.submitted == []
+            await events.until(lambda: bool(events.files("done")))
         [prompt] = result_of(inbox, "mid.txt")["prompts"]
-        assert prompt["status"] == "unknown"
-        assert "it was not resubmitted, to avoid a duplicate" in prompt["error"]["message"]
-        assert "not resubmitted" in events.files("failed")[0]["reason"]
+        assert prompt["status"] == "done"
+        if job_made:
+            assert gen.submitted == []
+            assert prompt["job_id"] == "j-early"
+        else:
+            assert [r["params"]["prompt"] for r in gen.submitted] == ["Maybe submitted"]
+            assert prompt["job_id"] == "j-00001"
+        assert len(gen.keys) == 1 and list(gen.keys.values()) == [prompt["job_id"]]
 
     async def test_same_content_dropped_again_is_a_new_request(self, tmp_path: Path,
                                                                inbox: Path) -> None:
@@ -333,7 +361,7 @@ class TestExactlyOnce:
 
 
 def seed_claim(base: Path, path: Path, *, status: str, location: str | None = None,
-               name: str | None = None) -> None:
+               name: str | None = None) -> FileRecord:
     """Record a claim the way a run that then crashed would have left it."""
     inbox = base / "inbox"
     data = path.read_bytes()
@@ -353,6 +381,7 @@ def seed_claim(base: Path, path: Path, *, status: str, location: str | None = No
             store.save(record)
     finally:
         store.close()
+    return record
 
 
 class TestBurst:

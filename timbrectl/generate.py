@@ -57,6 +57,7 @@ def submit_params(args: argparse.Namespace) -> dict[str, Any]:
         "mp3_bitrate_kbps": args.bitrate, "true_peak_ceiling_dbtp": args.ceiling,
         "loudness_target_lufs": False if args.no_normalise else args.loudness,
         "preview": True if getattr(args, "stream", False) else None,
+        "idempotency_key": getattr(args, "idempotency_key", None),
     }
     return {k: v for k, v in params.items() if v is not None}
 
@@ -286,6 +287,9 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     g.add_argument("--session", metavar="NAME",
                    help="history session (and folder) of the takes (default: today's date)")
     add_export_arguments(g)
+    g.add_argument("--idempotency-key", metavar="KEY",
+                   help="a key of your choosing ($(uuidgen), say) that makes a retry safe: the "
+                   "same command with the same key gets the first run's job, never a second")
     g.add_argument("--no-wait", action="store_true", help="print the job id and return")
     g.add_argument("--stream", action="store_true",
                    help="write the first take to stdout as WAV while it is made, for a player "

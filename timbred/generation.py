@@ -46,7 +46,7 @@ from timbred.errors import (
 )
 from timbred.events import EventBus
 from timbred.history import EXPORT_KEYS, History, audio_sha256
-from timbred.jobs import Job, JobState, JobStore
+from timbred.jobs import Job, JobState, JobStore, request_digest
 from timbred.library import Library, Take
 from timbred.runtime import check_socket_path, default_socket_path
 from timbred.worker.audio_io import probe_audio
@@ -211,12 +211,35 @@ class Generation:
     # --- submit and control -------------------------------------------------------------
 
     async def submit(self, params: Mapping[str, Any]) -> Job:
-        """Validate, record durably, and wake the scheduler; the job id is final on return."""
+        """Validate, record durably, and wake the scheduler; the job id is final on return.
+
+        With ``idempotency_key``, submitting the same request again returns the job the
+        first submission made (however often, across restarts); another request under a
+        used key is refused, naming the parameter."""
         if self.stopping:
             raise ShuttingDown()
+        key = params.get("idempotency_key")
+        if key is not None:
+            # A repeat (a client retrying after a lost reply, the watch folder after a crash
+            # inside this call) gets the job its first attempt made, before anything is
+            # resolved again: a random seed would differ, and a model removed since must not
+            # turn an accepted request into a refused one.
+            params = {k: v for k, v in params.items() if k != "idempotency_key"}
+            digest = request_digest(params)
+            found = await anyio.to_thread.run_sync(self.store.find_submitted, key, digest)
+            if found is not None:
+                return found
         model, job_params = await anyio.to_thread.run_sync(self._checked_params, params)
-        job = await anyio.to_thread.run_sync(
-            lambda: self.store.submit(model, job_params, priority=params.get("priority", 0)))
+        priority = params.get("priority", 0)
+        if key is None:
+            job = await anyio.to_thread.run_sync(
+                lambda: self.store.submit(model, job_params, priority=priority))
+        else:
+            job, created = await anyio.to_thread.run_sync(
+                lambda: self.store.submit_once(model, job_params, priority, key=key,
+                                               digest=digest))
+            if not created:  # the same key raced in from another connection
+                return job
         self._announce(job)
         self._wake.set()
         return job

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import builtins
 import copy
+import hashlib
 import json
 import math
 import os
@@ -45,6 +46,7 @@ from timbred.errors import (
 from timbred.sqlite_store import SQLiteStore
 
 __all__ = [
+    "MAX_KEY_LENGTH",
     "MIGRATIONS",
     "RUNNING_STATES",
     "SCHEMA_VERSION",
@@ -55,6 +57,7 @@ __all__ = [
     "JobStore",
     "RecoveryReport",
     "migrate",
+    "request_digest",
 ]
 
 
@@ -96,6 +99,8 @@ _ERROR_REQUIRED: Final = frozenset({_S.FAILED, _S.INTERRUPTED})
 #: Bounds on the values a client can choose, so that nothing overflows SQLite's int64.
 PRIORITY_RANGE: Final = (-1_000_000, 1_000_000)
 MAX_LIST_LIMIT: Final = 500
+#: Longest idempotency key accepted (a UUID is 36; room for a client's own prefix).
+MAX_KEY_LENGTH: Final = 200
 
 # "TmbJ": marks the file as a Timbre job database so we never migrate someone else's file.
 _APPLICATION_ID: Final = 0x546D624A
@@ -141,6 +146,14 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
     ),
     # 2: where a done job's time went (JSON object, see Job.timings).
     ("ALTER TABLE jobs ADD COLUMN timings TEXT",),
+    # 3: a client's key for a submission it may have to repeat (see JobStore.submit_once),
+    # and the digest of the request it was first used for.
+    (
+        "ALTER TABLE jobs ADD COLUMN idempotency_key TEXT",
+        "ALTER TABLE jobs ADD COLUMN request_digest TEXT",
+        "CREATE UNIQUE INDEX jobs_by_idempotency_key ON jobs (idempotency_key) "
+        "WHERE idempotency_key IS NOT NULL",
+    ),
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
@@ -223,6 +236,8 @@ class Job:
     #: Seconds by phase once done (``load_s``, ``decode_s``, ``export_s``, ``other_s``);
     #: opaque to the store, like ``recipe``.
     timings: dict[str, float] | None = None
+    #: The client's key when it was submitted with one (:meth:`JobStore.submit_once`).
+    idempotency_key: str | None = None
 
     @property
     def terminal(self) -> bool:
@@ -252,6 +267,7 @@ class Job:
             "recipe": copy.deepcopy(self.recipe),
             "cancel_requested": self.cancel_requested,
             "timings": copy.deepcopy(self.timings),
+            "idempotency_key": self.idempotency_key,
         }
 
 
@@ -303,6 +319,33 @@ def _check_int(value: object, param: str, lo: int, hi: int) -> int:
     return value
 
 
+def _checked_submission(model: object, params: object, priority: object) -> str:
+    """Check what :meth:`JobStore.submit` is given; the params as JSON."""
+    if not isinstance(model, str) or not model.strip():
+        raise InvalidParams("model must be a non-empty string", param="model")
+    if not isinstance(params, Mapping):
+        raise InvalidParams("params must be an object", param="params")
+    _check_int(priority, "priority", *PRIORITY_RANGE)
+    return _to_json(dict(params), "params")
+
+
+def _check_key(value: object) -> str:
+    if not isinstance(value, str) or not 1 <= len(value) <= MAX_KEY_LENGTH \
+            or not value.isprintable():
+        raise InvalidParams(f"idempotency_key must be 1 to {MAX_KEY_LENGTH} printable "
+                            f"characters, got {value!r:.60}", param="idempotency_key")
+    return value
+
+
+def request_digest(request: Mapping[str, Any]) -> str:
+    """SHA-256 of a request's canonical JSON (sorted keys, no whitespace, null values and
+    the idempotency key itself left out): what :meth:`JobStore.submit_once` compares."""
+    canonical = {k: v for k, v in request.items() if v is not None and k != "idempotency_key"}
+    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def _coerce_state(value: JobState | str, param: str) -> JobState:
     try:
         return JobState(value)
@@ -332,7 +375,7 @@ def _error_dict(error: TimbreError | Mapping[str, Any]) -> dict[str, Any]:
 _SELECT_JOBS: Final = (
     "SELECT id, state, priority, model, params, created_at, started_at, finished_at, "
     "progress_step, progress_total, error, outputs, attempts, retry_of, recipe, "
-    "cancel_requested, timings FROM jobs"
+    "cancel_requested, timings, idempotency_key FROM jobs"
 )
 _SELECT_SEQ_AND_JOBS: Final = _SELECT_JOBS.replace("SELECT ", "SELECT seq, ", 1)
 
@@ -386,7 +429,8 @@ class JobStore(SQLiteStore):
 
     def _row_to_job(self, row: Sequence[Any]) -> Job:
         (job_id, state, priority, model, params, created_at, started_at, finished_at, step,
-         total, error, outputs, attempts, retry_of, recipe, cancel_requested, timings) = row
+         total, error, outputs, attempts, retry_of, recipe, cancel_requested, timings,
+         idempotency_key) = row
         try:
             return Job(
                 id=job_id,
@@ -405,6 +449,7 @@ class JobStore(SQLiteStore):
                 recipe=None if recipe is None else json.loads(recipe),
                 cancel_requested=bool(cancel_requested),
                 timings=None if timings is None else json.loads(timings),
+                idempotency_key=idempotency_key,
             )
         except (ValueError, TypeError) as exc:
             raise _store_error(self.path, f"job {job_id} is unreadable: {exc}") from exc
@@ -435,6 +480,7 @@ class JobStore(SQLiteStore):
         priority: int,
         attempts: int,
         retry_of: str | None,
+        idempotency: tuple[str, str] | None = None,
     ) -> Job:
         active = conn.execute(
             "SELECT count(*) FROM jobs WHERE state NOT IN (?, ?, ?, ?)",
@@ -443,11 +489,12 @@ class JobStore(SQLiteStore):
         if active + 1 > self.max_queued:
             raise QueueFull(self.max_queued)
         job_id = self._new_id(conn)
+        key, digest = idempotency if idempotency is not None else (None, None)
         conn.execute(
             "INSERT INTO jobs (id, state, priority, model, params, created_at, attempts, "
-            "retry_of) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "retry_of, idempotency_key, request_digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (job_id, _S.QUEUED.value, priority, model, params_json, self._clock(), attempts,
-             retry_of),
+             retry_of, key, digest),
         )
         return self._fetch(conn, job_id)
 
@@ -460,15 +507,47 @@ class JobStore(SQLiteStore):
         InvalidParams when ``model`` is empty, ``params`` is not a JSON object or
         ``priority`` is out of range.
         """
-        if not isinstance(model, str) or not model.strip():
-            raise InvalidParams("model must be a non-empty string", param="model")
-        if not isinstance(params, Mapping):
-            raise InvalidParams("params must be an object", param="params")
-        _check_int(priority, "priority", *PRIORITY_RANGE)
-        params_json = _to_json(dict(params), "params")
+        params_json = _checked_submission(model, params, priority)
         with self._write() as conn:
             return self._insert_queued(conn, model=model, params_json=params_json,
                                        priority=priority, attempts=1, retry_of=None)
+
+    def find_submitted(self, key: str, digest: str) -> Job | None:
+        """The job submitted with idempotency ``key``, or None when there is none.
+
+        Raises InvalidParams (``param="idempotency_key"``) when the key was used for a
+        request whose ``digest`` differs: a key names one request, never two.
+        """
+        with self._read() as conn:
+            return self._by_key(conn, key, digest)
+
+    def submit_once(self, model: str, params: Mapping[str, Any], priority: int, *,
+                    key: str, digest: str) -> tuple[Job, bool]:
+        """:meth:`submit` under an idempotency ``key``: the job already submitted with it, or
+        a new one, atomically; and whether it is new. ``digest`` identifies the client's
+        request (before defaults such as a random seed were filled in), so a repeat is
+        recognised and a different request under the same key refused (InvalidParams)."""
+        _check_key(key)
+        params_json = _checked_submission(model, params, priority)
+        with self._write() as conn:
+            existing = self._by_key(conn, key, digest)
+            if existing is not None:
+                return existing, False
+            return self._insert_queued(conn, model=model, params_json=params_json,
+                                       priority=priority, attempts=1, retry_of=None,
+                                       idempotency=(key, digest)), True
+
+    def _by_key(self, conn: sqlite3.Connection, key: str, digest: str) -> Job | None:
+        _check_key(key)
+        row = conn.execute(_SELECT_JOBS.replace(" FROM jobs", ", request_digest FROM jobs")
+                           + " WHERE idempotency_key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        if row[-1] != digest:
+            raise InvalidParams(
+                f"idempotency_key {key!r} was already used for a different request (job "
+                f"{row[0]}); use a new key for a new request", param="idempotency_key")
+        return self._row_to_job(row[:-1])
 
     def get(self, job_id: str) -> Job:
         """The job with this id. Raises JobNotFound."""

@@ -57,14 +57,14 @@ Exactly once
     folder, also under a new name, or in ``done/``) and finished (a file deleted before
     anything was submitted is given up: ``failed``). Prompts still ``pending`` were never
     handed to ``submit`` and are submitted, once. A prompt caught ``submitting`` may or may
-    not have become a job (the daemon died inside ``submit``): it is **not** resubmitted,
-    and its result says so (the service errs on the side of no duplicate: a lost prompt is
-    visible, a duplicate take would not be). Submitted jobs are waited for again, never
-    resubmitted. A graceful stop shields each ``submit`` and the commit after it, so only a
-    crash can leave that window open. The same content dropped again
-    later as a new file (another inode), or moved back from ``done/``, is a new request and
-    makes new takes. In a folder where files cannot be moved (read-only), the finished claim
-    keeps the file from being taken again.
+    not have become a job (the daemon died inside ``submit``): every prompt is submitted
+    under an idempotency key fixed by its claim (``watch:<claim>:<created>:<index>``), so it
+    is submitted again under that key and gets the job its first attempt made, if it made
+    one, else a new one: exactly one job either way. Submitted jobs are waited for again,
+    never resubmitted. A graceful stop shields each ``submit`` and the commit after it. The
+    same content dropped again later as a new file (another inode), or moved back from
+    ``done/``, is a new request and makes new takes. In a folder where files cannot be
+    moved (read-only), the finished claim keeps the file from being taken again.
 
 Bounded work
     At most ``max_inflight_files`` files are taken but not finished (read, claimed, submitted,
@@ -214,8 +214,9 @@ class FileRecord:
 
     ``prompts`` holds one dict per prompt: ``request`` (:meth:`PromptRequest.to_dict`),
     ``output`` (the reserved absolute .wav path), ``status`` (``pending`` → ``submitting`` →
-    ``submitted`` → ``done`` | ``failed``; or ``refused``, or ``unknown`` when a crash hit
-    inside ``submit``), ``job_id``, ``outputs`` and ``error`` (``{kind, message}``).
+    ``submitted`` → ``done`` | ``failed``; or ``refused``; ``unknown`` is only found in
+    claims from versions that did not resubmit after a crash inside ``submit``), ``job_id``,
+    ``outputs`` and ``error`` (``{kind, message}``).
     """
 
     id: int
@@ -459,6 +460,12 @@ def _numbered(name: str, *, keep_suffix: bool = True) -> Iterator[str]:
     while True:
         yield f"{stem}.{n}{suffix}"
         n += 1
+
+
+def _idempotency_key(record: FileRecord, prompt: Mapping[str, Any]) -> str:
+    """The key a claim's prompt is submitted under, the same on every attempt (the claim's
+    row id and creation time make it unique to this claim for as long as jobs are kept)."""
+    return f"watch:{record.id}:{record.created_at:.6f}:{prompt['request']['index']}"
 
 
 def _move_into(src: Path, dest_dir: Path, name: str, companion: str) -> Path:
@@ -1077,11 +1084,9 @@ class WatchService:
                 return
             for p in record.prompts:
                 if p["status"] == "submitting":
-                    p["status"] = "unknown"
-                    p["error"] = {"kind": "interrupted", "message": (
-                        "timbred stopped while this prompt was being submitted, so it may or "
-                        "may not have become a job; it was not resubmitted, to avoid a "
-                        "duplicate (look for it with `timbrectl jobs list`)")}
+                    # Stopped inside submit: it may or may not have become a job. Submitted
+                    # again under the same idempotency key, it gets that job if there is one.
+                    p["status"] = "pending"
             if not any(p["status"] == "pending" for p in record.prompts):
                 await self._save(record)  # else the first "submitting" commit carries it
             await self._submit_all(record)
@@ -1130,7 +1135,8 @@ class WatchService:
             while p["status"] == "pending":
                 req = PromptRequest.from_dict(p["request"])
                 payload = {"params": {**req.params, "output": p["output"]},
-                           "export": dict(req.export), "preset": req.preset}
+                           "export": dict(req.export), "preset": req.preset,
+                           "idempotency_key": _idempotency_key(record, p)}
                 p["status"] = "submitting"
                 await self._save(record)
                 transient: TimbreError | None = None

@@ -48,6 +48,7 @@ def make_watch_service(settings: Settings, generation: Generation,
         if request.get("preset"):
             params["preset"] = request["preset"]
         params["output"] = final_output(request)
+        params["idempotency_key"] = request.get("idempotency_key")
         return (await generation.submit(params)).id
 
     async def wait(job_id: str) -> dict[str, Any]:
