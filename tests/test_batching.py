@@ -16,7 +16,9 @@ from typing import Any
 import anyio
 import jsonschema
 import miniaudio
+import numpy as np
 import pytest
+import soundfile as sf
 
 from tests.conftest import FAST
 from tests.test_generation import events_until_done, wait_progress
@@ -102,6 +104,38 @@ async def test_only_compatible_jobs_are_decoded_together(batching: Client) -> No
     assert batched[3] == {**batched[0], "index": 1}
     assert batched[1] is None and batched[2] is None
     assert jobs[1]["recipe"]["info"]["batch_requests"] == 1
+
+
+async def test_melody_jobs_batch_with_each_other_only(short_tmp: Path,
+                                                      tiny_melody: Path) -> None:
+    """On a melody model, jobs with (different) melodies are decoded together; a job
+    without a melody and a continuation are not put with them; the melody batch replays
+    bit for bit."""
+    t = np.arange(16_000) / 16_000
+    for name, freq in (("a4.wav", 440.0), ("e4.wav", 329.6)):
+        sf.write(short_tmp / name, 0.3 * np.sin(2 * np.pi * freq * t), 16_000)
+    async with running_daemon(short_tmp, models__default=str(tiny_melody),
+                              models__precision="int8", jobs__batch_window_s=1.0,
+                              **FAST) as d, connect(d.socket_path) as client:
+        ids = await submit_all(
+            client,
+            {"prompt": "a", "duration": 1.0, "seed": 1, "melody": str(short_tmp / "a4.wav")},
+            {"prompt": "plain", "duration": 1.0, "seed": 2},
+            {"prompt": "b", "duration": 1.0, "seed": 3, "melody": str(short_tmp / "e4.wav")},
+            {"prompt": "c", "duration": 1.5, "seed": 4, "melody": str(short_tmp / "a4.wav"),
+             "continuation": str(short_tmp / "e4.wav")},
+        )
+        jobs = await wait_all(client, ids)
+        assert [j["state"] for j in jobs] == ["done"] * 4, [j["error"] for j in jobs]
+        batch = jobs[0]["recipe"]["batch"]
+        assert [r["melody_path"] for r in batch["requests"]] == [
+            str(short_tmp / "a4.wav"), str(short_tmp / "e4.wav")]
+        assert jobs[2]["recipe"]["batch"] == {**batch, "index": 1}
+        assert "batch" not in jobs[1]["recipe"] and "batch" not in jobs[3]["recipe"]
+        take = await client.call("takes.show", {"take": jobs[2]["outputs"][0]})
+        replay_id = (await client.call("takes.replay", {"take": take["id"]}))["job_id"]
+        (replay,) = await wait_all(client, [replay_id])
+        assert replay["recipe"]["replay"] == {"of": take["id"], "bit_identical": True}
 
 
 async def test_a_batch_holds_at_most_max_batch_takes(short_tmp: Path, tiny: Path) -> None:

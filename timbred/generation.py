@@ -741,14 +741,15 @@ def _model_type(ref: models.ModelRef) -> str | None:
 def _batch_key(job: Job) -> tuple[Any, ...] | None:
     """Jobs with equal keys can be decoded together; None: this one is decoded alone.
 
-    A batch shares one decoding plan (duration), the guidance rows, and the loaded model
-    (``model`` already groups them). Melody and continuation inputs and replays (which
-    repeat their original batch exactly) go alone.
+    A batch shares one decoding plan (duration), the guidance rows, whether a melody
+    conditions them (each job its own), and the loaded model (``model`` already groups
+    them). Continuations (their prompt audio sets the plan) and replays (which repeat their
+    original batch exactly) go alone.
     """
     p = job.params
-    if p.get("melody") or p.get("continuation") or p.get("replay"):
+    if p.get("continuation") or p.get("replay"):
         return None
-    return (float(p["duration"]), float(p["guidance"]) > 1)
+    return (float(p["duration"]), float(p["guidance"]) > 1, bool(p.get("melody")))
 
 
 def _requests(jobs: list[Job]) -> tuple[list[GenerationParams], list[int]]:

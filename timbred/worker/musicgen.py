@@ -481,8 +481,9 @@ class MusicgenBackend(Backend):
 
         Each request samples with its own generator, seeded with its own seed, and its own
         temperature, top-k, top-p and guidance scale (:class:`_RowSampler`). They must share
-        the duration (one decoding plan) and whether guidance is on, and take neither melody
-        nor continuation. A cancelled request's rows keep being decoded (the others'
+        the duration (one decoding plan), whether guidance is on, and whether they follow a
+        melody (each its own; a melody model conditions every row on one), and take no
+        continuation. A cancelled request's rows keep being decoded (the others'
         numbers must not depend on when it left); only when all are cancelled does the
         batch stop. ``preview`` receives the rows of every request, in order.
         """
@@ -508,10 +509,10 @@ class MusicgenBackend(Backend):
         prompt = self._read_prompt(st, first, target_samples)
         melody = None
         if first.melody_path is not None and st.chroma is not None:
-            wave = read_audio(first.melody_path, param="melody",
-                              sample_rate=st.chroma.sample_rate, channels=1,
-                              max_duration_s=first.duration_s)[0]
-            melody = (st.chroma, wave)
+            waves = [read_audio(p.melody_path or "", param="melody",
+                                sample_rate=st.chroma.sample_rate, channels=1,
+                                max_duration_s=p.duration_s)[0] for p in items]
+            melody = (st.chroma, waves)
         cancel.raise_if_cancelled()
         rows = sum(p.variations for p in items)
         try:
@@ -596,7 +597,7 @@ class MusicgenBackend(Backend):
         st: _Loaded,
         items: Sequence[GenerationParams],
         prompt: npt.NDArray[np.float32] | None,
-        melody: tuple[_ChromaExtractor, npt.NDArray[np.float32]] | None,
+        melody: tuple[_ChromaExtractor, list[npt.NDArray[np.float32]]] | None,
         target_samples: int,
         progress: ProgressCallback | None,
         cancel: CancelToken,
@@ -634,8 +635,10 @@ class MusicgenBackend(Backend):
                     batch * rows, context
                 )
             if melody is not None:
-                kwargs["input_features"] = self._melody_features(st, *melody, have - context,
-                                                                 batch)
+                extractor, waves = melody
+                kwargs["input_features"] = torch.cat([
+                    self._melody_features(st, extractor, wave, have - context, p.variations)
+                    for p, wave in zip(items, waves, strict=True)])
             # Positions this pass holds: BOS, the context frames and every new step.
             kv: contextlib.AbstractContextManager[dict[str, Any]] = contextlib.nullcontext({})
             if self.preallocate_kv:
@@ -687,7 +690,8 @@ class MusicgenBackend(Backend):
     def _melody_features(st: _Loaded, extractor: _ChromaExtractor,
                          melody: npt.NDArray[np.float32], start_frame: int,
                          batch: int) -> torch.Tensor:
-        """Chroma of the melody span under this pass (looping a short melody)."""
+        """Chroma of the melody span under this pass (looping a short melody), for ``batch``
+        rows."""
         sr = extractor.sample_rate
         frame_rate = st.capabilities.frame_rate
         start = round(start_frame / frame_rate * sr)
@@ -820,10 +824,13 @@ def _check_batchable(items: Sequence[GenerationParams]) -> None:
         if (p.guidance_scale > 1) != (first.guidance_scale > 1):
             raise errors.InvalidParams(
                 "requests in one batch must all use guidance, or none", param="guidance_scale")
-    for p in items:
-        if p.melody_path is not None or p.continuation_path is not None:
+        if (p.melody_path is None) != (first.melody_path is None):
             raise errors.InvalidParams(
-                "requests with a melody or a continuation are decoded alone", param="items")
+                "requests in one batch must all follow a melody, or none", param="melody_path")
+    for p in items:
+        if p.continuation_path is not None:
+            raise errors.InvalidParams(
+                "requests with a continuation are decoded alone", param="items")
 
 
 class _AllCancelled(CancelToken):
