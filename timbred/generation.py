@@ -153,6 +153,8 @@ class Generation:
         self._tg: anyio.abc.TaskGroup | None = None
         # Running jobs a cancel was asked for -> their request index in the batch.
         self._cancel_jobs: dict[str, int] = {}
+        # Of those, the cancels still to be sent again once the worker reports progress.
+        self._cancel_repeats: dict[str, int] = {}
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -315,7 +317,7 @@ class Generation:
         elif job_id in (running := {j.id: i for i, j in enumerate(self.running)}):
             # Remembered as well as sent: a cancel that reaches the worker before its
             # generate request would be lost, so the progress callback repeats it.
-            index = self._cancel_jobs[job_id] = running[job_id]
+            index = self._cancel_jobs[job_id] = self._cancel_repeats[job_id] = running[job_id]
             if len(running) == 1:
                 await self.worker.cancel()  # generate() raises Cancelled within a few steps
                 self.bus.publish("job.state", {"job": job.to_dict()})
@@ -379,7 +381,7 @@ class Generation:
     async def _run(self, batch: list[Job]) -> None:
         """Decode ``batch`` (one job, or several decoded together) and write their takes."""
         self.running = list(batch)
-        self._cancel_jobs = {}
+        self._cancel_jobs, self._cancel_repeats = {}, {}
         entry: Loaded | None = None
         writers: dict[str, preview.PreviewWriter] = {}
         keep_alive = batch[0].params.get("keep_alive")
@@ -456,7 +458,7 @@ class Generation:
                                    InternalError(f"{type(exc).__name__}: {exc}"))
         finally:
             self.running = []
-            self._cancel_jobs = {}
+            self._cancel_jobs, self._cancel_repeats = {}, {}
             self._idle.set()
             if self._tg is not None:
                 for job_id in writers:
@@ -515,10 +517,13 @@ class Generation:
         last_saved = dict.fromkeys((job.id for job in jobs), 0.0)
 
         def on_progress(step: int, total: int) -> None:
-            if self._tg is not None:
-                for index in self._cancel_jobs.values():
+            if self._tg is not None and self._cancel_repeats:
+                # Progress means the worker holds the generate request, so a cancel sent now
+                # reaches it; once each is enough (not at every step of a long batch).
+                for index in self._cancel_repeats.values():
                     self._tg.start_soon(self.worker.cancel,
                                         None if len(jobs) == 1 else index)
+                self._cancel_repeats = {}
             now = time.monotonic()
             elapsed = now - started
             eta = elapsed / step * (total - step) if step else None

@@ -378,6 +378,7 @@ _SELECT_JOBS: Final = (
     "cancel_requested, timings, idempotency_key FROM jobs"
 )
 _SELECT_SEQ_AND_JOBS: Final = _SELECT_JOBS.replace("SELECT ", "SELECT seq, ", 1)
+_SELECT_JOBS_AND_DIGEST: Final = _SELECT_JOBS.replace(" FROM jobs", ", request_digest FROM jobs")
 
 
 # --- the store --------------------------------------------------------------------------------
@@ -539,8 +540,8 @@ class JobStore(SQLiteStore):
 
     def _by_key(self, conn: sqlite3.Connection, key: str, digest: str) -> Job | None:
         _check_key(key)
-        row = conn.execute(_SELECT_JOBS.replace(" FROM jobs", ", request_digest FROM jobs")
-                           + " WHERE idempotency_key = ?", (key,)).fetchone()
+        row = conn.execute(_SELECT_JOBS_AND_DIGEST + " WHERE idempotency_key = ?",
+                           (key,)).fetchone()
         if row is None:
             return None
         if row[-1] != digest:
