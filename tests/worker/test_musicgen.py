@@ -37,14 +37,21 @@ class Steps:
 
 @pytest.fixture
 def generate_calls(backend: MusicgenBackend) -> Iterator[list[Any]]:
-    """Spy on the loaded model's generate(): records each call's return value (the audio
-    transformers decodes itself) without changing anything."""
+    """Spy on the loaded model's generate(): records each call's return value, the audio
+    transformers decodes itself. Timbre has generate skip that decode (it decodes the
+    kept tokens once, itself), so the spy lifts the stand-in for the call."""
     model = backend._state.model  # type: ignore[union-attr]
     real = model.generate
     calls: list[Any] = []
 
     def spy(**kwargs: Any) -> Any:
-        out = real(**kwargs)
+        codec = model.audio_encoder
+        stand_in = vars(codec).pop("decode", None)
+        assert stand_in is not None, "generate ran without the stand-in decode"
+        try:
+            out = real(**kwargs)
+        finally:
+            codec.decode = stand_in
         calls.append(out)
         return out
 

@@ -46,7 +46,7 @@ import gc
 import math
 import re
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, cast
@@ -70,6 +70,7 @@ from transformers import (
 )
 from transformers.audio_utils import chroma_filter_bank
 from transformers.feature_extraction_utils import FeatureExtractionMixin
+from transformers.models.encodec.modeling_encodec import EncodecDecoderOutput
 
 from timbred import errors
 from timbred.worker.audio_io import probe_audio, read_audio
@@ -85,6 +86,7 @@ from timbred.worker.backend import (
     validate_dtype,
     validate_precision,
 )
+from timbred.worker.decodestep import lean_steps
 from timbred.worker.kvcache import preallocated_kv
 from timbred.worker.precision import (
     int8_activation_bits,
@@ -309,14 +311,17 @@ class MusicgenBackend(Backend):
     recorded in every :attr:`GenerationOutput.info` (``None`` when ``dtype`` decided).
 
     ``preallocate_kv`` (default on) decodes with :mod:`timbred.worker.kvcache`'s in-place
-    self-attention cache instead of transformers' re-concatenating one; the takes are
-    bit-identical either way (tested), so it is not recorded. Off only for comparisons.
+    self-attention cache instead of transformers' re-concatenating one, and ``lean_steps``
+    (default on) runs the decoding steps through :mod:`timbred.worker.decodestep` instead of
+    transformers' modules. The takes are bit-identical either way (tested), so neither is
+    recorded; they are switched off only for comparisons.
     """
 
     name: ClassVar[str] = "musicgen"
 
     def __init__(self, *, window_s: float = 30.0, stride_s: float = 18.0,
-                 precision: object = None, preallocate_kv: object = True) -> None:
+                 precision: object = None, preallocate_kv: object = True,
+                 lean_steps: object = True) -> None:
         # ``precision`` is typed ``object``: backend options arrive untyped (from the config,
         # over the worker pipe) and are checked here, at runtime, by validate_precision.
         if not (math.isfinite(window_s) and window_s > 0):
@@ -328,10 +333,11 @@ class MusicgenBackend(Backend):
         self.precision: str | None = (
             None if precision is None else validate_precision(precision)
         )
-        if not isinstance(preallocate_kv, bool):
-            raise errors.InvalidParams("preallocate_kv must be true or false",
-                                       param="preallocate_kv")
-        self.preallocate_kv = preallocate_kv
+        for name, flag in (("preallocate_kv", preallocate_kv), ("lean_steps", lean_steps)):
+            if not isinstance(flag, bool):
+                raise errors.InvalidParams(f"{name} must be true or false", param=name)
+        self.preallocate_kv = bool(preallocate_kv)
+        self.lean_steps = bool(lean_steps)
         self._state: _Loaded | None = None
 
     # --- loading ---------------------------------------------------------------------------
@@ -643,7 +649,10 @@ class MusicgenBackend(Backend):
             kv: contextlib.AbstractContextManager[dict[str, Any]] = contextlib.nullcontext({})
             if self.preallocate_kv:
                 kv = preallocated_kv(st.model, 1 + context + kwargs["max_new_tokens"])
-            with kv as extra:
+            lean: contextlib.AbstractContextManager[bool] = contextlib.nullcontext(False)
+            if self.lean_steps:
+                lean = lean_steps(st.model)
+            with kv as extra, lean, _without_codec_decode(st.model):
                 st.model.generate(**kwargs, **extra)
             codes = torch.cat([codes, self._new_frames(hook, batch, rows, st.delays, context,
                                                        new, min_new)], dim=-1)
@@ -705,7 +714,10 @@ class MusicgenBackend(Backend):
         """Codes ``(1, rows, frames)`` -> audio ``(channels, samples)`` on the device."""
         encoder = st.model.audio_encoder
         channels = st.capabilities.channels
-        parts = [encoder.decode(take[None, :, c::channels], [None]).audio_values
+        # The class's decode, not the instance attribute: inside a generate pass (the
+        # previewer decodes there) that is _without_codec_decode's stand-in.
+        decode = type(encoder).decode
+        parts = [decode(encoder, take[None, :, c::channels], [None]).audio_values
                  for c in range(channels)]
         return torch.cat(parts, dim=1)[0]
 
@@ -853,6 +865,30 @@ class _AllCancelled(CancelToken):
     def raise_if_cancelled(self) -> None:
         if self.cancelled:
             raise errors.Cancelled()
+
+
+@contextlib.contextmanager
+def _without_codec_decode(model: Any) -> Iterator[None]:
+    """Keep one ``generate`` pass from decoding its tokens to audio.
+
+    transformers' MusicGen ``generate`` ends by running EnCodec over every row it made. Timbre
+    never uses that audio: it keeps the tokens (:class:`_StepHook`) and decodes each take once,
+    at the end, over all windows. The stand-in returns no samples in the shape generate
+    expects, so a 10 s take no longer pays for EnCodec twice (about 1.3 s on the benchmark
+    machine, per row and per window).
+    """
+    codec = model.audio_encoder
+
+    def no_audio(audio_codes: torch.Tensor, *args: Any, **kwargs: Any) -> EncodecDecoderOutput:
+        # audio_codes: (frames, batch, codebooks, steps); audio: (batch, channels, samples).
+        return EncodecDecoderOutput(
+            audio_values=torch.zeros((audio_codes.shape[1], 1, 0), device=audio_codes.device))
+
+    codec.decode = no_audio
+    try:
+        yield
+    finally:
+        del codec.decode  # the class's method shows through again
 
 
 def _torch_device(source: str, device: str) -> torch.device:
