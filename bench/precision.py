@@ -222,13 +222,15 @@ def markdown(rows: dict[str, dict[str, Any]], quality: dict[str, Any], info: dic
         f"{quality['int8']['steps']} teacher-forced steps, guided logits, top-"
         f"{quality['int8']['k']}; target for int8: max relative error <= 2e-2):",
         "",
-        "| precision | max rel. error | mean rel. error | top-50 agreement |",
-        "|---|---:|---:|---:|",
+        "| precision | max rel. error | mean rel. error | top-50 agreement | "
+        "max rel. error, model's own logits | mean, model's own |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for name in ("bf16", "int8"):
         q = quality[name]
         lines.append(f"| {name} | {q['max_rel_error']:.4f} | {q['mean_rel_error']:.4f} | "
-                     f"{q['topk_agreement']:.4f} |")
+                     f"{q['topk_agreement']:.4f} | {q['model_max_rel_error']:.4f} | "
+                     f"{q['model_mean_rel_error']:.4f} |")
     lines += [
         "",
         "Random weights give logits of a different distribution than trained ones; the error "

@@ -106,6 +106,13 @@ class TestQuality:
         assert report.steps == 12 and report.k == 50
         assert 0 < report.mean_rel_error <= report.max_rel_error < 0.15
         assert report.topk_agreement > 0.95
+        # Guidance (scale 3) amplifies the model's own error: it scales c - u.
+        assert 0 < report.model_mean_rel_error <= report.model_max_rel_error
+        assert report.model_max_rel_error < report.max_rel_error
+        # Without guidance the model's logits are the sampled ones: one error.
+        plain = compare_logits(ref.model, int8_backend._state.model, inputs, 6,
+                               guidance_scale=1.0)
+        assert plain.model_max_rel_error == plain.max_rel_error > 0
 
     def test_identical_models_agree_exactly(self, fp32_backend: MusicgenBackend) -> None:
         """A model compared with itself has zero error and full top-k agreement."""
@@ -113,7 +120,7 @@ class TestQuality:
         assert ref is not None
         inputs = dict(ref.tokenizer(["lo fi"], return_tensors="pt"))
         report = compare_logits(ref.model, ref.model, inputs, 4, guidance_scale=1.0)
-        assert report.max_rel_error == 0.0
+        assert report.max_rel_error == report.model_max_rel_error == 0.0
         assert report.topk_agreement == 1.0
 
 

@@ -212,9 +212,14 @@ class QualityReport:
     """How far a candidate model's logits are from the reference's, step by step.
 
     ``max_rel_error`` and ``mean_rel_error`` are over steps of ``||cand - ref|| / ||ref||``
-    (Frobenius norm over every row and codebook of the step's guided logits);
-    ``topk_agreement`` is the mean fraction of the reference's top-k tokens that are also in
-    the candidate's top-k (1.0: identical candidate sets for sampling).
+    (Frobenius norm over every row and codebook of the step's guided logits, the ones
+    sampling sees); ``topk_agreement`` is the mean fraction of the reference's top-k tokens
+    that are also in the candidate's top-k (1.0: identical candidate sets for sampling).
+    ``model_max_rel_error`` and ``model_mean_rel_error`` are the same error on the model's
+    own output before guidance combines it (the conditional and the null-conditioned rows).
+    Guidance ``u + s (c - u)`` scales the difference of two nearly equal rows, so the guided
+    error is the larger one, by up to about ``sqrt(s^2 + (s-1)^2)`` (3.6 at s=3) where the two
+    rows' errors are independent. Without guidance the two pairs are the same.
     """
 
     max_rel_error: float
@@ -222,11 +227,15 @@ class QualityReport:
     topk_agreement: float
     steps: int
     k: int
+    model_max_rel_error: float
+    model_mean_rel_error: float
 
     def to_dict(self) -> dict[str, float | int]:
         """Plain JSON types."""
         return {"max_rel_error": self.max_rel_error, "mean_rel_error": self.mean_rel_error,
-                "topk_agreement": self.topk_agreement, "steps": self.steps, "k": self.k}
+                "topk_agreement": self.topk_agreement, "steps": self.steps, "k": self.k,
+                "model_max_rel_error": self.model_max_rel_error,
+                "model_mean_rel_error": self.model_mean_rel_error}
 
 
 class _Stepper:
@@ -246,19 +255,21 @@ class _Stepper:
         self.attention_mask = mask
         self.cache: Any = None
 
-    def __call__(self, column: torch.Tensor) -> torch.Tensor:
-        """Feed one token column ``(batch * codebooks, 1)``; guided float32 logits back."""
+    def __call__(self, column: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Feed one token column ``(batch * codebooks, 1)``; float32 logits back: the
+        guided ones and the model's own (every row, before guidance)."""
         ids = column.repeat((2, 1)) if self.guided else column
         out = self.model(encoder_outputs=self.encoder_outputs,
                          attention_mask=self.attention_mask, decoder_input_ids=ids,
                          past_key_values=self.cache, use_cache=True)
         self.cache = out.past_key_values
-        logits: torch.Tensor = out.logits[:, -1].float()
+        raw: torch.Tensor = out.logits[:, -1].float()
+        logits = raw
         if self.guided:
-            half = logits.shape[0] // 2
-            cond, uncond = logits[:half], logits[half:]
+            half = raw.shape[0] // 2
+            cond, uncond = raw[:half], raw[half:]
             logits = uncond + (cond - uncond) * self.scale
-        return logits
+        return logits, raw
 
 
 def compare_logits(
@@ -287,6 +298,7 @@ def compare_logits(
     codebooks = int(model_fp32.decoder.num_codebooks)
     rows = int(inputs["input_ids"].shape[0]) * codebooks
     errs: list[float] = []
+    model_errs: list[float] = []
     agree: list[float] = []
     with torch.inference_mode():
         ref = _Stepper(model_fp32, inputs, guidance_scale)
@@ -296,13 +308,17 @@ def compare_logits(
             ids, pad_token_id=pad, max_length=steps + 1)
         for _ in range(steps):
             column = model_fp32.decoder.apply_delay_pattern_mask(ids, delay_mask)[:, -1:]
-            want = ref(column)
-            got = cand(column)
+            want, want_raw = ref(column)
+            got, got_raw = cand(column)
             errs.append(float(torch.linalg.norm(got - want) / torch.linalg.norm(want)))
+            model_errs.append(float(torch.linalg.norm(got_raw - want_raw)
+                                    / torch.linalg.norm(want_raw)))
             top_ref = want.topk(k, dim=-1).indices
             top_got = got.topk(k, dim=-1).indices
             hits = (top_ref[:, :, None] == top_got[:, None, :]).any(-1).float().mean()
             agree.append(float(hits))
             ids = torch.cat([ids, want.argmax(-1, keepdim=True)], dim=-1)
     return QualityReport(max_rel_error=max(errs), mean_rel_error=sum(errs) / len(errs),
-                         topk_agreement=sum(agree) / len(agree), steps=steps, k=k)
+                         topk_agreement=sum(agree) / len(agree), steps=steps, k=k,
+                         model_max_rel_error=max(model_errs),
+                         model_mean_rel_error=sum(model_errs) / len(model_errs))
