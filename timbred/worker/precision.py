@@ -217,9 +217,10 @@ class QualityReport:
     that are also in the candidate's top-k (1.0: identical candidate sets for sampling).
     ``model_max_rel_error`` and ``model_mean_rel_error`` are the same error on the model's
     own output before guidance combines it (the conditional and the null-conditioned rows).
-    Guidance ``u + s (c - u)`` scales the difference of two nearly equal rows, so the guided
-    error is the larger one, by up to about ``sqrt(s^2 + (s-1)^2)`` (3.6 at s=3) where the two
-    rows' errors are independent. Without guidance the two pairs are the same.
+    Guidance ``u + s (c - u)`` scales the difference of two nearly equal rows: errors that
+    differ between the rows (activation rounding) grow by up to ``sqrt(s^2 + (s-1)^2)``
+    (3.6 at s=3), errors both rows share (weight rounding) largely cancel in ``c - u``.
+    Without guidance the two pairs are the same.
     """
 
     max_rel_error: float
