@@ -138,6 +138,36 @@ async def test_melody_jobs_batch_with_each_other_only(short_tmp: Path,
         assert replay["recipe"]["replay"] == {"of": take["id"], "bit_identical": True}
 
 
+async def test_continuations_of_one_file_batch_together(batching: Client,
+                                                       short_tmp: Path) -> None:
+    """Jobs continuing the same file share a batch; one continuing another file, or none,
+    does not. The batch replays bit for bit."""
+    t = np.arange(8_000) / 16_000
+    for name, freq in (("riff.wav", 220.0), ("other.wav", 330.0)):
+        sf.write(short_tmp / name, 0.3 * np.sin(2 * np.pi * freq * t), 16_000)
+    riff, other = str(short_tmp / "riff.wav"), str(short_tmp / "other.wav")
+    client = batching
+    ids = await submit_all(
+        client,
+        {"prompt": "a", "duration": 1.5, "seed": 1, "continuation": riff},
+        {"prompt": "b", "duration": 1.5, "seed": 2, "continuation": other},
+        {"prompt": "c", "duration": 1.5, "seed": 3},
+        {"prompt": "d", "duration": 1.5, "seed": 4, "continuation": riff, "temperature": 0.8},
+    )
+    jobs = await wait_all(client, ids)
+    assert [j["state"] for j in jobs] == ["done"] * 4, [j["error"] for j in jobs]
+    batch = jobs[0]["recipe"]["batch"]
+    assert [(r["seed"], r["continuation_path"]) for r in batch["requests"]] == [
+        (1, riff), (4, riff)]
+    assert jobs[3]["recipe"]["batch"] == {**batch, "index": 1}
+    assert "batch" not in jobs[1]["recipe"] and "batch" not in jobs[2]["recipe"]
+    take = await client.call("takes.show", {"take": jobs[3]["outputs"][0]})
+    replay_id = (await client.call("takes.replay", {"take": take["id"]}))["job_id"]
+    (replay,) = await wait_all(client, [replay_id])
+    assert replay["recipe"]["replay"] == {"of": take["id"], "bit_identical": True}
+    assert samples(replay["outputs"][0]) == samples(jobs[3]["outputs"][0])
+
+
 async def test_a_batch_holds_at_most_max_batch_takes(short_tmp: Path, tiny: Path) -> None:
     async with running_daemon(short_tmp, models__default=str(tiny), jobs__batch_window_s=1.0,
                               jobs__max_batch_takes=3, **FAST) as d, \

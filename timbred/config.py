@@ -169,8 +169,9 @@ KEYS: tuple[Key, ...] = (
         minimum=1, maximum=1_000_000),
     Key("jobs", "max_batch_takes", int, 4,
         "Most takes decoded together: queued jobs for the same model with the same "
-        "duration, guidance on/off and melody or none (no continuation) share one batch, "
-        "each sampling from its own seed. 1 decodes every job alone.", minimum=1, maximum=64),
+        "duration, guidance on/off, melody or none, and continued audio file or none share "
+        "one batch, each sampling from its own seed. 1 decodes every job alone.",
+        minimum=1, maximum=64),
     Key("jobs", "batch_window_s", float, 0.02,
         "How long a job about to start waits for others submitted with it to join its "
         "batch.", minimum=0, maximum=10),

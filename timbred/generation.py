@@ -747,14 +747,16 @@ def _batch_key(job: Job) -> tuple[Any, ...] | None:
     """Jobs with equal keys can be decoded together; None: this one is decoded alone.
 
     A batch shares one decoding plan (duration), the guidance rows, whether a melody
-    conditions them (each job its own), and the loaded model (``model`` already groups
-    them). Continuations (their prompt audio sets the plan) and replays (which repeat their
-    original batch exactly) go alone.
+    conditions them (each job its own), the audio it continues, if any (its frames are every
+    row's prompt and set the plan; the same path, which submit requires to be absolute), and
+    the loaded model (``model`` already groups them). Replays (which repeat their original
+    batch exactly) go alone.
     """
     p = job.params
-    if p.get("continuation") or p.get("replay"):
+    if p.get("replay"):
         return None
-    return (float(p["duration"]), float(p["guidance"]) > 1, bool(p.get("melody")))
+    return (float(p["duration"]), float(p["guidance"]) > 1, bool(p.get("melody")),
+            p.get("continuation"))
 
 
 def _requests(jobs: list[Job]) -> tuple[list[GenerationParams], list[int]]:

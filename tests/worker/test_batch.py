@@ -71,11 +71,37 @@ def test_requests_that_cannot_share_a_plan_are_refused(backend: MusicgenBackend,
     assert info.value.data["param"] == param
 
 
-def test_continuations_are_decoded_alone(backend: MusicgenBackend,
-                                        write_wav: WavWriter) -> None:
+def test_continuations_of_one_file_batch_together(windowed_backend: MusicgenBackend,
+                                                  write_wav: WavWriter) -> None:
+    """Requests continuing the same audio decode together, each from its own seed and
+    settings: the takes equal each request decoded alone (fp32 on the CPU), across windows
+    (2.3 s in 1 s windows); every take reports the same prompt length."""
     wav = str(write_wav("prompt.wav", seconds=0.3))
-    with pytest.raises(errors.InvalidParams, match="decoded alone"):
-        backend.generate_batch([request(1), request(2, continuation_path=wav)])
+    items = [request(1, duration_s=2.3, continuation_path=wav),
+             request(2, duration_s=2.3, continuation_path=wav, variations=2,
+                     temperature=0.7),
+             request(3, duration_s=2.3, continuation_path=wav, guidance_scale=5.0)]
+    together = windowed_backend.generate_batch(items)
+    assert [o.info["batch_requests"] for o in together] == [3, 3, 3]
+    assert all(o.info["windows"] == together[0].info["windows"] > 1 for o in together)
+    head = together[0].prompt_samples
+    assert head > 0 and all(o.prompt_samples == head for o in together)
+    takes = [take for o in together for take in o.audio]
+    assert len({t[..., head:].tobytes() for t in takes}) == 4
+    for item, out in zip(items, together, strict=True):
+        assert np.array_equal(out.audio, windowed_backend.generate(item).audio)
+
+
+@pytest.mark.parametrize("second", ["other file", "none"])
+def test_different_continuations_do_not_share_a_batch(backend: MusicgenBackend,
+                                                      write_wav: WavWriter,
+                                                      second: str) -> None:
+    a = str(write_wav("a.wav", seconds=0.3))
+    b = str(write_wav("b.wav", seconds=0.3, freq=220.0))
+    other = request(2, continuation_path=b) if second == "other file" else request(2)
+    with pytest.raises(errors.InvalidParams, match="continue the same audio") as info:
+        backend.generate_batch([request(1, continuation_path=a), other])
+    assert info.value.data["param"] == "continuation_path"
 
 
 def test_melodies_batch_each_with_its_own(melody_backend: MusicgenBackend,

@@ -488,10 +488,11 @@ class MusicgenBackend(Backend):
         Each request samples with its own generator, seeded with its own seed, and its own
         temperature, top-k, top-p and guidance scale (:class:`_RowSampler`). They must share
         the duration (one decoding plan), whether guidance is on, and whether they follow a
-        melody (each its own; a melody model conditions every row on one), and take no
-        continuation. A cancelled request's rows keep being decoded (the others'
-        numbers must not depend on when it left); only when all are cancelled does the
-        batch stop. ``preview`` receives the rows of every request, in order.
+        melody (each its own; a melody model conditions every row on one), and continue the
+        same audio file, if any (its frames are every row's prompt). A cancelled request's
+        rows keep being decoded (the others' numbers must not depend on when it left); only
+        when all are cancelled does the batch stop. ``preview`` receives the rows of every
+        request, in order.
         """
         st = self._require()
         if not items:
@@ -839,10 +840,12 @@ def _check_batchable(items: Sequence[GenerationParams]) -> None:
         if (p.melody_path is None) != (first.melody_path is None):
             raise errors.InvalidParams(
                 "requests in one batch must all follow a melody, or none", param="melody_path")
-    for p in items:
-        if p.continuation_path is not None:
+        # The continued audio's frames are every row's decoder prompt and set the plan:
+        # one file for all (read and encoded once), or none.
+        if p.continuation_path != first.continuation_path:
             raise errors.InvalidParams(
-                "requests with a continuation are decoded alone", param="items")
+                "requests in one batch must continue the same audio file, or none",
+                param="continuation_path")
 
 
 class _AllCancelled(CancelToken):
