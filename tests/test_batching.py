@@ -52,6 +52,17 @@ def samples(path: str) -> list[float]:
     return list(miniaudio.wav_read_file_f32(path).samples)
 
 
+async def replay_first_take(client: Client, job: dict[str, Any]) -> dict[str, Any]:
+    """Replay ``job``'s first take and wait: the replay job, checked done and recorded as
+    a bit-identical replay of that take."""
+    take = await client.call("takes.show", {"take": job["outputs"][0]})
+    replay_id = (await client.call("takes.replay", {"take": take["id"]}))["job_id"]
+    (replay,) = await wait_all(client, [replay_id])
+    assert replay["state"] == "done", replay["error"]
+    assert replay["recipe"]["replay"] == {"of": take["id"], "bit_identical": True}
+    return replay
+
+
 async def test_jobs_submitted_together_share_a_batch_and_replay_bit_identically(
         batching: Client) -> None:
     client = batching
@@ -78,11 +89,7 @@ async def test_jobs_submitted_together_share_a_batch_and_replay_bit_identically(
     # Each job drew from its own seed: same duration and model, four different takes.
     assert len({tuple(samples(j["outputs"][0])[:4000]) for j in jobs}) == 4
     # A replay decodes the whole batch again and keeps its own take: bit for bit.
-    take = (await client.call("takes.show", {"take": jobs[1]["outputs"][0]}))
-    replay_id = (await client.call("takes.replay", {"take": take["id"]}))["job_id"]
-    (replay,) = await wait_all(client, [replay_id])
-    assert replay["state"] == "done", replay["error"]
-    assert replay["recipe"]["replay"] == {"of": take["id"], "bit_identical": True}
+    replay = await replay_first_take(client, jobs[1])
     assert replay["recipe"]["info"]["batch_requests"] == 4
     assert samples(replay["outputs"][0]) == samples(jobs[1]["outputs"][0])
 
@@ -132,10 +139,7 @@ async def test_melody_jobs_batch_with_each_other_only(short_tmp: Path,
             str(short_tmp / "a4.wav"), str(short_tmp / "e4.wav")]
         assert jobs[2]["recipe"]["batch"] == {**batch, "index": 1}
         assert "batch" not in jobs[1]["recipe"] and "batch" not in jobs[3]["recipe"]
-        take = await client.call("takes.show", {"take": jobs[2]["outputs"][0]})
-        replay_id = (await client.call("takes.replay", {"take": take["id"]}))["job_id"]
-        (replay,) = await wait_all(client, [replay_id])
-        assert replay["recipe"]["replay"] == {"of": take["id"], "bit_identical": True}
+        await replay_first_take(client, jobs[2])
 
 
 async def test_continuations_of_one_file_batch_together(batching: Client,
@@ -161,10 +165,7 @@ async def test_continuations_of_one_file_batch_together(batching: Client,
         (1, riff), (4, riff)]
     assert jobs[3]["recipe"]["batch"] == {**batch, "index": 1}
     assert "batch" not in jobs[1]["recipe"] and "batch" not in jobs[2]["recipe"]
-    take = await client.call("takes.show", {"take": jobs[3]["outputs"][0]})
-    replay_id = (await client.call("takes.replay", {"take": take["id"]}))["job_id"]
-    (replay,) = await wait_all(client, [replay_id])
-    assert replay["recipe"]["replay"] == {"of": take["id"], "bit_identical": True}
+    replay = await replay_first_take(client, jobs[3])
     assert samples(replay["outputs"][0]) == samples(jobs[3]["outputs"][0])
 
 

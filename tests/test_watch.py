@@ -32,6 +32,7 @@ from timbred.watch import (
     FileRecord,
     WatchService,
     WatchStore,
+    _idempotency_key,
 )
 
 pytestmark = pytest.mark.anyio
@@ -325,8 +326,7 @@ class TestExactlyOnce:
         record = seed_claim(tmp_path, path, status="submitting",
                             location=f"{DONE_DIR}/mid.txt", name="mid.txt")
         if job_made:  # what the first attempt left in the daemon before the crash
-            index = record.prompts[0]["request"]["index"]
-            key = f"watch:{record.id}:{record.created_at:.6f}:{index}"
+            key = _idempotency_key(record, record.prompts[0])
             first = {"params": {"prompt": "Maybe submitted",
                                 "output": record.prompts[0]["output"]},
                      "export": {}, "preset": None, "idempotency_key": key}

@@ -516,10 +516,15 @@ class MusicgenBackend(Backend):
         prompt = self._read_prompt(st, first, target_samples)
         melody = None
         if first.melody_path is not None and st.chroma is not None:
-            waves = [read_audio(p.melody_path or "", param="melody",
-                                sample_rate=st.chroma.sample_rate, channels=1,
-                                max_duration_s=p.duration_s)[0] for p in items]
-            melody = (st.chroma, waves)
+            # Each file once: requests often share a melody, and the batch one duration.
+            read: dict[str, npt.NDArray[np.float32]] = {}
+            for p in items:
+                path = p.melody_path or ""
+                if path not in read:
+                    read[path] = read_audio(path, param="melody",
+                                            sample_rate=st.chroma.sample_rate, channels=1,
+                                            max_duration_s=first.duration_s)[0]
+            melody = (st.chroma, [read[p.melody_path or ""] for p in items])
         cancel.raise_if_cancelled()
         rows = sum(p.variations for p in items)
         try:

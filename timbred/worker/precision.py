@@ -29,7 +29,7 @@ import functools
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -232,11 +232,8 @@ class QualityReport:
     model_mean_rel_error: float
 
     def to_dict(self) -> dict[str, float | int]:
-        """Plain JSON types."""
-        return {"max_rel_error": self.max_rel_error, "mean_rel_error": self.mean_rel_error,
-                "topk_agreement": self.topk_agreement, "steps": self.steps, "k": self.k,
-                "model_max_rel_error": self.model_max_rel_error,
-                "model_mean_rel_error": self.model_mean_rel_error}
+        """Plain JSON types: every field by name."""
+        return asdict(self)
 
 
 class _Stepper:
