@@ -21,7 +21,6 @@ from timbre_tui.state import (
     ACTIVE_STATES,
     FORMATS,
     PARAM_SPECS,
-    PRESETS,
     RETRYABLE_STATES,
     ParamSpec,
     format_value,
@@ -292,7 +291,21 @@ def _param_command(studio: Studio, spec: ParamSpec) -> SlashCommand:
         except ValueError as exc:
             studio.say(str(exc), "error")
             return
-        studio.say(state.set_param(spec.name, value))
+        def apply() -> None:
+            try:
+                studio.say(state.set_param(spec.name, value))
+            except ValueError as exc:  # a preset the daemon does not have, or a broken one
+                studio.say(str(exc), "error")
+
+        if spec.name == "preset" and value is not None and value not in state.presets:
+            # A preset file written since the studio connected: ask the daemon again first.
+            async def reload_then_apply() -> None:
+                await studio.link.refresh_presets()
+                apply()
+
+            studio.spawn(reload_then_apply, what="preset")
+            return
+        apply()
 
     def complete() -> Iterable[tuple[str, str]]:
         state = studio.state
@@ -301,9 +314,8 @@ def _param_command(studio: Studio, spec: ParamSpec) -> SlashCommand:
             names = list(dict.fromkeys([*loaded, *state.model_names]))
             return [(n, "loaded" if n in loaded else "") for n in names]
         if spec.name == "preset":
-            return [(name, ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
-                                     for k, v in values.items()))
-                    for name, values in PRESETS.items()]
+            return [("none", "no preset"),
+                    *((p.name, p.summary()) for p in state.presets.values())]
         if spec.name == "seed":
             last = state.last_seed()
             return [("random", "a new seed every take"), ("lock", "keep the latest seed"),

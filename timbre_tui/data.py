@@ -2,10 +2,10 @@
 
 :class:`DaemonLink` follows the daemon's events with :func:`timbrectl.client.follow_events`
 (which reconnects and replays by ``seq``), reloads the state by RPC when it (re)connects having
-missed events, hands every event to ``on_event`` too (the live preview's feed), and keeps one
-connection open for requests. :func:`describe_error` is the one
-translation of errors into the line the user reads. Library queries go to the daemon's history
-(``history.search``, in :meth:`DaemonLink.library`).
+missed events (status and jobs, then models and presets), hands every event to ``on_event`` too
+(the live preview's feed), and keeps one connection open for requests. :func:`describe_error`
+is the one translation of errors into the line the user reads. Library queries go to the
+daemon's history (``history.search``, in :meth:`DaemonLink.library`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any, cast
 import anyio
 import anyio.abc
 
-from timbre_tui.state import StudioState, Take
+from timbre_tui.state import Preset, StudioState, Take
 from timbrectl.client import Client, connect, follow_events
 from timbred.errors import DaemonUnavailable, InvalidParams, MethodNotFound, TimbreError
 
@@ -135,6 +135,7 @@ class DaemonLink:
         self._on_change()
         if self._tg is not None:
             self._tg.start_soon(self._refresh_models)
+            self._tg.start_soon(self._refresh_presets_quietly)
 
     async def _refresh_status(self) -> None:
         with contextlib.suppress(TimbreError, TimeoutError):
@@ -147,6 +148,35 @@ class DaemonLink:
             names = [m["name"] for m in listing["installed"]]
             names += [m["name"] for m in listing["catalogue"] if m["name"] not in names]
             self.state.model_names = names
+
+    async def _refresh_presets_quietly(self) -> None:
+        with contextlib.suppress(TimbreError, TimeoutError):
+            await self.refresh_presets()
+        self._on_change()
+
+    async def refresh_presets(self) -> None:
+        """Load the daemon's presets (``presets.list``, then ``presets.show`` for each one
+        that reads), replacing the ones known. A daemon without presets offers none."""
+        try:
+            listing = await self.call("presets.list")
+        except MethodNotFound:
+            self.state.presets = {}
+            return
+        entries = listing["presets"]
+        usable = [e["name"] for e in entries if e.get("problem") is None]
+        answers = await self.batch([("presets.show", {"name": n}) for n in usable]) \
+            if usable else []
+        shown = dict(zip(usable, answers, strict=True))
+        presets: dict[str, Preset] = {}
+        for e in entries:
+            name, about, detail = e["name"], e.get("description") or "", shown.get(e["name"])
+            if isinstance(detail, dict):
+                presets[name] = Preset(name, about, dict(detail.get("params") or {}))
+            else:  # broken on disk, or it broke between the two calls
+                problem = e.get("problem") or (describe_error(detail) if isinstance(
+                    detail, BaseException) else "the daemon did not describe it")
+                presets[name] = Preset(name, about, problem=problem)
+        self.state.presets = presets
 
     # --- requests -------------------------------------------------------------------------
 

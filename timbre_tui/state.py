@@ -30,18 +30,31 @@ Connection = Literal["connecting", "connected", "disconnected"]
 View = Literal["timeline", "library"]
 Level = Literal["info", "error"]
 
-#: Parameter bundles offered by ``/preset``. They live here until the daemon serves presets
-#: (``PresetNotFound`` is already in its error table); then :mod:`timbre_tui.data` lists theirs.
-PRESETS: dict[str, dict[str, Any]] = {
-    "default": {"duration": 10.0, "temperature": 1.0, "top_k": 250, "top_p": 0.0,
-                "guidance": 3.0, "variations": 1},
-    "sketch": {"duration": 5.0, "variations": 1, "guidance": 3.0},
-    "loop": {"duration": 8.0, "temperature": 0.9, "top_k": 250, "guidance": 3.5},
-    "focused": {"temperature": 0.7, "top_k": 50, "top_p": 0.0, "guidance": 4.0},
-    "wild": {"temperature": 1.3, "top_k": 0, "top_p": 0.95, "guidance": 2.0},
-    "variations": {"duration": 8.0, "variations": 4},
-    "long": {"duration": 60.0, "variations": 1},
+#: The :class:`Params` fields a daemon preset's ``[params]`` table can fill (the table's other
+#: keys, such as ``keep_alive``, still reach the daemon through the preset's name).
+PRESET_FIELDS: dict[str, Callable[[Any], Any]] = {
+    "model": str, "duration": float, "temperature": float, "top_k": int, "top_p": float,
+    "guidance": float, "variations": int,
 }
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A daemon preset as ``/preset`` offers it (``presets.list`` and ``presets.show``).
+
+    ``problem`` is set for a preset file the daemon could not read; it cannot be chosen.
+    """
+
+    name: str
+    description: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+    problem: str | None = None
+
+    def summary(self) -> str:
+        """One line for completion menus: the description, else the parameters."""
+        if self.problem:
+            return f"broken: {self.problem}"
+        return self.description or ", ".join(f"{k} {v}" for k, v in self.params.items())
 
 
 @dataclass(frozen=True)
@@ -61,7 +74,12 @@ class Params:
     preset: str | None = None
 
     def submit_params(self, prompt: str) -> dict[str, Any]:
-        """The ``generate.submit`` params (seed only when locked, model only when chosen)."""
+        """The ``generate.submit`` params (seed only when locked, model and preset only when
+        chosen).
+
+        The panel's values are always sent, so they win over the preset's own (the daemon's
+        rule: explicit values first); the preset still wraps the prompt and sets the export.
+        """
         out: dict[str, Any] = {"prompt": prompt, "duration": self.duration,
                                "temperature": self.temperature, "top_k": self.top_k,
                                "top_p": self.top_p, "guidance": self.guidance,
@@ -70,6 +88,8 @@ class Params:
             out["model"] = self.model
         if self.seed_locked:
             out["seed"] = self.seed
+        if self.preset:
+            out["preset"] = self.preset
         return out
 
 
@@ -79,7 +99,7 @@ class ParamSpec:
 
     name: str
     label: str
-    kind: Literal["float", "int", "seed", "model", "choice"]
+    kind: Literal["float", "int", "seed", "model", "choice", "preset"]
     help: str
     minimum: float = 0.0
     maximum: float = 0.0
@@ -104,8 +124,8 @@ PARAM_SPECS: tuple[ParamSpec, ...] = (
               0.0, 30.0, 0.5),
     ParamSpec("variations", "variations", "int", "takes per prompt, in one pass", 1, 16, 1),
     ParamSpec("format", "format", "choice", "format for /export", choices=FORMATS),
-    ParamSpec("preset", "preset", "choice", "a bundle of parameters",
-              choices=tuple(PRESETS)),
+    ParamSpec("preset", "preset", "preset",
+              "a daemon preset: fills the panel; wraps the prompt and sets the export"),
 )
 
 
@@ -132,9 +152,9 @@ def parse_value(spec: ParamSpec, text: str) -> Any:
     t = text.strip()
     if spec.kind == "model":
         return t or None
+    if spec.kind == "preset":  # which names exist is the daemon's to say (set_param checks)
+        return None if t in ("", "none") else t
     if spec.kind == "choice":
-        if spec.name == "preset" and t in ("", "none"):
-            return None
         if t not in spec.choices:
             raise ValueError(f"{spec.label}: {t!r} is not one of {', '.join(spec.choices)}")
         return t
@@ -273,6 +293,8 @@ class StudioState:
     status: dict[str, Any] | None = None
     loaded_models: list[dict[str, Any]] = field(default_factory=list)
     model_names: list[str] = field(default_factory=list)
+    #: The daemon's presets by name, in its order (``DaemonLink`` loads them).
+    presets: dict[str, Preset] = field(default_factory=dict)
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     progress: dict[str, dict[str, Any]] = field(default_factory=dict)
     params: Params = field(default_factory=Params)
@@ -481,13 +503,25 @@ class StudioState:
             new = (replace(p, seed_locked=False) if value == "random"
                    else replace(p, seed=int(value), seed_locked=True))
         elif spec.name == "preset":
-            new = replace(p, preset=None) if value is None else apply_preset(p, value)
-        elif spec.name in ("model", "format"):
-            new = replace(p, **{spec.name: value})
+            new = replace(p, preset=None) if value is None else apply_preset(
+                p, self.preset_named(value))
         else:
-            new = replace(p, **{spec.name: value}, preset=None)
+            # A preset stays chosen: a changed value overrides its own, and its prompt
+            # wrapping and export settings still apply.
+            new = replace(p, **{spec.name: value})
         self.set_params(new)
         return f"{spec.label}: {format_value(self.params, spec, self.last_seed())}"
+
+    def preset_named(self, name: str) -> Preset:
+        """The daemon's preset ``name``; ValueError naming the choices, or its problem."""
+        preset = self.presets.get(name)
+        if preset is None:
+            usable = [n for n, p in self.presets.items() if p.problem is None]
+            raise ValueError(f"preset: {name!r} is not one of the daemon's presets "
+                             f"({', '.join(usable) or 'none loaded yet'})")
+        if preset.problem is not None:
+            raise ValueError(f"preset: {name} cannot be used: {preset.problem}")
+        return preset
 
     def step_param(self, name: str, direction: int) -> str:
         """Step a parameter by its increment (or to the next choice) in ``direction``."""
@@ -495,11 +529,11 @@ class StudioState:
         p = self.params
         if spec.name == "seed":
             return self.set_param("seed", max(0, min(SEED_MAX, p.seed + direction)))
-        if spec.kind == "choice" or spec.kind == "model":
-            choices: list[Any] = (list(spec.choices) if spec.kind == "choice"
-                                  else [None, *self.model_names])
-            if spec.name == "preset":
-                choices = [None, *choices]
+        if spec.kind in ("choice", "model", "preset"):
+            choices: list[Any] = (
+                list(spec.choices) if spec.kind == "choice"
+                else [None, *self.model_names] if spec.kind == "model"
+                else [None, *(n for n, pr in self.presets.items() if pr.problem is None)])
             current = getattr(p, spec.name)
             i = choices.index(current) if current in choices else 0
             return self.set_param(spec.name, choices[(i + direction) % len(choices)])
@@ -538,7 +572,7 @@ class StudioState:
         return True
 
 
-def apply_preset(params: Params, name: str) -> Params:
-    """``params`` with preset ``name`` applied; KeyError when unknown."""
-    values = PRESETS[name]
-    return replace(params, **values, preset=name)
+def apply_preset(params: Params, preset: Preset) -> Params:
+    """``params`` with ``preset``'s values in the panel and its name chosen."""
+    values = {k: PRESET_FIELDS[k](v) for k, v in preset.params.items() if k in PRESET_FIELDS}
+    return replace(params, **values, preset=preset.name)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.tui.factories import job
-from timbre_tui.state import Params, StudioState, parse_value, spec_for
+from timbre_tui.state import Params, Preset, StudioState, parse_value, spec_for
 
 
 class TestDaemonData:
@@ -62,6 +62,29 @@ class TestParams:
         with pytest.raises(ValueError, match="^" + message.replace("(", r"\(")[:40]):
             parse_value(spec_for(name), text)
 
+    def test_presets_are_the_daemons(self) -> None:
+        """/preset takes the daemon's presets: an unknown or broken one is refused naming the
+        usable ones or the problem, stepping skips broken ones, and editing a value keeps the
+        preset chosen (its prompt wrapping and export still apply)."""
+        st = StudioState()
+        with pytest.raises(ValueError, match="none loaded yet"):
+            st.set_param("preset", "lofi")
+        st.presets = {"lofi": Preset("lofi", "Mellow", {"duration": 30}),
+                      "bad": Preset("bad", problem="params.duration: 9000 is too large"),
+                      "mine": Preset("mine", params={"model": "musicgen-small"})}
+        with pytest.raises(ValueError, match=r"'jazz' is not one of the daemon's presets "
+                                             r"\(lofi, mine\)"):
+            st.set_param("preset", "jazz")
+        with pytest.raises(ValueError, match=r"bad cannot be used: params\.duration"):
+            st.set_param("preset", "bad")
+        assert st.params == Params()
+        assert [st.step_param("preset", +1) for _ in range(3)] == [
+            "preset: lofi", "preset: mine", "preset: none"]
+        st.set_param("preset", "lofi")
+        st.set_param("duration", 5.0)
+        assert (st.params.preset, st.params.duration) == ("lofi", 5.0)
+        assert st.presets["bad"].summary().startswith("broken: ")
+
     def test_undo_redo_and_seed_lock(self) -> None:
         """Each change is one undo step; locking the seed takes the latest take's seed; only a
         locked seed is sent."""
@@ -70,8 +93,12 @@ class TestParams:
         st.set_param("duration", 5.0)
         st.toggle_seed_lock()
         assert st.params.seed == 1234 and st.params.submit_params("x")["seed"] == 1234
+        st.presets = {"wild": Preset("wild", params={"temperature": 1.3, "top_k": 0.0,
+                                                      "keep_alive": 60})}
         st.set_param("preset", "wild")
         assert st.params.temperature == 1.3 and st.params.preset == "wild"
+        assert st.params.top_k == 0 and isinstance(st.params.top_k, int)
+        assert st.params.submit_params("x")["preset"] == "wild"
         assert st.undo() and st.params.preset is None and st.params.temperature == 1.0
         assert st.undo() and "seed" not in st.params.submit_params("x")
         assert st.undo() and st.params == Params()

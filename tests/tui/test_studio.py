@@ -163,12 +163,19 @@ class TestPromptToTake:
 
 
 class TestEditing:
-    async def test_parameters_commands_completion_palette(self, short_tmp: Path,
-                                                          tiny: Path) -> None:
+    async def test_parameters_commands_completion_palette(
+        self, short_tmp: Path, tiny: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         """Parameters change from the panel (F4, arrows) and by /command, undo and redo with
         Ctrl-Z / Ctrl-Y; bad values and unknown commands say why; Tab/Enter complete commands
-        and presets; the palette filters and runs actions; /help opens help and Esc closes
-        it."""
+        and the daemon's presets; the palette filters and runs actions; /help opens help and
+        Esc closes it."""
+        # The in-process daemon reads user presets from here (platformdirs' config dir).
+        monkeypatch.setattr("platformdirs.user_config_dir",
+                            lambda app: str(short_tmp / "config" / app))
+        user_presets = short_tmp / "config" / "timbre" / "presets"
+        user_presets.mkdir(parents=True)
+        (user_presets / "broken.toml").write_text("[params]\nduration = 9000\n")
         async with running_daemon(short_tmp, models__default=str(tiny), **WINDOW) as d, \
                 running_studio(d.socket_path, columns=80, rows=24) as h:
             st = h.studio.state
@@ -215,15 +222,16 @@ class TestEditing:
             assert "/preset" in h.screen()  # the menu shows usage
             h.press("enter")  # finishes the command's name
             await h.until(lambda: buf.text == "/preset ", "the completed command")
-            h.type("wi")
+            h.type("lo")
             await h.until(lambda: buf.complete_state is not None
-                          and [c.text for c in buf.complete_state.completions] == ["wild"],
-                          "preset completions")
+                          and [c.text for c in buf.complete_state.completions] == ["lofi"],
+                          "the daemon's preset completions")
+            assert "Mellow lo-fi hip hop" in h.screen()  # its description, from the daemon
             h.press("tab")
-            await h.until(lambda: buf.text == "/preset wild", "the completed preset")
+            await h.until(lambda: buf.text == "/preset lofi", "the completed preset")
             h.press("enter")
-            await h.until(lambda: st.params.preset == "wild", "the preset applied")
-            assert st.params.temperature == 1.3
+            await h.until(lambda: st.params.preset == "lofi", "the preset applied")
+            assert st.params.duration == 30.0  # lofi.toml's [params]
 
             # the palette: filter, run
             h.press("c-p")
@@ -234,6 +242,36 @@ class TestEditing:
             h.press("enter")
             await h.until(lambda: not st.palette_open and st.params.preset is None,
                           "undo run from the palette")
+            assert st.params.duration == 11.0
+
+            # a broken preset file says why; one written after connecting is found
+            await send_command(h, "/preset broken")
+            await h.until(lambda: "broken cannot be used" in h.message, "the refusal")
+            assert "params.duration" in h.message and st.params.preset is None
+            await send_command(h, "/preset jazz")
+            await h.until(lambda: "'jazz' is not one of the daemon's presets" in h.message,
+                          "an unknown preset refused after asking the daemon again")
+            assert "lofi" in h.message and "broken" not in h.message
+            (user_presets / "mine.toml").write_text(
+                'prompt_prefix = "minimal techno"\n[params]\ntemperature = 0.5\n'
+                '[export]\nformat = "flac"\n')
+            await send_command(h, "/preset mine")
+            await h.until(lambda: st.params.preset == "mine", "the new preset applied")
+            assert st.params.temperature == 0.5
+
+            # a prompt sent with it: the daemon wraps it and writes the preset's format; a
+            # value changed in the panel stays the user's (and the preset stays chosen)
+            await send_command(h, "/duration 1")
+            assert st.params.preset == "mine"
+            h.type("rolling bassline")
+            h.press("enter")
+            await h.until(lambda: any(j["state"] == "done" for j in st.jobs.values()),
+                          "the take", timeout=60)
+            job = next(j for j in st.jobs.values() if j["state"] == "done")
+            assert job["params"]["prompt"] == "minimal techno, rolling bassline"
+            assert job["params"]["preset"] == "mine" and job["params"]["duration"] == 1.0
+            assert job["params"]["temperature"] == 0.5
+            assert [Path(o).suffix for o in job["outputs"]] == [".flac"]
 
             await send_command(h, "/help")
             await h.until(lambda: st.help_open and "Keys (tui.toml" in h.screen(), "help")
