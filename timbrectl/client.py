@@ -234,15 +234,22 @@ async def connect(socket_path: str | os.PathLike[str] | None = None, *,
     except OSError as exc:
         raise DaemonUnavailable(str(path), exc.strerror or str(exc)) from exc
     client = Client(stream, path)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(client._read_loop)
-        try:
-            yield client
-        finally:
-            tg.cancel_scope.cancel()
-            client._events_recv.close()
-            with anyio.CancelScope(shield=True):
-                await stream.aclose()
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(client._read_loop)
+            try:
+                yield client
+            finally:
+                tg.cancel_scope.cancel()
+                client._events_recv.close()
+                with anyio.CancelScope(shield=True):
+                    await stream.aclose()
+    except BaseExceptionGroup as group:
+        # The task group wraps what the caller's block raised (a daemon error, a timeout);
+        # callers catch TimbreError or TimeoutError, so a lone exception leaves as itself.
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
 
 
 async def follow_events(
