@@ -11,6 +11,7 @@ import pytest
 
 from tests.support import RawConnection
 from timbrectl.client import Client, connect
+from timbred import presets
 from timbred.app import Daemon
 from timbred.testing.daemon import running_daemon
 from timbred.testing.tiny_musicgen import build_tiny_musicgen
@@ -80,3 +81,17 @@ async def raw(daemon: Daemon) -> AsyncIterator[Callable[[], Awaitable[RawConnect
     yield open_
     for conn in opened:
         await conn.aclose()
+
+
+@pytest.fixture
+def user_presets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The user presets directory (created, empty) that an in-process daemon reads.
+
+    The daemon looks presets up in platformdirs' config dir, so that is pointed at a private
+    one: the tests never see (or write) the real user's presets.
+    """
+    monkeypatch.setattr("platformdirs.user_config_dir",
+                        lambda app: str(tmp_path / "config" / app))
+    directory = presets.default_user_dir()
+    directory.mkdir(parents=True)
+    return directory

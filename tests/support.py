@@ -1,4 +1,5 @@
-"""Test helpers: a raw line-oriented socket client and schema validation of real traffic."""
+"""Test helpers: a raw line-oriented socket client, schema validation of real traffic, and
+an independent loudness measurement of written files."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from typing import Any
 import anyio
 import anyio.abc
 import jsonschema
+import pyloudnorm
+import soundfile as sf
 
 from timbred.protocol.schema import openrpc, rooted
 
@@ -108,3 +111,10 @@ def check_event(params: dict[str, Any]) -> None:
     doc = openrpc()
     jsonschema.validate(params, rooted(doc["x-notifications"]["event"]["params"]))
     jsonschema.validate(params["data"], rooted(doc["x-events"][params["type"]]["data"]))
+
+
+def file_lufs(path: str | Path) -> float:
+    """The integrated loudness of an audio file as written: decoded by soundfile, measured
+    by pyloudnorm (not by the meter in timbred.export that normalised it)."""
+    audio, rate = sf.read(path, dtype="float64", always_2d=True)
+    return float(pyloudnorm.Meter(rate).integrated_loudness(audio))

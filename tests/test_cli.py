@@ -13,6 +13,8 @@ import anyio
 import jsonschema
 import pytest
 
+from tests.support import file_lufs
+from timbrectl.client import Client
 from timbred.app import Daemon
 from timbred.protocol.schema import rooted
 
@@ -49,6 +51,42 @@ async def test_ping_and_status(daemon: Daemon, short_tmp: Path) -> None:
     doc = json.loads(machine.stdout)
     jsonschema.validate(doc, status_schema())
     assert doc["pid"] == os.getpid()
+
+
+@pytest.mark.anyio
+async def test_takes_export_with_a_preset(gen: Daemon, client: Client, user_presets: Path,
+                                          short_tmp: Path) -> None:
+    """`takes export TAKE --preset NAME` prints the new file: the preset's format at its
+    loudness; an explicit --loudness wins; --json is the WrittenTake. An unknown preset is
+    exit 1 naming it (the error object on stdout with --json), and nothing is written."""
+    (user_presets / "archive.toml").write_text(
+        '[export]\nformat = "flac"\nloudness_target_lufs = -20.0\n')
+    submitted = await client.call("generate.submit", {"prompt": "x", "duration": 1.0})
+    job = await client.call("jobs.wait", {"job_id": submitted["job_id"], "timeout": 120})
+    assert job["state"] == "done", job["error"]
+    take = job["outputs"][0]
+    env = ctl_env(gen.socket_path, short_tmp)
+
+    proc = await ctl("takes", "export", take, "--preset", "archive", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == str(Path(take).with_suffix(".flac")) + "\n"
+    assert file_lufs(proc.stdout.strip()) == pytest.approx(-20.0, abs=0.5)
+
+    louder = short_tmp / "louder.flac"
+    proc = await ctl("takes", "export", take, "--preset", "archive", "--loudness", "-16",
+                     "-o", str(louder), "--json", env=env)
+    assert proc.returncode == 0, proc.stderr
+    written = json.loads(proc.stdout)
+    jsonschema.validate(written, rooted({"$ref": "#/components/schemas/WrittenTake"}))
+    assert written["path"] == str(louder) and written["format"] == "flac"
+    assert file_lufs(louder) == pytest.approx(-16.0, abs=0.5)
+
+    before = sorted(Path(take).parent.iterdir())
+    proc = await ctl("takes", "export", take, "--preset", "nope", "--format", "ogg", "--json",
+                     env=env)
+    assert proc.returncode == 1 and proc.stderr.startswith("timbrectl: no preset 'nope'")
+    assert json.loads(proc.stdout)["error"]["data"]["kind"] == "preset_not_found"
+    assert sorted(Path(take).parent.iterdir()) == before
 
 
 def test_no_daemon_exits_3(short_tmp: Path) -> None:

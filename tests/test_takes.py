@@ -17,12 +17,13 @@ import anyio.lowlevel
 import jsonschema
 import miniaudio
 import pytest
+import soundfile as sf
 
 from tests.conftest import FAST
-from tests.support import check_event
+from tests.support import RawConnection, check_error, check_event, check_result, file_lufs, req
 from timbrectl.client import Client, connect
 from timbred.app import Daemon
-from timbred.errors import InvalidParams, PresetNotFound, TakeNotFound
+from timbred.errors import InvalidParams, PresetInvalid, PresetNotFound, TakeNotFound
 from timbred.export import sidecar_path
 from timbred.protocol.schema import load as load_schema
 from timbred.protocol.schema import rooted
@@ -171,6 +172,106 @@ class TestHistory:
         b = miniaudio.wav_read_file_f32(job["outputs"][0]).samples
         assert list(a) == list(b)
         assert original["id"] != take2["id"]
+
+
+#: A user preset for masters: FLAC at -20 LUFS, plus generation settings an export ignores.
+ARCHIVE_PRESET = """description = "Quiet FLAC masters"
+prompt_prefix = "kazoo solo"
+
+[params]
+duration = 30
+
+[export]
+format = "flac"
+loudness_target_lufs = -20.0
+"""
+
+
+async def export_raw(daemon: Daemon, **params: Any) -> dict[str, Any]:
+    """The raw JSON-RPC reply to ``takes.export`` (params validated by the daemon's schema)."""
+    conn = await RawConnection.open(daemon.socket_path)
+    try:
+        reply: dict[str, Any] = await conn.call(req("takes.export", params), timeout=60)
+    finally:
+        await conn.aclose()
+    return reply
+
+
+def folder_listing(path: str) -> list[str]:
+    return sorted(p.name for p in Path(path).parent.iterdir())
+
+
+class TestExportWithPreset:
+    async def test_the_preset_export_table_layers_under_explicit_options(
+        self, client: Client, gen: Daemon, user_presets: Path, tmp_path: Path
+    ) -> None:
+        """The preset's [export] goes over the take's recorded options (WAV, -14 LUFS): a
+        FLAC at the preset's -20 LUFS, measured on the file. An explicit loudness or format
+        beats the preset's. The preset's prompt words and params are not applied."""
+        (user_presets / "archive.toml").write_text(ARCHIVE_PRESET)
+        take = await only_take(client, await run_job(client, prompt="glassy pads",
+                                                     duration=1.0, seed=7))
+        assert take["format"] == "wav"
+
+        flac = check_result("takes.export",
+                            await export_raw(gen, take=take["id"], preset="archive"))
+        assert flac["path"] == str(Path(take["path"]).with_suffix(".flac"))
+        assert flac["format"] == "flac" and sf.info(flac["path"]).format == "FLAC"
+        assert file_lufs(flac["path"]) == pytest.approx(-20.0, abs=0.5)
+        assert flac["duration_s"] == pytest.approx(1.0)
+        sidecar = json.loads(await anyio.Path(flac["sidecar_path"]).read_text())
+        assert sidecar["prompt"] == "glassy pads"
+
+        louder = check_result("takes.export", await export_raw(
+            gen, take=take["id"], preset="archive", loudness_target_lufs=-16.0,
+            output=str(tmp_path / "louder.flac")))
+        assert louder["path"] == str(tmp_path / "louder.flac") and louder["format"] == "flac"
+        assert file_lufs(louder["path"]) == pytest.approx(-16.0, abs=0.5)
+
+        ogg = check_result("takes.export", await export_raw(gen, take=take["id"],
+                                                            preset="archive", format="ogg"))
+        assert ogg["path"] == str(Path(take["path"]).with_suffix(".ogg"))
+        assert file_lufs(ogg["path"]) == pytest.approx(-20.0, abs=0.5)
+
+    async def test_an_output_name_and_a_preset_format(self, client: Client, gen: Daemon,
+                                                      user_presets: Path,
+                                                      tmp_path: Path) -> None:
+        """As for generate: a preset's format is not overruled by the output's extension (a
+        mismatch is refused naming output, nothing written); without a format from the
+        request or the preset, the output's extension picks it over the take's own."""
+        (user_presets / "archive.toml").write_text(ARCHIVE_PRESET)
+        out = tmp_path / "out"
+        out.mkdir()
+        take = await only_take(client, await run_job(client, prompt="x", duration=0.5))
+        with pytest.raises(InvalidParams) as info:
+            await client.call("takes.export", {"take": take["id"], "preset": "archive",
+                                               "output": str(out / "a.wav")})
+        assert info.value.data["param"] == "output"
+        assert list(out.iterdir()) == []
+        shared = await client.call("takes.export", {"take": take["id"], "preset": "share",
+                                                    "output": str(out / "a.mp3")})
+        assert shared["format"] == "mp3" and shared["path"] == str(out / "a.mp3")
+        named = await client.call("takes.export", {"take": take["id"],
+                                                   "output": str(out / "b.ogg")})
+        assert named["format"] == "ogg" and named["path"] == str(out / "b.ogg")
+
+    async def test_unknown_or_broken_preset_is_refused_and_nothing_written(
+        self, client: Client, gen: Daemon, user_presets: Path
+    ) -> None:
+        """An unknown preset is PresetNotFound (-32061) naming it, with a close name as a
+        hint; a malformed one PresetInvalid (-32062) naming the file; no file is written."""
+        (user_presets / "broken.toml").write_text('[export]\nformat = "aiff"\n')
+        take = await only_take(client, await run_job(client, prompt="x", duration=0.5))
+        before = folder_listing(take["path"])
+        err = check_error(await export_raw(gen, take=take["id"], preset="shar"),
+                          PresetNotFound.code, PresetNotFound.kind)
+        assert err["data"]["preset"] == "shar" and "share" in err["data"]["hint"]
+        err = check_error(await export_raw(gen, take=take["id"], preset="broken",
+                                           format="flac"),
+                          PresetInvalid.code, PresetInvalid.kind)
+        assert err["data"]["path"] == str(user_presets / "broken.toml")
+        assert err["data"]["key"] == "export.format"
+        assert folder_listing(take["path"]) == before
 
 
 @contextlib.contextmanager

@@ -246,6 +246,8 @@ async def cmd_takes(args: argparse.Namespace) -> int:
         args.out.result(result, render.take_detail(result))
     elif action == "export":
         params = {"take": take, **_export_params(args)}
+        if args.preset:
+            params["preset"] = args.preset
         if args.output:
             params["output"] = _absolute(args.output)
         async with connect(args.socket, timeout=args.timeout) as client:
@@ -415,7 +417,10 @@ def build_parser() -> argparse.ArgumentParser:
         tp = tk.add_parser(name, parents=[common], help=text)
         tp.add_argument("take", metavar="TAKE", help="take id (t-...) or path")
         if name == "export":
-            generate.add_export_arguments(tp)
+            generate.add_export_arguments(tp, fallback="the take's format")
+            tp.add_argument("--preset", metavar="NAME", help="export settings from a preset "
+                            "(timbrectl presets list) over the take's own; its parameters and "
+                            "prompt words do not apply; explicit options win")
             tp.add_argument("-o", "--output", metavar="PATH")
         elif name == "rate":
             tp.add_argument("value", choices=["up", "down", "none"])

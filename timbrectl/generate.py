@@ -244,10 +244,13 @@ async def run(args: argparse.Namespace) -> int:
     return EXIT_INTERRUPTED if interrupted and outcome["state"] == "cancelled" else EXIT_FAILED
 
 
-def add_export_arguments(p: argparse.ArgumentParser) -> None:
-    """The encoding options shared by ``generate`` and ``takes export``."""
+def add_export_arguments(p: argparse.ArgumentParser, *, fallback: str = "wav") -> None:
+    """The encoding options shared by ``generate`` and ``takes export``.
+
+    ``fallback`` names the format used when neither -o nor a preset picks one.
+    """
     p.add_argument("-f", "--format", choices=["wav", "flac", "mp3", "ogg"],
-                   help="file format (default: the -o extension, the preset, or wav)")
+                   help=f"file format (default: the -o extension, the preset, or {fallback})")
     p.add_argument("--wav-subtype", choices=["PCM_16", "PCM_24", "FLOAT"])
     p.add_argument("--bitrate", type=int, metavar="KBPS", help="MP3 bit rate (default 320)")
     p.add_argument("--loudness", type=float, metavar="LUFS",

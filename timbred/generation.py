@@ -31,7 +31,7 @@ import anyio.abc
 import anyio.to_thread
 import platformdirs
 
-from timbred import __version__, export, models, presets, preview, takes
+from timbred import __version__, models, presets, preview, takes
 from timbred.config import Settings
 from timbred.errors import (
     Cancelled,
@@ -45,7 +45,7 @@ from timbred.errors import (
     WorkerCrashed,
 )
 from timbred.events import EventBus
-from timbred.history import EXPORT_KEYS, History, audio_sha256
+from timbred.history import History, audio_sha256, request_export
 from timbred.jobs import Job, JobState, JobStore, request_digest
 from timbred.library import Library, Take
 from timbred.runtime import check_socket_path, default_socket_path
@@ -257,11 +257,8 @@ class Generation:
         if request.get("preset"):
             preset = presets.load(request["preset"])
             request, preset_export = presets.apply(preset, request)
-        request_export = {k: request[k] for k in EXPORT_KEYS if k in request}
-        if request.get("output") and "format" not in request_export \
-                and "format" not in preset_export:
-            request_export["format"] = export.format_from_path(request["output"])
-        options = self.history.export_options(preset_export, request_export)
+        options = self.history.export_options(preset_export,
+                                              request_export(request, preset_export))
         model = request.get("model") or self.settings["models.default"]
         ref = models.resolve(model)
         if not ref.ready:

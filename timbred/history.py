@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from timbred import __version__, export, takes
+from timbred import __version__, export, presets, takes
 from timbred.config import Settings
 from timbred.errors import InvalidParams, OutputError, TakeNotFound
 from timbred.library import Library, Take
@@ -33,6 +33,20 @@ log = logging.getLogger(__name__)
 
 EXPORT_KEYS = ("format", "wav_subtype", "mp3_bitrate_kbps", "ogg_quality",
                "loudness_target_lufs", "true_peak_ceiling_dbtp")
+
+
+def request_export(request: Mapping[str, Any],
+                   preset_export: Mapping[str, Any]) -> dict[str, Any]:
+    """The export options ``request`` names itself: the top layer of ``export_options``.
+
+    An ``output`` path's extension names the format when neither the request nor the preset
+    does: the name the user typed outranks the configured (or a take's recorded) format, but
+    not a format someone chose on purpose, which the extension must then match.
+    """
+    own = {k: request[k] for k in EXPORT_KEYS if request.get(k) is not None}
+    if request.get("output") and "format" not in own and "format" not in preset_export:
+        own["format"] = export.format_from_path(request["output"])
+    return own
 
 
 def audio_sha256(audio: npt.NDArray[np.float32]) -> str:
@@ -64,8 +78,9 @@ class History:
     def export_options(self, *layers: Mapping[str, Any]) -> export.ExportOptions:
         """Configuration defaults overlaid by each layer in turn (preset, then request).
 
-        ``loudness_target_lufs: false`` switches normalisation off; a ``.mp3`` (etc.) output
-        path chooses the format when no layer names one.
+        ``loudness_target_lufs: false`` switches normalisation off; build the request's layer
+        with :func:`request_export`, so that a ``.mp3`` (etc.) output path chooses the format
+        when neither the request nor the preset names one.
         """
         merged = self.default_export()
         for layer in layers:
@@ -122,19 +137,31 @@ class History:
         return self.library.get(take)
 
     def export_take(self, take: str, request: Mapping[str, Any]) -> export.WrittenTake:
-        """Re-encode a take; the new file sits beside it unless ``output`` says where."""
+        """Re-encode a take; the new file sits beside it unless ``output`` says where.
+
+        Options, each layer over the one before: the configuration, the take's recorded
+        export options, the ``[export]`` table of ``request["preset"]`` (if named), and the
+        request's own. Only a preset's export settings apply: its ``[params]`` and prompt
+        words shape a generation, and this take is already made. An output path's extension
+        names the format as for ``generate.submit`` (:func:`request_export`). PresetNotFound
+        or PresetInvalid, like every refusal, comes before anything is written.
+        """
         record = self.library.get(take)
         source = Path(record.path)
         if record.deleted_at is not None or not source.is_file():
             raise TakeNotFound(take)
-        options = self.export_options(record.recipe.get("export", {}), request)
+        preset_export = presets.load(request["preset"]).export if request.get("preset") \
+            else {}
+        options = self.export_options(record.recipe.get("export", {}), preset_export,
+                                      request_export(request, preset_export))
         output = request.get("output")
-        if output is not None and not Path(output).is_absolute():
-            raise InvalidParams("output must be an absolute path", param="output")
-        dest = Path(output) if output else source.with_suffix(options.extension)
-        if dest.exists():
-            raise InvalidParams(f"{dest} already exists; Timbre never overwrites a file",
-                                param="output")
+        if output:
+            dest = takes.check_output(output, 1, extensions=[options.extension])[0]
+        else:
+            dest = source.with_suffix(options.extension)
+            if dest.exists():
+                raise InvalidParams(f"{dest} already exists; Timbre never overwrites a file",
+                                    param="output")
         return export.export_existing(source, dest, options)
 
     def rate(self, take: str, value: str, note: str | None) -> Take:

@@ -28,7 +28,8 @@ async def show(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
 
 
 async def export(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
-    """Re-encode a take into another format beside it (or at ``output``)."""
+    """Re-encode a take into another format beside it (or at ``output``), optionally with a
+    preset's export settings (:meth:`History.export_take` says how options layer)."""
     history = ctx.daemon.generation.history
     written = await anyio.to_thread.run_sync(history.export_take, params["take"], params)
     return written.to_dict()
