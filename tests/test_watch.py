@@ -59,6 +59,9 @@ class FakeGeneration:
     async def submit(self, request: dict[str, Any]) -> str:
         key = request.get("idempotency_key")
         if key in self.keys:
+            if self.jobs[self.keys[key]] != request:  # the daemon compares a digest
+                raise InvalidParams(f"idempotency key {key} was used for another request",
+                                    param="idempotency_key")
             return self.keys[key]
         params = request["params"]
         if params.get("model") == "missing":
@@ -342,6 +345,36 @@ class TestExactlyOnce:
             assert [r["params"]["prompt"] for r in gen.submitted] == ["Maybe submitted"]
             assert prompt["job_id"] == "j-00001"
         assert len(gen.keys) == 1 and list(gen.keys.values()) == [prompt["job_id"]]
+
+    async def test_the_format_is_fixed_at_claim_time(self, tmp_path: Path,
+                                                     inbox: Path) -> None:
+        """format_for names the outputs' format when a file is claimed (a free name for that
+        suffix is reserved), and a prompt caught mid-submit is resubmitted with the output its
+        claim recorded even though format_for now says otherwise (a preset edited between a
+        crash and the restart): the same request, so the first attempt's job."""
+        gen, events = FakeGeneration(), Events()
+        (inbox / OUTBOX_DIR).mkdir()
+        (inbox / OUTBOX_DIR / "song.flac").write_bytes(b"taken")
+        (inbox / "song.txt").write_text("Lossless please")
+        async with running(make(tmp_path, gen, events, format_for=lambda req: "flac")):
+            await events.until(lambda: bool(events.files("done")))
+        [prompt] = result_of(inbox, "song.txt")["prompts"]
+        assert prompt["output"] == str(inbox / OUTBOX_DIR / "song.2.flac")
+        assert gen.submitted[0]["params"]["output"] == prompt["output"]
+
+        path = inbox / DONE_DIR / "mid.txt"
+        path.write_text("Maybe submitted")
+        record = seed_claim(tmp_path, path, status="submitting",
+                            location=f"{DONE_DIR}/mid.txt", name="mid.txt")
+        key = _idempotency_key(record, record.prompts[0])
+        first = {"params": {"prompt": "Maybe submitted", "output": record.prompts[0]["output"]},
+                 "export": {}, "preset": None, "idempotency_key": key}
+        gen.jobs["j-early"], gen.keys[key] = first, "j-early"
+        async with running(make(tmp_path, gen, events, format_for=lambda req: "mp3")):
+            await events.until(lambda: len(events.files("done")) == 2)
+        [prompt] = result_of(inbox, "mid.txt")["prompts"]
+        assert prompt["status"] == "done" and prompt["job_id"] == "j-early"
+        assert prompt["output"].endswith(".wav") and len(gen.submitted) == 1
 
     async def test_same_content_dropped_again_is_a_new_request(self, tmp_path: Path,
                                                                inbox: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -9,10 +10,13 @@ import anyio
 import miniaudio
 import pytest
 
+from tests.conftest import FAST
 from tests.support import check_event
-from timbrectl.client import Client
+from timbrectl.client import Client, connect
 from timbred.app import Daemon
 from timbred.errors import WatchFolderError
+from timbred.testing.daemon import running_daemon
+from timbred.watch import WatchStore
 
 pytestmark = pytest.mark.anyio
 
@@ -69,3 +73,46 @@ async def test_add_list_rm(gen: Daemon, client: Client, short_tmp: Path) -> None
     assert str(extra) not in paths
     with pytest.raises(WatchFolderError):
         await client.call("watch.add", {"path": "relative/dir"})
+
+
+async def test_a_preset_edited_between_crash_and_restart_keeps_the_job(
+        short_tmp: Path, tiny: Path, user_presets: Path) -> None:
+    """The output's format is fixed when the file is claimed. A crash inside submit, then
+    the preset's format edited, then a restart: the prompt is submitted again as the very
+    request its first attempt sent (same output name), so it gets that job, not a refusal as
+    "another request" under its idempotency key, and no second job."""
+    (user_presets / "mine.toml").write_text('[export]\nformat = "flac"\n')
+    async with running_daemon(short_tmp, models__default=str(tiny), **FAST) as d, \
+            connect(d.socket_path) as client:
+        await client.subscribe(["watch.*"])
+        inbox = d.generation.output_root / "inbox"
+        await anyio.Path(inbox / "x.toml").write_text(
+            'prompt = "glass pads"\npreset = "mine"\nduration = 0.5\n')
+        (job_id,) = (await next_file_event(client, "done"))["jobs"]
+        database = d.generation.store.path
+    # What a crash inside submit leaves: the claim open, its prompt caught "submitting",
+    # no result file yet.
+    (inbox / "done" / "x.toml.result.json").unlink()
+    store = WatchStore(database)
+    try:
+        [record] = store.records()
+        record.state, record.outcome, record.finished_at = "claimed", None, None
+        record.prompts[0].update(status="submitting", job_id=None, outputs=[])
+        store.save(record)
+    finally:
+        store.close()
+    (user_presets / "mine.toml").write_text('[export]\nformat = "mp3"\n')
+    async with running_daemon(short_tmp, models__default=str(tiny), **FAST) as d, \
+            connect(d.socket_path) as client:
+        result_path = anyio.Path(inbox / "done" / "x.toml.result.json")
+        for _ in range(1200):  # the restarted watch resumes the claim on its own
+            if await result_path.exists():
+                result = json.loads(await result_path.read_text())
+                if result["state"] != "submitted":
+                    break
+            await anyio.sleep(0.05)
+        jobs = (await client.call("jobs.list", {}))["jobs"]
+    [prompt] = result["prompts"]
+    assert result["state"] == "done" and prompt["job_id"] == job_id, result
+    assert [j["id"] for j in jobs] == [job_id]
+    assert prompt["output"].endswith(".flac")

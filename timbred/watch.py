@@ -136,6 +136,7 @@ log = logging.getLogger(__name__)
 Submit = Callable[[dict[str, Any]], Awaitable[str]]
 Wait = Callable[[str], Awaitable[dict[str, Any]]]
 Publish = Callable[[str, dict[str, Any]], None]
+FormatFor = Callable[[PromptRequest], str]
 OutputsMode = Literal["outbox", "beside"]
 
 DONE_DIR: Final = "done"
@@ -462,6 +463,11 @@ def _numbered(name: str, *, keep_suffix: bool = True) -> Iterator[str]:
         n += 1
 
 
+def _own_format(request: PromptRequest) -> str:
+    """The format the prompt file names, else WAV."""
+    return str(request.export.get("format", "wav"))
+
+
 def _idempotency_key(record: FileRecord, prompt: Mapping[str, Any]) -> str:
     """The key a claim's prompt is submitted under, the same on every attempt (the claim's
     row id and creation time make it unique to this claim for as long as jobs are kept)."""
@@ -658,7 +664,11 @@ class WatchService:
     TimbreError when the request is refused (QueueFull and ShuttingDown are retried with
     backoff; any other refuses that prompt). ``wait(job_id)`` returns the finished job as a
     dict with ``state``, ``outputs`` and ``error``. ``publish(type, data)`` publishes a daemon
-    event and must not block. The other settings are described in the module's docstring;
+    event and must not block. ``format_for(request)`` names the format a prompt's takes will
+    be written in (default: the prompt file's, else WAV); it is asked once, when the file is
+    claimed, and the output path it implies is recorded with the claim, so a prompt submitted
+    again after a crash is the same request even if a preset or the configuration changed
+    in between. The other settings are described in the module's docstring;
     ``max_file_bytes`` caps a prompt file's size.
     """
 
@@ -678,6 +688,7 @@ class WatchService:
         rescan_interval_s: float = 30.0,
         retry_initial_s: float = 0.5,
         retry_max_s: float = 30.0,
+        format_for: FormatFor | None = None,
     ) -> None:
         if max_inflight_files < 1:
             raise ValueError(f"max_inflight_files must be at least 1, got {max_inflight_files}")
@@ -697,6 +708,7 @@ class WatchService:
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = max(retry_max_s, retry_initial_s)
         self._submit = submit
+        self._format_for: FormatFor = format_for or _own_format
         self._wait = wait
         self._publish = publish
         self._folders: dict[Path, _Folder] = {}
@@ -1012,7 +1024,7 @@ class WatchService:
         with self._reserved_lock:
             for req in requests:
                 base = req.output or (f"{stem}-{req.index}" if several else stem)
-                ext = promptfile.FORMAT_EXTENSIONS.get(req.export.get("format", "wav"), ".wav")
+                ext = promptfile.FORMAT_EXTENSIONS.get(self._format_for(req), ".wav")
                 output = self._free_output(out_dir, base, ext,
                                            int(req.params.get("variations", 1)))
                 prompt: dict[str, Any] = {

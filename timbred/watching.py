@@ -2,19 +2,22 @@
 
 :class:`timbred.watch.WatchService` knows files; this module gives it the daemon's folders
 (``watch.folders``, default ``inbox/`` in the output directory), submits its prompts through
-the generation service, and names each prompt's output after the format that will really be
-written (a preset or the configuration may choose a format the prompt file does not name).
+the generation service, and tells it the format each prompt will really be written in (a preset
+or the configuration may choose one the prompt file does not name), so outputs are named for it.
 """
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
-from timbred import export, presets
+from timbred import presets
 from timbred.config import Settings
+from timbred.errors import TimbreError
 from timbred.events import EventBus
 from timbred.generation import Generation
+from timbred.promptfile import PromptRequest
 from timbred.watch import WatchService
 
 
@@ -32,22 +35,24 @@ def make_watch_service(settings: Settings, generation: Generation,
                        bus: EventBus) -> WatchService:
     """A WatchService that submits through ``generation`` and publishes on ``bus``."""
 
-    def final_output(request: dict[str, Any]) -> str | None:
-        """The prompt's output path, its suffix matching the format that will be used."""
-        output: str | None = request["params"].get("output")
-        if output is None or "format" in request["export"]:
-            return output  # the prompt file chose the format (or the name implies it)
+    def format_for(request: PromptRequest) -> str:
+        """The format the prompt's takes will be written in: the prompt file's, else its
+        preset's, else the configuration's (asked once, when the file is claimed)."""
+        if "format" in request.export:
+            return str(request.export["format"])
         layers: list[dict[str, Any]] = []
-        if request.get("preset"):
-            layers.append(dict(presets.load(request["preset"]).export))
-        options = generation.history.export_options(*layers)
-        return str(Path(output).with_suffix(export.EXTENSIONS[options.format]))
+        if request.preset:
+            # A missing or broken preset: submitting will refuse the prompt, naming it.
+            with contextlib.suppress(TimbreError):
+                layers.append(dict(presets.load(request.preset).export))
+        return generation.history.export_options(*layers).format
 
     async def submit(request: dict[str, Any]) -> str:
+        # The output path was fixed when the file was claimed (format_for), so a prompt
+        # submitted again after a crash is the very request its first attempt sent.
         params = {**request["params"], **request["export"]}
         if request.get("preset"):
             params["preset"] = request["preset"]
-        params["output"] = final_output(request)
         params["idempotency_key"] = request.get("idempotency_key")
         return (await generation.submit(params)).id
 
@@ -63,4 +68,5 @@ def make_watch_service(settings: Settings, generation: Generation,
         max_inflight_files=settings["watch.max_inflight_files"],
         stable_checks=settings["watch.stable_checks"],
         stable_interval_s=settings["watch.stable_interval_s"],
-        outputs=settings["watch.outputs"], max_file_bytes=settings["watch.max_file_bytes"])
+        outputs=settings["watch.outputs"], max_file_bytes=settings["watch.max_file_bytes"],
+        format_for=format_for)
