@@ -164,17 +164,12 @@ class TestPromptToTake:
 
 class TestEditing:
     async def test_parameters_commands_completion_palette(
-        self, short_tmp: Path, tiny: Path, monkeypatch: pytest.MonkeyPatch
+        self, short_tmp: Path, tiny: Path, user_presets: Path
     ) -> None:
         """Parameters change from the panel (F4, arrows) and by /command, undo and redo with
         Ctrl-Z / Ctrl-Y; bad values and unknown commands say why; Tab/Enter complete commands
         and the daemon's presets; the palette filters and runs actions; /help opens help and
         Esc closes it."""
-        # The in-process daemon reads user presets from here (platformdirs' config dir).
-        monkeypatch.setattr("platformdirs.user_config_dir",
-                            lambda app: str(short_tmp / "config" / app))
-        user_presets = short_tmp / "config" / "timbre" / "presets"
-        user_presets.mkdir(parents=True)
         (user_presets / "broken.toml").write_text("[params]\nduration = 9000\n")
         async with running_daemon(short_tmp, models__default=str(tiny), **WINDOW) as d, \
                 running_studio(d.socket_path, columns=80, rows=24) as h:
