@@ -1021,10 +1021,12 @@ class WatchService:
         stem = Path(name).stem[:150] or "take"
         several = len(requests) > 1
         prompts: builtins.list[dict[str, Any]] = []
+        # Asked before taking the lock: the daemon's answer may read a preset file.
+        exts = [promptfile.FORMAT_EXTENSIONS.get(self._format_for(req), ".wav")
+                for req in requests]
         with self._reserved_lock:
-            for req in requests:
+            for req, ext in zip(requests, exts, strict=True):
                 base = req.output or (f"{stem}-{req.index}" if several else stem)
-                ext = promptfile.FORMAT_EXTENSIONS.get(self._format_for(req), ".wav")
                 output = self._free_output(out_dir, base, ext,
                                            int(req.params.get("variations", 1)))
                 prompt: dict[str, Any] = {
