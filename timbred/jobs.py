@@ -528,7 +528,6 @@ class JobStore(SQLiteStore):
         a new one, atomically; and whether it is new. ``digest`` identifies the client's
         request (before defaults such as a random seed were filled in), so a repeat is
         recognised and a different request under the same key refused (InvalidParams)."""
-        _check_key(key)
         params_json = _checked_submission(model, params, priority)
         with self._write() as conn:
             existing = self._by_key(conn, key, digest)

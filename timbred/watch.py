@@ -14,7 +14,9 @@ Outputs
     file's stem (``<stem>-<n>`` when the file holds several prompts), the first of ``name``,
     ``name.2``, ... whose files (variations add ``-1``, ``-2``; and their ``.json`` sidecars)
     exist nowhere and are promised to no unfinished claim. ``ext`` is that of the format the
-    prompt names (``format``, or the output name's suffix), else ``.wav``.
+    takes will be written in, fixed when the file is claimed: the one the prompt names
+    (``format``, or the output name's suffix), else (in the daemon) its preset's or the
+    configured one, else ``.wav``.
 
 What is taken
     Regular files named ``*.txt``, ``*.toml`` or ``*.json`` (any case), in the folder itself
@@ -214,10 +216,10 @@ class FileRecord:
     """One taken prompt file as stored.
 
     ``prompts`` holds one dict per prompt: ``request`` (:meth:`PromptRequest.to_dict`),
-    ``output`` (the reserved absolute .wav path), ``status`` (``pending`` → ``submitting`` →
-    ``submitted`` → ``done`` | ``failed``; or ``refused``; ``unknown`` is only found in
-    claims from versions that did not resubmit after a crash inside ``submit``), ``job_id``,
-    ``outputs`` and ``error`` (``{kind, message}``).
+    ``output`` (the reserved absolute path, its suffix the takes' format), ``status``
+    (``pending`` → ``submitting`` → ``submitted`` → ``done`` | ``failed``; or ``refused``;
+    ``unknown`` is only found in claims from versions that did not resubmit after a crash
+    inside ``submit``), ``job_id``, ``outputs`` and ``error`` (``{kind, message}``).
     """
 
     id: int

@@ -270,6 +270,11 @@ class _Stepper:
         return logits, raw
 
 
+def _rel_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    """``||got - want|| / ||want||`` (Frobenius norm over every element)."""
+    return float(torch.linalg.norm(got - want) / torch.linalg.norm(want))
+
+
 def compare_logits(
     model_fp32: Any,
     model_q: Any,
@@ -308,9 +313,8 @@ def compare_logits(
             column = model_fp32.decoder.apply_delay_pattern_mask(ids, delay_mask)[:, -1:]
             want, want_raw = ref(column)
             got, got_raw = cand(column)
-            errs.append(float(torch.linalg.norm(got - want) / torch.linalg.norm(want)))
-            model_errs.append(float(torch.linalg.norm(got_raw - want_raw)
-                                    / torch.linalg.norm(want_raw)))
+            errs.append(_rel_error(got, want))
+            model_errs.append(_rel_error(got_raw, want_raw))
             top_ref = want.topk(k, dim=-1).indices
             top_got = got.topk(k, dim=-1).indices
             hits = (top_ref[:, :, None] == top_got[:, None, :]).any(-1).float().mean()
