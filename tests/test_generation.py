@@ -30,6 +30,7 @@ from timbred.errors import (
     ModelNotFound,
     QueueFull,
 )
+from timbred.jobs import JobState
 from timbred.protocol.schema import rooted
 from timbred.testing.daemon import running_daemon
 
@@ -454,3 +455,24 @@ async def test_configured_int8_precision_reaches_the_recipe(short_tmp: Path, tin
             assert job["recipe"]["info"]["precision"] == "int8"
             outs.append(read_back(job["outputs"][0]))
         assert np.array_equal(outs[0], outs[1])
+
+
+async def test_two_sides_finishing_one_job_at_once_do_not_collide(daemon: Daemon) -> None:
+    """A batch's last cancel and the batch's own end can both finish the same job at the same
+    moment (seen once in CI: the cancel was answered "job is cancelled; it cannot become
+    cancelled"). Finishing is check-then-move, so two at once must be serialised: one moves
+    the job, the other finds it finished and leaves it."""
+    generation = daemon.generation
+    # Straight into the store: the scheduler is not woken, so the job stays queued here.
+    job = await anyio.to_thread.run_sync(
+        lambda: generation.store.submit("tiny", {"prompt": "x", "duration": 1.0}))
+    results: list[Any] = []
+
+    async def finish() -> None:
+        results.append(await generation._finish(job, JobState.CANCELLED, None))
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(2):
+            tg.start_soon(finish)
+    assert sorted(r is None for r in results) == [False, True]
+    assert (await generation.get(job.id)).state is JobState.CANCELLED

@@ -155,6 +155,9 @@ class Generation:
         self._cancel_jobs: dict[str, int] = {}
         # Of those, the cancels still to be sent again once the worker reports progress.
         self._cancel_repeats: dict[str, int] = {}
+        # _finish is check-then-move; a cancel and the end of its batch may both finish one
+        # job at the same moment, and the second must see the first's result.
+        self._finishing = anyio.Lock()
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -322,7 +325,8 @@ class Generation:
                 # Its rows keep being decoded for the others' sake (their numbers must not
                 # depend on when it left), but the job is over for its owner now.
                 await self.worker.cancel(item=index)
-                job = await self._finish(job, JobState.CANCELLED, None) or job
+                # None: the batch ended meanwhile (this was its last request) and finished it.
+                job = await self._finish(job, JobState.CANCELLED, None) or await self.get(job_id)
         return job
 
     async def retry(self, job_id: str) -> Job:
@@ -499,13 +503,14 @@ class Generation:
                       ) -> Job | None:
         """Move ``job`` to a final ``state`` unless it is there already; the new job or None."""
         with anyio.CancelScope(shield=True):
-            current = await self.get(job.id)
-            if current.terminal:
-                return None
-            if state is JobState.FAILED and current.state is JobState.QUEUED:
-                # queued -> failed is not a legal edge; go through loading first.
-                current = await self._transition(current, JobState.LOADING)
-            return await self._transition(current, state, error=error)
+            async with self._finishing:
+                current = await self.get(job.id)
+                if current.terminal:
+                    return None
+                if state is JobState.FAILED and current.state is JobState.QUEUED:
+                    # queued -> failed is not a legal edge; go through loading first.
+                    current = await self._transition(current, JobState.LOADING)
+                return await self._transition(current, state, error=error)
         return None  # not reached; a shielded scope cannot be cancelled
 
     def _progress_callback(self, jobs: list[Job], started: float) -> Any:
