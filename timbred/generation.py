@@ -670,6 +670,8 @@ class Generation:
                                           "memory_bytes": info.memory_bytes})
         log.info("loaded %s on %s (%s, %.0f MiB)", name, info.device, info.dtype,
                  info.memory_bytes / MiB)
+        for warning in info.warnings:
+            log.warning("%s", warning)
         return entry
 
     async def _evict_for(self, need: int) -> None:

@@ -328,6 +328,12 @@ class Backend(ABC):
     def capabilities(self) -> Capabilities:
         """What the loaded model can do; raises :class:`errors.GenerationFailed` if none is."""
 
+    @property
+    def load_warnings(self) -> tuple[str, ...]:
+        """What the last load had to give up (e.g. a fast path that failed its self-check),
+        one line each, for the daemon to log once; empty when nothing was."""
+        return ()
+
     def generate(
         self,
         params: GenerationParams,

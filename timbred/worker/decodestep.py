@@ -56,6 +56,8 @@ from transformers.models.musicgen_melody.modeling_musicgen_melody import (
 )
 from transformers.utils.generic import ModelOutput
 
+from timbred.worker.hfnames import CACHE_ARG, MASK_CACHE_ARG, OUTPUT_CACHE_FIELD
+
 __all__ = ["LeanDecoder", "lean_decoder", "lean_steps"]
 
 Op = Callable[[torch.Tensor], torch.Tensor]
@@ -179,7 +181,7 @@ class LeanDecoder:
         embeds = sum(self.embed[c](codes[:, c]) for c in range(self.codebooks))
         assert isinstance(embeds, torch.Tensor)
         mask = create_causal_mask(config=dec.config, inputs_embeds=embeds,
-                                  attention_mask=attention_mask, past_key_values=cache)
+                                  attention_mask=attention_mask, **{MASK_CACHE_ARG: cache})
         cross_mask = None
         if not self.melody:
             cross_mask = create_bidirectional_mask(
@@ -204,10 +206,9 @@ class LeanDecoder:
             x = layer.ffn_norm(hidden)
             hidden = hidden + layer.fc2(layer.act(layer.fc1(x)))
         hidden = self.final_norm(hidden)
-        if self.melody:
-            return BaseModelOutputWithPast(last_hidden_state=hidden, past_key_values=cache)
-        return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=hidden,
-                                                         past_key_values=cache)
+        output = (BaseModelOutputWithPast if self.melody
+                  else BaseModelOutputWithPastAndCrossAttentions)
+        return output(last_hidden_state=hidden, **{OUTPUT_CACHE_FIELD: cache})
 
 
 def lean_decoder(model: Any) -> LeanDecoder | None:
@@ -260,18 +261,19 @@ def lean_steps(model: Any) -> Iterator[bool]:
                 attention_mask: torch.Tensor | None = None,
                 encoder_hidden_states: torch.Tensor | None = None,
                 encoder_attention_mask: torch.Tensor | None = None,
-                past_key_values: Any = None, inputs_embeds: torch.Tensor | None = None,
+                inputs_embeds: torch.Tensor | None = None,
                 use_cache: bool | None = None, **kwargs: Any) -> Any:
-        if lean.covers(input_ids, inputs_embeds, encoder_hidden_states, past_key_values,
-                       kwargs):
+        # The cache arrives under the installed transformers' name for it (hfnames).
+        cache = kwargs.pop(CACHE_ARG, None)
+        if lean.covers(input_ids, inputs_embeds, encoder_hidden_states, cache, kwargs):
             assert input_ids is not None
             return lean.step(input_ids, attention_mask, encoder_hidden_states,
-                             encoder_attention_mask, past_key_values)
+                             encoder_attention_mask, cache)
         return original(input_ids=input_ids, attention_mask=attention_mask,
                         encoder_hidden_states=encoder_hidden_states,
                         encoder_attention_mask=encoder_attention_mask,
-                        past_key_values=past_key_values, inputs_embeds=inputs_embeds,
-                        use_cache=use_cache, **kwargs)
+                        inputs_embeds=inputs_embeds, use_cache=use_cache,
+                        **{CACHE_ARG: cache}, **kwargs)
 
     decoder.forward = forward
     try:

@@ -34,6 +34,8 @@ import torch
 from transformers import MusicgenMelodyForConditionalGeneration
 from transformers.cache_utils import DynamicCache, DynamicLayer, EncoderDecoderCache
 
+from timbred.worker.hfnames import CACHE_ARG
+
 __all__ = ["PreallocatedCache", "PreallocatedLayer", "preallocated_kv"]
 
 
@@ -149,17 +151,17 @@ def preallocated_kv(model: Any, capacity: int) -> Iterator[dict[str, Any]]:
         return EncoderDecoderCache(PreallocatedCache(layers, capacity), DynamicCache())
 
     if isinstance(model, MusicgenMelodyForConditionalGeneration):
-        yield {"past_key_values": cache()}
+        yield {CACHE_ARG: cache()}
         return
     inner = model.decoder.model.decoder  # MusicgenDecoder
     original = inner.forward
 
-    def forward(*args: Any, past_key_values: Any = None, use_cache: bool | None = None,
-                **kwargs: Any) -> Any:
+    def forward(*args: Any, use_cache: bool | None = None, **kwargs: Any) -> Any:
+        # The cache arrives under the installed transformers' name for it (hfnames).
         wanted = inner.config.use_cache if use_cache is None else use_cache
-        if past_key_values is None and wanted:
-            past_key_values = cache()
-        return original(*args, past_key_values=past_key_values, use_cache=use_cache, **kwargs)
+        if kwargs.get(CACHE_ARG) is None and wanted:
+            kwargs[CACHE_ARG] = cache()
+        return original(*args, use_cache=use_cache, **kwargs)
 
     inner.forward = forward
     try:

@@ -46,7 +46,7 @@ import gc
 import math
 import re
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, cast
@@ -86,7 +86,8 @@ from timbred.worker.backend import (
     validate_dtype,
     validate_precision,
 )
-from timbred.worker.decodestep import lean_steps
+from timbred.worker.decodestep import lean_decoder, lean_steps
+from timbred.worker.fastpath import FastPaths, choose
 from timbred.worker.kvcache import preallocated_kv
 from timbred.worker.precision import (
     int8_activation_bits,
@@ -294,6 +295,8 @@ class _Loaded:
     context_frames: int
     memory_bytes: int
     chroma: _ChromaExtractor | None
+    fast: FastPaths
+    """The fast paths this model decodes with (checked against the stock path at load)."""
 
 
 class MusicgenBackend(Backend):
@@ -313,8 +316,11 @@ class MusicgenBackend(Backend):
     ``preallocate_kv`` (default on) decodes with :mod:`timbred.worker.kvcache`'s in-place
     self-attention cache instead of transformers' re-concatenating one, and ``lean_steps``
     (default on) runs the decoding steps through :mod:`timbred.worker.decodestep` instead of
-    transformers' modules. The takes are bit-identical either way (tested), so neither is
-    recorded; they are switched off only for comparisons.
+    transformers' modules. The takes are bit-identical either way (tested). Both lean on
+    transformers internals, so each load checks them against the stock path
+    (:mod:`timbred.worker.fastpath`) and switches off any that disagree for that model; what
+    ran is recorded in every take's ``info["fast_paths"]``, and :attr:`load_warnings` says
+    why a path was switched off.
     """
 
     name: ClassVar[str] = "musicgen"
@@ -373,6 +379,10 @@ class MusicgenBackend(Backend):
                 quantize_decoder(model)
             tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
             chroma = _chroma_extractor(source, config) if model_type == "musicgen_melody" else None
+            fast = choose(_fast_path_probe(model, tokenizer, torch_device),
+                          preallocate_kv=self.preallocate_kv,
+                          lean_steps=self.lean_steps and lean_decoder(model) is not None,
+                          library=f"transformers {transformers.__version__}")
         except errors.TimbreError:
             raise
         except Exception as exc:
@@ -385,12 +395,13 @@ class MusicgenBackend(Backend):
             raise errors.ModelLoadFailed(source, f"{type(exc).__name__}: {exc}") from exc
         self._state = self._describe(
             model, tokenizer, source, config, model_type, torch_device, dtype, torch_dtype,
-            precision, chroma
+            precision, chroma, fast
         )
 
     def _describe(self, model: Any, tokenizer: Any, source: str, config: Any, model_type: str,
                   device: torch.device, dtype_name: str, torch_dtype: torch.dtype,
-                  precision: str | None, chroma: _ChromaExtractor | None) -> _Loaded:
+                  precision: str | None, chroma: _ChromaExtractor | None,
+                  fast: FastPaths) -> _Loaded:
         audio_cfg = config.audio_encoder
         decoder_cfg = config.decoder
         sample_rate = int(audio_cfg.sampling_rate)
@@ -444,6 +455,7 @@ class MusicgenBackend(Backend):
             context_frames=window_frames - stride_frames,
             memory_bytes=memory,
             chroma=chroma,
+            fast=fast,
         )
 
     def unload(self) -> None:
@@ -463,6 +475,14 @@ class MusicgenBackend(Backend):
     def capabilities(self) -> Capabilities:
         """What the loaded model can do."""
         return self._require().capabilities
+
+    @property
+    def load_warnings(self) -> tuple[str, ...]:
+        """Why a fast path was switched off for the loaded model, if one was."""
+        state = self._state
+        if state is None or state.fast.fallback is None:
+            return ()
+        return (f"{state.source}: {state.fast.fallback}",)
 
     def memory_bytes(self) -> int:
         """Bytes of weights and buffers, computed once at load (safe from any thread)."""
@@ -565,6 +585,7 @@ class MusicgenBackend(Backend):
             "batch_rows": rows,
             "transformers": transformers.__version__,
             "torch": torch.__version__,
+            "fast_paths": st.fast.to_dict(),
         }
         if st.precision == "int8":  # 8 where the CPU's kernel is exact at full range, else 7
             info["int8_activation_bits"] = int8_activation_bits()
@@ -653,10 +674,10 @@ class MusicgenBackend(Backend):
                     for p, wave in zip(items, waves, strict=True)])
             # Positions this pass holds: BOS, the context frames and every new step.
             kv: contextlib.AbstractContextManager[dict[str, Any]] = contextlib.nullcontext({})
-            if self.preallocate_kv:
+            if st.fast.preallocate_kv:
                 kv = preallocated_kv(st.model, 1 + context + kwargs["max_new_tokens"])
             lean: contextlib.AbstractContextManager[bool] = contextlib.nullcontext(False)
-            if self.lean_steps:
+            if st.fast.lean_steps:
                 lean = lean_steps(st.model)
             with kv as extra, lean, _without_codec_decode(st.model):
                 st.model.generate(**kwargs, **extra)
@@ -873,6 +894,52 @@ class _AllCancelled(CancelToken):
     def raise_if_cancelled(self) -> None:
         if self.cancelled:
             raise errors.Cancelled()
+
+
+class _ScoreRecorder(LogitsProcessor):
+    """Keeps a copy of every step's raw logits and changes nothing."""
+
+    def __init__(self, into: list[torch.Tensor]) -> None:
+        self.into = into
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor
+                 ) -> torch.FloatTensor:
+        self.into.append(scores.detach().clone())
+        return scores
+
+
+def _fast_path_probe(model: Any, tokenizer: Any, device: torch.device
+                     ) -> Callable[[bool, bool], list[torch.Tensor]]:
+    """The probe :func:`timbred.worker.fastpath.choose` compares: greedy, guided decoding of
+    a few steps, once from nothing and once continuing a short decoder prompt (the two ways a
+    window starts), with the given fast paths; every step's raw logits."""
+    codebooks = int(model.decoder.config.num_codebooks)
+    channels = int(model.decoder.config.audio_channels)
+    # Enough steps past the delay pattern that several cached decoding steps run.
+    steps = codebooks // channels + 3
+    text = {k: v.to(device) for k, v in tokenizer(["fast path check"], return_tensors="pt").items()}
+    context = (torch.arange(codebooks * 3, device=device) % 7).reshape(codebooks, 3)
+
+    def probe(preallocate: bool, lean: bool) -> list[torch.Tensor]:
+        scores: list[torch.Tensor] = []
+        for prompt in (None, context):
+            kwargs: dict[str, Any] = dict(text)
+            kwargs.update(do_sample=False, guidance_scale=3.0, max_new_tokens=steps,
+                          logits_processor=LogitsProcessorList([_ScoreRecorder(scores)]))
+            if prompt is not None:
+                kwargs["decoder_input_ids"] = prompt
+            positions = 1 + (0 if prompt is None else prompt.shape[-1]) + steps
+            kv: contextlib.AbstractContextManager[dict[str, Any]] = contextlib.nullcontext({})
+            if preallocate:
+                kv = preallocated_kv(model, positions)
+            fast: contextlib.AbstractContextManager[bool] = contextlib.nullcontext(False)
+            if lean:
+                fast = lean_steps(model)
+            with torch.inference_mode(), kv as extra, fast, _without_codec_decode(model):
+                model.generate(**kwargs, **extra)
+        return scores
+
+    return probe
 
 
 @contextlib.contextmanager

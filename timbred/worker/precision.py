@@ -256,11 +256,14 @@ class _Stepper:
     def __call__(self, column: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Feed one token column ``(batch * codebooks, 1)``; float32 logits back: the
         guided ones and the model's own (every row, before guidance)."""
+        # Imported here: this module is also used (probes, quantization) without transformers.
+        from timbred.worker.hfnames import CACHE_ARG, output_cache
+
         ids = column.repeat((2, 1)) if self.guided else column
         out = self.model(encoder_outputs=self.encoder_outputs,
                          attention_mask=self.attention_mask, decoder_input_ids=ids,
-                         past_key_values=self.cache, use_cache=True)
-        self.cache = out.past_key_values
+                         use_cache=True, **{CACHE_ARG: self.cache})
+        self.cache = output_cache(out)
         raw: torch.Tensor = out.logits[:, -1].float()
         logits = raw
         if self.guided:

@@ -84,11 +84,14 @@ class LoadedModel:
     dtype: str
     memory_bytes: int
     capabilities: Capabilities
+    warnings: tuple[str, ...] = ()
+    """What the load had to give up (:attr:`Backend.load_warnings`); logged by the daemon."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["capabilities"] = self.capabilities.to_dict()
+        out["warnings"] = list(self.warnings)
         return out
 
     @classmethod
@@ -102,6 +105,7 @@ class LoadedModel:
             dtype=str(data["dtype"]),
             memory_bytes=int(data["memory_bytes"]),
             capabilities=Capabilities.from_dict(data["capabilities"]),
+            warnings=tuple(str(w) for w in data.get("warnings", ())),
         )
 
 
@@ -146,6 +150,7 @@ class _Slot:
             dtype=self.dtype,
             memory_bytes=self.backend.memory_bytes(),
             capabilities=self.backend.capabilities,
+            warnings=self.backend.load_warnings,
         ).to_dict()
 
 
