@@ -12,6 +12,7 @@ Usage: ./install.sh [--editable] [--no-service]
        ./install.sh --help
 
 Installs Timbre for the current user: an isolated virtual environment with
+the locked dependencies (requirements/app.txt, exactly the tested versions),
 torch and Timbre, links to timbred, timbrectl and timbre, and a user service
 that starts the daemon at login (systemd --user on Linux, a LaunchAgent on
 macOS). Running it again upgrades in place.
@@ -221,6 +222,10 @@ create_venv() {
 		if use_uv; then
 			uv venv --quiet ${flags[@]+"${flags[@]}"} --python "$python" "$venv" >&2
 		else
+			# A venv that sees its parent's packages takes pip and setuptools from there too:
+			# the copies ensurepip bundles (setuptools 65 on Python 3.11) would shadow the
+			# locked ones and make an offline install of the lock fail.
+			[[ $want_system == true ]] && flags+=(--without-pip)
 			"$python" -m venv ${flags[@]+"${flags[@]}"} "$venv" ||
 				die "'$python -m venv' failed. On Debian and Ubuntu install the python3-venv package (or install uv) and run again."
 		fi
@@ -258,7 +263,15 @@ pip_install() {
 }
 
 install_packages() {
-	local torch_spec=${TIMBRE_TORCH_SPEC:-torch==2.13.0} index=()
+	local torch_spec=${TIMBRE_TORCH_SPEC:-torch==2.13.0} index=() lock=$repo_dir/requirements/app.txt
+	# Exactly the tested versions, hash-checked, nothing resolved: a release upstream made
+	# last night cannot reach this install (scripts/lock.sh moves the lock, on purpose).
+	info "installing the locked dependencies ($lock)"
+	pip_install --require-hashes --no-deps -r "$lock" ||
+		die "installing the locked dependencies failed (see the output above)"
+
+	# torch on its own: its wheel differs between CPU and CUDA builds. Its own requirements
+	# are already installed from the lock.
 	if [[ -n ${TIMBRE_TORCH_INDEX_URL:-} ]]; then
 		index=(--index-url "$TIMBRE_TORCH_INDEX_URL")
 		info "torch from $TIMBRE_TORCH_INDEX_URL"
@@ -267,13 +280,16 @@ install_packages() {
 	pip_install ${index[@]+"${index[@]}"} "$torch_spec" ||
 		die "installing $torch_spec failed (see the output above)"
 
+	# Timbre itself adds nothing: built with the locked hatchling, its dependencies are there.
+	local editable_flag=()
+	[[ $editable == 1 ]] && editable_flag=(--editable)
 	if [[ $editable == 1 ]]; then
 		info "installing Timbre from $repo_dir (editable: keep the clone there)"
-		pip_install --editable "$repo_dir" || die "installing Timbre failed (see the output above)"
 	else
 		info "installing Timbre from $repo_dir"
-		pip_install "$repo_dir" || die "installing Timbre failed (see the output above)"
 	fi
+	pip_install --no-deps --no-build-isolation ${editable_flag[@]+"${editable_flag[@]}"} "$repo_dir" ||
+		die "installing Timbre failed (see the output above)"
 
 	# The unit's Documentation= points here: docs that match the installed version.
 	if [[ -f $repo_dir/README.md ]]; then
