@@ -3,7 +3,10 @@
 One process, one run, on whatever device it is given, prepared so that scarce GPU minutes are
 spent only on measuring. For each model (musicgen-small, then musicgen-medium: their exact
 architectures with random weights, :mod:`bench.musicgen_small_random`; no diffusion backend
-has landed yet, so there is none to build) it measures, side by side:
+has landed yet, so there is none to build) it measures, side by side (the shapes are those
+of transformers' ``convert_musicgen_transformers.py``, ``decoder_config_from_checkpoint``:
+small hidden 1024, 24 layers, 16 heads; medium hidden 1536, 48 layers, 24 heads; FFN 4 x
+hidden; T5-base text encoder, EnCodec 32 kHz):
 
 * **Timbre's worker path**: :class:`timbred.worker.musicgen.MusicgenBackend`, loaded and
   called exactly as the inference worker does (``load`` then ``generate`` /
