@@ -237,3 +237,58 @@ class TestReleaseMemory:
         assert emptied == []
         dev.release_memory("cuda:0")
         assert emptied == [True]
+
+
+class TestDaemonUsesTheWorkersReport:
+    """Generation._ensure_worker resolves device, dtype and budget from the worker's report
+    (the worker itself is stood in for: only its ready report matters here)."""
+
+    @staticmethod
+    async def _ensure(base: Path, monkeypatch: pytest.MonkeyPatch, gpus: tuple[CudaDevice, ...],
+                      **settings: Any) -> Any:
+        from timbred.events import EventBus
+        from timbred.generation import Generation
+        from timbred.testing.daemon import test_settings
+        from timbred.worker.process import WorkerHandle
+
+        started: list[bool] = []
+
+        async def start(self: WorkerHandle) -> None:
+            started.append(True)
+            self._info = WorkerInfo(pid=1, python="3", torch="2", threads=2,
+                                    cuda_devices=tuple(g.name for g in gpus), cuda=gpus)
+
+        monkeypatch.setattr(WorkerHandle, "start", start)
+        monkeypatch.setattr(WorkerHandle, "alive", property(lambda self: bool(started)))
+        gen = Generation(test_settings(base, **settings), EventBus())
+        try:
+            await gen._ensure_worker()
+        finally:
+            gen.store.close()
+            gen.history.library.close()
+        return gen
+
+    @pytest.mark.anyio
+    async def test_gpu_memory_is_the_budget(self, short_tmp: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+        """On a bf16 GPU: cuda, bfloat16, and 75% of the card's memory as the budget."""
+        gen = await self._ensure(short_tmp, monkeypatch, (H200,))
+        assert gen.device is not None
+        assert (gen.device["device"], gen.device["dtype"]) == ("cuda", "bfloat16")
+        assert gen.device["name"] == "NVIDIA H200"
+        assert gen.memory_budget == int(140 * GiB * 0.75)
+
+    @pytest.mark.anyio
+    async def test_older_gpu_gets_float16_and_a_capped_budget(
+            self, short_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Without bf16: float16; a configured budget beyond the card is capped at the card."""
+        gen = await self._ensure(short_tmp, monkeypatch, (T4,), models__memory_budget_mb=65536)
+        assert gen.device is not None and gen.device["dtype"] == "float16"
+        assert gen.memory_budget == 15 * GiB
+
+    @pytest.mark.anyio
+    async def test_configured_cuda_without_a_gpu_is_a_clear_error(
+            self, short_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """daemon.device=cuda on a machine without one fails with InvalidParams, not later."""
+        with pytest.raises(errors.InvalidParams, match="sees no CUDA device"):
+            await self._ensure(short_tmp, monkeypatch, (), daemon__device="cuda")
