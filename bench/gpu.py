@@ -27,8 +27,11 @@ cancelled once the first chunk arrives); median seconds per decoding step; peak 
 memory (``torch.cuda.max_memory_allocated``; on CPU the process's peak RSS instead).
 
 Budget: ``--budget SECONDS`` (wall, from start, model builds included). Measurements run in
-order of importance (Timbre's default precision on small: 10 s take, batch 8, then the
-baseline, 30 s and streaming; then the other precisions; then the options; then medium) and
+order of importance (on small: Timbre's default precision (10 s take, batch 8, 30 s take,
+streaming), the plain transformers baseline, the other precisions (10 s take, batch 8), the
+SDPA kernels; then
+medium: its build, the default precision in full, the others' 10 s take, the baseline; last
+the options that compile: ``torch.compile`` and the static cache with CUDA graphs) and
 each is first given an estimate (from the step time measured so far); one that would not fit
 is skipped and reported as skipped. A running one is cancelled at the budget's end. Every
 measurement is guarded: a failure (out of memory, a compile error, a missing kernel) is
@@ -112,10 +115,11 @@ class Budget:
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self.start = time.monotonic()
+        self.simulated = 0.0  # --dry-run: the estimates of what "ran"
 
     @property
     def elapsed(self) -> float:
-        return time.monotonic() - self.start
+        return time.monotonic() - self.start + self.simulated
 
     @property
     def left(self) -> float:
@@ -160,9 +164,10 @@ class Run:
     """Rows, the budget and what was learnt along the way (step times)."""
 
     def __init__(self, device: str, plan: Plan, budget: Budget,
-                 only: Sequence[str] = ()) -> None:
+                 only: Sequence[str] = (), dry_run: bool = False) -> None:
         self.device = device
         self.only = tuple(only)
+        self.dry_run = dry_run
         self.kind = "cuda" if device.startswith("cuda") else "cpu"
         self.plan = plan
         self.budget = budget
@@ -178,6 +183,8 @@ class Run:
 
     def step_guess(self, model: str, batch: int = 1) -> float:
         guess = TINY_GUESS_STEP_S if model == "tiny" else GUESS_STEP_S[self.kind]
+        if model == "medium" and "small" in self.step_s:
+            guess = 2 * self.step_s["small"]  # twice the layers, 1.5x as wide
         base = self.step_s.get(model, guess)
         # Batch rows cost little extra on a GPU (memory-bound), more on a CPU.
         return base * (1 + (batch - 1) * (0.05 if self.kind == "cuda" else 0.5))
@@ -202,6 +209,10 @@ class Run:
             _log(f"skip {row.id} ({row.reason})")
             return row
         _log(f"run  {row.id} (about {estimate_s:.1f} s, {self.budget.left:.0f} s left)")
+        if self.dry_run:
+            row.status, row.reason = "skipped", "dry run: would run"
+            self.budget.simulated += estimate_s
+            return row
         deadline = Deadline(self.budget.left)
         reset_peak(self.device)
         with warnings.catch_warnings(record=True) as caught:
@@ -321,10 +332,17 @@ def build_model(run: Run, name: str, root: Path, models: list[dict[str, Any]]) -
             out.append(build(root / f"musicgen-{name}-random", size=name))  # type: ignore[arg-type]
         row.wall_s = time.perf_counter() - t0
 
-    # Building writes fp32 safetensors (small ~2.3 GB, medium ~7 GB): host time, not GPU.
-    guess = {"tiny": 5.0, "small": 60.0, "medium": 150.0}[name]
+    # Building writes fp32 safetensors (small ~2.3 GB, medium ~7 GB): host time, not GPU. A
+    # guess (random init of ~0.6 / ~1.9 G parameters, then the write), not yet measured there.
+    guess = {"tiny": 5.0, "small": 30.0, "medium": 60.0}[name]
+    # Only worth building if a load and a 10 s take fit after it.
+    worth = LOAD_GUESS_S.get(name, 25.0) + run.estimate(name, run.plan.short_s)
     row = run.measure(Row(id=f"{name}/build", model=name, impl="timbre", precision="-",
-                          option="-", metric="build"), guess, work)
+                          option="-", metric="build"), guess + worth, work)
+    if run.dry_run:
+        run.budget.simulated -= worth if row.reason == "dry run: would run" else 0.0
+    if run.dry_run and row.reason == "dry run: would run":
+        return root / f"musicgen-{name}-random"
     if not out:
         return None
     models.append({"name": name, "path": str(out[0]), "build_s": row.wall_s,
@@ -503,13 +521,14 @@ def measure_timbre(run: Run, model: str, source: Path, label: str, options: dict
 
     with stack:
         run.measure(load_row, load_guess, load)
-        if not backends:
+        planned = run.dry_run and load_row.reason == "dry run: would run"
+        if not backends and not planned:
             for metric in metrics:  # say what could not be measured, and why
                 run.rows.append(Row(id=f"{base}/{metric}", model=model, impl="timbre",
                                     precision=label, option=option, metric=metric,
                                     status="skipped", reason=f"load {load_row.status}"))
             return
-        backend = backends[0]
+        backend = backends[0] if backends else None
         for metric in metrics:
             row = Row(id=f"{base}/{metric}", model=model, impl="timbre", precision=label,
                       option=option, metric=metric)
@@ -619,11 +638,13 @@ def sdpa_kernel(name: str) -> Callable[[], contextlib.AbstractContextManager[Any
 
 def run_all(run: Run, models: list[dict[str, Any]], model_root: Path, sizes: Sequence[str],
             quick: bool, quick_model: Path | None = None) -> None:
-    """Every measurement, most important first."""
+    """Every measurement, most important first: each model's own figures (the first model in
+    full, the others in brief), then the expensive options (compiles) on the first model."""
     offered = precisions_for(run.device)
     default_label, default_opts, default_dtype = offered[0]
     half = "bf16" if run.kind == "cuda" else "fp32"
     all_metrics = ("take10", "batch8", "take30", "stream")
+    first: tuple[str, Path] | None = None
     for size_index, size in enumerate(sizes):
         name = "tiny" if quick else size
         if quick and quick_model is not None:
@@ -638,38 +659,42 @@ def run_all(run: Run, models: list[dict[str, Any]], model_root: Path, sizes: Seq
         measure_timbre(run, name, source, default_label, default_opts, default_dtype,
                        metrics=all_metrics)
         if size_index > 0:
-            # Larger models: the other precisions' 10 s take only, before the baseline.
+            # Larger models: the other precisions' 10 s take only, then the baseline.
             for label, opts, dtype in offered[1:]:
                 measure_timbre(run, name, source, label, opts, dtype, metrics=("take10",))
             measure_plain(run, name, source, half)
             continue
+        first = (name, source)
         # 2. The baseline: the plain transformers script, at fp32 and at half precision.
         measure_plain(run, name, source, "fp32")
         if half != "fp32":
             measure_plain(run, name, source, half)
-        # 3. Every other precision Timbre offers here (--quick: the 10 s take only).
+        # 3. Every other precision Timbre offers here: 10 s take and batch (--quick: the take).
         for label, opts, dtype in offered[1:]:
             measure_timbre(run, name, source, label, opts, dtype,
-                           metrics=("take10",) if quick else all_metrics)
-        # 4. Options on the default precision, each guarded.
+                           metrics=("take10",) if quick else ("take10", "batch8"))
+        # 4. The cheap options: SDPA restricted to one kernel (no compile involved).
         for kernel in ("flash", "mem-efficient"):
             measure_timbre(run, name, source, default_label, default_opts, default_dtype,
                            metrics=("take10",), option=f"sdpa-{kernel}",
                            context=sdpa_kernel(kernel))
-        compile_s = COMPILE_GUESS_S[run.kind]
-        measure_timbre(run, name, source, default_label,
-                       {**default_opts, "lean_steps": False}, default_dtype,
-                       metrics=("take10", "batch8"), option="torch-compile",
-                       prepare=compile_decoder, extra_s=compile_s, warmup_s=run.plan.short_s)
-        if run.kind == "cuda":
-            measure_plain(run, name, source, half, option="static-cache-cudagraphs",
-                          generate_extra={"cache_implementation": "static"},
-                          extra_s=compile_s)
-        else:
-            run.rows.append(Row(id=f"{name}/transformers/{half}/static-cache-cudagraphs/take10",
-                                model=name, impl="transformers", precision=half,
-                                option="static-cache-cudagraphs", metric="take10",
-                                status="skipped", reason="CUDA graphs need a CUDA device"))
+    if first is None:
+        return
+    # 5. Last, the options that compile (minutes each), on the first model.
+    name, source = first
+    compile_s = COMPILE_GUESS_S[run.kind]
+    measure_timbre(run, name, source, default_label,
+                   {**default_opts, "lean_steps": False}, default_dtype,
+                   metrics=("take10", "batch8"), option="torch-compile",
+                   prepare=compile_decoder, extra_s=compile_s, warmup_s=run.plan.short_s)
+    if run.kind == "cuda":
+        measure_plain(run, name, source, half, option="static-cache-cudagraphs",
+                      generate_extra={"cache_implementation": "static"}, extra_s=compile_s)
+    else:
+        run.rows.append(Row(id=f"{name}/transformers/{half}/static-cache-cudagraphs/take10",
+                            model=name, impl="transformers", precision=half,
+                            option="static-cache-cudagraphs", metric="take10",
+                            status="skipped", reason="CUDA graphs need a CUDA device"))
 
 
 def device_checks(run: Run) -> None:
@@ -717,11 +742,13 @@ def device_checks(run: Run) -> None:
     free(run.device)
 
 
-def device_info(device: str) -> dict[str, Any]:
+def device_info(device: str, *, dry_run: bool = False) -> dict[str, Any]:
     import torch
 
     info: dict[str, Any] = {"requested": device, "type": device.split(":")[0]}
-    if device.startswith("cuda"):
+    if dry_run:
+        info.update(name="dry run", total_bytes=None)
+    elif device.startswith("cuda"):
         index = int(device.split(":")[1]) if ":" in device else 0
         props = torch.cuda.get_device_properties(index)
         info.update(name=str(props.name), total_bytes=int(props.total_memory),
@@ -819,6 +846,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated fnmatch patterns of measurement ids to run (e.g. "
                    "'small/timbre/bf16/*'; a variant's load must be selected too); the rest is "
                    "reported as skipped. Default: everything")
+    p.add_argument("--dry-run", action="store_true",
+                   help="no device, no model: list the plan, each step's estimate and what "
+                   "the budget would skip (the estimates stand in for the time)")
+    p.add_argument("--assume-step-ms", type=float, default=None, metavar="MS",
+                   help="with --dry-run: musicgen-small's seconds per step to plan with "
+                   "(medium: twice that) instead of the pessimistic first guess")
     p.add_argument("--quick-model", type=Path, default=None, metavar="DIR",
                    help="with --quick: an already built tiny checkpoint (skips the build)")
     return p
@@ -840,19 +873,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     from timbred.worker.backend import validate_device
 
     device = validate_device(args.device)
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    if device.startswith("cuda") and not torch.cuda.is_available() and not args.dry_run:
         raise SystemExit(f"--device {device}: torch {torch.__version__} sees no CUDA device")
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
     if args.quick:
         sizes = sizes[:1]
     plan = QUICK if args.quick else FULL
     only = [p.strip() for p in args.only.split(",") if p.strip()]
-    run = Run(device, plan, budget, only)
+    run = Run(device, plan, budget, only, dry_run=args.dry_run)
+    if args.dry_run and args.assume_step_ms:
+        run.step_s.update(small=args.assume_step_ms / 1000, medium=2 * args.assume_step_ms / 1000)
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     _log(f"device {device}, budget {args.budget:.0f} s, sizes {sizes}, quick {args.quick}")
     models: list[dict[str, Any]] = []
     try:
-        device_checks(run)
+        if not args.dry_run:
+            device_checks(run)
     except Exception as exc:  # guarded like every measurement
         run.check("device checks", False, f"{type(exc).__name__}: {_first_line(exc)}")
     run_all(run, models, args.model_dir or default_model_dir(), sizes, args.quick,
@@ -863,8 +899,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "elapsed_s": round(budget.elapsed, 3),
         "budget_s": args.budget,
         "quick": bool(args.quick),
+        "dry_run": bool(args.dry_run),
         "command": ["python", "-m", "bench.gpu", *(argv if argv is not None else sys.argv[1:])],
-        "device": device_info(device),
+        "device": device_info(device, dry_run=args.dry_run),
         "machine": {"python": platform.python_version(), "torch": torch.__version__,
                     "transformers": transformers.__version__, "cpu": _cpu_name(),
                     "platform": platform.platform(),

@@ -97,3 +97,22 @@ def test_a_failing_measurement_is_recorded_and_the_run_goes_on() -> None:
                               option="sdpa-flash", metric="take10"), 0.1, boom)
     assert row.status == "failed"
     assert row.reason == "RuntimeError: No available kernel. Aborting execution."
+
+
+def test_dry_run_plans_the_h200_run_in_order_of_importance(tmp_path: Path) -> None:
+    """--dry-run lays out the CUDA plan without a GPU: at 10 ms a step, 420 s cover every
+    small measurement but the compiles and medium's bf16 figures; what does not fit is
+    skipped with the budget as reason, and the report still matches the schema."""
+    assert gpu.main(["--device", "cuda", "--dry-run", "--budget", "420", "--assume-step-ms",
+                     "10", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
+    jsonschema.Draft202012Validator(_schema()).validate(report)
+    planned = {r["id"] for r in report["results"] if r["reason"] == "dry run: would run"}
+    budget = {r["id"] for r in report["results"] if (r["reason"] or "").startswith("budget")}
+    for metric in ("take10", "batch8", "take30", "stream"):
+        assert f"small/timbre/bf16/{metric}" in planned
+        assert f"medium/timbre/bf16/{metric}" in planned
+    assert {"small/transformers/fp32/take10", "small/timbre/fp16/batch8",
+            "small/timbre/fp32/take10"} <= planned
+    assert "small/timbre/bf16/torch-compile/load" in budget
+    assert report["elapsed_s"] <= 420
