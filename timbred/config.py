@@ -113,7 +113,8 @@ KEYS: tuple[Key, ...] = (
         "Also log to this file. Empty: stderr only; \"default\": timbred.log in the "
         "platformdirs log directory."),
     Key("daemon", "device", str, "auto",
-        "Inference device: auto (CUDA when available, else CPU), cpu, cuda, cuda:N or mps."),
+        "Inference device: auto (CUDA when the inference worker sees a GPU, else CPU), cpu, "
+        "cuda or cuda:N."),
     Key("daemon", "threads", int, 0, "CPU threads for inference; 0 lets torch decide.",
         minimum=0, maximum=1024),
     Key("limits", "max_message_bytes", int, MiB,
@@ -144,9 +145,11 @@ KEYS: tuple[Key, ...] = (
         "-1 keeps it forever. A request's keep_alive overrides it.", minimum=-1, maximum=1e9),
     Key("models", "memory_budget_mb", int, 0,
         "Memory the loaded models may use together; idle models are evicted to make room. "
-        "0: 75% of physical memory.", minimum=0, maximum=10_000_000),
+        "0: 75% of the GPU's memory when the models run on CUDA, else of physical memory; a "
+        "budget beyond the GPU's memory is capped at it.", minimum=0, maximum=10_000_000),
     Key("models", "dtype", str, "auto",
-        "Weights precision: auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, "
+        "Weights precision: auto (bfloat16 on CUDA cards that compute it natively, Ampere and "
+        "later; float16 on older cards; float32 on CPU), float32, bfloat16, "
         "float16.", choices=("auto", "float32", "bfloat16", "float16")),
     Key("models", "precision", str, "default",
         "Decoder precision on top of dtype: default (dtype decides), int8 (CPU: the decoder's "

@@ -51,6 +51,7 @@ from timbred.library import Library, Take
 from timbred.runtime import check_socket_path, default_socket_path
 from timbred.worker.audio_io import probe_audio
 from timbred.worker.backend import GenerationOutput, GenerationParams
+from timbred.worker.device import choose_device, choose_dtype, memory_budget_bytes
 from timbred.worker.process import LoadedModel, WorkerHandle
 
 log = logging.getLogger(__name__)
@@ -140,8 +141,9 @@ class Generation:
         self.worker = WorkerHandle(threads=settings["daemon.threads"])
         runtime_dir = check_socket_path(settings["daemon.socket"] or default_socket_path()).parent
         self.preview_root = preview.preview_root(runtime_dir)
-        budget_mb = settings["models.memory_budget_mb"]
-        self.memory_budget = budget_mb * MiB if budget_mb else int(physical_memory() * 0.75)
+        # Of the host's memory until the worker says which device holds the models.
+        self.memory_budget = memory_budget_bytes(settings["models.memory_budget_mb"],
+                                                 host_bytes=physical_memory())
         self.loaded: dict[str, Loaded] = {}
         self.running: list[Job] = []  # the job(s) decoding now, in batch order
         self.device: dict[str, Any] | None = None
@@ -620,18 +622,23 @@ class Generation:
         return float(self.settings["models.keep_alive_s"] if requested is None else requested)
 
     async def _ensure_worker(self) -> None:
-        if self.worker.alive:
+        if self.worker.alive and self.device is not None:
             return
-        self.loaded.clear()
-        await self.worker.start()
+        if not self.worker.alive:
+            self.loaded.clear()
+            self.device = None
+            await self.worker.start()
         info = self.worker.info
-        requested = self.settings["daemon.device"]
-        cuda = bool(info and info.cuda_devices)
-        device = ("cuda" if cuda else "cpu") if requested == "auto" else requested
-        dtype = self.settings["models.dtype"]
-        if dtype == "auto":
-            dtype = "bfloat16" if device.startswith("cuda") else "float32"
-        name = info.cuda_devices[0] if cuda and info else cpu_name()
+        gpus = info.cuda if info else ()
+        device = choose_device(self.settings["daemon.device"], gpus)
+        dtype = choose_dtype(self.settings["models.dtype"], device, gpus)
+        index = int(device.split(":", 1)[1]) if ":" in device else 0
+        gpu = gpus[index] if device.startswith("cuda") and index < len(gpus) else None
+        # The models live on the GPU when there is one: budget its memory, not the host's.
+        self.memory_budget = memory_budget_bytes(
+            self.settings["models.memory_budget_mb"], host_bytes=physical_memory(),
+            device_bytes=gpu.total_bytes if gpu is not None else None)
+        name = gpu.name if gpu is not None else cpu_name()
         self.device = {"type": "cuda" if device.startswith("cuda") else "cpu", "name": name,
                        "dtype": dtype, "threads": info.threads if info else 0,
                        "device": device}

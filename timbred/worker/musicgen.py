@@ -42,7 +42,6 @@ How a generation runs
 from __future__ import annotations
 
 import contextlib
-import gc
 import math
 import re
 import traceback
@@ -87,6 +86,7 @@ from timbred.worker.backend import (
     validate_precision,
 )
 from timbred.worker.decodestep import lean_decoder, lean_steps
+from timbred.worker.device import is_oom, oom_reason, release_memory
 from timbred.worker.fastpath import FastPaths, choose
 from timbred.worker.kvcache import preallocated_kv
 from timbred.worker.precision import (
@@ -389,8 +389,8 @@ class MusicgenBackend(Backend):
             _free_memory(torch_device)
             if _is_oom(exc):
                 raise errors.ModelLoadFailed(
-                    source, f"out of memory on {device} (try dtype=float16/bfloat16, another "
-                    "device, or unload other models)"
+                    source, f"{oom_reason(exc, str(torch_device))} (try dtype=float16/bfloat16, "
+                    "another device, or unload other models)"
                 ) from exc
             raise errors.ModelLoadFailed(source, f"{type(exc).__name__}: {exc}") from exc
         self._state = self._describe(
@@ -564,7 +564,7 @@ class MusicgenBackend(Backend):
             _free_memory(st.device)
             if _is_oom(exc):
                 raise errors.GenerationFailed(
-                    f"out of memory on {st.device} generating {rows} x "
+                    f"{oom_reason(exc, str(st.device))}, generating {rows} x "
                     f"{first.duration_s:g} s; try fewer variations, a shorter duration, "
                     "a smaller model or a half-precision dtype"
                 ) from exc
@@ -1016,15 +1016,8 @@ def _chroma_extractor(source: str, config: Any) -> _ChromaExtractor:
 
 
 def _is_oom(exc: BaseException) -> bool:
-    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
-        return True
-    text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and (
-        "out of memory" in text or "can't allocate memory" in text
-    )
+    return is_oom(exc)
 
 
 def _free_memory(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    release_memory(str(device))

@@ -57,6 +57,8 @@ from timbred.worker.backend import (
     validate_device,
     validate_dtype,
 )
+from timbred.worker.device import CudaDevice, is_oom, oom_reason, release_memory
+from timbred.worker.device import probe as probe_devices
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
@@ -118,6 +120,8 @@ class WorkerInfo:
     torch: str
     threads: int
     cuda_devices: tuple[str, ...]
+    cuda: tuple[CudaDevice, ...] = ()
+    """The same devices with their memory and bfloat16 support."""
 
 
 # --- child side ------------------------------------------------------------------------------
@@ -224,7 +228,7 @@ class _Worker:
                 reply: tuple[str, int, Any] = ("error", rid, (exc.code, exc.message, exc.data))
             except Exception as exc:
                 _log.exception("worker request %s failed", op)
-                err = _unexpected(op, payload, exc)
+                err = _unexpected(op, payload, exc, self.device_of(payload))
                 reply = ("error", rid, (err.code, err.message, err.data))
             else:
                 reply = ("ok", rid, result)
@@ -240,6 +244,12 @@ class _Worker:
             self.models.clear()
         for slot in slots:
             slot.backend.unload()
+
+    def device_of(self, payload: Mapping[str, Any]) -> str:
+        """The device a request's model is (or was to be) loaded on."""
+        with self.lock:
+            slot = self.models.get(str(payload.get("model_id")))
+        return slot.device if slot is not None else str(payload.get("device", "cpu"))
 
     def handle(self, op: str, rid: int, payload: dict[str, Any]) -> Any:
         if op == "load":
@@ -278,7 +288,10 @@ class _Worker:
             slot = self.models.pop(model_id, None)
         if slot is None:
             return False
+        device = slot.device
         slot.backend.unload()
+        del slot  # the last reference to the backend: its model can go now
+        release_memory(device)
         return True
 
     def generate(self, rid: int, model_id: str, items: Sequence[Mapping[str, Any]],
@@ -317,8 +330,12 @@ class _Worker:
         return outputs
 
 
-def _unexpected(op: str, payload: Mapping[str, Any], exc: Exception) -> errors.TimbreError:
+def _unexpected(op: str, payload: Mapping[str, Any], exc: Exception,
+                device: str = "cpu") -> errors.TimbreError:
     reason = f"{type(exc).__name__}: {exc}"
+    if is_oom(exc):  # a backend that let torch's own error through
+        reason = oom_reason(exc, device)
+        release_memory(device)
     if op == "load":
         return errors.ModelLoadFailed(str(payload.get("source", "?")), reason)
     if op == "generate":
@@ -341,16 +358,15 @@ def _child_main(conn: Connection, threads: int) -> None:
 
     if threads > 0:
         torch.set_num_threads(threads)
-    cuda = tuple(
-        torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())
-    ) if torch.cuda.is_available() else ()
+    cuda = probe_devices()
     worker = _Worker(conn)
     worker.send(("ready", _READY_ID, {
         "pid": os.getpid(),
         "python": sys.version.split()[0],
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "cuda_devices": cuda,
+        "cuda_devices": tuple(d.name for d in cuda),
+        "cuda": [d.to_dict() for d in cuda],
     }))
     threading.Thread(target=worker.read_loop, name="timbre-worker-reader", daemon=True).start()
     worker.main_loop()
@@ -631,6 +647,8 @@ class WorkerHandle:
             self._info = WorkerInfo(
                 pid=int(info["pid"]), python=str(info["python"]), torch=str(info["torch"]),
                 threads=int(info["threads"]), cuda_devices=tuple(info["cuda_devices"]),
+                cuda=tuple(CudaDevice.from_dict(d)
+                           for d in info.get("cuda", info["cuda_devices"])),
             )
 
     async def stop(self) -> None:
