@@ -92,7 +92,11 @@ PY
 	"${pip[@]}" install --no-deps --no-build-isolation -e .
 	echo "==> $m: pytest" >&2
 	set +e
-	"$venv/bin/python" -m pytest -q -p no:cacheprovider "$@" 2>&1 | tee "$work/$m.log" |
+	# The offline install test installs the lock from the test environment's own packages,
+	# so it can pass only in an environment built from the lock (scripts/test.sh's).
+	"$venv/bin/python" -m pytest -q -p no:cacheprovider \
+		--deselect tests/test_packaging.py::TestInstallScript::test_install_reinstall_uninstall \
+		"$@" 2>&1 | tee "$work/$m.log" |
 		grep -E '^(FAILED|ERROR)|passed|failed|error' >&2
 	rc=${PIPESTATUS[0]}
 	set -e
