@@ -144,6 +144,9 @@ class Daemon:
             "connection": conn.id, "pid": creds.pid, "connections": len(self.connections)})
         try:
             await conn.run()
+        except Exception:
+            # Last resort: whatever one connection hits ends that connection only.
+            log.exception("connection %d failed; closing it", conn.id)
         finally:
             del self.connections[conn.id]
             for sub_id in list(conn.subscriptions):

@@ -23,6 +23,7 @@ import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from timbred.errors import (
+    InternalError,
     MessageIncomplete,
     OutputOverflow,
     PeerRefused,
@@ -164,6 +165,13 @@ class Connection:
             reply = await self.daemon.dispatcher.handle(line, self.daemon.context(self))
             if reply is not None:
                 await self.send_reply(reply)
+        except Exception as exc:
+            # The dispatcher answers every handler error itself; reaching here is a bug in
+            # the wire code. It costs this one request a -32603, never the connection, let
+            # alone the daemon (an exception here would unwind every task group up to serve).
+            log.exception("connection %d: a request could not be answered", self.id)
+            self.send_now(error_object(InternalError(
+                f"the reply could not be sent: {type(exc).__name__}")))
         finally:
             slots.release_on_behalf_of(token)
             if not slots.borrowed_tokens:

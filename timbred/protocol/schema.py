@@ -18,6 +18,7 @@ import jsonschema
 from jsonschema.exceptions import ValidationError, best_match
 
 from timbred.errors import InvalidParams
+from timbred.protocol.framing import has_surrogate
 
 
 def schema_dir() -> Path:
@@ -69,10 +70,38 @@ class ParamsSpec:
                     expected=list(self.names),
                 )
             params = dict(zip(self.names, params, strict=False))
+        _check_unicode(self.method, params, [])
         error = best_match(self.validator.iter_errors(params))
         if error is not None:
             raise _invalid_params(self.method, error)
         return params
+
+
+def _check_unicode(method: str, value: Any, path: list[str]) -> None:
+    """Refuse a lone surrogate anywhere in ``value`` (keys too), naming where it is.
+
+    ``"\\ud800"`` is valid JSON but not Unicode: such a string cannot become a file name, a
+    SQLite text or a UTF-8 reply, so it is refused here, at the edge, as a client mistake.
+    """
+    if isinstance(value, str):
+        if has_surrogate(value):
+            name = ".".join(path) or None
+            raise InvalidParams(
+                f"{method}: {name or 'params'}: not valid Unicode (holds a lone surrogate)",
+                param=name,
+            )
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if has_surrogate(key):
+                where = ".".join(path) or "params"
+                raise InvalidParams(
+                    f"{method}: {where}: a name is not valid Unicode (holds a lone surrogate)",
+                    param=".".join(path) or None,
+                )
+            _check_unicode(method, item, [*path, key])
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_unicode(method, item, [*path, str(index)])
 
 
 def _invalid_params(method: str, error: ValidationError) -> InvalidParams:
