@@ -142,3 +142,34 @@ class TestLongModelNames:
         err = check_error(await conn.call(req(method, params)), -32602, "invalid_params")
         assert err["data"]["param"] == "model"
         assert "255" in err["message"]
+
+
+class TestImpossibleValuesAreRefusedAtSubmit:
+    @pytest.mark.parametrize(("params", "param"), [
+        ({"prompt": "drums", "duration": 1e-9}, "duration"),
+        ({"prompt": "drums", "duration": 0.05}, "duration"),
+        ({"prompt": "   "}, "prompt"),
+        ({"prompt": "\t\n \u3000"}, "prompt"),
+    ])
+    async def test_nothing_is_queued(self, gen: Daemon, params: dict[str, object],
+                                     param: str) -> None:
+        """A duration too short for one frame and a prompt of only whitespace are -32602
+        naming the param, and no job exists afterwards (they were queued, then failed)."""
+        from timbrectl.client import connect
+        from timbred.errors import InvalidParams
+
+        async with connect(gen.socket_path) as client:
+            with pytest.raises(InvalidParams) as info:
+                await client.call("generate.submit", params)
+            assert info.value.data["param"] == param
+            listed = await client.call("jobs.list", {})
+        assert listed["jobs"] == []
+
+    async def test_a_preset_cannot_smuggle_them_in(self, gen: Daemon) -> None:
+        """The daemon's own check (not only the schema) holds for every source of params."""
+        from timbred.errors import InvalidParams
+
+        with pytest.raises(InvalidParams) as info:
+            await gen.generation.submit({"prompt": " ", "duration": 1e-9})
+        assert info.value.data["param"] in {"prompt", "duration"}
+        assert gen.generation.store.queue_depth() == 0

@@ -126,6 +126,11 @@ def to_plain(obj: Any) -> Any:
     return obj
 
 
+#: Shortest take accepted at submit (``minimum`` of ``duration`` in ``schemas/``): a few
+#: frames of any model; 1e-9 s rounded to no frame at all and failed only in the worker.
+MIN_DURATION_S = 0.1
+
+
 class Generation:
     """Jobs, the worker and the loaded models of one daemon run."""
 
@@ -286,6 +291,15 @@ class Generation:
             "session": request.get("session"),
             "export": options.to_dict(),
         }
+        # The schema says the same for requests on the wire; prompts also arrive from presets,
+        # prompt files and replays, and nothing impossible may be queued to fail later.
+        if not str(out["prompt"]).strip():
+            raise InvalidParams("prompt: must hold some text, not only whitespace",
+                                param="prompt")
+        if not out["duration"] >= MIN_DURATION_S:
+            raise InvalidParams(f"duration: {out['duration']:g} s is too short; at least "
+                                f"{MIN_DURATION_S:g} s", param="duration",
+                                allowed={"minimum": MIN_DURATION_S, "maximum": 600})
         if "replay" in params:
             out["replay"] = dict(params["replay"])
         if out["melody"] is not None:
