@@ -634,8 +634,18 @@ class Generation:
         return float(self.settings["models.keep_alive_s"] if requested is None else requested)
 
     async def _ensure_worker(self) -> None:
+        """A worker that answers, started fresh if the one we had died since its last job."""
         if self.worker.alive:
-            return
+            # alive only says the process is not reaped yet: one killed while idle is still
+            # "alive" while the kernel tears it down, and the next job would fail on it. A
+            # ps round trip (answered at once) is the sure sign: the dead one never answers
+            # and its pipe reports EOF, so no job is ever charged for an idle worker's death.
+            try:
+                await self.worker.ps()
+                return
+            except WorkerCrashed as exc:
+                log.warning("the inference worker died while idle (%s); starting a fresh one",
+                            exc.data["reason"])
         self.loaded.clear()
         await self.worker.start()
         info = self.worker.info
@@ -654,6 +664,7 @@ class Generation:
         """The loaded model for ``model`` (loading it if needed), marked in use."""
         async with self._models_lock:
             ref = await anyio.to_thread.run_sync(models.resolve, model)
+            await self._ensure_worker()  # forgets what a worker that died since held
             entry = self.loaded.get(ref.id)
             if entry is None or not self.worker.alive:
                 entry = await self._load(ref, model, keep_alive)
