@@ -46,9 +46,10 @@ from timbred.errors import (
 )
 from timbred.events import EventBus
 from timbred.history import History, audio_sha256, request_export
-from timbred.jobs import Job, JobState, JobStore, request_digest
+from timbred.jobs import Job, JobState, JobStore, RecoveryReport, request_digest
 from timbred.library import Library, Take
 from timbred.runtime import check_socket_path, default_socket_path
+from timbred.testing import failpoints
 from timbred.worker.audio_io import probe_audio
 from timbred.worker.backend import GenerationOutput, GenerationParams
 from timbred.worker.process import LoadedModel, WorkerHandle
@@ -169,7 +170,20 @@ class Generation:
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
                   ) -> None:
         """Repair the queue, then schedule jobs and expire models until cancelled."""
-        report = await anyio.to_thread.run_sync(self.store.recover)
+        await self.recover()
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            tg.start_soon(self._schedule)
+            tg.start_soon(self._expire_models)
+            task_status.started()
+
+    async def recover(self) -> RecoveryReport:
+        """Repair what the last run left: job records agree with the takes written, partial
+        files and previews are swept. Called by :meth:`run`; on its own by tests."""
+        report = await anyio.to_thread.run_sync(self.store.recover, self._published)
+        if report.done:
+            log.info("jobs stopped after writing all their takes, recorded as done: %s",
+                     ", ".join(report.done))
         if report.interrupted:
             log.warning("jobs interrupted by the last stop (not re-run): %s",
                         ", ".join(report.interrupted))
@@ -180,11 +194,12 @@ class Generation:
         if report.queued:
             log.info("%d queued job(s) resume", report.queued_count)
         await anyio.to_thread.run_sync(preview.sweep, self.preview_root)
-        async with anyio.create_task_group() as tg:
-            self._tg = tg
-            tg.start_soon(self._schedule)
-            tg.start_soon(self._expire_models)
-            task_status.started()
+        return report
+
+    def _published(self, job: Job) -> list[str]:
+        """The paths of ``job``'s takes that made it into the history (files in place)."""
+        return [t.path for t in self.history.library.takes_for_job(job.id)
+                if t.deleted_at is None]
 
     async def close(self) -> None:
         """Stop taking jobs; interrupt the running one (recorded, never silently re-run)."""
@@ -244,6 +259,7 @@ class Generation:
         if key is None:
             job = await anyio.to_thread.run_sync(
                 lambda: self.store.submit(model, job_params, priority=priority))
+            failpoints.hit("queued")
         else:
             job, created = await anyio.to_thread.run_sync(
                 lambda: self.store.submit_once(model, job_params, priority, key=key,
@@ -408,6 +424,7 @@ class Generation:
             self.running = jobs
             if not jobs:
                 return
+            failpoints.hit("loading")
             began = time.monotonic()  # with started_at (the loading transition)
             entry = await self._acquire(jobs[0].model, keep_alive)
             load_s = time.monotonic() - began
@@ -419,6 +436,7 @@ class Generation:
                 return
             jobs = [await self._transition(job, JobState.GENERATING) for job in jobs]
             self.running = jobs
+            failpoints.hit("generating")
             requests, own = _requests(jobs)
             for job in jobs:
                 if job.params.get("preview"):
@@ -495,6 +513,7 @@ class Generation:
         """
         try:
             job = await self._transition(job, JobState.ENCODING)
+            failpoints.hit("encoding")
             recipe = self._recipe(job, entry, output)
             if len(requests) > 1:
                 # Decoded with others: a bit-identical re-render repeats the whole batch
@@ -502,6 +521,7 @@ class Generation:
                 recipe["batch"] = {"index": index, "requests": [r.to_dict() for r in requests]}
             exporting = time.monotonic()
             written = await anyio.to_thread.run_sync(self._write_takes, job, output, recipe)
+            failpoints.hit("takes-written")
             done = time.monotonic()
             decode_s = output.decode_s or 0.0
             timings = {"load_s": load_s, "decode_s": decode_s, "export_s": done - exporting,

@@ -309,6 +309,8 @@ class RecoveryReport:
     cancelled: tuple[str, ...] = ()
     #: Jobs still queued, in the order they will run.
     queued: tuple[str, ...] = ()
+    #: Jobs stopped while encoding whose takes had all been written; now ``done``.
+    done: tuple[str, ...] = ()
 
     @property
     def queued_count(self) -> int:
@@ -830,13 +832,20 @@ class JobStore(SQLiteStore):
 
     # --- restart ----------------------------------------------------------------------------
 
-    def recover(self) -> RecoveryReport:
+    def recover(self, written: Callable[[Job], Sequence[str]] | None = None
+                ) -> RecoveryReport:
         """Repair the queue at daemon start; call once, before the worker starts.
 
         Jobs left loading, generating or encoding by a daemon that stopped become
         interrupted with an error saying so: they are never re-run behind the user's back
         (``retry`` does that on request). A running job whose cancel was already requested
         becomes cancelled instead, as asked. Queued jobs stay queued in their order.
+
+        ``written(job)`` says which takes of a job were already published (the history
+        records a take once its file is in place): a daemon killed while encoding may have
+        written some or all of them. They become the job's ``outputs``, so its record and
+        its takes agree, and a job whose takes were all written is ``done``, not
+        interrupted (retrying it would only duplicate them).
         """
         with self._write() as conn:
             rows = conn.execute(
@@ -846,18 +855,31 @@ class JobStore(SQLiteStore):
             now = self._clock()
             interrupted: builtins.list[str] = []
             cancelled: builtins.list[str] = []
+            done: builtins.list[str] = []
             for row in rows:
                 job = self._row_to_job(row)
-                if job.cancel_requested:
+                outputs = list(written(job)) if written is not None else []
+                expected = 1 if job.params.get("replay") else job.params.get("variations", 1)
+                err: dict[str, Any] | None
+                if outputs and len(outputs) >= expected and not job.cancel_requested:
+                    new, err = _S.DONE, None
+                    done.append(job.id)
+                elif job.cancel_requested:
                     new, err = _S.CANCELLED, _error_dict(Cancelled())
                     cancelled.append(job.id)
                 else:
                     new = _S.INTERRUPTED
-                    err = _error_dict(Interrupted(job.state.value))
+                    problem = Interrupted(job.state.value)
+                    if outputs:
+                        problem.message += (f"; {len(outputs)} of {expected} takes had been "
+                                            "written (see outputs)")
+                    err = _error_dict(problem)
                     interrupted.append(job.id)
                 conn.execute(
-                    "UPDATE jobs SET state = ?, finished_at = ?, error = ? WHERE id = ?",
-                    (new.value, now, _to_json(err, "error"), job.id),
+                    "UPDATE jobs SET state = ?, finished_at = ?, error = ?, outputs = ? "
+                    "WHERE id = ?",
+                    (new.value, now, None if err is None else _to_json(err, "error"),
+                     _to_json(outputs, "outputs"), job.id),
                 )
             queued = [
                 row[0]
@@ -867,5 +889,6 @@ class JobStore(SQLiteStore):
                 )
             ]
         return RecoveryReport(
-            interrupted=tuple(interrupted), cancelled=tuple(cancelled), queued=tuple(queued)
+            interrupted=tuple(interrupted), cancelled=tuple(cancelled), queued=tuple(queued),
+            done=tuple(done),
         )
