@@ -92,5 +92,6 @@ async def test_kill_at_each_state_then_restart(point: str, short_tmp: Path, tiny
             assert job.error is not None and job.error["kind"] == "interrupted"
     finally:
         gen.store.close()
+        gen.history.library.close()
     with JobStore(short_tmp / "jobs.sqlite3") as again:  # a second repair changes nothing
         assert again.recover().interrupted == ()

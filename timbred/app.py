@@ -222,6 +222,7 @@ async def serve(
 
 
 def _sole_error(group: BaseExceptionGroup[BaseException]) -> TimbreError | None:
+    """The one TimbreError in ``group`` (cancellations aside), or None when there is not."""
     leaves: list[BaseException] = []
     pending: list[BaseException] = [group]
     while pending:
