@@ -140,8 +140,8 @@ class TestInvalid:
         ("text", "key", "expected"),
         [
             ("description = \n", "(syntax)", "valid TOML"),
-            ("[params]\nduration = 900\n", "params.duration", "> 0 and <= 600, got 900"),
-            ("[params]\nduration = 0\n", "params.duration", "a number > 0 and <= 600"),
+            ("[params]\nduration = 900\n", "params.duration", "from 0.1 to 600, got 900"),
+            ("[params]\nduration = 0\n", "params.duration", "a number from 0.1 to 600"),
             ("[params]\ntop_k = 1.5\n", "params.top_k", "an integer from 0 to 2048, got 1.5"),
             ('[params]\nmodel = ""\n', "params.model", "a string"),
             ("[params]\nguidance = true\n", "params.guidance", "a number from 0 to 30, got true"),

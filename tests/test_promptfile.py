@@ -130,9 +130,9 @@ class TestRefusals:
 
     @pytest.mark.parametrize(("name", "data", "words"), [
         ("a.txt", b"duration: 900\n\nx",
-         "line 1: duration: 900 is out of range; allowed: greater than 0 and at most 600"),
+         "line 1: duration: 900 is out of range; allowed: at least 0.1 and at most 600"),
         ("a.txt", b"duration: ten\n\nx",
-         "line 1, column 11: duration: expected a number, got \"ten\" (greater than 0 and at "
+         "line 1, column 11: duration: expected a number, got \"ten\" (at least 0.1 and at "
          "most 600)"),
         ("a.toml", b'[[prompts]]\nprompt = "x"\n[[prompts]]\nprompt = "y"\ntop_k = 5000\n',
          "prompt 2: top_k: 5000 is out of range; allowed: at least 0 and at most 2048"),

@@ -11,6 +11,7 @@ import itertools
 import logging
 import os
 import signal
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ import anyio.abc
 
 from timbred import PROTOCOL_VERSION, __version__
 from timbred.config import Settings
-from timbred.errors import PeerRefused, TooManyConnections
+from timbred.errors import PeerRefused, TimbreError, TooManyConnections
 from timbred.events import EventBus
 from timbred.generation import Generation
 from timbred.logs import log_file_path
@@ -144,6 +145,9 @@ class Daemon:
             "connection": conn.id, "pid": creds.pid, "connections": len(self.connections)})
         try:
             await conn.run()
+        except Exception:
+            # Last resort: whatever one connection hits ends that connection only.
+            log.exception("connection %d failed; closing it", conn.id)
         finally:
             del self.connections[conn.id]
             for sub_id in list(conn.subscriptions):
@@ -198,10 +202,50 @@ async def serve(
     Raises RuntimeDirError for an unsafe socket directory and AlreadyRunning when another
     daemon holds the lock, before touching the socket path.
     """
+    # The instance lock comes before the database: two daemons started at once on a fresh
+    # file must not both migrate it (one would fail with "table jobs already exists" and exit
+    # 6 instead of the 3 that says "already running").
+    socket_path = check_socket_path(settings["daemon.socket"] or default_socket_path())
+    ensure_private_dir(socket_path.parent)
+    lock = acquire_lock(socket_path)
+    try:
+        await _serve_locked(settings, notifier, handle_signals, task_status)
+    except BaseExceptionGroup as group:
+        # A task group wraps what one of its tasks raised; a caller (and ``timbred``'s exit
+        # status) must see the one TimbreError, e.g. the StoreError of a damaged queue row.
+        sole = _sole_error(group)
+        if sole is None:
+            raise
+        raise sole from None
+    finally:
+        lock.release()
+
+
+def _sole_error(group: BaseExceptionGroup[BaseException]) -> TimbreError | None:
+    """The one TimbreError in ``group`` (cancellations aside), or None when there is not."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            pending.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    errors = [e for e in leaves if not isinstance(e, anyio.get_cancelled_exc_class())]
+    if len(errors) == 1 and isinstance(errors[0], TimbreError):
+        return errors[0]
+    return None
+
+
+async def _serve_locked(
+    settings: Settings,
+    notifier: Notifier | None,
+    handle_signals: bool,
+    task_status: anyio.abc.TaskStatus[Daemon],
+) -> None:
     daemon = Daemon(settings, notifier)
-    ensure_private_dir(daemon.runtime_dir)
-    lock = acquire_lock(daemon.socket_path)
     bound: tuple[int, int] | None = None
+    sock: socket.socket | None = None
     try:
         sock = bind_socket(daemon.socket_path)
         st = daemon.socket_path.lstat()
@@ -235,12 +279,13 @@ async def serve(
                         closing.start_soon(conn.finish, SHUTDOWN_GRACE_S)
             main.cancel_scope.cancel()
     finally:
+        if sock is not None:
+            sock.close()  # a start-up failure (a damaged queue) happens before listener.aclose
         with anyio.CancelScope(shield=True):
             for stream in daemon.unserved:
                 await stream.aclose()
         if bound is not None:
             _remove_socket(daemon.socket_path, bound)
-        lock.release()
         log.info("stopped")
 
 

@@ -46,9 +46,10 @@ from timbred.errors import (
 )
 from timbred.events import EventBus
 from timbred.history import History, audio_sha256, request_export
-from timbred.jobs import Job, JobState, JobStore, request_digest
+from timbred.jobs import Job, JobState, JobStore, RecoveryReport, request_digest
 from timbred.library import Library, Take
 from timbred.runtime import check_socket_path, default_socket_path
+from timbred.testing import failpoints
 from timbred.worker.audio_io import probe_audio
 from timbred.worker.backend import GenerationOutput, GenerationParams
 from timbred.worker.device import choose_device, choose_dtype, memory_budget_bytes
@@ -127,6 +128,11 @@ def to_plain(obj: Any) -> Any:
     return obj
 
 
+#: Shortest take accepted at submit (``minimum`` of ``duration`` in ``schemas/``): a few
+#: frames of any model; 1e-9 s rounded to no frame at all and failed only in the worker.
+MIN_DURATION_S = 0.1
+
+
 class Generation:
     """Jobs, the worker and the loaded models of one daemon run."""
 
@@ -166,7 +172,20 @@ class Generation:
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
                   ) -> None:
         """Repair the queue, then schedule jobs and expire models until cancelled."""
-        report = await anyio.to_thread.run_sync(self.store.recover)
+        await self.recover()
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            tg.start_soon(self._schedule)
+            tg.start_soon(self._expire_models)
+            task_status.started()
+
+    async def recover(self) -> RecoveryReport:
+        """Repair what the last run left: job records agree with the takes written, partial
+        files and previews are swept. Called by :meth:`run`; on its own by tests."""
+        report = await anyio.to_thread.run_sync(self.store.recover, self._published)
+        if report.done:
+            log.info("jobs stopped after writing all their takes, recorded as done: %s",
+                     ", ".join(report.done))
         if report.interrupted:
             log.warning("jobs interrupted by the last stop (not re-run): %s",
                         ", ".join(report.interrupted))
@@ -177,11 +196,12 @@ class Generation:
         if report.queued:
             log.info("%d queued job(s) resume", report.queued_count)
         await anyio.to_thread.run_sync(preview.sweep, self.preview_root)
-        async with anyio.create_task_group() as tg:
-            self._tg = tg
-            tg.start_soon(self._schedule)
-            tg.start_soon(self._expire_models)
-            task_status.started()
+        return report
+
+    def _published(self, job: Job) -> list[str]:
+        """The paths of ``job``'s takes that made it into the history (files in place)."""
+        return [t.path for t in self.history.library.takes_for_job(job.id)
+                if t.deleted_at is None]
 
     async def close(self) -> None:
         """Stop taking jobs; interrupt the running one (recorded, never silently re-run)."""
@@ -241,6 +261,7 @@ class Generation:
         if key is None:
             job = await anyio.to_thread.run_sync(
                 lambda: self.store.submit(model, job_params, priority=priority))
+            failpoints.hit("queued")
         else:
             job, created = await anyio.to_thread.run_sync(
                 lambda: self.store.submit_once(model, job_params, priority, key=key,
@@ -288,6 +309,15 @@ class Generation:
             "session": request.get("session"),
             "export": options.to_dict(),
         }
+        # The schema says the same for requests on the wire; prompts also arrive from presets,
+        # prompt files and replays, and nothing impossible may be queued to fail later.
+        if not str(out["prompt"]).strip():
+            raise InvalidParams("prompt: must hold some text, not only whitespace",
+                                param="prompt")
+        if not out["duration"] >= MIN_DURATION_S:
+            raise InvalidParams(f"duration: {out['duration']:g} s is too short; at least "
+                                f"{MIN_DURATION_S:g} s", param="duration",
+                                allowed={"minimum": MIN_DURATION_S, "maximum": 600})
         if "replay" in params:
             out["replay"] = dict(params["replay"])
         if out["melody"] is not None:
@@ -396,6 +426,7 @@ class Generation:
             self.running = jobs
             if not jobs:
                 return
+            failpoints.hit("loading")
             began = time.monotonic()  # with started_at (the loading transition)
             entry = await self._acquire(jobs[0].model, keep_alive)
             load_s = time.monotonic() - began
@@ -407,6 +438,7 @@ class Generation:
                 return
             jobs = [await self._transition(job, JobState.GENERATING) for job in jobs]
             self.running = jobs
+            failpoints.hit("generating")
             requests, own = _requests(jobs)
             for job in jobs:
                 if job.params.get("preview"):
@@ -483,6 +515,7 @@ class Generation:
         """
         try:
             job = await self._transition(job, JobState.ENCODING)
+            failpoints.hit("encoding")
             recipe = self._recipe(job, entry, output)
             if len(requests) > 1:
                 # Decoded with others: a bit-identical re-render repeats the whole batch
@@ -490,6 +523,7 @@ class Generation:
                 recipe["batch"] = {"index": index, "requests": [r.to_dict() for r in requests]}
             exporting = time.monotonic()
             written = await anyio.to_thread.run_sync(self._write_takes, job, output, recipe)
+            failpoints.hit("takes-written")
             done = time.monotonic()
             decode_s = output.decode_s or 0.0
             timings = {"load_s": load_s, "decode_s": decode_s, "export_s": done - exporting,
@@ -622,9 +656,23 @@ class Generation:
         return float(self.settings["models.keep_alive_s"] if requested is None else requested)
 
     async def _ensure_worker(self) -> None:
-        if self.worker.alive and self.device is not None:
+        """A worker that answers (started fresh if the one we had died since its last job),
+        and the device it decodes on."""
+        healthy = False
+        if self.worker.alive:
+            # alive only says the process is not reaped yet: one killed while idle is still
+            # "alive" while the kernel tears it down, and the next job would fail on it. A
+            # ps round trip (answered at once) is the sure sign: the dead one never answers
+            # and its pipe reports EOF, so no job is ever charged for an idle worker's death.
+            try:
+                await self.worker.ps()
+                healthy = True
+            except WorkerCrashed as exc:
+                log.warning("the inference worker died while idle (%s); starting a fresh one",
+                            exc.data["reason"])
+        if healthy and self.device is not None:
             return
-        if not self.worker.alive:
+        if not healthy:
             self.loaded.clear()
             self.device = None
             await self.worker.start()
@@ -647,6 +695,7 @@ class Generation:
         """The loaded model for ``model`` (loading it if needed), marked in use."""
         async with self._models_lock:
             ref = await anyio.to_thread.run_sync(models.resolve, model)
+            await self._ensure_worker()  # forgets what a worker that died since held
             entry = self.loaded.get(ref.id)
             if entry is None or not self.worker.alive:
                 entry = await self._load(ref, model, keep_alive)

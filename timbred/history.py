@@ -28,6 +28,7 @@ from timbred import __version__, export, presets, takes
 from timbred.config import Settings
 from timbred.errors import InvalidParams, OutputError, TakeNotFound
 from timbred.library import Library, Take
+from timbred.testing import failpoints
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +130,7 @@ class History:
                 loudness_before=None if loud is None else loud.before_lufs,
                 loudness_after=None if loud is None else loud.after_lufs,
                 recipe=take_recipe))
+            failpoints.hit("take-recorded")
         return written
 
     # --- takes --------------------------------------------------------------------------

@@ -163,6 +163,36 @@ def _store_error(path: str, problem: str) -> StoreError:
     return StoreError(path, f"job database: {problem}")
 
 
+def check_identity(conn: sqlite3.Connection, path: str, known: int = SCHEMA_VERSION) -> int:
+    """The file's job schema version, after checking it is a Timbre database we can read.
+
+    Read-only, so it runs before anything changes the file (journal mode included): another
+    application's database must leave exactly as it came. Raises StoreError naming ``path``
+    when the file belongs to another application (a foreign ``application_id``, or tables
+    without ours) or was written by a newer Timbre.
+    """
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    app_id = int(conn.execute("PRAGMA application_id").fetchone()[0])
+    if app_id != _APPLICATION_ID:
+        # Only a brand-new file (no id, version 0, no tables) may become ours; a file with a
+        # version but not our id is someone else's, whatever the number says.
+        tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        if app_id != 0 or version != 0:
+            raise _store_error(path, "is not a Timbre job database (wrong application_id "
+                               f"{app_id}, user_version {version}); refusing to touch it")
+        if tables:
+            raise _store_error(
+                path, "is a SQLite database but not a Timbre job database; refusing to touch it"
+            )
+    elif version > known:
+        raise _store_error(
+            path,
+            f"schema version {version} was written by a newer timbred (this one knows up to "
+            f"{known}); upgrade timbred, or move the file aside to start empty",
+        )
+    return version
+
+
 def migrate(
     conn: sqlite3.Connection,
     path: str,
@@ -170,41 +200,39 @@ def migrate(
 ) -> tuple[int, int]:
     """Bring the database on ``conn`` up to ``len(migrations)``; return ``(before, after)``.
 
-    Each migration runs in its own transaction together with its ``user_version`` bump, so a
-    failure leaves the file at the last good version. ``conn`` must be in autocommit mode
-    (``isolation_level=None``). Raises InternalError naming ``path`` when the file belongs to
+    Each migration runs in its own ``BEGIN IMMEDIATE`` transaction, which also re-reads the
+    version: two processes migrating one fresh file at once serialise on the write lock and
+    the second finds the work done (reading the version before the transaction let both
+    run migration 1, and one failed with "table jobs already exists"). A failure leaves the
+    file at the last good version. ``conn`` must be in autocommit mode
+    (``isolation_level=None``). Raises StoreError naming ``path`` when the file belongs to
     another application, was written by a newer Timbre, or a migration fails.
     """
-    before = int(conn.execute("PRAGMA user_version").fetchone()[0])
-    app_id = int(conn.execute("PRAGMA application_id").fetchone()[0])
-    if before > len(migrations):
-        raise _store_error(
-            path,
-            f"schema version {before} was written by a newer timbred (this one knows up to "
-            f"{len(migrations)}); upgrade timbred, or move the file aside to start empty",
-        )
-    if before == 0:
-        tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-        if tables:
-            raise _store_error(
-                path, "is a SQLite database but not a Timbre job database; refusing to touch it"
-            )
-    elif app_id != _APPLICATION_ID:
-        raise _store_error(path, "is not a Timbre job database (wrong application_id)")
-    for version in range(before, len(migrations)):
-        conn.execute("BEGIN IMMEDIATE")
+    target = len(migrations)
+    before = check_identity(conn, path, target)  # before taking any lock: read-only
+    while True:
+        version = before
         try:
+            conn.execute("BEGIN IMMEDIATE")
+            version = check_identity(conn, path, target)
+            if version >= target:
+                conn.execute("COMMIT")
+                return before, target
             for statement in migrations[version]:
                 conn.execute(statement)
             # PRAGMA takes no parameters; version is an int we computed.
             conn.execute(f"PRAGMA user_version = {version + 1}")
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise _store_error(
                 path, f"migration to schema version {version + 1} failed: {exc}"
             ) from exc
-    return before, len(migrations)
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
 
 
 # --- records ----------------------------------------------------------------------------------
@@ -281,6 +309,8 @@ class RecoveryReport:
     cancelled: tuple[str, ...] = ()
     #: Jobs still queued, in the order they will run.
     queued: tuple[str, ...] = ()
+    #: Jobs stopped while encoding whose takes had all been written; now ``done``.
+    done: tuple[str, ...] = ()
 
     @property
     def queued_count(self) -> int:
@@ -422,6 +452,9 @@ class JobStore(SQLiteStore):
         self._clock = clock
         self._lock = threading.Lock()
         self._open(busy_timeout_s, lambda conn: migrate(conn, self.path))
+
+    def _check_owner(self, conn: sqlite3.Connection) -> None:
+        check_identity(conn, self.path)
 
     # --- plumbing ---------------------------------------------------------------------------
 
@@ -799,13 +832,20 @@ class JobStore(SQLiteStore):
 
     # --- restart ----------------------------------------------------------------------------
 
-    def recover(self) -> RecoveryReport:
+    def recover(self, written: Callable[[Job], Sequence[str]] | None = None
+                ) -> RecoveryReport:
         """Repair the queue at daemon start; call once, before the worker starts.
 
         Jobs left loading, generating or encoding by a daemon that stopped become
         interrupted with an error saying so: they are never re-run behind the user's back
         (``retry`` does that on request). A running job whose cancel was already requested
         becomes cancelled instead, as asked. Queued jobs stay queued in their order.
+
+        ``written(job)`` says which takes of a job were already published (the history
+        records a take once its file is in place): a daemon killed while encoding may have
+        written some or all of them. They become the job's ``outputs``, so its record and
+        its takes agree, and a job whose takes were all written is ``done``, not
+        interrupted (retrying it would only duplicate them).
         """
         with self._write() as conn:
             rows = conn.execute(
@@ -815,18 +855,31 @@ class JobStore(SQLiteStore):
             now = self._clock()
             interrupted: builtins.list[str] = []
             cancelled: builtins.list[str] = []
+            done: builtins.list[str] = []
             for row in rows:
                 job = self._row_to_job(row)
-                if job.cancel_requested:
+                outputs = list(written(job)) if written is not None else []
+                expected = 1 if job.params.get("replay") else job.params.get("variations", 1)
+                err: dict[str, Any] | None
+                if outputs and len(outputs) >= expected and not job.cancel_requested:
+                    new, err = _S.DONE, None
+                    done.append(job.id)
+                elif job.cancel_requested:
                     new, err = _S.CANCELLED, _error_dict(Cancelled())
                     cancelled.append(job.id)
                 else:
                     new = _S.INTERRUPTED
-                    err = _error_dict(Interrupted(job.state.value))
+                    problem = Interrupted(job.state.value)
+                    if outputs:
+                        problem.message += (f"; {len(outputs)} of {expected} takes had been "
+                                            "written (see outputs)")
+                    err = _error_dict(problem)
                     interrupted.append(job.id)
                 conn.execute(
-                    "UPDATE jobs SET state = ?, finished_at = ?, error = ? WHERE id = ?",
-                    (new.value, now, _to_json(err, "error"), job.id),
+                    "UPDATE jobs SET state = ?, finished_at = ?, error = ?, outputs = ? "
+                    "WHERE id = ?",
+                    (new.value, now, None if err is None else _to_json(err, "error"),
+                     _to_json(outputs, "outputs"), job.id),
                 )
             queued = [
                 row[0]
@@ -836,5 +889,6 @@ class JobStore(SQLiteStore):
                 )
             ]
         return RecoveryReport(
-            interrupted=tuple(interrupted), cancelled=tuple(cancelled), queued=tuple(queued)
+            interrupted=tuple(interrupted), cancelled=tuple(cancelled), queued=tuple(queued),
+            done=tuple(done),
         )

@@ -501,6 +501,9 @@ class Library(SQLiteStore):
         self._lock = threading.Lock()
         self._fts = self._open(busy_timeout_s, self._setup)
 
+    def _check_owner(self, conn: sqlite3.Connection) -> None:
+        jobs.check_identity(conn, self.path)
+
     def _setup(self, conn: sqlite3.Connection) -> bool:
         """Migrate (the job store's part first) and say whether search has FTS5."""
         # The file's identity (application_id, user_version) is the job store's: on a new

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from huggingface_hub import HfApi, constants, hf_hub_download, scan_cache_dir
 from huggingface_hub.errors import (
@@ -281,6 +281,30 @@ def _check_revision(revision: str | None) -> None:
         )
 
 
+#: Longest file name component (NAME_MAX) and path (PATH_MAX, with its NUL) on Linux and macOS.
+NAME_MAX: Final = 255
+PATH_MAX: Final = 4095
+
+
+def _check_name_length(name: str) -> None:
+    """Refuse a name the file system cannot hold, before any ``stat`` says ENAMETOOLONG.
+
+    A name becomes a path twice: as itself when it is a directory, and as
+    ``models--org--name`` in the hub cache; each must fit in NAME_MAX bytes per component.
+    """
+    encoded = os.fsencode(name)
+    longest = max(len(part) for part in encoded.split(b"/"))
+    cache_folder = len(b"models--") + len(encoded.replace(b"/", b"--"))
+    if len(encoded) > PATH_MAX or longest > NAME_MAX or (
+            not _looks_like_path(name) and cache_folder > NAME_MAX):
+        raise InvalidParams(
+            f"the model name is too long for a file name ({len(encoded)} bytes): each part "
+            f"between slashes may have at most {NAME_MAX} bytes, a Hugging Face repo id at "
+            f"most {NAME_MAX - len(b'models----')} in all",
+            param="model", max_bytes=NAME_MAX,
+        )
+
+
 def resolve(
     name_or_path: str, *, revision: str | None = None, cache_dir: str | Path | None = None
 ) -> ModelRef:
@@ -299,6 +323,7 @@ def resolve(
     name = name_or_path.strip()
     if not name:
         raise InvalidParams("the model name is empty", param="model")
+    _check_name_length(name)
     _check_revision(revision)
 
     # A catalogue alias wins over a same-named directory in the working directory (spell that

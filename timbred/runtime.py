@@ -9,7 +9,6 @@ from the moment it exists.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import os
@@ -31,23 +30,35 @@ MAX_SOCKET_PATH = 107 if sys.platform.startswith("linux") else 103
 
 
 def default_runtime_dir(environ: Mapping[str, str] | None = None) -> Path:
-    """The private directory for the socket and lock.
+    """The private directory for the socket and lock; the daemon and every client agree on it.
 
-    ``$XDG_RUNTIME_DIR/timbre`` via platformdirs when XDG_RUNTIME_DIR is set (and on macOS,
-    where platformdirs answers a per-user directory). Without it, platformdirs would fall back
-    to a predictable ``/tmp/runtime-<uid>``, which another user could create first; we use
-    ``/run/user/<uid>`` when it exists and is ours, else a ``run`` directory in the user's
-    cache directory, which is inside their home.
+    ``$XDG_RUNTIME_DIR/timbre`` when XDG_RUNTIME_DIR is an absolute path to a directory that
+    is ours and gives no access to group or others (what the XDG spec requires of it); on
+    macOS, platformdirs' per-user directory. Otherwise ``/run/user/<uid>/timbre`` when that
+    directory is ours and private, else a ``run`` directory in the user's cache directory,
+    which is inside their home. Never platformdirs' ``user_runtime_dir`` on Linux: for an
+    unusable XDG_RUNTIME_DIR it answers ``/tmp/runtime-<uid>``, a predictable path another
+    local user can create first (and so stop the daemon from starting).
     """
     env = os.environ if environ is None else environ
-    if sys.platform == "darwin" or env.get("XDG_RUNTIME_DIR", "").startswith("/"):
+    if sys.platform == "darwin":
         return Path(platformdirs.user_runtime_dir(APP))
+    xdg = env.get("XDG_RUNTIME_DIR", "")
+    if xdg.startswith("/") and _private_dir(Path(xdg)):
+        return Path(xdg) / APP
     run_user = Path(f"/run/user/{os.geteuid()}")
-    with contextlib.suppress(OSError):
-        st = run_user.lstat()
-        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o077:
-            return run_user / APP
+    if _private_dir(run_user):
+        return run_user / APP
     return Path(platformdirs.user_cache_dir(APP)) / "run"
+
+
+def _private_dir(path: Path) -> bool:
+    """Whether ``path`` is a real directory (not a symlink), ours, with no group/other access."""
+    try:
+        st = path.lstat()
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o077
 
 
 def default_socket_path(environ: Mapping[str, str] | None = None) -> Path:

@@ -23,6 +23,7 @@ import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from timbred.errors import (
+    InternalError,
     MessageIncomplete,
     OutputOverflow,
     PeerRefused,
@@ -61,6 +62,9 @@ class Connection:
         self.peer = peer
         self.daemon = daemon
         self.subscriptions: dict[str, Subscription] = {}
+        # The seq of the newest event queued for each subscription (its events.dropped
+        # notice says where a client resubscribing should resume).
+        self._last_seq: dict[str, int] = {}
         self._stream = stream
         self._limits = daemon.limits
         self._out_send: MemoryObjectSendStream[bytes]
@@ -111,11 +115,22 @@ class Connection:
             self.send_now(notification("events.dropped", {
                 "subscription": sub.id,
                 "reason": f"more than {self._limits.max_output_bytes} bytes of events unread",
-                "last_seq": event.seq - 1,
+                "last_seq": self._last_seq.pop(sub.id, event.seq - 1),
             }))
             return False
         self._enqueue(data)
+        self._last_seq[sub.id] = event.seq
         return True
+
+    def _drop_subscriptions(self, reason: str) -> None:
+        """End every subscription of this connection with its ``events.dropped`` notice."""
+        for sub_id in list(self.subscriptions):
+            self.subscriptions.pop(sub_id, None)
+            self.daemon.bus.unsubscribe(sub_id)
+            log.warning("connection %d: subscription %s dropped (%s)", self.id, sub_id, reason)
+            self.send_now(notification("events.dropped", {
+                "subscription": sub_id, "reason": reason,
+                "last_seq": self._last_seq.pop(sub_id, self.daemon.bus.seq)}))
 
     async def _writer(self) -> None:
         try:
@@ -126,19 +141,48 @@ class Connection:
     async def _write_all(self) -> None:
         async with self._out_recv:
             async for data in self._out_recv:
-                try:
-                    with anyio.fail_after(self._limits.write_timeout_s):
-                        await self._stream.send(data)
-                except TimeoutError:
-                    log.warning("connection %d: write timed out, closing", self.id)
-                    self._scope.cancel()
-                    return
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                if not await self._send_one(data):
                     self._scope.cancel()
                     return
                 self.pending_bytes -= len(data)
                 if self.pending_bytes <= self._limits.max_output_bytes:
                     self._drained.set()
+
+    async def _send_one(self, data: bytes) -> bool:
+        """Send ``data`` whole within the write timeout; False when the connection must close.
+
+        A subscriber that stopped reading is owed its ``events.dropped`` notice before it is
+        cut: at the first timeout its subscriptions end (no more events pile up), the notices
+        are queued behind what is pending, and the send gets one more write timeout. The send
+        itself is never interrupted before the connection is given up, because a Unix
+        socket may have taken part of the line, and the rest must follow for the framing
+        to hold.
+        """
+        timeout = self._limits.write_timeout_s
+        failed: list[BaseException] = []
+        sent = anyio.Event()
+
+        async def send() -> None:
+            try:
+                await self._stream.send(data)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+                failed.append(exc)
+            finally:
+                sent.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(send)
+            with anyio.move_on_after(timeout):
+                await sent.wait()
+            if not sent.is_set() and self.subscriptions:
+                self._drop_subscriptions(f"the client read nothing for {timeout:g} s")
+                with anyio.move_on_after(timeout):
+                    await sent.wait()
+            if not sent.is_set():
+                log.warning("connection %d: write timed out, closing", self.id)
+                tg.cancel_scope.cancel()
+                return False
+        return not failed
 
     # --- input -------------------------------------------------------------------------
 
@@ -164,6 +208,13 @@ class Connection:
             reply = await self.daemon.dispatcher.handle(line, self.daemon.context(self))
             if reply is not None:
                 await self.send_reply(reply)
+        except Exception as exc:
+            # The dispatcher answers every handler error itself; reaching here is a bug in
+            # the wire code. It costs this one request a -32603, never the connection, let
+            # alone the daemon (an exception here would unwind every task group up to serve).
+            log.exception("connection %d: a request could not be answered", self.id)
+            self.send_now(error_object(InternalError(
+                f"the reply could not be sent: {type(exc).__name__}")))
         finally:
             slots.release_on_behalf_of(token)
             if not slots.borrowed_tokens:

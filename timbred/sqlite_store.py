@@ -69,11 +69,19 @@ class SQLiteStore:
             self._conn.close()
             raise
 
+    def _check_owner(self, conn: sqlite3.Connection) -> None:
+        """Raise StoreError unless the file is Timbre's (or new); must only read.
+
+        Runs before anything is changed, so another application's database is refused
+        exactly as it was (its journal mode included).
+        """
+
     def _configure(self, setup: Callable[[sqlite3.Connection], _T]) -> _T:
         conn = self._conn
         advice = f"move it aside{self._corrupt_advice}"
         try:
             # A corrupt header shows up on the first statement that reads the file.
+            self._check_owner(conn)
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise self._error(f"cannot use WAL journaling (got {mode!r}); put the "
@@ -87,6 +95,10 @@ class SQLiteStore:
             if problems != ["ok"]:
                 raise self._error(f"is corrupt ({'; '.join(problems)}); {advice}")
             return setup(conn)
+        except UnicodeDecodeError as exc:
+            # Random bytes where SQLite keeps text (the journal mode it reports, a name in
+            # the schema) cannot be decoded: the file is damaged, not the code.
+            raise self._error(f"is corrupt or not a SQLite database ({exc}); {advice}") from exc
         except sqlite3.Error as exc:
             # A damaged header reads as NOTADB, a damaged page as CORRUPT; anything else
             # (permissions, a directory, a full disk) is not the file's contents' fault.
@@ -111,7 +123,8 @@ class SQLiteStore:
     def _translate(self) -> Iterator[None]:
         try:
             yield
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, UnicodeDecodeError) as exc:
+            # UnicodeDecodeError: a damaged page holding text that is not UTF-8.
             raise self._error(f"{type(exc).__name__}: {exc}") from exc
 
     @contextmanager

@@ -306,9 +306,11 @@ def link_numbered(directory: Path, ext: str, data: bytes,
     """
     directory = Path(directory)
     ensure_dir(directory)
-    tmp = write_partial(directory / take_name(0, ext), data)
+    # The data is written beside the name it will most likely get, so that a failure (a
+    # full disk) names a file the user would have had, never a take-0 that is never used.
+    n = _smallest_free(directory, 1)
+    tmp = write_partial(directory / take_name(n, ext), data)
     try:
-        n = 1
         for _ in range(MAX_NUMBER_ATTEMPTS):
             n = _smallest_free(directory, n)
             final = directory / take_name(n, ext)

@@ -7,6 +7,8 @@ make the daemon buffer more than ``max_size`` bytes of one message.
 
 from __future__ import annotations
 
+import re
+
 from timbred.errors import MessageTooLarge
 
 DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
@@ -60,6 +62,18 @@ class LineDecoder:
     def error(self) -> MessageTooLarge:
         """The error to send once :attr:`overflowed` is set."""
         return MessageTooLarge(self.max_size)
+
+
+#: A UTF-16 surrogate code point. JSON can spell one alone (``"\\ud800"``) and ``json.loads``
+#: keeps it (a valid pair is joined into one character, so any left is alone); such a string is
+#: not Unicode and cannot be written as UTF-8. File names read with ``surrogateescape`` hold
+#: them too.
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def has_surrogate(text: str) -> bool:
+    """Whether ``text`` holds a lone surrogate, i.e. is not valid Unicode."""
+    return _SURROGATE.search(text) is not None
 
 
 def encode(text: str) -> bytes:

@@ -18,6 +18,7 @@ import jsonschema
 from jsonschema.exceptions import ValidationError, best_match
 
 from timbred.errors import InvalidParams
+from timbred.protocol.framing import has_surrogate
 
 
 def schema_dir() -> Path:
@@ -69,10 +70,39 @@ class ParamsSpec:
                     expected=list(self.names),
                 )
             params = dict(zip(self.names, params, strict=False))
+        _check_unicode(self.method, params)
         error = best_match(self.validator.iter_errors(params))
         if error is not None:
             raise _invalid_params(self.method, error)
         return params
+
+
+def _check_unicode(method: str, params: dict[str, Any]) -> None:
+    """Refuse a lone surrogate anywhere in ``params`` (names too), naming where it is.
+
+    ``"\\ud800"`` is valid JSON but not Unicode: such a string cannot become a file name, a
+    SQLite text or a UTF-8 reply, so it is refused here, at the edge, as a client mistake.
+    Iterative, not recursive: params nest as deep as the JSON parser allowed, which is about
+    as deep as Python's stack.
+    """
+    stack: list[tuple[Any, tuple[str, ...]]] = [(params, ())]
+    while stack:
+        value, path = stack.pop()
+        where = ".".join(path) or None
+        if isinstance(value, str):
+            if has_surrogate(value):
+                raise InvalidParams(
+                    f"{method}: {where or 'params'}: not valid Unicode (holds a lone "
+                    "surrogate)", param=where)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if has_surrogate(key):
+                    raise InvalidParams(
+                        f"{method}: {where or 'params'}: a name is not valid Unicode (holds a "
+                        "lone surrogate)", param=where)
+                stack.append((item, (*path, key)))
+        elif isinstance(value, list):
+            stack.extend((item, (*path, str(i))) for i, item in enumerate(value))
 
 
 def _invalid_params(method: str, error: ValidationError) -> InvalidParams:
