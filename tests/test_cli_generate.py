@@ -84,11 +84,14 @@ def test_a_retried_command_with_a_key_gets_the_first_job(env: dict[str, str]) ->
 
 
 def test_invalid_parameter_exits_1_naming_it(env: dict[str, str]) -> None:
-    """An impossible value is refused before queueing: exit 1 and the parameter named, in
-    one line (the daemon's error, not a traceback of the task group it crossed); with
-    --json also as an error object on stdout."""
+    """An impossible value is a bad command line, refused before anything is sent: exit 2
+    naming the option and its range. A daemon's refusal is exit 1 in one line (not a
+    traceback of the task group it crossed); with --json also as an error object on stdout."""
     proc = ctl(env, "generate", "x", "-d", "1000")
-    assert proc.returncode == 1 and "duration" in proc.stderr
+    assert proc.returncode == 2 and "-d/--duration: must be more than 0 and at most 600" \
+        in proc.stderr
+    proc = ctl(env, "generate", "x", "-d", "1", "--melody", "/nonexistent/hum.wav")
+    assert proc.returncode == 1 and "melody" in proc.stderr
     assert proc.stderr.startswith("timbrectl: ") and proc.stderr.count("\n") == 1
     proc = ctl(env, "jobs", "show", "j-nope", "--json")
     assert (proc.returncode, proc.stderr) == (1, "timbrectl: no job 'j-nope'\n")

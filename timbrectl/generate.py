@@ -26,7 +26,9 @@ import anyio.to_thread
 
 from timbrectl import render
 from timbrectl.client import Client, connect
+from timbrectl.ranges import ranged
 
+_SUBMIT = "generate.submit"
 TERMINAL = {"done", "failed", "cancelled", "interrupted"}
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 
@@ -244,7 +246,8 @@ async def run(args: argparse.Namespace) -> int:
     return EXIT_INTERRUPTED if interrupted and outcome["state"] == "cancelled" else EXIT_FAILED
 
 
-def add_export_arguments(p: argparse.ArgumentParser, *, fallback: str = "wav") -> None:
+def add_export_arguments(p: argparse.ArgumentParser, *, fallback: str = "wav",
+                         method: str = "generate.submit") -> None:
     """The encoding options shared by ``generate`` and ``takes export``.
 
     ``fallback`` names the format used when neither -o nor a preset picks one.
@@ -252,11 +255,12 @@ def add_export_arguments(p: argparse.ArgumentParser, *, fallback: str = "wav") -
     p.add_argument("-f", "--format", choices=["wav", "flac", "mp3", "ogg"],
                    help=f"file format (default: the -o extension, the preset, or {fallback})")
     p.add_argument("--wav-subtype", choices=["PCM_16", "PCM_24", "FLOAT"])
-    p.add_argument("--bitrate", type=int, metavar="KBPS", help="MP3 bit rate (default 320)")
-    p.add_argument("--loudness", type=float, metavar="LUFS",
+    p.add_argument("--bitrate", type=ranged(method, "mp3_bitrate_kbps"), metavar="KBPS",
+                   help="MP3 bit rate (default 320)")
+    p.add_argument("--loudness", type=ranged(method, "loudness_target_lufs"), metavar="LUFS",
                    help="integrated loudness target (default -14)")
     p.add_argument("--no-normalise", action="store_true", help="keep the model's level")
-    p.add_argument("--ceiling", type=float, metavar="DBTP",
+    p.add_argument("--ceiling", type=ranged(method, "true_peak_ceiling_dbtp"), metavar="DBTP",
                    help="true-peak ceiling (default -1)")
 
 
@@ -266,24 +270,27 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
                        description="Queue a generation and wait for it, showing progress on "
                        "stderr; the written file paths are printed on stdout, one per line.")
     g.add_argument("prompt")
-    g.add_argument("-d", "--duration", type=float, metavar="SECONDS",
+    g.add_argument("-d", "--duration", type=ranged(_SUBMIT, "duration"), metavar="SECONDS",
                    help="length in seconds (default 10; up to 600 by windowed continuation)")
-    g.add_argument("--seed", type=int, help="random seed (default: random, always recorded)")
+    g.add_argument("--seed", type=ranged(_SUBMIT, "seed"),
+                   help="random seed (default: random, always recorded)")
     g.add_argument("-m", "--model", metavar="NAME|DIR",
                    help="catalogue name, Hugging Face repo, or local directory")
-    g.add_argument("-n", "--variations", type=int, metavar="N",
+    g.add_argument("-n", "--variations", type=ranged(_SUBMIT, "variations"), metavar="N",
                    help="N takes of the prompt in one batched pass")
     g.add_argument("-o", "--output", metavar="PATH",
                    help="write here (.wav; variations add -1, -2, ...); never overwrites")
     g.add_argument("--melody", metavar="FILE", help="follow this audio file's melody")
     g.add_argument("--continue", dest="continue_", metavar="FILE",
                    help="continue this audio file (the take includes it)")
-    g.add_argument("--temperature", type=float, metavar="X")
-    g.add_argument("--top-k", type=int, metavar="N")
-    g.add_argument("--top-p", type=float, metavar="X")
-    g.add_argument("--guidance", type=float, metavar="X", help="classifier-free guidance scale")
-    g.add_argument("--priority", type=int, metavar="N", help="higher runs first (default 0)")
-    g.add_argument("--keep-alive", type=float, metavar="SECONDS",
+    g.add_argument("--temperature", type=ranged(_SUBMIT, "temperature"), metavar="X")
+    g.add_argument("--top-k", type=ranged(_SUBMIT, "top_k"), metavar="N")
+    g.add_argument("--top-p", type=ranged(_SUBMIT, "top_p"), metavar="X")
+    g.add_argument("--guidance", type=ranged(_SUBMIT, "guidance"), metavar="X",
+                   help="classifier-free guidance scale")
+    g.add_argument("--priority", type=ranged(_SUBMIT, "priority"), metavar="N",
+                   help="higher runs first (default 0)")
+    g.add_argument("--keep-alive", type=ranged(_SUBMIT, "keep_alive"), metavar="SECONDS",
                    help="keep the model loaded this long after the job (0: unload, -1: forever)")
     g.add_argument("--preset", metavar="NAME", help="parameters, export settings and prompt "
                    "words from a preset (timbrectl presets list); explicit options win")
