@@ -276,8 +276,8 @@ class TestBrokenPipe:
         """`timbrectl status` and `--json jobs list` into a closed pipe: no traceback."""
         env = ctl_env(daemon.socket_path, short_tmp)
         for argv in (["status"], ["--json", "jobs", "list"], ["--help"]):
-            proc = await anyio.to_thread.run_sync(lambda argv=argv: self.run_into_closed_pipe(
-                [sys.executable, "-m", "timbrectl", *argv], env))
+            command = [sys.executable, "-m", "timbrectl", *argv]
+            proc = await anyio.to_thread.run_sync(self.run_into_closed_pipe, command, env)
             assert proc.stderr == "", (argv, proc.stderr)
             assert proc.returncode == (0 if argv == ["--help"] else 1), argv  # argparse: 0
 

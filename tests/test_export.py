@@ -54,6 +54,7 @@ RECIPE: dict[str, Any] = {
     "model": "musicgen-small", "model_id": "facebook/musicgen-small",
     "revision": "0123456789abcdef0123456789abcdef01234567", "backend": "musicgen",
     "device": "cpu", "dtype": "float32", "sample_rate": SR, "window_s": 30.0,
+    "stride_s": 18.0, "precision": None,
     "params": {"prompt": PROMPT, "duration_s": 2.0, "seed": 7, "top_k": 250},
 }
 
@@ -733,6 +734,10 @@ class TestSidecar:
         validator = jsonschema.Draft202012Validator(load("take.schema.json"))
         assert validator.is_valid(side)
         assert not validator.is_valid({k: v for k, v in side.items() if k != "recipe"})
+        recipe = side["recipe"]
+        assert not validator.is_valid({**side, "recipe": {k: v for k, v in recipe.items()
+                                                          if k != "window_s"}})
+        assert not validator.is_valid({**side, "recipe": {**recipe, "precision": "int4"}})
         assert not validator.is_valid({**side, "take": {**side["take"], "path": "/a/t.wav"}})
 
     def test_metadata_is_validated(self) -> None:
