@@ -316,7 +316,7 @@ class TestReplayUsesTheRecipe:
         replays bit-identical after the daemon restarts with the default 30 s / 18 s windows;
         the recipe and the sidecar record window, stride, precision, device and dtype, and
         validate against take.schema.json; the model is then loaded back the config's way."""
-        made = {"models__window_s": 2.0, "models__stride_s": 1.2}
+        made: dict[str, Any] = {"models__window_s": 2.0, "models__stride_s": 1.2}
         async with running_daemon(short_tmp, models__default=str(tiny), **made) as d, \
                 connect(d.socket_path) as c:
             job = await run_job(c, prompt="windows", duration=3.0, seed=11)
