@@ -292,3 +292,83 @@ class TestBrokenPipe:
         """`timbre --help` into a closed pipe: no traceback (argparse's own exit 0)."""
         proc = self.run_into_closed_pipe([sys.executable, "-m", "timbre_tui", "--help"])
         assert proc.stderr == "" and proc.returncode == 0, proc.stderr
+
+
+async def made_take(client: Client, prompt: str = "pads") -> str:
+    """Generate a 1 s take with the tiny model; its path."""
+    submitted = await client.call("generate.submit", {"prompt": prompt, "duration": 1.0})
+    job = await client.call("jobs.wait", {"job_id": submitted["job_id"], "timeout": 120})
+    assert job["state"] == "done", job["error"]
+    path: str = job["outputs"][0]
+    return path
+
+
+class TestWhatAUserReads:
+    """The lines of output a person reads, each the way the README shows it."""
+
+    @pytest.mark.anyio
+    async def test_a_multi_line_prompt_stays_on_its_row(self, gen: Daemon, client: Client,
+                                                        short_tmp: Path) -> None:
+        """`jobs list` and `history` show a multi-line prompt on the job's one row."""
+        await made_take(client, "two\nlines\n\tof prompt")
+        env = ctl_env(gen.socket_path, short_tmp)
+        for argv in (["jobs", "list"], ["history"]):
+            proc = await ctl(*argv, env=env)
+            assert proc.returncode == 0 and proc.stdout.count("\n") == 1, proc.stdout
+            assert "two lines of prompt" in proc.stdout
+
+    @pytest.mark.anyio
+    async def test_tag_plus_and_minus(self, gen: Daemon, client: Client,
+                                      short_tmp: Path) -> None:
+        """`takes tag TAKE +pads -draft` (the README's example) adds and removes tags, in any
+        order; no tag, or an unknown --option, is still a usage error."""
+        take = await made_take(client)
+        env = ctl_env(gen.socket_path, short_tmp)
+        await client.call("takes.tag", {"take": take, "add": ["draft"], "remove": []})
+        proc = await ctl("takes", "tag", take, "+pads", "-draft", "--json", env=env)
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["tags"] == ["pads"]
+        proc = await ctl("takes", "tag", take, "-pads", "keys", env=env)
+        assert proc.returncode == 0 and proc.stdout.endswith("  tags     keys\n")
+        assert (await ctl("takes", "tag", take, env=env)).returncode == 2
+        assert (await ctl("takes", "tag", take, "+x", "--bogus", env=env)).returncode == 2
+
+    @pytest.mark.anyio
+    async def test_a_second_export_picks_a_free_name(self, gen: Daemon, client: Client,
+                                                     short_tmp: Path) -> None:
+        """A second `takes export` to a format that exists beside the take picks a free name
+        (as generate does); an explicit -o that exists is still refused."""
+        take = await made_take(client)
+        env = ctl_env(gen.socket_path, short_tmp)
+        first = await ctl("takes", "export", take, "-f", "mp3", "--bitrate", "256", env=env)
+        second = await ctl("takes", "export", take, "-f", "mp3", env=env)
+        assert (first.returncode, second.returncode) == (0, 0), second.stderr
+        stem = Path(take).with_suffix("")
+        assert first.stdout == f"{stem}.mp3\n" and second.stdout == f"{stem}-2.mp3\n"
+        explicit = await ctl("takes", "export", take, "-o", f"{stem}.mp3", env=env)
+        assert explicit.returncode == 1 and "already exists" in explicit.stderr
+
+    @pytest.mark.anyio
+    async def test_models_rm_without_a_terminal_refuses(self, gen: Daemon, short_tmp: Path,
+                                                        tiny: Path) -> None:
+        """`models rm` with no terminal to ask on and no --yes deletes nothing and exits 2,
+        the same as `takes rm`."""
+        env = ctl_env(gen.socket_path, short_tmp)
+        rm = await anyio.to_thread.run_sync(lambda: subprocess.run(
+            [sys.executable, "-m", "timbrectl", "models", "rm", str(tiny)], env=env,
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60, check=False))
+        assert rm.returncode == 2 and "--yes" in rm.stderr, rm.stderr
+        assert (tiny / "config.json").is_file()
+
+    @pytest.mark.anyio
+    async def test_models_list_and_presets_show_for_people(self, daemon: Daemon,
+                                                           short_tmp: Path) -> None:
+        """Plain `models list` shows the catalogue (not only --json); `presets show` prints
+        the preset for people, not JSON."""
+        env = ctl_env(daemon.socket_path, short_tmp)
+        listed = await ctl("models", "list", env=env)
+        assert listed.returncode == 0 and "facebook/musicgen-small" in listed.stdout
+        assert "timbrectl models pull NAME" in listed.stdout
+        shown = await ctl("presets", "show", "lofi", env=env)
+        assert shown.returncode == 0 and shown.stdout.startswith("lofi\n"), shown.stdout
+        assert "  params " in shown.stdout and "  export " in shown.stdout

@@ -174,7 +174,7 @@ async def cmd_models(args: argparse.Namespace) -> int:
     action = args.models_command
     if action == "list":
         result = await _call(args, "models.list")
-        args.out.result(result, render.model_rows(result["installed"]))
+        args.out.result(result, render.model_rows(result["installed"], result["catalogue"]))
     elif action == "ps":
         result = await _call(args, "models.ps")
         args.out.result(result, render.ps_rows(result["models"], time.time()))
@@ -191,12 +191,9 @@ async def cmd_models(args: argparse.Namespace) -> int:
         args.out.result(result, f"unloaded {args.model}" if result["unloaded"]
                         else f"{args.model} was not loaded")
     elif action == "rm":
-        if not args.yes and sys.stdin.isatty():
-            answer = await anyio.to_thread.run_sync(
-                input, f"Delete {args.model} from the model cache? [y/N] ")
-            if answer.strip().lower() not in ("y", "yes"):
-                print("kept", file=sys.stderr)
-                return EXIT_OK
+        if not args.yes and not await _confirm(
+                f"Delete {args.model} from the model cache? [y/N] "):
+            return EXIT_USAGE if not sys.stdin.isatty() else EXIT_OK
         result = await _call(args, "models.remove", {"model": args.model})
         args.out.result(result, f"removed {result['name']}, freed "
                         f"{render.size(result['bytes_freed'])}")
@@ -281,19 +278,28 @@ async def cmd_takes(args: argparse.Namespace) -> int:
         args.out.result(result, render.take_detail(result))
     elif action == "rm":
         shown = await _call(args, "takes.show", {"take": take})
-        if not args.yes:
-            if not sys.stdin.isatty():
-                print("timbrectl: refusing to delete without a terminal to ask on; pass --yes",
-                      file=sys.stderr)
-                return EXIT_USAGE
-            answer = await anyio.to_thread.run_sync(
-                input, f"Delete {shown['path']} and its sidecar? [y/N] ")
-            if answer.strip().lower() not in ("y", "yes"):
-                print("kept", file=sys.stderr)
-                return EXIT_OK
+        if not args.yes and not await _confirm(
+                f"Delete {shown['path']} and its sidecar? [y/N] "):
+            return EXIT_USAGE if not sys.stdin.isatty() else EXIT_OK
         result = await _call(args, "takes.rm", {"take": take})
         args.out.result(result, f"deleted {shown['path']}")
     return EXIT_OK
+
+
+async def _confirm(question: str) -> bool:
+    """Ask on the terminal whether to delete; without one, refuse (``--yes`` skips asking).
+
+    Every deleting command (``takes rm``, ``models rm``) asks the same way.
+    """
+    if not sys.stdin.isatty():
+        print("timbrectl: pass --yes to delete without a terminal to ask on; nothing deleted",
+              file=sys.stderr)
+        return False
+    answer = await anyio.to_thread.run_sync(input, question)
+    if answer.strip().lower() in ("y", "yes"):
+        return True
+    print("kept", file=sys.stderr)
+    return False
 
 
 def _take_ref(value: str) -> str:
@@ -331,7 +337,7 @@ async def cmd_presets(args: argparse.Namespace) -> int:
             for p in result["presets"]))
     else:
         result = await _call(args, "presets.show", {"name": args.name})
-        args.out.result(result, json.dumps(result, indent=2, ensure_ascii=False))
+        args.out.result(result, render.preset_detail(result))
     return EXIT_OK
 
 
@@ -461,7 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
             tp.add_argument("value", choices=["up", "down", "none"])
             tp.add_argument("--note")
         elif name == "tag":
-            tp.add_argument("tags", nargs="+", metavar="[+|-]TAG")
+            tp.add_argument("tags", nargs="*", metavar="[+|-]TAG",
+                            help="+TAG (or TAG) adds a tag, -TAG removes one")
         elif name == "rm":
             tp.add_argument("-y", "--yes", action="store_true", help="do not ask")
         tp.set_defaults(func=cmd_takes)
@@ -510,7 +517,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if getattr(args, "takes_command", None) == "tag":
+        # `takes tag TAKE +pads -draft`: argparse takes "-draft" for an unknown option, so
+        # the leftovers are the tags it did not claim (a "--long" one is still a mistake).
+        args.tags = [*args.tags, *extra]
+        extra = [t for t in extra if t.startswith("--")]
+        if not args.tags:
+            parser.error("takes tag: name at least one tag: +TAG adds, -TAG removes")
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.out = Output(args.json)
     try:
         code: int = anyio.run(args.func, args, backend="asyncio")
