@@ -814,6 +814,13 @@ class TestLayout:
             assert 0 < len(path.name.encode()) <= takes.SESSION_NAME_MAX_BYTES
         assert takes.session_dir(tmp_path, when, "").name == "session"
 
+    def test_the_days_own_session_is_the_day_folder(self, tmp_path: Path) -> None:
+        """The default session, named by the day's date, says the date once in the path."""
+        when = dt.datetime(2026, 12, 2, 9, 30)
+        assert takes.session_dir(tmp_path, when, "2026-12-02") == tmp_path / "2026/12/02"
+        assert takes.session_dir(tmp_path, when, "2026-12-01") == \
+            tmp_path / "2026/12/02/2026-12-01"
+
     def test_allocate_take_path(self, tmp_path: Path) -> None:
         """The smallest number no take-<n>.* uses, in any format (sidecars count)."""
         assert takes.allocate_take_path(tmp_path / "missing", "wav").name == "take-1.wav"

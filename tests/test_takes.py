@@ -58,13 +58,14 @@ def fresh_process_tags(path: str) -> dict[str, str]:
 
 class TestWriting:
     async def test_layout_sidecar_tags_and_history(self, client: Client, gen: Daemon) -> None:
-        """A take lands at <dir>/YYYY/MM/DD/<session>/take-1.wav with a valid sidecar, tags
-        another process reads, loudness recorded, and a history row."""
+        """A take lands at <dir>/YYYY/MM/DD/take-1.wav (today's session is the day folder:
+        the path says the date once) with a valid sidecar, tags another process reads,
+        loudness recorded, and a history row."""
         job = await run_job(client, prompt="warm lofi rhodes", duration=1.0, seed=3)
         take = await only_take(client, job)
         day = dt.datetime.now().strftime("%Y/%m/%d")
         session = dt.datetime.now().strftime("%Y-%m-%d")
-        expected = gen.generation.output_root / day / session / "take-1.wav"
+        expected = gen.generation.output_root / day / "take-1.wav"
         assert take["path"] == str(expected) and take["session"] == session
         sidecar = json.loads(sidecar_path(expected).read_text())
         jsonschema.validate(sidecar, load_schema("take.schema.json"))

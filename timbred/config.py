@@ -200,7 +200,7 @@ KEYS: tuple[Key, ...] = (
     Key("watch", "max_file_bytes", int, 64 * 1024,
         "Larger prompt files are rejected unread.", minimum=1024, maximum=16 * MiB),
     Key("output", "dir", str, "",
-        "Where takes are written, as YYYY/MM/DD/<session>/take-<n>.<ext>. Empty: Timbre/ in "
+        "Where takes are written, as YYYY/MM/DD/[<session>/]take-<n>.<ext>. Empty: Timbre/ in "
         "the platformdirs music directory."),
     Key("output", "format", str, "wav", "Default format of new takes.",
         choices=("wav", "flac", "mp3", "ogg")),

@@ -2,7 +2,7 @@
 
 This is where the generation service hands over audio: each take is loudness-normalised,
 encoded, tagged and published atomically by :mod:`timbred.export` under
-``<output dir>/YYYY/MM/DD/<session>/take-<n>.<ext>`` (or the exact path a request named), and
+``<output dir>/YYYY/MM/DD/[<session>/]take-<n>.<ext>`` (or the exact path a request named), and
 recorded in the history (:mod:`timbred.library`). Every method here blocks (files, SQLite); the
 daemon calls them through ``anyio.to_thread``.
 
