@@ -146,3 +146,47 @@ def test_stream_pipes_the_take_as_it_is_made(env: dict[str, str], tmp_path: Path
 def test_stream_refuses_a_terminal_and_json(env: dict[str, str]) -> None:
     proc = ctl(env, "generate", "x", "-d", "0.5", "--stream", "--json")
     assert proc.returncode == 2 and "--stream" in proc.stderr and proc.stdout == ""
+
+
+def test_ctrl_c_in_a_terminal_asks_and_the_progress_bar_waits(env: dict[str, str]) -> None:
+    """In a terminal, Ctrl-C asks whether to cancel, and no progress redraw comes after the
+    question until it is answered; answering y cancels (exit 130)."""
+    import pty
+    import select
+
+    main, child = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "timbrectl", "generate", "x", "-d", "200"],
+                            env=env, stdin=child, stdout=child, stderr=child,
+                            start_new_session=True)
+    os.close(child)
+    seen = b""
+
+    def read_for(seconds: float) -> bytes:
+        got, end = b"", time.monotonic() + seconds
+        while time.monotonic() < end:
+            ready, _, _ = select.select([main], [], [], 0.05)
+            if ready:
+                try:
+                    got += os.read(main, 65536)
+                except OSError:  # the child closed the terminal
+                    break
+        return got
+
+    try:
+        deadline = time.monotonic() + 60
+        while b"generating [" not in seen and time.monotonic() < deadline:
+            seen += read_for(0.2)
+        assert b"generating [" in seen, seen[-500:]
+        proc.send_signal(signal.SIGINT)
+        seen = b""
+        while b"[Y/n]" not in seen and time.monotonic() < deadline:
+            seen += read_for(0.2)
+        after = seen.split(b"[Y/n]", 1)[1] + read_for(1.5)  # the job is still generating
+        assert b"generating [" not in after, after
+        os.write(main, b"y\n")
+        assert proc.wait(60) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(main)

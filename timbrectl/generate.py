@@ -13,11 +13,13 @@ terminal to ask on, it cancels).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import struct
 import sys
 import wave
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -128,17 +130,36 @@ class PreviewStream:
 
 
 class Progress:
-    """A progress line on stderr, drawn only when stderr is a terminal."""
+    """A progress line on stderr, drawn only when stderr is a terminal.
+
+    While a question is asked on the terminal (:meth:`paused`), updates are kept, not drawn:
+    a redraw would wipe the question's line and make the question look ignored.
+    """
 
     def __init__(self) -> None:
         self.enabled = sys.stderr.isatty()
         self.drawn = False
+        self.held = False
+        self.last = ""
 
     def show(self, text: str) -> None:
-        if self.enabled:
+        self.last = text
+        if self.enabled and not self.held:
             sys.stderr.write("\r\x1b[2K" + text)
             sys.stderr.flush()
             self.drawn = True
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Clear the line and draw nothing until the block ends; then redraw the latest."""
+        self.done()
+        self.held = True
+        try:
+            yield
+        finally:
+            self.held = False
+            if self.last:
+                self.show(self.last)
 
     def done(self) -> None:
         if self.drawn:
@@ -217,11 +238,13 @@ async def run(args: argparse.Namespace) -> int:
             nonlocal interrupted
             with anyio.open_signal_receiver(signal.SIGINT) as signals:
                 async for _ in signals:
-                    progress.done()
-                    if await _ask_cancel(job_id):
+                    with progress.paused():
+                        cancel = await _ask_cancel(job_id)
+                    if cancel:
                         await client.call("jobs.cancel", {"job_id": job_id})
                         interrupted = True  # keep following: the job reports `cancelled`
                     else:
+                        progress.done()
                         print(f"left running: {job_id} (timbrectl jobs wait {job_id})",
                               file=sys.stderr)
                         scope.cancel()
