@@ -380,7 +380,7 @@ class StudioState:
         old = self.jobs.get(job["id"])
         if old is not None and JOB_RANK[job["state"]] < JOB_RANK[old["state"]]:
             return False
-        was_following = self._following_newest()
+        was_following = self.following_newest()
         self.jobs[job["id"]] = job
         if job["state"] not in ACTIVE_STATES:
             self.progress.pop(job["id"], None)
@@ -391,10 +391,16 @@ class StudioState:
         self._trim()
         return True
 
-    def _following_newest(self) -> bool:
-        """True when the selection is empty or on the newest take (so new takes take it)."""
+    def following_newest(self) -> bool:
+        """True when the selection is empty or on the newest take (so new takes take it, and
+        the timeline shows its newest rows)."""
         takes = self.takes()
         return self.selected_take is None or (bool(takes) and self.selected_take == takes[-1].key)
+
+    def follow_newest(self) -> None:
+        """Select the newest take, so the timeline follows what comes next (a prompt sent)."""
+        takes = self.takes()
+        self.selected_take = takes[-1].key if takes else None
 
     def _trim(self) -> None:
         while len(self.jobs) > HISTORY_LIMIT:

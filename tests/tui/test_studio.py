@@ -11,6 +11,7 @@ import pytest
 from tests.tui.support import WINDOW, Harness, running_studio
 from timbre_tui.layout import MARK
 from timbre_tui.waveform import BLOCKS
+from timbrectl.client import connect
 from timbred.testing.daemon import running_daemon
 
 pytestmark = pytest.mark.anyio
@@ -160,6 +161,41 @@ class TestPromptToTake:
                               "the one before")
                 h.press("c-c")  # clears the composer
                 await h.until(lambda: h.studio.widgets.composer.text == "", "cleared")
+
+
+class TestTimelineFollows:
+    async def test_jobs_below_the_newest_take_stay_in_sight(self, short_tmp: Path,
+                                                            tiny: Path) -> None:
+        """With a timeline taller than the window (a long history, as after a daemon restart
+        reloads it) and the newest take selected, a prompt sent, cancelled (/cancel) and
+        retried (/retry) shows both jobs: the view follows the newest rows instead of staying
+        anchored on the selected take."""
+        sock = socket_under(short_tmp)
+        async with running_daemon(short_tmp, models__default=str(tiny), **WINDOW) as d, \
+                connect(d.socket_path) as client:
+            first = await client.call("generate.submit", {"prompt": "history", "duration": 0.5,
+                                                          "variations": 12})
+            await client.call("jobs.wait", {"job_id": first["job_id"], "timeout": 120})
+            async with running_studio(sock, columns=80, rows=24, preview=False) as h:
+                st = h.studio.state
+                await connected(h)
+                await send_command(h, "/duration 0.5")
+                h.type("newest")
+                h.press("enter")
+                await h.until(lambda: len(st.takes()) == 13, "the newest take", timeout=60)
+                assert st.selected_take == st.takes()[-1].key
+                await send_command(h, "/duration 30")
+                h.type("sent after")
+                h.press("enter")
+                await h.until(lambda: bool(st.active_jobs()), "the job queued")
+                await send_command(h, "/cancel")
+                await h.until(lambda: not st.active_jobs(), "it cancelled", timeout=60)
+                await send_command(h, "/retry")
+                await h.until(lambda: len(st.timeline()) == 4, "the retry", timeout=60)
+                await h.until(lambda: h.screen().count(f"{MARK} sent after") == 2,
+                              "both jobs in sight")
+                await send_command(h, "/cancel")
+                await h.until(lambda: not st.active_jobs(), "the retry cancelled", timeout=60)
 
 
 class TestEditing:
