@@ -198,6 +198,23 @@ class TestTimelineFollows:
                 await h.until(lambda: not st.active_jobs(), "the retry cancelled", timeout=60)
 
 
+class TestFormat:
+    async def test_format_in_the_panel_makes_the_take(self, short_tmp: Path,
+                                                      tiny: Path) -> None:
+        """`/preset none`, `/format ogg`, a prompt: the take is an Ogg file."""
+        sock = socket_under(short_tmp)
+        async with running_daemon(short_tmp, models__default=str(tiny), **WINDOW), \
+                running_studio(sock, preview=False) as h:
+            st = h.studio.state
+            await connected(h)
+            for command in ("/preset none", "/format ogg", "/duration 0.5"):
+                await send_command(h, command)
+            h.type("an ogg take")
+            h.press("enter")
+            await h.until(lambda: bool(st.takes()), "the take", timeout=60)
+            assert st.takes()[0].path.endswith(".ogg")
+
+
 class TestEditing:
     async def test_parameters_commands_completion_palette(
         self, short_tmp: Path, tiny: Path, user_presets: Path
