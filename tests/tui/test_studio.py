@@ -344,3 +344,18 @@ class TestWithoutDaemon:
             assert h.studio.widgets.composer.text == "a prompt into the void"
             h.press("c-q")
             await h.until(lambda: not h.studio.app.is_running, "quit")
+
+    async def test_slash_in_the_library_starts_a_command(self, short_tmp: Path) -> None:
+        """In the library (F2), "/" starts a command in the composer, as everywhere; the
+        search box does not get the slash."""
+        async with running_studio(socket_under(short_tmp), columns=80, rows=24) as h:
+            w = h.studio.widgets
+            h.press("f2")
+            await h.until(lambda: h.studio.state.view == "library"
+                          and h.studio.app.layout.has_focus(w.library_search), "the library")
+            h.type("rain")
+            await h.until(lambda: w.library_search.text == "rain", "a search typed")
+            h.type("/")
+            await h.until(lambda: w.composer.text == "/", "the command started")
+            assert w.library_search.text == "rain"
+            assert h.studio.app.layout.has_focus(w.composer)
