@@ -197,7 +197,8 @@ class TestGlobalOptions:
                  (["generate", "x", "--temperature", "nan"], "must be between 0 and 10"),
                  (["jobs", "list", "--limit", "0"], "--limit: must be between 1 and 500"),
                  (["takes", "export", "t-1", "--ceiling", "3"], "--ceiling: must be between"),
-                 (["--timeout", "0", "status"], "--timeout: must be more than 0 seconds")]
+                 (["--timeout", "0", "status"], "--timeout: must be more than 0 seconds"),
+                 (["history", "--since", "yesterday"], "--since: 'yesterday' is not a date")]
         for argv, words in cases:
             proc = subprocess.run([sys.executable, "-m", "timbrectl", *argv],
                                   capture_output=True, text=True, timeout=60, check=False)

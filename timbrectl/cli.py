@@ -237,10 +237,10 @@ async def cmd_history(args: argparse.Namespace) -> int:
     for key in ("text", "tag", "rating", "session"):
         if getattr(args, key):
             params[key] = getattr(args, key)
-    if args.since:
-        params["since"] = render.parse_when(args.since)
-    if args.until:
-        params["until"] = render.parse_when(args.until)
+    if args.since is not None:
+        params["since"] = args.since
+    if args.until is not None:
+        params["until"] = args.until
     if args.deleted:
         params["include_deleted"] = True
     page = await _call(args, "history.search", params)
@@ -357,6 +357,14 @@ async def cmd_watch(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _when(text: str) -> float:
+    """``--since``/``--until``: a bad date is a bad command line (exit 2)."""
+    try:
+        return render.parse_when(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def global_options(*, defaults: bool) -> argparse.ArgumentParser:
     """The options every command takes, before or after the command's name, with one meaning.
 
@@ -442,8 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
     hist.add_argument("--tag")
     hist.add_argument("--rating", choices=["up", "down", "unrated"])
     hist.add_argument("--session")
-    hist.add_argument("--since", metavar="WHEN", help="YYYY-MM-DD[THH:MM] or 2h/3d/1w ago")
-    hist.add_argument("--until", metavar="WHEN")
+    hist.add_argument("--since", type=_when, metavar="WHEN",
+                      help="YYYY-MM-DD[THH:MM] or 2h/3d/1w ago")
+    hist.add_argument("--until", type=_when, metavar="WHEN")
     hist.add_argument("--deleted", action="store_true", help="include deleted takes")
     hist.add_argument("--limit", type=ranged("history.search", "limit"), default=50)
     hist.set_defaults(func=cmd_history)
@@ -562,9 +571,8 @@ def _failure(args: argparse.Namespace, exc: BaseException) -> int:
         return EXIT_INTERRUPTED
     if isinstance(exc, BrokenPipeError | SystemExit):
         raise exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:  # several at once: the first says enough
-            return _failure(args, _single(inner))
+    if isinstance(exc, BaseExceptionGroup):  # several at once: the first says enough
+        return _failure(args, _single(exc.exceptions[0]))
     if isinstance(exc, Exception):  # a bug of ours: still one line, never a traceback
         args.out.failure(f"unexpected error: {type(exc).__name__}: {exc}", code=-32603,
                          data={"kind": "internal_error"}, advice="please report this")

@@ -168,8 +168,8 @@ def parse_when(text: str) -> float:
     try:
         return dt.datetime.fromisoformat(text).timestamp()
     except ValueError:
-        raise SystemExit(f"timbrectl: {text!r} is not a date (YYYY-MM-DD[THH:MM]) "
-                         "or an age like 3h, 2d, 1w") from None
+        raise ValueError(f"{text!r} is not a date (YYYY-MM-DD[THH:MM]) or an age like 3h, "
+                         "2d, 1w") from None
 
 
 def take_line(take: dict[str, Any]) -> str:
