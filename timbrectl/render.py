@@ -115,11 +115,11 @@ def model_rows(installed: list[dict[str, Any]],
     available = [c for c in catalogue or [] if c["name"] not in have]
     if available:
         lines += ["", "available (timbrectl models pull NAME):",
-                  f"{'NAME':<28} {'SIZE':>10}  {'REPOSITORY':<36} KIND"]
+                  f"{'NAME':<28} {'SIZE':>10}  {'REPOSITORY':<38} KIND"]
         for c in available:
             kind = ", ".join(k for k in ("melody", "stereo") if c.get(k)) or "text"
             lines.append(f"{c['name'][:28]:<28} {'~' + size(c['approx_bytes']):>10}  "
-                         f"{c['repo'][:36]:<36} {kind}")
+                         f"{c['repo'][:38]:<38} {kind}")
     return "\n".join(lines)
 
 
