@@ -144,3 +144,232 @@ def test_daemon_start_status_shutdown(short_tmp: Path) -> None:
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(info["pid"], 9)
+
+
+class TestGlobalOptions:
+    """--json, --socket and --timeout mean the same before the command as after it."""
+
+    @pytest.mark.anyio
+    async def test_json_before_or_after_the_command(self, daemon: Daemon,
+                                                    short_tmp: Path) -> None:
+        """`--json status`, `status --json` and `jobs --json list` all print JSON."""
+        env = ctl_env(daemon.socket_path, short_tmp)
+        for argv in (["--json", "status"], ["status", "--json"], ["daemon", "--json", "status"]):
+            proc = await ctl(*argv, env=env)
+            assert proc.returncode == 0, proc.stderr
+            assert json.loads(proc.stdout)["pid"] == os.getpid(), argv
+        proc = await ctl("--json", "jobs", "list", env=env)
+        assert json.loads(proc.stdout)["jobs"] == []
+
+    @pytest.mark.anyio
+    async def test_socket_before_the_command_is_used(self, daemon: Daemon,
+                                                     short_tmp: Path) -> None:
+        """`--socket ELSEWHERE ping` asks ELSEWHERE (nobody: exit 3), not $TIMBRE_SOCKET's
+        daemon; after the command it is the same; --socket names the running one: exit 0."""
+        env = ctl_env(daemon.socket_path, short_tmp)
+        elsewhere = str(short_tmp / "elsewhere.sock")
+        for argv in (["--socket", elsewhere, "ping"], ["ping", "--socket", elsewhere]):
+            proc = await ctl(*argv, env=env)
+            assert proc.returncode == 3 and elsewhere in proc.stderr, (argv, proc.stderr)
+        env["TIMBRE_SOCKET"] = elsewhere
+        proc = await ctl("--socket", str(daemon.socket_path), "ping", env=env)
+        assert proc.returncode == 0, proc.stderr
+
+    @pytest.mark.anyio
+    async def test_timeout_before_the_command_is_used(self, daemon: Daemon,
+                                                      short_tmp: Path) -> None:
+        """A tiny --timeout before the command fails the call (exit 4 or, if even connecting
+        took longer, 3), in one line; an option after the command overrides one before."""
+        env = ctl_env(daemon.socket_path, short_tmp)
+        proc = await ctl("--timeout", "0.000001", "status", env=env)
+        assert proc.returncode in (3, 4), proc.stderr
+        assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("timbrectl: ")
+        proc = await ctl("--timeout", "0.000001", "status", "--timeout", "30", env=env)
+        assert proc.returncode == 0, proc.stderr
+
+    def test_bad_values_are_usage_errors_in_the_clis_words(self) -> None:
+        """Out-of-range values are refused before anything is sent: exit 2, naming the option
+        and its range in plain words (no JSON-Schema wording), wherever the option sits."""
+        cases = [(["generate", "x", "-d", "0"], "-d/--duration: must be more than 0 and at "
+                  "most 600 (got 0)"),
+                 (["generate", "x", "-n", "17"], "must be between 1 and 16 (got 17)"),
+                 (["generate", "x", "--seed", "-1"], "--seed: must be at least 0 (got -1)"),
+                 (["generate", "x", "--temperature", "nan"], "must be between 0 and 10"),
+                 (["jobs", "list", "--limit", "0"], "--limit: must be between 1 and 500"),
+                 (["takes", "export", "t-1", "--ceiling", "3"], "--ceiling: must be between"),
+                 (["--timeout", "0", "status"], "--timeout: must be more than 0 seconds"),
+                 (["history", "--since", "yesterday"], "--since: 'yesterday' is not a date")]
+        for argv, words in cases:
+            proc = subprocess.run([sys.executable, "-m", "timbrectl", *argv],
+                                  capture_output=True, text=True, timeout=60, check=False)
+            assert proc.returncode == 2, (argv, proc.stderr)
+            assert words in proc.stderr, (argv, proc.stderr)
+            assert "minimum" not in proc.stderr
+
+
+class TestErrorsAreOneLine:
+    """A daemon's error reaches the user as one `timbrectl: ...` line, the way forward first."""
+
+    @pytest.mark.anyio
+    @pytest.mark.parametrize("offline", [False, True])
+    async def test_models_pull_without_network(self, daemon: Daemon, short_tmp: Path,
+                                               monkeypatch: pytest.MonkeyPatch,
+                                               offline: bool) -> None:
+        """`models pull` with no Hub reachable: exit 1, one line (no traceback, no exception
+        group), the offline advice first; HF_HUB_OFFLINE=1 is advised only when not set.
+        With --json the error object is on stdout."""
+        monkeypatch.setenv("HF_HUB_CACHE", str(short_tmp / "hub"))
+        monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+        if offline:
+            monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        else:
+            monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+        env = ctl_env(daemon.socket_path, short_tmp)
+        for argv in (["models", "pull", "musicgen-small"],
+                     ["--json", "models", "pull", "musicgen-small"]):
+            proc = await ctl(*argv, env=env)
+            assert proc.returncode == 1, proc.stderr
+            assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+            assert proc.stderr.startswith("timbrectl: to work offline, put musicgen-small in ")
+            assert ("set HF_HUB_OFFLINE=1" in proc.stderr) is not offline, proc.stderr
+            if "--json" in argv:
+                assert json.loads(proc.stdout)["error"]["data"]["kind"] == "network_unavailable"
+            else:
+                assert proc.stdout == ""
+
+    @pytest.mark.anyio
+    async def test_every_kind_of_failure_is_one_line(self, gen: Daemon,
+                                                     short_tmp: Path) -> None:
+        """Errors raised inside the commands' task groups (generate, replay, jobs wait, an
+        unknown take, a missing model) each come out as one line with their exit status."""
+        env = ctl_env(gen.socket_path, short_tmp)
+        cases = [(["generate", "x", "-d", "1", "-m", "no/such-model-here"], 1),
+                 (["generate", "x", "-d", "1", "--preset", "nope"], 1),
+                 (["replay", "t-nosuchtake"], 1),
+                 (["jobs", "wait", "j-nosuchjob"], 1),
+                 (["takes", "show", "t-nosuchtake"], 1),
+                 (["models", "load", str(short_tmp / "nowhere")], 1)]
+        for argv, status in cases:
+            proc = await ctl(*argv, env=env)
+            assert proc.returncode == status, (argv, proc.stderr)
+            assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, \
+                (argv, proc.stderr)
+            assert proc.stderr.startswith("timbrectl: "), proc.stderr
+
+
+class TestBrokenPipe:
+    """A reader that goes away (`| head -1`) ends the output quietly, as Unix tools do."""
+
+    @staticmethod
+    def run_into_closed_pipe(argv: list[str], env: dict[str, str] | None = None
+                             ) -> subprocess.CompletedProcess[str]:
+        read, write = os.pipe()
+        os.close(read)  # the reader is gone before the first write: every write is EPIPE
+        try:
+            return subprocess.run(argv, stdout=write, stderr=subprocess.PIPE, env=env,
+                                  text=True, timeout=60, check=False)
+        finally:
+            os.close(write)
+
+    @pytest.mark.anyio
+    async def test_timbrectl(self, daemon: Daemon, short_tmp: Path) -> None:
+        """`timbrectl status` and `--json jobs list` into a closed pipe: no traceback."""
+        env = ctl_env(daemon.socket_path, short_tmp)
+        for argv in (["status"], ["--json", "jobs", "list"], ["--help"]):
+            command = [sys.executable, "-m", "timbrectl", *argv]
+            proc = await anyio.to_thread.run_sync(self.run_into_closed_pipe, command, env)
+            assert proc.stderr == "", (argv, proc.stderr)
+            assert proc.returncode == (0 if argv == ["--help"] else 1), argv  # argparse: 0
+
+    def test_timbred(self, short_tmp: Path) -> None:
+        """`timbred --check-config` and `--print-config` into a closed pipe: no traceback."""
+        env = ctl_env(short_tmp / "timbred.sock", short_tmp)
+        for flag in ("--check-config", "--print-config"):
+            proc = self.run_into_closed_pipe([sys.executable, "-m", "timbred", flag], env)
+            assert proc.stderr == "" and proc.returncode == 1, (flag, proc.stderr)
+
+    def test_timbre(self) -> None:
+        """`timbre --help` into a closed pipe: no traceback (argparse's own exit 0)."""
+        proc = self.run_into_closed_pipe([sys.executable, "-m", "timbre_tui", "--help"])
+        assert proc.stderr == "" and proc.returncode == 0, proc.stderr
+
+
+async def made_take(client: Client, prompt: str = "pads") -> str:
+    """Generate a 1 s take with the tiny model; its path."""
+    submitted = await client.call("generate.submit", {"prompt": prompt, "duration": 1.0})
+    job = await client.call("jobs.wait", {"job_id": submitted["job_id"], "timeout": 120})
+    assert job["state"] == "done", job["error"]
+    path: str = job["outputs"][0]
+    return path
+
+
+class TestWhatAUserReads:
+    """The lines of output a person reads, each the way the README shows it."""
+
+    @pytest.mark.anyio
+    async def test_a_multi_line_prompt_stays_on_its_row(self, gen: Daemon, client: Client,
+                                                        short_tmp: Path) -> None:
+        """`jobs list` and `history` show a multi-line prompt on the job's one row."""
+        await made_take(client, "two\nlines\n\tof prompt")
+        env = ctl_env(gen.socket_path, short_tmp)
+        for argv in (["jobs", "list"], ["history"]):
+            proc = await ctl(*argv, env=env)
+            assert proc.returncode == 0 and proc.stdout.count("\n") == 1, proc.stdout
+            assert "two lines of prompt" in proc.stdout
+
+    @pytest.mark.anyio
+    async def test_tag_plus_and_minus(self, gen: Daemon, client: Client,
+                                      short_tmp: Path) -> None:
+        """`takes tag TAKE +pads -draft` (the README's example) adds and removes tags, in any
+        order; no tag, or an unknown --option, is still a usage error."""
+        take = await made_take(client)
+        env = ctl_env(gen.socket_path, short_tmp)
+        await client.call("takes.tag", {"take": take, "add": ["draft"], "remove": []})
+        proc = await ctl("takes", "tag", take, "+pads", "-draft", "--json", env=env)
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["tags"] == ["pads"]
+        proc = await ctl("takes", "tag", take, "-pads", "keys", env=env)
+        assert proc.returncode == 0 and proc.stdout.endswith("  tags     keys\n")
+        assert (await ctl("takes", "tag", take, env=env)).returncode == 2
+        assert (await ctl("takes", "tag", take, "+x", "--bogus", env=env)).returncode == 2
+
+    @pytest.mark.anyio
+    async def test_a_second_export_picks_a_free_name(self, gen: Daemon, client: Client,
+                                                     short_tmp: Path) -> None:
+        """A second `takes export` to a format that exists beside the take picks a free name
+        (as generate does); an explicit -o that exists is still refused."""
+        take = await made_take(client)
+        env = ctl_env(gen.socket_path, short_tmp)
+        first = await ctl("takes", "export", take, "-f", "mp3", "--bitrate", "256", env=env)
+        second = await ctl("takes", "export", take, "-f", "mp3", env=env)
+        assert (first.returncode, second.returncode) == (0, 0), second.stderr
+        stem = Path(take).with_suffix("")
+        assert first.stdout == f"{stem}.mp3\n" and second.stdout == f"{stem}-2.mp3\n"
+        explicit = await ctl("takes", "export", take, "-o", f"{stem}.mp3", env=env)
+        assert explicit.returncode == 1 and "already exists" in explicit.stderr
+
+    @pytest.mark.anyio
+    async def test_models_rm_without_a_terminal_refuses(self, gen: Daemon, short_tmp: Path,
+                                                        tiny: Path) -> None:
+        """`models rm` with no terminal to ask on and no --yes deletes nothing and exits 2,
+        the same as `takes rm`."""
+        env = ctl_env(gen.socket_path, short_tmp)
+        rm = await anyio.to_thread.run_sync(lambda: subprocess.run(
+            [sys.executable, "-m", "timbrectl", "models", "rm", str(tiny)], env=env,
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60, check=False))
+        assert rm.returncode == 2 and "--yes" in rm.stderr, rm.stderr
+        assert (tiny / "config.json").is_file()
+
+    @pytest.mark.anyio
+    async def test_models_list_and_presets_show_for_people(self, daemon: Daemon,
+                                                           short_tmp: Path) -> None:
+        """Plain `models list` shows the catalogue (not only --json); `presets show` prints
+        the preset for people, not JSON."""
+        env = ctl_env(daemon.socket_path, short_tmp)
+        listed = await ctl("models", "list", env=env)
+        assert listed.returncode == 0 and "facebook/musicgen-small" in listed.stdout
+        assert "timbrectl models pull NAME" in listed.stdout
+        shown = await ctl("presets", "show", "lofi", env=env)
+        assert shown.returncode == 0 and shown.stdout.startswith("lofi\n"), shown.stdout
+        assert "  params " in shown.stdout and "  export " in shown.stdout

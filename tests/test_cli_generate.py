@@ -84,11 +84,14 @@ def test_a_retried_command_with_a_key_gets_the_first_job(env: dict[str, str]) ->
 
 
 def test_invalid_parameter_exits_1_naming_it(env: dict[str, str]) -> None:
-    """An impossible value is refused before queueing: exit 1 and the parameter named, in
-    one line (the daemon's error, not a traceback of the task group it crossed); with
-    --json also as an error object on stdout."""
+    """An impossible value is a bad command line, refused before anything is sent: exit 2
+    naming the option and its range. A daemon's refusal is exit 1 in one line (not a
+    traceback of the task group it crossed); with --json also as an error object on stdout."""
     proc = ctl(env, "generate", "x", "-d", "1000")
-    assert proc.returncode == 1 and "duration" in proc.stderr
+    assert proc.returncode == 2 and "-d/--duration: must be more than 0 and at most 600" \
+        in proc.stderr
+    proc = ctl(env, "generate", "x", "-d", "1", "--melody", "/nonexistent/hum.wav")
+    assert proc.returncode == 1 and "melody" in proc.stderr
     assert proc.stderr.startswith("timbrectl: ") and proc.stderr.count("\n") == 1
     proc = ctl(env, "jobs", "show", "j-nope", "--json")
     assert (proc.returncode, proc.stderr) == (1, "timbrectl: no job 'j-nope'\n")
@@ -143,3 +146,47 @@ def test_stream_pipes_the_take_as_it_is_made(env: dict[str, str], tmp_path: Path
 def test_stream_refuses_a_terminal_and_json(env: dict[str, str]) -> None:
     proc = ctl(env, "generate", "x", "-d", "0.5", "--stream", "--json")
     assert proc.returncode == 2 and "--stream" in proc.stderr and proc.stdout == ""
+
+
+def test_ctrl_c_in_a_terminal_asks_and_the_progress_bar_waits(env: dict[str, str]) -> None:
+    """In a terminal, Ctrl-C asks whether to cancel, and no progress redraw comes after the
+    question until it is answered; answering y cancels (exit 130)."""
+    import pty
+    import select
+
+    main, child = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "timbrectl", "generate", "x", "-d", "200"],
+                            env=env, stdin=child, stdout=child, stderr=child,
+                            start_new_session=True)
+    os.close(child)
+    seen = b""
+
+    def read_for(seconds: float) -> bytes:
+        got, end = b"", time.monotonic() + seconds
+        while time.monotonic() < end:
+            ready, _, _ = select.select([main], [], [], 0.05)
+            if ready:
+                try:
+                    got += os.read(main, 65536)
+                except OSError:  # the child closed the terminal
+                    break
+        return got
+
+    try:
+        deadline = time.monotonic() + 60
+        while b"generating [" not in seen and time.monotonic() < deadline:
+            seen += read_for(0.2)
+        assert b"generating [" in seen, seen[-500:]
+        proc.send_signal(signal.SIGINT)
+        seen = b""
+        while b"[Y/n]" not in seen and time.monotonic() < deadline:
+            seen += read_for(0.2)
+        after = seen.split(b"[Y/n]", 1)[1] + read_for(1.5)  # the job is still generating
+        assert b"generating [" not in after, after
+        os.write(main, b"y\n")
+        assert proc.wait(60) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(main)

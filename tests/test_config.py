@@ -117,3 +117,12 @@ class TestDocumentation:
                               "--check-config"], capture_output=True, text=True,
                              check=True).stdout
         assert str(path.resolve()) in out and "limits.max_batch = 5" in out
+
+
+def test_print_config_writes_limits_as_people_do() -> None:
+    """`--print-config` writes integer bounds whole (67108864, not 6.71089e+07), and its int8
+    figures are the README's (6.4x, 4.5%)."""
+    text = config.documented_defaults()
+    assert "e+0" not in text
+    assert "an integer from 1024 to 67108864." in text
+    assert "6.4x" in text and "4.5%" in text and "7x" not in text

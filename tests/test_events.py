@@ -171,3 +171,29 @@ async def test_client_library_events(daemon: Daemon) -> None:
         daemon.bus.publish("test.x", {"v": 1})
         ev = await client.next_event(timeout=5)
         assert ev["type"] == "test.x" and ev["data"] == {"v": 1}
+
+
+async def test_a_restart_is_missed_events_even_before_the_first_event(short_tmp: Path) -> None:
+    """A client that saw no event yet still learns, on reconnecting to a new daemon run,
+    that it may have missed some (so the studio reloads instead of showing stale jobs)."""
+    rec = Recorder()
+    sock = short_tmp / "run" / "timbred.sock"
+
+    async def consume(task_status: anyio.abc.TaskStatus[None]) -> None:
+        started = False
+        async for item in follow_events(sock, ["test.*"], retry_interval=0.05):
+            rec.add(item)
+            if not started:
+                started = True
+                task_status.started()
+
+    async with anyio.create_task_group() as tg:
+        async with running_daemon(short_tmp):
+            await tg.start(consume)
+        async with running_daemon(short_tmp):
+            await rec.until(lambda g: [x.get("state") for x in g][-1:] == ["connected"]
+                            and len(g) > 1)
+        tg.cancel_scope.cancel()
+    marks = [g["missed"] for g in rec.items
+             if g["method"] == "connection" and g["state"] == "connected"]
+    assert marks == [False, True], marks

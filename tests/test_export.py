@@ -54,6 +54,7 @@ RECIPE: dict[str, Any] = {
     "model": "musicgen-small", "model_id": "facebook/musicgen-small",
     "revision": "0123456789abcdef0123456789abcdef01234567", "backend": "musicgen",
     "device": "cpu", "dtype": "float32", "sample_rate": SR, "window_s": 30.0,
+    "stride_s": 18.0, "precision": None,
     "params": {"prompt": PROMPT, "duration_s": 2.0, "seed": 7, "top_k": 250},
 }
 
@@ -733,6 +734,10 @@ class TestSidecar:
         validator = jsonschema.Draft202012Validator(load("take.schema.json"))
         assert validator.is_valid(side)
         assert not validator.is_valid({k: v for k, v in side.items() if k != "recipe"})
+        recipe = side["recipe"]
+        assert not validator.is_valid({**side, "recipe": {k: v for k, v in recipe.items()
+                                                          if k != "window_s"}})
+        assert not validator.is_valid({**side, "recipe": {**recipe, "precision": "int4"}})
         assert not validator.is_valid({**side, "take": {**side["take"], "path": "/a/t.wav"}})
 
     def test_metadata_is_validated(self) -> None:
@@ -808,6 +813,13 @@ class TestLayout:
             assert "/" not in path.name and "\\" not in path.name
             assert 0 < len(path.name.encode()) <= takes.SESSION_NAME_MAX_BYTES
         assert takes.session_dir(tmp_path, when, "").name == "session"
+
+    def test_the_days_own_session_is_the_day_folder(self, tmp_path: Path) -> None:
+        """The default session, named by the day's date, says the date once in the path."""
+        when = dt.datetime(2026, 12, 2, 9, 30)
+        assert takes.session_dir(tmp_path, when, "2026-12-02") == tmp_path / "2026/12/02"
+        assert takes.session_dir(tmp_path, when, "2026-12-01") == \
+            tmp_path / "2026/12/02/2026-12-01"
 
     def test_allocate_take_path(self, tmp_path: Path) -> None:
         """The smallest number no take-<n>.* uses, in any format (sidecars count)."""

@@ -452,12 +452,14 @@ class TestPull:
         assert reports[-1].bytes_done == reports[-1].bytes_total == blob_total(files)
 
     def test_uncached_model_offline(self, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-        """Under HF_HUB_OFFLINE=1 an uncached model is NetworkUnavailable explaining offline use."""
+        """Under HF_HUB_OFFLINE=1 an uncached model is NetworkUnavailable explaining offline use:
+        the way forward first, and no advice to set the flag that is already set."""
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")
         with pytest.raises(NetworkUnavailable) as info:
             pull("musicgen-small")
         message = str(info.value)
-        assert "offline" in message.lower() and "HF_HUB_OFFLINE" in message
+        assert message.startswith("to work offline, put musicgen-small in the Hugging Face cache")
+        assert "HF_HUB_OFFLINE is set" in message and "set HF_HUB_OFFLINE=1" not in message
         assert info.value.data["model"] == "musicgen-small"
 
     def test_incomplete_cache_offline_names_missing_file(
@@ -476,7 +478,8 @@ class TestPull:
             pull("musicgen-small", timeout=2.0)
         assert time.monotonic() - start < 5
         assert "127.0.0.1:9" in str(info.value)
-        assert "offline" in str(info.value)
+        assert str(info.value).startswith("to work offline")
+        assert "set HF_HUB_OFFLINE=1" in str(info.value)
 
     def test_refresh_falls_back_to_cache_when_unreachable(self, cache: Path) -> None:
         """A refresh that cannot reach the Hub returns the complete cached copy instead."""

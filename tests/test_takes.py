@@ -58,13 +58,14 @@ def fresh_process_tags(path: str) -> dict[str, str]:
 
 class TestWriting:
     async def test_layout_sidecar_tags_and_history(self, client: Client, gen: Daemon) -> None:
-        """A take lands at <dir>/YYYY/MM/DD/<session>/take-1.wav with a valid sidecar, tags
-        another process reads, loudness recorded, and a history row."""
+        """A take lands at <dir>/YYYY/MM/DD/take-1.wav (today's session is the day folder:
+        the path says the date once) with a valid sidecar, tags another process reads,
+        loudness recorded, and a history row."""
         job = await run_job(client, prompt="warm lofi rhodes", duration=1.0, seed=3)
         take = await only_take(client, job)
         day = dt.datetime.now().strftime("%Y/%m/%d")
         session = dt.datetime.now().strftime("%Y-%m-%d")
-        expected = gen.generation.output_root / day / session / "take-1.wav"
+        expected = gen.generation.output_root / day / "take-1.wav"
         assert take["path"] == str(expected) and take["session"] == session
         sidecar = json.loads(sidecar_path(expected).read_text())
         jsonschema.validate(sidecar, load_schema("take.schema.json"))
@@ -305,3 +306,37 @@ async def test_full_disk_fails_the_job_and_keeps_history_consistent(short_tmp: P
             small = await run_job(c, prompt="fits", duration=0.1, format="mp3")
             assert small["state"] == "done", small["error"]
         await anyio.lowlevel.checkpoint()
+
+
+class TestReplayUsesTheRecipe:
+    """Everything that decides the audio comes from the recipe, not the daemon's config."""
+
+    async def test_windowing_survives_a_restart_with_other_settings(
+            self, short_tmp: Path, tiny: Path) -> None:
+        """A take made with window_s 2 / stride_s 1.2 (so 3 s are decoded in two windows)
+        replays bit-identical after the daemon restarts with the default 30 s / 18 s windows;
+        the recipe and the sidecar record window, stride, precision, device and dtype, and
+        validate against take.schema.json; the model is then loaded back the config's way."""
+        made: dict[str, Any] = {"models__window_s": 2.0, "models__stride_s": 1.2}
+        async with running_daemon(short_tmp, models__default=str(tiny), **made) as d, \
+                connect(d.socket_path) as c:
+            job = await run_job(c, prompt="windows", duration=3.0, seed=11)
+            assert job["state"] == "done", job["error"]
+        recipe = job["recipe"]
+        assert (recipe["window_s"], recipe["stride_s"]) == (2.0, 1.2)
+        assert recipe["device"] == "cpu" and recipe["dtype"] == "float32"
+        assert "precision" in recipe and recipe["info"]["windows"] == 2
+        sidecar = json.loads(await anyio.Path(sidecar_path(job["outputs"][0])).read_text())
+        jsonschema.validate(sidecar, load_schema("take.schema.json"))
+
+        async with running_daemon(short_tmp, models__default=str(tiny)) as d, \
+                connect(d.socket_path) as c:
+            take = (await c.call("history.search", {"text": "windows"}))["takes"][0]
+            submitted = await c.call("takes.replay", {"take": take["id"]})
+            replay = await c.call("jobs.wait", {"job_id": submitted["job_id"], "timeout": 120})
+            assert replay["state"] == "done", replay["error"]
+            assert replay["recipe"]["replay"]["bit_identical"] is True
+            assert (replay["recipe"]["window_s"], replay["recipe"]["stride_s"]) == (2.0, 1.2)
+            assert replay["recipe"]["info"]["windows"] == 2
+            fresh = await run_job(c, prompt="after", duration=3.0, seed=11)
+            assert fresh["recipe"]["window_s"] == 30.0 and fresh["recipe"]["info"]["windows"] == 1

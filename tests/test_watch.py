@@ -650,6 +650,32 @@ class TestFolders:
         assert gen.prompts == ["Via add"]
 
 
+class TestCounters:
+    async def test_list_counts_survive_a_restart(self, tmp_path: Path, inbox: Path) -> None:
+        """`watch list`'s taken and rejected counts carry on after the service restarts (a
+        resumed claim is not counted twice); a folder removed and added again keeps them."""
+        gen, events = FakeGeneration(), Events()
+        gen.release = anyio.Event()  # the job is still running at the restart
+        async with running(make(tmp_path, gen, events)) as service:
+            (inbox / "one.txt").write_text("one prompt")
+            (inbox / "bad.toml").write_bytes(b'prompt = "unterminated\n')
+            await events.until(lambda: bool(events.files("accepted"))
+                               and bool(events.files("rejected")))
+            [entry] = service.list()
+            assert (entry["taken"], entry["rejected"]) == (1, 1)
+        gen.release.set()
+        async with running(make(tmp_path, gen, events)) as service:
+            await events.until(lambda: bool(events.files("done")))
+            (inbox / "two.txt").write_text("another prompt")
+            await events.until(lambda: len(events.files("done")) == 2)
+            [entry] = service.list()
+            assert (entry["taken"], entry["rejected"]) == (2, 1)
+        async with running(make(tmp_path, gen, events, folders=[])) as service:
+            await service.add(inbox)
+            [entry] = service.list()
+            assert (entry["taken"], entry["rejected"]) == (2, 1)
+
+
 class TestStore:
     def test_own_version_table_leaves_the_job_store_pragmas_alone(self, tmp_path: Path
                                                                   ) -> None:
@@ -661,7 +687,7 @@ class TestStore:
         try:
             assert conn.execute("PRAGMA user_version").fetchone()[0] == 0
             assert conn.execute("PRAGMA application_id").fetchone()[0] == 0
-            assert conn.execute("SELECT version FROM watch_schema").fetchone()[0] == 1
+            assert conn.execute("SELECT version FROM watch_schema").fetchone()[0] == 2
             conn.execute("UPDATE watch_schema SET version = 99")
             conn.commit()
         finally:

@@ -37,6 +37,7 @@ from timbre_tui.style import THEMES, build_style
 from timbre_tui.waveform import WaveformCache
 from timbrectl.client import resolve_socket_path
 from timbred.errors import TimbreError
+from timbred.stdio import quiet_on_broken_pipe
 
 QUIT_CONFIRM_S = 2.0
 TICK_S = 0.1
@@ -360,6 +361,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """The ``timbre`` command: 0 when the user quits, 2 for a bad command line or config."""
+    return quiet_on_broken_pipe(lambda: _main(argv))
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = load_config(Path(args.config) if args.config else None)

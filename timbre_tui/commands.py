@@ -185,6 +185,7 @@ def submit(studio: Studio, prompt: str) -> None:
             if not studio.widgets.composer.text:
                 studio.widgets.composer.text = prompt  # give the words back
             raise
+        studio.state.follow_newest()  # the timeline shows the prompt just sent
         studio.state.upsert_job(result["job"])
         studio.preview.claim(result["job_id"])
         studio.say(f"queued {result['job_id']}")
@@ -230,6 +231,7 @@ def retry(studio: Studio, job_id: str | None) -> None:
 
     async def go() -> None:
         job = await studio.link.call("jobs.retry", {"job_id": target})
+        studio.state.follow_newest()
         studio.state.upsert_job(job)
         studio.say(f"retrying {target} as {job['id']}")
 

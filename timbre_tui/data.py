@@ -171,7 +171,8 @@ class DaemonLink:
         for e in entries:
             name, about, detail = e["name"], e.get("description") or "", shown.get(e["name"])
             if isinstance(detail, dict):
-                presets[name] = Preset(name, about, dict(detail.get("params") or {}))
+                presets[name] = Preset(name, about, dict(detail.get("params") or {}),
+                                       export=dict(detail.get("export") or {}))
             else:  # broken on disk, or it broke between the two calls
                 problem = e.get("problem") or (describe_error(detail) if isinstance(
                     detail, BaseException) else "the daemon did not describe it")

@@ -355,6 +355,11 @@ def load_library_search_bindings(studio: Studio) -> KeyBindingsBase:
         """Back to the composer."""
         studio.focus_composer()
 
+    @kb.add("/")
+    def _(event: KeyPressEvent) -> None:
+        """A command, as everywhere ("/ commands"): the composer, with the slash typed."""
+        studio.prefill("/")
+
     return kb
 
 

@@ -314,7 +314,9 @@ def render_timeline(studio: Studio, width: int, height: int) -> Rendered:
         if sel is not None:
             cursor = len(lines) + sel
         lines.extend(state_lines)
-    if cursor < 0:
+    if cursor < 0 or state.following_newest():
+        # Following: the view ends at the newest row (a job queued, cancelled or retried
+        # below the newest take); anchoring on that take would keep them out of sight.
         cursor = len(lines) - 1
     top = max(0, height - len(lines))
     if top:

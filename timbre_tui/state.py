@@ -49,6 +49,8 @@ class Preset:
     description: str = ""
     params: dict[str, Any] = field(default_factory=dict)
     problem: str | None = None
+    #: The preset's ``[export]`` table (its ``format`` fills the panel's format).
+    export: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> str:
         """One line for completion menus: the description, else the parameters."""
@@ -71,6 +73,9 @@ class Params:
     guidance: float = 3.0
     variations: int = 1
     format: str = "wav"
+    #: Whether the format was chosen in the panel (/format): only then is it sent, and it
+    #: wins over the preset's; otherwise the preset or the daemon's output.format decides.
+    format_chosen: bool = False
     preset: str | None = None
 
     def submit_params(self, prompt: str) -> dict[str, Any]:
@@ -90,6 +95,8 @@ class Params:
             out["seed"] = self.seed
         if self.preset:
             out["preset"] = self.preset
+        if self.format_chosen:
+            out["format"] = self.format
         return out
 
 
@@ -123,7 +130,8 @@ PARAM_SPECS: tuple[ParamSpec, ...] = (
     ParamSpec("guidance", "guidance", "float", "classifier-free guidance (<= 1 = off)",
               0.0, 30.0, 0.5),
     ParamSpec("variations", "variations", "int", "takes per prompt, in one pass", 1, 16, 1),
-    ParamSpec("format", "format", "choice", "format for /export", choices=FORMATS),
+    ParamSpec("format", "format", "choice", "format of new takes (and /export)",
+              choices=FORMATS),
     ParamSpec("preset", "preset", "preset",
               "a daemon preset: fills the panel; wraps the prompt and sets the export"),
 )
@@ -380,7 +388,7 @@ class StudioState:
         old = self.jobs.get(job["id"])
         if old is not None and JOB_RANK[job["state"]] < JOB_RANK[old["state"]]:
             return False
-        was_following = self._following_newest()
+        was_following = self.following_newest()
         self.jobs[job["id"]] = job
         if job["state"] not in ACTIVE_STATES:
             self.progress.pop(job["id"], None)
@@ -391,10 +399,16 @@ class StudioState:
         self._trim()
         return True
 
-    def _following_newest(self) -> bool:
-        """True when the selection is empty or on the newest take (so new takes take it)."""
+    def following_newest(self) -> bool:
+        """True when the selection is empty or on the newest take (so new takes take it, and
+        the timeline shows its newest rows)."""
         takes = self.takes()
         return self.selected_take is None or (bool(takes) and self.selected_take == takes[-1].key)
+
+    def follow_newest(self) -> None:
+        """Select the newest take, so the timeline follows what comes next (a prompt sent)."""
+        takes = self.takes()
+        self.selected_take = takes[-1].key if takes else None
 
     def _trim(self) -> None:
         while len(self.jobs) > HISTORY_LIMIT:
@@ -505,6 +519,8 @@ class StudioState:
         elif spec.name == "preset":
             new = replace(p, preset=None) if value is None else apply_preset(
                 p, self.preset_named(value))
+        elif spec.name == "format":
+            new = replace(p, format=value, format_chosen=True)
         else:
             # A preset stays chosen: a changed value overrides its own, and its prompt
             # wrapping and export settings still apply.
@@ -575,4 +591,7 @@ class StudioState:
 def apply_preset(params: Params, preset: Preset) -> Params:
     """``params`` with ``preset``'s values in the panel and its name chosen."""
     values = {k: PRESET_FIELDS[k](v) for k, v in preset.params.items() if k in PRESET_FIELDS}
+    fmt = preset.export.get("format")
+    if isinstance(fmt, str) and fmt in FORMATS:  # the preset brings it: shown, not sent
+        values.update(format=fmt, format_chosen=False)
     return replace(params, **values, preset=preset.name)

@@ -27,8 +27,16 @@ import anyio
 from timbrectl import generate, render, spawn
 from timbrectl.client import Client, connect, resolve_socket_path
 from timbrectl.generate import Progress
+from timbrectl.ranges import positive_seconds, ranged
 from timbred import __version__
-from timbred.errors import ConfigError, DaemonUnavailable, RuntimeDirError, TimbreError
+from timbred.errors import (
+    ConfigError,
+    DaemonUnavailable,
+    NoAnswer,
+    RuntimeDirError,
+    TimbreError,
+)
+from timbred.stdio import quiet_on_broken_pipe
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_TIMEOUT, EXIT_CONFIG = 0, 1, 2, 3, 4, 5
 EXIT_INTERRUPTED = 130
@@ -55,12 +63,19 @@ class Output:
     def result(self, obj: Any, human: str) -> None:
         print(json.dumps(obj, ensure_ascii=False, indent=2) if self.as_json else human)
 
-    def error(self, exc: TimbreError) -> None:
+    def error(self, exc: TimbreError, advice: str = "") -> None:
+        """One line on stderr, the way forward (``advice``) first; the object with --json."""
+        self.failure(exc.message, code=getattr(exc, "remote_code", exc.code), data=exc.data,
+                     advice=advice)
+
+    def failure(self, message: str, *, code: int, data: dict[str, Any],
+                advice: str = "") -> None:
         if self.as_json:
-            print(json.dumps({"error": {"code": getattr(exc, "remote_code", exc.code),
-                                        "message": exc.message, "data": exc.data}},
+            print(json.dumps({"error": {"code": code, "message": message, "data": data}},
                              ensure_ascii=False))
-        print(f"timbrectl: {exc.message}", file=sys.stderr)
+        line = " ".join(message.split())  # a daemon's message may span lines
+        print(f"timbrectl: {advice}; {line}" if advice else f"timbrectl: {line}",
+              file=sys.stderr)
 
 
 async def _call(args: argparse.Namespace, method: str,
@@ -159,7 +174,7 @@ async def cmd_models(args: argparse.Namespace) -> int:
     action = args.models_command
     if action == "list":
         result = await _call(args, "models.list")
-        args.out.result(result, render.model_rows(result["installed"]))
+        args.out.result(result, render.model_rows(result["installed"], result["catalogue"]))
     elif action == "ps":
         result = await _call(args, "models.ps")
         args.out.result(result, render.ps_rows(result["models"], time.time()))
@@ -176,12 +191,9 @@ async def cmd_models(args: argparse.Namespace) -> int:
         args.out.result(result, f"unloaded {args.model}" if result["unloaded"]
                         else f"{args.model} was not loaded")
     elif action == "rm":
-        if not args.yes and sys.stdin.isatty():
-            answer = await anyio.to_thread.run_sync(
-                input, f"Delete {args.model} from the model cache? [y/N] ")
-            if answer.strip().lower() not in ("y", "yes"):
-                print("kept", file=sys.stderr)
-                return EXIT_OK
+        if not args.yes and not await _confirm(
+                f"Delete {args.model} from the model cache? [y/N] "):
+            return EXIT_USAGE if not sys.stdin.isatty() else EXIT_OK
         result = await _call(args, "models.remove", {"model": args.model})
         args.out.result(result, f"removed {result['name']}, freed "
                         f"{render.size(result['bytes_freed'])}")
@@ -225,10 +237,10 @@ async def cmd_history(args: argparse.Namespace) -> int:
     for key in ("text", "tag", "rating", "session"):
         if getattr(args, key):
             params[key] = getattr(args, key)
-    if args.since:
-        params["since"] = render.parse_when(args.since)
-    if args.until:
-        params["until"] = render.parse_when(args.until)
+    if args.since is not None:
+        params["since"] = args.since
+    if args.until is not None:
+        params["until"] = args.until
     if args.deleted:
         params["include_deleted"] = True
     page = await _call(args, "history.search", params)
@@ -266,19 +278,28 @@ async def cmd_takes(args: argparse.Namespace) -> int:
         args.out.result(result, render.take_detail(result))
     elif action == "rm":
         shown = await _call(args, "takes.show", {"take": take})
-        if not args.yes:
-            if not sys.stdin.isatty():
-                print("timbrectl: refusing to delete without a terminal to ask on; pass --yes",
-                      file=sys.stderr)
-                return EXIT_USAGE
-            answer = await anyio.to_thread.run_sync(
-                input, f"Delete {shown['path']} and its sidecar? [y/N] ")
-            if answer.strip().lower() not in ("y", "yes"):
-                print("kept", file=sys.stderr)
-                return EXIT_OK
+        if not args.yes and not await _confirm(
+                f"Delete {shown['path']} and its sidecar? [y/N] "):
+            return EXIT_USAGE if not sys.stdin.isatty() else EXIT_OK
         result = await _call(args, "takes.rm", {"take": take})
         args.out.result(result, f"deleted {shown['path']}")
     return EXIT_OK
+
+
+async def _confirm(question: str) -> bool:
+    """Ask on the terminal whether to delete; without one, refuse (``--yes`` skips asking).
+
+    Every deleting command (``takes rm``, ``models rm``) asks the same way.
+    """
+    if not sys.stdin.isatty():
+        print("timbrectl: pass --yes to delete without a terminal to ask on; nothing deleted",
+              file=sys.stderr)
+        return False
+    answer = await anyio.to_thread.run_sync(input, question)
+    if answer.strip().lower() in ("y", "yes"):
+        return True
+    print("kept", file=sys.stderr)
+    return False
 
 
 def _take_ref(value: str) -> str:
@@ -316,7 +337,7 @@ async def cmd_presets(args: argparse.Namespace) -> int:
             for p in result["presets"]))
     else:
         result = await _call(args, "presets.show", {"name": args.name})
-        args.out.result(result, json.dumps(result, indent=2, ensure_ascii=False))
+        args.out.result(result, render.preset_detail(result))
     return EXIT_OK
 
 
@@ -336,18 +357,40 @@ async def cmd_watch(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _when(text: str) -> float:
+    """``--since``/``--until``: a bad date is a bad command line (exit 2)."""
+    try:
+        return render.parse_when(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def global_options(*, defaults: bool) -> argparse.ArgumentParser:
+    """The options every command takes, before or after the command's name, with one meaning.
+
+    The top-level parser gets them with their defaults; each subcommand gets a copy whose
+    defaults are ``SUPPRESS``, so a subcommand that does not repeat an option leaves the value
+    given before it (or the default) alone instead of overwriting it.
+    """
+    def default(value: Any) -> Any:
+        return value if defaults else argparse.SUPPRESS
+
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--json", action="store_true", help="machine-readable output")
-    common.add_argument("--socket", metavar="PATH",
+    common.add_argument("--json", action="store_true", default=default(False),
+                        help="machine-readable output")
+    common.add_argument("--socket", metavar="PATH", default=default(None),
                         help="daemon socket (default: $TIMBRE_SOCKET, the config, or the "
                         "runtime directory)")
-    common.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
-                        help="how long to wait for the daemon (default 30)")
+    common.add_argument("--timeout", type=positive_seconds, default=default(30.0),
+                        metavar="SECONDS", help="how long to wait for the daemon (default 30)")
+    return common
 
+
+def build_parser() -> argparse.ArgumentParser:
+    common = global_options(defaults=False)
     p = argparse.ArgumentParser(prog="timbrectl", description="Control timbred, Timbre's daemon.",
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                parents=[common])
+                                parents=[global_options(defaults=True)])
     p.add_argument("--version", action="version", version=f"timbrectl {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -361,7 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     generate.add_parser(sub, common)
 
-    jobs = sub.add_parser("jobs", help="list and control jobs").add_subparsers(
+    jobs = sub.add_parser("jobs", parents=[common],
+                        help="list and control jobs").add_subparsers(
         dest="jobs_command", required=True, metavar="ACTION")
     jl = jobs.add_parser("list", parents=[common], help="jobs, newest first")
     jl.add_argument("--state", action="append", choices=[
@@ -369,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
         "interrupted"], help="only jobs in this state (repeatable)")
     jl.add_argument("--model")
     jl.add_argument("--text", help="prompt contains this (case-insensitive)")
-    jl.add_argument("--limit", type=int, default=50)
+    jl.add_argument("--limit", type=ranged("jobs.list", "limit"), default=50)
     jl.set_defaults(func=cmd_jobs_list)
     for name, text in (("show", "one job"), ("cancel", "cancel a job"),
                        ("retry", "queue a failed/cancelled/interrupted job again"),
@@ -377,10 +421,12 @@ def build_parser() -> argparse.ArgumentParser:
         jp = jobs.add_parser(name, parents=[common], help=text)
         jp.add_argument("job_id", metavar="JOB")
         if name == "wait":
-            jp.add_argument("--wait-timeout", type=float, metavar="SECONDS")
+            jp.add_argument("--wait-timeout", type=ranged("jobs.wait", "timeout"),
+                            metavar="SECONDS")
         jp.set_defaults(func=cmd_job)
 
-    mods = sub.add_parser("models", help="install, load and inspect models").add_subparsers(
+    mods = sub.add_parser("models", parents=[common],
+                        help="install, load and inspect models").add_subparsers(
         dest="models_command", required=True, metavar="ACTION")
     mods.add_parser("list", parents=[common], help="installed models").set_defaults(
         func=cmd_models)
@@ -393,7 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
         mx = mods.add_parser(name, parents=[common], help=text)
         mx.add_argument("model", metavar="NAME")
         if name == "load":
-            mx.add_argument("--keep-alive", type=float, metavar="SECONDS")
+            mx.add_argument("--keep-alive", type=ranged("models.load", "keep_alive"),
+                            metavar="SECONDS")
         if name == "rm":
             mx.add_argument("-y", "--yes", action="store_true", help="do not ask")
         mx.set_defaults(func=cmd_models)
@@ -403,13 +450,15 @@ def build_parser() -> argparse.ArgumentParser:
     hist.add_argument("--tag")
     hist.add_argument("--rating", choices=["up", "down", "unrated"])
     hist.add_argument("--session")
-    hist.add_argument("--since", metavar="WHEN", help="YYYY-MM-DD[THH:MM] or 2h/3d/1w ago")
-    hist.add_argument("--until", metavar="WHEN")
+    hist.add_argument("--since", type=_when, metavar="WHEN",
+                      help="YYYY-MM-DD[THH:MM] or 2h/3d/1w ago")
+    hist.add_argument("--until", type=_when, metavar="WHEN")
     hist.add_argument("--deleted", action="store_true", help="include deleted takes")
-    hist.add_argument("--limit", type=int, default=50)
+    hist.add_argument("--limit", type=ranged("history.search", "limit"), default=50)
     hist.set_defaults(func=cmd_history)
 
-    tk = sub.add_parser("takes", help="show, export, rate, tag or delete a take").add_subparsers(
+    tk = sub.add_parser("takes", parents=[common],
+                      help="show, export, rate, tag or delete a take").add_subparsers(
         dest="takes_command", required=True, metavar="ACTION")
     for name, text in (("show", "one take"), ("export", "re-encode to another format"),
                        ("rate", "thumbs up or down, with a note"), ("tag", "add/remove tags"),
@@ -417,7 +466,8 @@ def build_parser() -> argparse.ArgumentParser:
         tp = tk.add_parser(name, parents=[common], help=text)
         tp.add_argument("take", metavar="TAKE", help="take id (t-...) or path")
         if name == "export":
-            generate.add_export_arguments(tp, fallback="the take's format")
+            generate.add_export_arguments(tp, fallback="the take's format",
+                                          method="takes.export")
             tp.add_argument("--preset", metavar="NAME", help="export settings from a preset "
                             "(timbrectl presets list) over the take's own; its parameters and "
                             "prompt words do not apply; explicit options win")
@@ -426,7 +476,8 @@ def build_parser() -> argparse.ArgumentParser:
             tp.add_argument("value", choices=["up", "down", "none"])
             tp.add_argument("--note")
         elif name == "tag":
-            tp.add_argument("tags", nargs="+", metavar="[+|-]TAG")
+            tp.add_argument("tags", nargs="*", metavar="[+|-]TAG",
+                            help="+TAG (or TAG) adds a tag, -TAG removes one")
         elif name == "rm":
             tp.add_argument("-y", "--yes", action="store_true", help="do not ask")
         tp.set_defaults(func=cmd_takes)
@@ -436,14 +487,16 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("take", metavar="TAKE")
     rp.set_defaults(func=cmd_replay)
 
-    pr = sub.add_parser("presets", help="list and show presets").add_subparsers(
+    pr = sub.add_parser("presets", parents=[common],
+                      help="list and show presets").add_subparsers(
         dest="presets_command", required=True, metavar="ACTION")
     pr.add_parser("list", parents=[common]).set_defaults(func=cmd_presets)
     ps = pr.add_parser("show", parents=[common])
     ps.add_argument("name")
     ps.set_defaults(func=cmd_presets)
 
-    wt = sub.add_parser("watch", help="folders watched for prompt files").add_subparsers(
+    wt = sub.add_parser("watch", parents=[common],
+                      help="folders watched for prompt files").add_subparsers(
         dest="watch_command", required=True, metavar="ACTION")
     wt.add_parser("list", parents=[common], help="watched folders").set_defaults(func=cmd_watch)
     for name, text in (("add", "watch a folder"), ("rm", "stop watching a folder")):
@@ -451,12 +504,13 @@ def build_parser() -> argparse.ArgumentParser:
         wp.add_argument("path", metavar="FOLDER")
         wp.set_defaults(func=cmd_watch)
 
-    daemon = sub.add_parser("daemon", help="start or stop the daemon").add_subparsers(
+    daemon = sub.add_parser("daemon", parents=[common],
+                          help="start or stop the daemon").add_subparsers(
         dest="daemon_command", required=True, metavar="ACTION")
     ds = daemon.add_parser("start", parents=[common],
                            help="start timbred in the background and wait until it answers")
     ds.add_argument("--config", type=Path, metavar="FILE", help="configuration file for timbred")
-    ds.add_argument("--start-timeout", type=float, default=30.0, metavar="SECONDS")
+    ds.add_argument("--start-timeout", type=positive_seconds, default=30.0, metavar="SECONDS")
     ds.set_defaults(func=cmd_daemon_start)
     dstop = daemon.add_parser("stop", parents=[common], help="same as `timbrectl shutdown`")
     dstop.add_argument("--no-wait", action="store_true")
@@ -467,29 +521,60 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command; a reader of stdout that goes away (``| head``) ends it quietly."""
+    return quiet_on_broken_pipe(lambda: _main(argv))
+
+
+def _main(argv: list[str] | None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if getattr(args, "takes_command", None) == "tag":
+        # `takes tag TAKE +pads -draft`: argparse takes "-draft" for an unknown option, so
+        # the leftovers are the tags it did not claim (a "--long" one is still a mistake).
+        args.tags = [*args.tags, *extra]
+        extra = [t for t in extra if t.startswith("--")]
+        if not args.tags:
+            parser.error("takes tag: name at least one tag: +TAG adds, -TAG removes")
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.out = Output(args.json)
     try:
         code: int = anyio.run(args.func, args, backend="asyncio")
         return code
-    except DaemonUnavailable as exc:
-        args.out.error(exc)
-        if not args.json:
-            print("timbrectl: start it with `timbrectl daemon start` (or the timbred service)",
-                  file=sys.stderr)
+    except BaseException as exc:  # every outcome becomes one line and an exit status
+        return _failure(args, _single(exc))
+
+
+def _single(exc: BaseException) -> BaseException:
+    """The one exception inside (nested) task-group wrappers, so it is reported as itself."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _failure(args: argparse.Namespace, exc: BaseException) -> int:
+    """Report ``exc`` as one ``timbrectl: ...`` line (and the error object with --json)."""
+    if isinstance(exc, DaemonUnavailable):
+        args.out.error(exc, advice="start timbred with `timbrectl daemon start` "
+                       "(or its service)")
         return EXIT_UNAVAILABLE
-    except (ConfigError, RuntimeDirError) as exc:
+    if isinstance(exc, ConfigError | RuntimeDirError):
         args.out.error(exc)
         return EXIT_CONFIG
-    except TimbreError as exc:
+    if isinstance(exc, TimbreError):
         args.out.error(exc)
         return EXIT_FAILED
-    except TimeoutError:
-        print(f"timbrectl: no answer within {args.timeout:g} s", file=sys.stderr)
+    if isinstance(exc, TimeoutError):
+        args.out.error(NoAnswer(args.timeout), advice="raise --timeout, or see the daemon's log")
         return EXIT_TIMEOUT
-    except KeyboardInterrupt:
+    if isinstance(exc, KeyboardInterrupt):
         return EXIT_INTERRUPTED
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    if isinstance(exc, BrokenPipeError | SystemExit):
+        raise exc
+    if isinstance(exc, BaseExceptionGroup):  # several at once: the first says enough
+        return _failure(args, _single(exc.exceptions[0]))
+    if isinstance(exc, Exception):  # a bug of ours: still one line, never a traceback
+        args.out.failure(f"unexpected error: {type(exc).__name__}: {exc}", code=-32603,
+                         data={"kind": "internal_error"}, advice="please report this")
+        return EXIT_FAILED
+    raise exc

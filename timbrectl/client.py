@@ -273,10 +273,13 @@ async def follow_events(
             async with connect(socket_path) as client:
                 sub = await client.subscribe(types, after_seq=last_seq, epoch=epoch)
                 retries = 0
+                # Another run than the one we followed: whatever it did before we came back
+                # is unknown, also when we had seen no event yet (no after_seq to compare).
+                missed = bool(sub["missed"]) or (epoch is not None and sub["epoch"] != epoch)
                 if sub["epoch"] != epoch:
                     last_seq = None  # a new daemon run: its seqs start again at 1
                 epoch = sub["epoch"]
-                yield {"method": "connection", "state": "connected", "missed": sub["missed"]}
+                yield {"method": "connection", "state": "connected", "missed": missed}
                 async for item in client.events():
                     if item["method"] == "event":
                         if last_seq is not None and item["epoch"] == epoch and \

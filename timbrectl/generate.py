@@ -13,11 +13,13 @@ terminal to ask on, it cancels).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import struct
 import sys
 import wave
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -26,7 +28,9 @@ import anyio.to_thread
 
 from timbrectl import render
 from timbrectl.client import Client, connect
+from timbrectl.ranges import ranged
 
+_SUBMIT = "generate.submit"
 TERMINAL = {"done", "failed", "cancelled", "interrupted"}
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 
@@ -126,17 +130,36 @@ class PreviewStream:
 
 
 class Progress:
-    """A progress line on stderr, drawn only when stderr is a terminal."""
+    """A progress line on stderr, drawn only when stderr is a terminal.
+
+    While a question is asked on the terminal (:meth:`paused`), updates are kept, not drawn:
+    a redraw would wipe the question's line and make the question look ignored.
+    """
 
     def __init__(self) -> None:
         self.enabled = sys.stderr.isatty()
         self.drawn = False
+        self.held = False
+        self.last = ""
 
     def show(self, text: str) -> None:
-        if self.enabled:
+        self.last = text
+        if self.enabled and not self.held:
             sys.stderr.write("\r\x1b[2K" + text)
             sys.stderr.flush()
             self.drawn = True
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Clear the line and draw nothing until the block ends; then redraw the latest."""
+        self.done()
+        self.held = True
+        try:
+            yield
+        finally:
+            self.held = False
+            if self.last:
+                self.show(self.last)
 
     def done(self) -> None:
         if self.drawn:
@@ -215,11 +238,13 @@ async def run(args: argparse.Namespace) -> int:
             nonlocal interrupted
             with anyio.open_signal_receiver(signal.SIGINT) as signals:
                 async for _ in signals:
-                    progress.done()
-                    if await _ask_cancel(job_id):
+                    with progress.paused():
+                        cancel = await _ask_cancel(job_id)
+                    if cancel:
                         await client.call("jobs.cancel", {"job_id": job_id})
                         interrupted = True  # keep following: the job reports `cancelled`
                     else:
+                        progress.done()
                         print(f"left running: {job_id} (timbrectl jobs wait {job_id})",
                               file=sys.stderr)
                         scope.cancel()
@@ -244,7 +269,8 @@ async def run(args: argparse.Namespace) -> int:
     return EXIT_INTERRUPTED if interrupted and outcome["state"] == "cancelled" else EXIT_FAILED
 
 
-def add_export_arguments(p: argparse.ArgumentParser, *, fallback: str = "wav") -> None:
+def add_export_arguments(p: argparse.ArgumentParser, *, fallback: str = "wav",
+                         method: str = "generate.submit") -> None:
     """The encoding options shared by ``generate`` and ``takes export``.
 
     ``fallback`` names the format used when neither -o nor a preset picks one.
@@ -252,11 +278,12 @@ def add_export_arguments(p: argparse.ArgumentParser, *, fallback: str = "wav") -
     p.add_argument("-f", "--format", choices=["wav", "flac", "mp3", "ogg"],
                    help=f"file format (default: the -o extension, the preset, or {fallback})")
     p.add_argument("--wav-subtype", choices=["PCM_16", "PCM_24", "FLOAT"])
-    p.add_argument("--bitrate", type=int, metavar="KBPS", help="MP3 bit rate (default 320)")
-    p.add_argument("--loudness", type=float, metavar="LUFS",
+    p.add_argument("--bitrate", type=ranged(method, "mp3_bitrate_kbps"), metavar="KBPS",
+                   help="MP3 bit rate (default 320)")
+    p.add_argument("--loudness", type=ranged(method, "loudness_target_lufs"), metavar="LUFS",
                    help="integrated loudness target (default -14)")
     p.add_argument("--no-normalise", action="store_true", help="keep the model's level")
-    p.add_argument("--ceiling", type=float, metavar="DBTP",
+    p.add_argument("--ceiling", type=ranged(method, "true_peak_ceiling_dbtp"), metavar="DBTP",
                    help="true-peak ceiling (default -1)")
 
 
@@ -266,24 +293,27 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
                        description="Queue a generation and wait for it, showing progress on "
                        "stderr; the written file paths are printed on stdout, one per line.")
     g.add_argument("prompt")
-    g.add_argument("-d", "--duration", type=float, metavar="SECONDS",
+    g.add_argument("-d", "--duration", type=ranged(_SUBMIT, "duration"), metavar="SECONDS",
                    help="length in seconds (default 10; up to 600 by windowed continuation)")
-    g.add_argument("--seed", type=int, help="random seed (default: random, always recorded)")
+    g.add_argument("--seed", type=ranged(_SUBMIT, "seed"),
+                   help="random seed (default: random, always recorded)")
     g.add_argument("-m", "--model", metavar="NAME|DIR",
                    help="catalogue name, Hugging Face repo, or local directory")
-    g.add_argument("-n", "--variations", type=int, metavar="N",
+    g.add_argument("-n", "--variations", type=ranged(_SUBMIT, "variations"), metavar="N",
                    help="N takes of the prompt in one batched pass")
     g.add_argument("-o", "--output", metavar="PATH",
                    help="write here (.wav; variations add -1, -2, ...); never overwrites")
     g.add_argument("--melody", metavar="FILE", help="follow this audio file's melody")
     g.add_argument("--continue", dest="continue_", metavar="FILE",
                    help="continue this audio file (the take includes it)")
-    g.add_argument("--temperature", type=float, metavar="X")
-    g.add_argument("--top-k", type=int, metavar="N")
-    g.add_argument("--top-p", type=float, metavar="X")
-    g.add_argument("--guidance", type=float, metavar="X", help="classifier-free guidance scale")
-    g.add_argument("--priority", type=int, metavar="N", help="higher runs first (default 0)")
-    g.add_argument("--keep-alive", type=float, metavar="SECONDS",
+    g.add_argument("--temperature", type=ranged(_SUBMIT, "temperature"), metavar="X")
+    g.add_argument("--top-k", type=ranged(_SUBMIT, "top_k"), metavar="N")
+    g.add_argument("--top-p", type=ranged(_SUBMIT, "top_p"), metavar="X")
+    g.add_argument("--guidance", type=ranged(_SUBMIT, "guidance"), metavar="X",
+                   help="classifier-free guidance scale")
+    g.add_argument("--priority", type=ranged(_SUBMIT, "priority"), metavar="N",
+                   help="higher runs first (default 0)")
+    g.add_argument("--keep-alive", type=ranged(_SUBMIT, "keep_alive"), metavar="SECONDS",
                    help="keep the model loaded this long after the job (0: unload, -1: forever)")
     g.add_argument("--preset", metavar="NAME", help="parameters, export settings and prompt "
                    "words from a preset (timbrectl presets list); explicit options win")

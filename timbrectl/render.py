@@ -61,11 +61,15 @@ def progress_bar(step: int, total: int, eta_s: float | None, width: int = 30) ->
     return f"[{'#' * filled}{'.' * (width - filled)}] {frac * 100:3.0f}%  {step}/{total}{eta}"
 
 
+def one_line(text: str, width: int = 40) -> str:
+    """``text`` on one row: line breaks and tabs as spaces, cut to ``width`` with an ellipsis."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[:width - 1] + "…"
+
+
 def job_line(job: dict[str, Any]) -> str:
     """One row of ``timbrectl jobs list``."""
-    prompt = job["params"].get("prompt", "")
-    if len(prompt) > 40:
-        prompt = prompt[:39] + "…"
+    prompt = one_line(job["params"].get("prompt", ""))
     dur = job["params"].get("duration")
     dur_s = f"{dur:g}s" if isinstance(dur, int | float) else "-"
     return f"{job['id']:<14} {job['state']:<11} {job['model'][:22]:<22} {dur_s:>6}  {prompt}"
@@ -96,16 +100,42 @@ def job_detail(job: dict[str, Any]) -> str:
     return "\n".join([job["id"], *(f"  {k:<9} {v}" for k, v in rows)])
 
 
-def model_rows(installed: list[dict[str, Any]]) -> str:
-    """``timbrectl models list``."""
-    if not installed:
-        return "no models installed; pull one with `timbrectl models pull musicgen-small`"
-    lines = [f"{'NAME':<28} {'SIZE':>10}  {'REVISION':<12} LOADED"]
-    for m in installed:
-        rev = (m.get("revision") or "-")[:12]
-        lines.append(f"{m['name'][:28]:<28} {size(m['size_bytes']):>10}  {rev:<12} "
-                     f"{'yes' if m.get('loaded') else ''}")
+def model_rows(installed: list[dict[str, Any]],
+               catalogue: list[dict[str, Any]] | None = None) -> str:
+    """``timbrectl models list``: the installed models, then the catalogue's others."""
+    if installed:
+        lines = [f"{'NAME':<28} {'SIZE':>10}  {'REVISION':<12} LOADED"]
+        for m in installed:
+            rev = (m.get("revision") or "-")[:12]
+            lines.append(f"{m['name'][:28]:<28} {size(m['size_bytes']):>10}  {rev:<12} "
+                         f"{'yes' if m.get('loaded') else ''}")
+    else:
+        lines = ["no models installed"]
+    have = {m["name"] for m in installed}
+    available = [c for c in catalogue or [] if c["name"] not in have]
+    if available:
+        lines += ["", "available (timbrectl models pull NAME):",
+                  f"{'NAME':<28} {'SIZE':>10}  {'REPOSITORY':<38} KIND"]
+        for c in available:
+            kind = ", ".join(k for k in ("melody", "stereo") if c.get(k)) or "text"
+            lines.append(f"{c['name'][:28]:<28} {'~' + size(c['approx_bytes']):>10}  "
+                         f"{c['repo'][:38]:<38} {kind}")
     return "\n".join(lines)
+
+
+def preset_detail(preset: dict[str, Any]) -> str:
+    """``timbrectl presets show``."""
+    def table(values: dict[str, Any]) -> str:
+        return ", ".join(f"{k}={v}" for k, v in values.items()) or "none"
+
+    rows = [
+        ("about", preset["description"] or "-"),
+        ("source", f"{preset['source']} ({preset['path']})"),
+        ("prompt", f"{preset['prompt_prefix']!r} + your prompt + {preset['prompt_suffix']!r}"),
+        ("params", table(preset["params"])),
+        ("export", table(preset["export"])),
+    ]
+    return "\n".join([preset["name"], *(f"  {k:<7} {v}" for k, v in rows)])
 
 
 def ps_rows(loaded: list[dict[str, Any]], now: float) -> str:
@@ -138,8 +168,8 @@ def parse_when(text: str) -> float:
     try:
         return dt.datetime.fromisoformat(text).timestamp()
     except ValueError:
-        raise SystemExit(f"timbrectl: {text!r} is not a date (YYYY-MM-DD[THH:MM]) "
-                         "or an age like 3h, 2d, 1w") from None
+        raise ValueError(f"{text!r} is not a date (YYYY-MM-DD[THH:MM]) or an age like 3h, "
+                         "2d, 1w") from None
 
 
 def take_line(take: dict[str, Any]) -> str:
@@ -148,7 +178,7 @@ def take_line(take: dict[str, Any]) -> str:
 
     when = dt.datetime.fromtimestamp(take["created_at"]).strftime("%Y-%m-%d %H:%M")
     rating = {"up": "+", "down": "-"}.get(take["rating"] or "", " ")
-    prompt = take["prompt"] if len(take["prompt"]) <= 40 else take["prompt"][:39] + "…"
+    prompt = one_line(take["prompt"])
     gone = " (deleted)" if take["deleted_at"] else ""
     return (f"{take['id']:<13} {when} {rating} {take['duration_s']:5.1f}s "
             f"{take['format']:<4} {prompt}{gone}")

@@ -17,6 +17,7 @@ from pathlib import Path
 from timbred import PROTOCOL_VERSION, __version__
 from timbred import config as config_mod
 from timbred.errors import AlreadyRunning, ConfigError, RuntimeDirError, StoreError
+from timbred.stdio import quiet_on_broken_pipe
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_RUNNING, EXIT_CONFIG, EXIT_RUNTIME = 0, 1, 2, 3, 4, 5
 EXIT_STORE = 6
@@ -45,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the daemon (or print the configuration); ``| head`` on its output ends it quietly."""
+    return quiet_on_broken_pipe(lambda: _main(argv))
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.print_config:
         sys.stdout.write(config_mod.documented_defaults())

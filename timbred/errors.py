@@ -250,11 +250,13 @@ class NetworkUnavailable(TimbreError, ConnectionError):
     code = -32042
     kind = "network_unavailable"
 
-    def __init__(self, model: str, reason: str) -> None:
+    def __init__(self, model: str, reason: str, *, offline: bool = False) -> None:
+        # The way forward first; the HF_HUB_OFFLINE advice only where it is not already set.
         super().__init__(
-            f"cannot download {model!r}: {reason}. To work offline, copy the model into the "
-            "Hugging Face cache (or a local directory and pass its path as the model) and set "
-            "HF_HUB_OFFLINE=1",
+            f"to work offline, put {model} in the Hugging Face cache or a local directory "
+            "(then pass its path as the model)"
+            + ("" if offline else " and set HF_HUB_OFFLINE=1")
+            + f"; cannot download {model!r}: {reason}",
             model=model,
             reason=reason,
         )
@@ -428,6 +430,16 @@ class DaemonUnavailable(TimbreError, ConnectionError):
                          socket_path=socket_path, reason=reason)
 
 
+class NoAnswer(TimbreError, TimeoutError):
+    """Reported by the client when the daemon did not answer within the caller's timeout."""
+
+    code = -32025
+    kind = "timed_out"
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(f"no answer within {timeout:g} s", timeout=timeout)
+
+
 class RemoteError(TimbreError):
     """Raised by the client for a JSON-RPC error whose code it does not know.
 
@@ -455,7 +467,7 @@ def wire_errors() -> dict[int, type[TimbreError]]:
     Local-only errors (config, runtime dir, lock, client side) are excluded.
     """
     local = (ConfigError, RuntimeDirError, AlreadyRunning, StoreError, DaemonUnavailable,
-             RemoteError)
+             NoAnswer, RemoteError)
     table: dict[int, type[TimbreError]] = {}
     for cls in _all_subclasses(TimbreError):
         if issubclass(cls, local):

@@ -100,6 +100,9 @@ class Loaded:
     last_used: float
     keep_alive_s: float
     in_use: int = 0
+    #: How it was loaded (device, dtype, backend options): a replay whose recipe says
+    #: otherwise loads it again its own way (see :func:`_decoding`).
+    load_key: tuple[Any, ...] = ()
 
     @property
     def expires_at(self) -> float | None:
@@ -428,7 +431,9 @@ class Generation:
                 return
             failpoints.hit("loading")
             began = time.monotonic()  # with started_at (the loading transition)
-            entry = await self._acquire(jobs[0].model, keep_alive)
+            # Replays go alone; theirs are the recipe's settings, never the daemon's current.
+            replay = jobs[0].params.get("replay") or {}
+            entry = await self._acquire(jobs[0].model, keep_alive, replay.get("decoding"))
             load_s = time.monotonic() - began
             for job in list(jobs):
                 if (await self.get(job.id)).cancel_requested:
@@ -624,6 +629,7 @@ class Generation:
         take = await anyio.to_thread.run_sync(self.history.show, take_id)
         recipe = take.recipe
         p = recipe.get("params", {})
+        decoding = _decoding(recipe)
         request = {
             "prompt": p.get("prompt", take.prompt), "duration": p["duration_s"],
             "seed": p["seed"], "temperature": p["temperature"], "top_k": p["top_k"],
@@ -633,20 +639,38 @@ class Generation:
             "session": take.session, **recipe.get("export", {}),
             "replay": {"take_id": take.id, "take_index": take.take_index,
                        "audio_sha256": recipe.get("audio_sha256"),
-                       "batch": recipe.get("batch")},
+                       "batch": recipe.get("batch"), "decoding": decoding},
         }
         if request["loudness_target_lufs"] is None:
             request["loudness_target_lufs"] = False
         return await self.submit(request)
 
+    def _load_settings(self, decoding: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Device, dtype and backend options to load with: ``decoding`` (a replay's, from
+        its recipe), else the configuration. ``precision`` None: the dtype decides."""
+        precision = self.settings["models.precision"]
+        current: dict[str, Any] = {
+            "window_s": self.settings["models.window_s"],
+            "stride_s": self.settings["models.stride_s"],
+            "precision": None if precision == "default" else precision,
+            "device": self.device["device"] if self.device else None,
+            "dtype": self.device["dtype"] if self.device else None,
+        }
+        return {**current, **(decoding or {})}
+
     def _recipe(self, job: Job, entry: Loaded, output: GenerationOutput) -> dict[str, Any]:
+        settings = dict(zip(("device", "dtype", "window_s", "stride_s", "precision"),
+                            entry.load_key, strict=False))
         return {
             "model": job.model, "model_id": entry.model_id, "revision": entry.revision,
             "source": entry.info.source, "backend": entry.info.backend,
             "device": entry.info.device, "dtype": entry.info.dtype,
             "params": _generation_params(job.params), "sample_rate": output.sample_rate,
-            "window_s": self.settings["models.window_s"],
-            "stride_s": self.settings["models.stride_s"], "timbre_version": __version__,
+            # What the model was loaded with (a replay's may differ from the config's).
+            "window_s": settings.get("window_s", self.settings["models.window_s"]),
+            "stride_s": settings.get("stride_s", self.settings["models.stride_s"]),
+            "precision": output.info.get("precision", settings.get("precision")),
+            "timbre_version": __version__,
             "info": json.loads(json.dumps(output.info, default=str)),
         }
 
@@ -691,19 +715,28 @@ class Generation:
                        "dtype": dtype, "threads": info.threads if info else 0,
                        "device": device}
 
-    async def _acquire(self, model: str, keep_alive: float | None) -> Loaded:
-        """The loaded model for ``model`` (loading it if needed), marked in use."""
+    async def _acquire(self, model: str, keep_alive: float | None,
+                       decoding: Mapping[str, Any] | None = None) -> Loaded:
+        """The loaded model for ``model`` (loading it if needed), marked in use.
+
+        ``decoding`` (a replay's settings from its recipe) loads it that way; a model loaded
+        otherwise is loaded again.
+        """
         async with self._models_lock:
             ref = await anyio.to_thread.run_sync(models.resolve, model)
             await self._ensure_worker()  # forgets what a worker that died since held
             entry = self.loaded.get(ref.id)
+            if entry is not None and self.worker.alive \
+                    and entry.load_key != _load_key(self._load_settings(decoding)):
+                entry = None
             if entry is None or not self.worker.alive:
-                entry = await self._load(ref, model, keep_alive)
+                entry = await self._load(ref, model, keep_alive, decoding)
             entry.keep_alive_s = self._keep_alive(keep_alive)
             entry.in_use += 1
             return entry
 
-    async def _load(self, ref: models.ModelRef, name: str, keep_alive: float | None) -> Loaded:
+    async def _load(self, ref: models.ModelRef, name: str, keep_alive: float | None,
+                    decoding: Mapping[str, Any] | None = None) -> Loaded:
         if not ref.ready:
             raise ModelNotFound(name, f"not downloaded yet; run `timbrectl models pull {name}`")
         await self._ensure_worker()
@@ -712,14 +745,16 @@ class Generation:
             lambda: models.estimate_memory(ref, dtype=self.device["dtype"]))  # type: ignore[index]
         await self._evict_for(need)
         source = str(ref.local_path or ref.path)
-        options: dict[str, Any] = {"window_s": self.settings["models.window_s"],
-                                   "stride_s": self.settings["models.stride_s"]}
-        if self.settings["models.precision"] != "default":
-            options["precision"] = self.settings["models.precision"]
-        info = await self.worker.load(ref.id, source, self.device["device"],
-                                      self.device["dtype"], options=options)
+        wanted = self._load_settings(decoding)
+        options: dict[str, Any] = {"window_s": wanted["window_s"],
+                                   "stride_s": wanted["stride_s"]}
+        if wanted["precision"] is not None:
+            options["precision"] = wanted["precision"]
+        info = await self.worker.load(ref.id, source, wanted["device"], wanted["dtype"],
+                                      options=options)
         now = time.time()
-        entry = Loaded(ref.id, name, info, ref.revision, now, now, self._keep_alive(keep_alive))
+        entry = Loaded(ref.id, name, info, ref.revision, now, now, self._keep_alive(keep_alive),
+                       load_key=_load_key(wanted))
         self.loaded[ref.id] = entry
         self.bus.publish("model.loaded", {"model": name, "device": info.device,
                                           "dtype": info.dtype,
@@ -831,6 +866,28 @@ def _requests(jobs: list[Job]) -> tuple[list[GenerationParams], list[int]]:
         return requests, [int(replay["batch"]["index"])]
     return [GenerationParams.from_dict(_generation_params(job.params)) for job in jobs], \
         list(range(len(jobs)))
+
+
+def _decoding(recipe: Mapping[str, Any]) -> dict[str, Any]:
+    """What decides a take's audio besides its parameters, as its recipe recorded it.
+
+    The windowing (``window_s``, ``stride_s``), the decoder ``precision``, ``device`` and
+    ``dtype``. A recipe from before a field was recorded falls back to its ``info`` (the
+    worker's own account), and a field in neither is left out: the daemon's current
+    configuration decides it (:meth:`Generation._load_settings`).
+    """
+    info = recipe.get("info") or {}
+    return {key: source[key] for key in _DECODING for source in (info, recipe) if key in source}
+
+
+#: The recipe's keys that decide the audio besides the generation parameters.
+_DECODING = ("window_s", "stride_s", "precision", "device", "dtype")
+
+
+def _load_key(settings: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The load settings that decide the audio, in :meth:`Scheduler._recipe`'s order."""
+    return (settings["device"], settings["dtype"], float(settings["window_s"]),
+            float(settings["stride_s"]), settings["precision"])
 
 
 def _generation_params(p: Mapping[str, Any]) -> dict[str, Any]:

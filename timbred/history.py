@@ -2,7 +2,7 @@
 
 This is where the generation service hands over audio: each take is loudness-normalised,
 encoded, tagged and published atomically by :mod:`timbred.export` under
-``<output dir>/YYYY/MM/DD/<session>/take-<n>.<ext>`` (or the exact path a request named), and
+``<output dir>/YYYY/MM/DD/[<session>/]take-<n>.<ext>`` (or the exact path a request named), and
 recorded in the history (:mod:`timbred.library`). Every method here blocks (files, SQLite); the
 daemon calls them through ``anyio.to_thread``.
 
@@ -26,7 +26,7 @@ import numpy.typing as npt
 
 from timbred import __version__, export, presets, takes
 from timbred.config import Settings
-from timbred.errors import InvalidParams, OutputError, TakeNotFound
+from timbred.errors import OutputError, TakeNotFound
 from timbred.library import Library, Take
 from timbred.testing import failpoints
 
@@ -159,12 +159,21 @@ class History:
         output = request.get("output")
         if output:
             dest = takes.check_output(output, 1, extensions=[options.extension])[0]
-        else:
-            dest = source.with_suffix(options.extension)
+            return export.export_existing(source, dest, options)
+        # Beside the take, under the first free name (take-1.mp3, take-1-2.mp3, ...), as
+        # generate names takes: a second export to one format is no error. write_take links
+        # the final name only if it is free, so a name taken meanwhile means: try the next.
+        for n in range(1, 10_000):
+            stem = source.stem if n == 1 else f"{source.stem}-{n}"
+            dest = source.with_name(stem + options.extension)
             if dest.exists():
-                raise InvalidParams(f"{dest} already exists; Timbre never overwrites a file",
-                                    param="output")
-        return export.export_existing(source, dest, options)
+                continue
+            try:
+                return export.export_existing(source, dest, options)
+            except OutputError:
+                if not dest.exists():
+                    raise
+        raise OutputError(str(source.parent), "no free name left for another export")
 
     def rate(self, take: str, value: str, note: str | None) -> Take:
         return self.library.rate(self.library.get(take).id, value,  # type: ignore[arg-type]

@@ -738,7 +738,8 @@ def pull(
             if ref.local_path is not None
             else f"it is not in the cache at {cache}"
         )
-        raise NetworkUnavailable(ref.id, f"HF_HUB_OFFLINE is set (offline mode) and {what}")
+        raise NetworkUnavailable(ref.id, f"HF_HUB_OFFLINE is set (offline mode) and {what}",
+                                 offline=True)
 
     tracker.update()
     endpoint = _endpoint()
@@ -856,7 +857,8 @@ def _translate_hub_error(
     chain: BaseException | None = exc
     while chain is not None:
         if isinstance(chain, OfflineModeIsEnabled):
-            return NetworkUnavailable(model, "huggingface_hub is in offline mode (HF_HUB_OFFLINE)")
+            return NetworkUnavailable(model, "huggingface_hub is in offline mode (HF_HUB_OFFLINE)",
+                                      offline=True)
         if isinstance(chain, transport):
             return NetworkUnavailable(model, f"cannot reach {where}: {chain}")
         chain = chain.__cause__ or chain.__context__

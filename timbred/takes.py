@@ -7,7 +7,7 @@ in another thread or process. The temporary name is then removed and the directo
 crash at any point leaves at most a partial file (see :data:`PARTIAL_SUFFIX`), never a
 truncated file under a final name; :func:`sweep_partials` removes those at start-up.
 
-Layout: ``<root>/YYYY/MM/DD/<session>/take-<n>.<ext>`` (:func:`session_dir`,
+Layout: ``<root>/YYYY/MM/DD/[<session>/]take-<n>.<ext>`` (:func:`session_dir`,
 :func:`link_numbered`); the daemon's older per-job names (:func:`default_paths`) and a
 user-chosen output (:func:`explicit_paths`, :func:`check_output`) are kept.
 
@@ -120,10 +120,14 @@ def session_dir(root: Path, when: dt.datetime, session: str) -> Path:
     """``root/YYYY/MM/DD/<session>``: the date is ``when``'s own (pass a UTC time for UTC
     days, a local one for local days); the session name is :func:`sanitise_session`'d.
 
+    The day's default session, named by its date (``YYYY-MM-DD``), is the day folder itself,
+    so a path says the date once (``2026/12/02/take-1.wav``, not ``.../02/2026-12-02/...``).
     Nothing is created; the writers create missing directories.
     """
-    return Path(root) / when.strftime("%Y") / when.strftime("%m") / when.strftime("%d") / \
-        sanitise_session(session)
+    day = Path(root) / when.strftime("%Y") / when.strftime("%m") / when.strftime("%d")
+    if session == when.strftime("%Y-%m-%d"):
+        return day
+    return day / sanitise_session(session)
 
 
 def take_name(n: int, ext: str) -> str:

@@ -205,6 +205,21 @@ WATCH_MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         # claim()'s look-up of this file among earlier claims; open_records() scans.
         "CREATE INDEX watch_files_identity ON watch_files (folder, identity, sha256)",
     ),
+    (
+        # The `watch list` counters, kept across restarts (version 1 counted from zero each
+        # run). Backfilled from the claims: files refused before any claim were not recorded.
+        """
+        CREATE TABLE watch_counts (
+            folder   TEXT PRIMARY KEY,
+            taken    INTEGER NOT NULL DEFAULT 0,
+            rejected INTEGER NOT NULL DEFAULT 0
+        )
+        """,
+        """
+        INSERT INTO watch_counts (folder, taken, rejected)
+        SELECT folder, COUNT(*), SUM(outcome IS 'rejected') FROM watch_files GROUP BY folder
+        """,
+    ),
 )
 WATCH_SCHEMA_VERSION: Final = len(WATCH_MIGRATIONS)
 #: The job store's PRAGMA application_id ("TmbJ"); a file with another one is not ours.
@@ -305,6 +320,19 @@ class WatchStore(SQLiteStore):
     def remove_folder(self, path: str) -> bool:
         with self._write() as conn:
             return conn.execute("DELETE FROM watch_folders WHERE path = ?", (path,)).rowcount > 0
+
+    def counts(self) -> dict[str, tuple[int, int]]:
+        """Each folder's ``(taken, rejected)`` files, ever."""
+        with self._lock, self._translate():
+            rows = self._conn.execute("SELECT folder, taken, rejected FROM watch_counts")
+            return {r[0]: (int(r[1]), int(r[2])) for r in rows}
+
+    def count(self, folder: str, *, taken: int = 0, rejected: int = 0) -> None:
+        """Add to ``folder``'s counters."""
+        with self._write() as conn:
+            conn.execute("INSERT INTO watch_counts (folder, taken, rejected) VALUES (?, ?, ?) "
+                         "ON CONFLICT (folder) DO UPDATE SET taken = taken + excluded.taken, "
+                         "rejected = rejected + excluded.rejected", (folder, taken, rejected))
 
     # --- files ------------------------------------------------------------------------------
 
@@ -738,6 +766,9 @@ class WatchService:
             for raw in await anyio.to_thread.run_sync(store.folders):
                 path = Path(raw)
                 self._folders.setdefault(path, _Folder(path, "added"))
+            counts = await anyio.to_thread.run_sync(store.counts)
+            for path, folder in self._folders.items():
+                folder.taken, folder.rejected = counts.get(str(path), (0, 0))
             unfinished = await anyio.to_thread.run_sync(store.open_records)
             with self._reserved_lock:
                 for record in unfinished:
@@ -785,6 +816,8 @@ class WatchService:
         await anyio.to_thread.run_sync(_folder_identity, folder_path)
         await anyio.to_thread.run_sync(self._store.add_folder, str(folder_path))
         folder = _Folder(folder_path, "added")
+        counts = await anyio.to_thread.run_sync(self._store.counts)
+        folder.taken, folder.rejected = counts.get(str(folder_path), (0, 0))
         self._folders[folder_path] = folder
         self._start_folder(folder)
         log.info("watching %s", folder_path)
@@ -1006,7 +1039,9 @@ class WatchService:
         if not new and (record.id in self._driving or record.state == "finished"):
             entry.state = "held"  # ours already (being handled, or stuck in a read-only folder)
             return
-        folder.taken += 1
+        if new:  # a claim resumed after a restart was counted when it was made
+            folder.taken += 1
+            await self._count(folder.path, taken=1)
         if folder.pending.get(name) is entry:
             # The file leaves the folder now; a new file under its name gets its own entry.
             del folder.pending[name]
@@ -1229,7 +1264,20 @@ class WatchService:
         live = self._folders.get(folder)
         if live is not None:
             live.rejected += 1
+        with anyio.CancelScope(shield=True):
+            await self._count(folder, rejected=1)
         self._publish("watch.file", self._event(record, "rejected", reason))
+
+    async def _count(self, folder: Path, *, taken: int = 0, rejected: int = 0) -> None:
+        """Persist a counter step; losing one is harmless, so a store error is only logged."""
+        store = self._store
+        if store is None:
+            return
+        try:
+            await anyio.to_thread.run_sync(
+                lambda: store.count(str(folder), taken=taken, rejected=rejected))
+        except StoreError as exc:
+            log.warning("watch counters of %s not saved: %s", folder, exc)
 
     async def _abandon(self, record: FileRecord) -> None:
         reason = "the file disappeared after it was claimed and before anything was submitted; " \
@@ -1259,6 +1307,7 @@ class WatchService:
         except OSError as exc:
             log.warning("cannot move %s into %s/: %s", path, REJECTED_DIR, exc)
         folder.rejected += 1
+        await self._count(folder.path, rejected=1)
         log.info("watch folder %s: rejected %s: %s", folder.path, path.name, reason)
         self._publish("watch.file", {"folder": str(folder.path), "file": path.name,
                                      "status": "rejected", "jobs": [], "reason": reason})

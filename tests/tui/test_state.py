@@ -85,6 +85,25 @@ class TestParams:
         assert (st.params.preset, st.params.duration) == ("lofi", 5.0)
         assert st.presets["bad"].summary().startswith("broken: ")
 
+    def test_format_applies_to_new_takes(self) -> None:
+        """/format sets the format of new takes (sent, winning over a preset's); until then
+        none is sent (the daemon's output.format decides); a preset's [export] format fills
+        the panel, and /format after it still wins; /preset none keeps the chosen format."""
+        st = StudioState()
+        assert "format" not in st.params.submit_params("x")
+        st.set_param("format", "ogg")
+        assert st.params.submit_params("x")["format"] == "ogg"
+        st.presets = {"share": Preset("share", export={"format": "mp3"})}
+        st.set_param("preset", "share")
+        assert st.params.format == "mp3"
+        assert "format" not in st.params.submit_params("x")  # the preset brings it
+        st.set_param("format", "flac")
+        assert st.params.submit_params("x") | {"preset": "share"} == \
+            st.params.submit_params("x")
+        assert st.params.submit_params("x")["format"] == "flac"
+        st.set_param("preset", None)
+        assert st.params.submit_params("x")["format"] == "flac"
+
     def test_undo_redo_and_seed_lock(self) -> None:
         """Each change is one undo step; locking the seed takes the latest take's seed; only a
         locked seed is sent."""

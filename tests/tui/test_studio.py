@@ -11,6 +11,7 @@ import pytest
 from tests.tui.support import WINDOW, Harness, running_studio
 from timbre_tui.layout import MARK
 from timbre_tui.waveform import BLOCKS
+from timbrectl.client import connect
 from timbred.testing.daemon import running_daemon
 
 pytestmark = pytest.mark.anyio
@@ -162,6 +163,58 @@ class TestPromptToTake:
                 await h.until(lambda: h.studio.widgets.composer.text == "", "cleared")
 
 
+class TestTimelineFollows:
+    async def test_jobs_below_the_newest_take_stay_in_sight(self, short_tmp: Path,
+                                                            tiny: Path) -> None:
+        """With a timeline taller than the window (a long history, as after a daemon restart
+        reloads it) and the newest take selected, a prompt sent, cancelled (/cancel) and
+        retried (/retry) shows both jobs: the view follows the newest rows instead of staying
+        anchored on the selected take."""
+        sock = socket_under(short_tmp)
+        async with running_daemon(short_tmp, models__default=str(tiny), **WINDOW) as d, \
+                connect(d.socket_path) as client:
+            first = await client.call("generate.submit", {"prompt": "history", "duration": 0.5,
+                                                          "variations": 12})
+            await client.call("jobs.wait", {"job_id": first["job_id"], "timeout": 120})
+            async with running_studio(sock, columns=80, rows=24, preview=False) as h:
+                st = h.studio.state
+                await connected(h)
+                await send_command(h, "/duration 0.5")
+                h.type("newest")
+                h.press("enter")
+                await h.until(lambda: len(st.takes()) == 13, "the newest take", timeout=60)
+                assert st.selected_take == st.takes()[-1].key
+                await send_command(h, "/duration 30")
+                h.type("sent after")
+                h.press("enter")
+                await h.until(lambda: bool(st.active_jobs()), "the job queued")
+                await send_command(h, "/cancel")
+                await h.until(lambda: not st.active_jobs(), "it cancelled", timeout=60)
+                await send_command(h, "/retry")
+                await h.until(lambda: len(st.timeline()) == 4, "the retry", timeout=60)
+                await h.until(lambda: h.screen().count(f"{MARK} sent after") == 2,
+                              "both jobs in sight")
+                await send_command(h, "/cancel")
+                await h.until(lambda: not st.active_jobs(), "the retry cancelled", timeout=60)
+
+
+class TestFormat:
+    async def test_format_in_the_panel_makes_the_take(self, short_tmp: Path,
+                                                      tiny: Path) -> None:
+        """`/preset none`, `/format ogg`, a prompt: the take is an Ogg file."""
+        sock = socket_under(short_tmp)
+        async with running_daemon(short_tmp, models__default=str(tiny), **WINDOW), \
+                running_studio(sock, preview=False) as h:
+            st = h.studio.state
+            await connected(h)
+            for command in ("/preset none", "/format ogg", "/duration 0.5"):
+                await send_command(h, command)
+            h.type("an ogg take")
+            h.press("enter")
+            await h.until(lambda: bool(st.takes()), "the take", timeout=60)
+            assert st.takes()[0].path.endswith(".ogg")
+
+
 class TestEditing:
     async def test_parameters_commands_completion_palette(
         self, short_tmp: Path, tiny: Path, user_presets: Path
@@ -291,3 +344,18 @@ class TestWithoutDaemon:
             assert h.studio.widgets.composer.text == "a prompt into the void"
             h.press("c-q")
             await h.until(lambda: not h.studio.app.is_running, "quit")
+
+    async def test_slash_in_the_library_starts_a_command(self, short_tmp: Path) -> None:
+        """In the library (F2), "/" starts a command in the composer, as everywhere; the
+        search box does not get the slash."""
+        async with running_studio(socket_under(short_tmp), columns=80, rows=24) as h:
+            w = h.studio.widgets
+            h.press("f2")
+            await h.until(lambda: h.studio.state.view == "library"
+                          and h.studio.app.layout.has_focus(w.library_search), "the library")
+            h.type("rain")
+            await h.until(lambda: w.library_search.text == "rain", "a search typed")
+            h.type("/")
+            await h.until(lambda: w.composer.text == "/", "the command started")
+            assert w.library_search.text == "rain"
+            assert h.studio.app.layout.has_focus(w.composer)
