@@ -190,8 +190,8 @@ class TestGlobalOptions:
     def test_bad_values_are_usage_errors_in_the_clis_words(self) -> None:
         """Out-of-range values are refused before anything is sent: exit 2, naming the option
         and its range in plain words (no JSON-Schema wording), wherever the option sits."""
-        cases = [(["generate", "x", "-d", "0"], "-d/--duration: must be more than 0 and at "
-                  "most 600 (got 0)"),
+        cases = [(["generate", "x", "-d", "0"], "-d/--duration: must be between 0.1 and 600 "
+                  "(got 0)"),
                  (["generate", "x", "-n", "17"], "must be between 1 and 16 (got 17)"),
                  (["generate", "x", "--seed", "-1"], "--seed: must be at least 0 (got -1)"),
                  (["generate", "x", "--temperature", "nan"], "must be between 0 and 10"),

@@ -88,7 +88,7 @@ def test_invalid_parameter_exits_1_naming_it(env: dict[str, str]) -> None:
     naming the option and its range. A daemon's refusal is exit 1 in one line (not a
     traceback of the task group it crossed); with --json also as an error object on stdout."""
     proc = ctl(env, "generate", "x", "-d", "1000")
-    assert proc.returncode == 2 and "-d/--duration: must be more than 0 and at most 600" \
+    assert proc.returncode == 2 and "-d/--duration: must be between 0.1 and 600 (got 1000)" \
         in proc.stderr
     proc = ctl(env, "generate", "x", "-d", "1", "--melody", "/nonexistent/hum.wav")
     assert proc.returncode == 1 and "melody" in proc.stderr

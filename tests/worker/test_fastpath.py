@@ -9,7 +9,7 @@ and the take's info says which paths ran.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ import torch
 import transformers
 
 from tests.worker.conftest import TINY_STRIDE_S, TINY_WINDOW_S
-from timbred.worker.backend import GenerationParams
+from timbred.worker.backend import GenerationOutput, GenerationParams
 from timbred.worker.decodestep import LeanDecoder
 from timbred.worker.fastpath import FastPaths, choose, difference
 from timbred.worker.kvcache import PreallocatedLayer
@@ -117,6 +117,20 @@ def stock_audio(tiny_model: Path) -> Iterator[np.ndarray[Any, Any]]:
     yield out.audio
 
 
+def _load_and_generate(path: Path, params: GenerationParams = PARAMS,
+                       after_load: Callable[[], object] = lambda: None
+                       ) -> tuple[tuple[str, ...], GenerationOutput]:
+    """Load ``path`` (running the self-check), call ``after_load``, make ``params``' takes:
+    the load's warnings and the output."""
+    backend = _load(path)
+    try:
+        warnings = backend.load_warnings
+        after_load()
+        return warnings, backend.generate(params)
+    finally:
+        backend.unload()
+
+
 def _lean_off_by_a_hair(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Make the real lean step return slightly wrong hidden states; count its calls."""
     calls: list[int] = []
@@ -137,12 +151,8 @@ class TestBackendSelfCheck:
                                                stock_audio: np.ndarray[Any, Any]) -> None:
         """With the installed transformers both paths pass their check, decode the take
         bit-identically to the stock path, and the info says they ran."""
-        backend = _load(tiny_model)
-        try:
-            assert backend.load_warnings == ()
-            out = backend.generate(PARAMS)
-        finally:
-            backend.unload()
+        warnings, out = _load_and_generate(tiny_model)
+        assert warnings == ()
         assert out.info["fast_paths"] == {"preallocate_kv": True, "lean_steps": True,
                                           "fallback": None}
         assert np.array_equal(out.audio, stock_audio)
@@ -154,13 +164,7 @@ class TestBackendSelfCheck:
         transformers version, the take is still made through the stock step (the broken one
         is never called again), bit-identical to transformers' own, and the info says why."""
         calls = _lean_off_by_a_hair(monkeypatch)
-        backend = _load(tiny_model)
-        try:
-            (warning,) = backend.load_warnings
-            calls.clear()
-            out = backend.generate(PARAMS)
-        finally:
-            backend.unload()
+        (warning,), out = _load_and_generate(tiny_model, after_load=calls.clear)
         assert "lean_steps step" in warning and "logits differ" in warning
         assert LIBRARY in warning and str(tiny_model) in warning
         assert calls == []
@@ -178,12 +182,7 @@ class TestBackendSelfCheck:
             raise AttributeError("'EncoderDecoderCache' object has no attribute 'layers'")
 
         monkeypatch.setattr(LeanDecoder, "step", raising)
-        backend = _load(tiny_model)
-        try:
-            (warning,) = backend.load_warnings
-            out = backend.generate(PARAMS)
-        finally:
-            backend.unload()
+        (warning,), out = _load_and_generate(tiny_model)
         assert "lean_steps raised AttributeError" in warning
         assert out.info["fast_paths"]["lean_steps"] is False
         assert np.array_equal(out.audio, stock_audio)
@@ -201,12 +200,7 @@ class TestBackendSelfCheck:
             return keys, values * 1.001
 
         monkeypatch.setattr(PreallocatedLayer, "update", corrupting)
-        backend = _load(tiny_model)
-        try:
-            (warning,) = backend.load_warnings
-            out = backend.generate(PARAMS)
-        finally:
-            backend.unload()
+        (warning,), out = _load_and_generate(tiny_model)
         assert "preallocate_kv" in warning and "lean_steps" not in warning
         assert out.info["fast_paths"]["preallocate_kv"] is False
         assert out.info["fast_paths"]["lean_steps"] is True
@@ -217,11 +211,7 @@ class TestBackendSelfCheck:
         """MusicGen-Melody's decoder (another class, another cache hand-over) is probed the
         same way: a broken lean step is caught there too."""
         _lean_off_by_a_hair(monkeypatch)
-        backend = _load(tiny_melody_model)
-        try:
-            (warning,) = backend.load_warnings
-            out = backend.generate(GenerationParams(prompt="hum", duration_s=1.0, seed=1))
-        finally:
-            backend.unload()
+        (warning,), out = _load_and_generate(
+            tiny_melody_model, GenerationParams(prompt="hum", duration_s=1.0, seed=1))
         assert "lean_steps" in warning
         assert out.audio.shape[0] == 1 and np.isfinite(out.audio).all()
