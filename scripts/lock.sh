@@ -68,6 +68,12 @@ compile() {
 echo "==> resolving requirements/app.txt (the application) and requirements/dev.txt (+ tests)" >&2
 compile requirements/app.txt
 compile requirements/dev.txt --extra dev
+# What the lock was resolved from, so a test notices a pyproject.toml changed without a re-lock.
+inputs=$("$python" scripts/lock_inputs.py)
+for name in app dev; do
+	sed -i.bak "2a # inputs: $inputs (scripts/lock_inputs.py)" "requirements/$name.txt"
+	rm -f "requirements/$name.txt.bak"
+done
 
 # What moved: one line per package whose pins changed, in either file.
 pins() { grep -hoE '^[A-Za-z0-9._-]+==[^ ;\\]+( ;[^\\]*)?' "$@" 2>/dev/null | sed 's/ *$//' | sort -u; }

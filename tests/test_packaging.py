@@ -280,3 +280,16 @@ class TestInstallScript:
             assert not any((bin_dir / name).is_symlink() for name in COMMANDS)
             assert take.read_bytes() == b"RIFF not really a wav"
             assert config.read_text(encoding="utf-8") == 'device = "cpu"\n'
+
+
+class TestLock:
+    @pytest.mark.parametrize("name", ["app", "dev"])
+    def test_lock_was_resolved_from_todays_inputs(self, name: str) -> None:
+        """The lock's ``# inputs:`` digest is that of pyproject.toml's dependencies and
+        requirements/*.in as they are now: a dependency changed without ./scripts/lock.sh
+        fails here, not on a user's machine."""
+        want = subprocess.run([sys.executable, str(REPO / "scripts" / "lock_inputs.py")],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        lines = (REPO / "requirements" / f"{name}.txt").read_text(encoding="utf-8").splitlines()
+        stamps = [line.split()[2] for line in lines if line.startswith("# inputs: ")]
+        assert stamps == [want], "run ./scripts/lock.sh --keep and commit the lock"
