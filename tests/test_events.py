@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -128,13 +128,9 @@ class Recorder:
                 await self._changed.wait()
 
 
-async def test_follow_events_survives_a_daemon_restart(short_tmp: Path) -> None:
-    """follow_events reports the disconnect, reconnects to the new daemon, flags missed events,
-    and delivers the new run's events without treating their small seqs as duplicates."""
-    rec = Recorder()
-    got = rec.items
-    sock = short_tmp / "run" / "timbred.sock"
-
+def _follower(rec: Recorder, sock: Path
+              ) -> Callable[[anyio.abc.TaskStatus[None]], Coroutine[Any, Any, None]]:
+    """A task that records everything follow_events yields; started at its first item."""
     async def consume(task_status: anyio.abc.TaskStatus[None]) -> None:
         started = False
         async for item in follow_events(sock, ["test.*"], retry_interval=0.05):
@@ -142,6 +138,18 @@ async def test_follow_events_survives_a_daemon_restart(short_tmp: Path) -> None:
             if not started:
                 started = True
                 task_status.started()
+
+    return consume
+
+
+async def test_follow_events_survives_a_daemon_restart(short_tmp: Path) -> None:
+    """follow_events reports the disconnect, reconnects to the new daemon, flags missed events,
+    and delivers the new run's events without treating their small seqs as duplicates."""
+    rec = Recorder()
+    got = rec.items
+    sock = short_tmp / "run" / "timbred.sock"
+
+    consume = _follower(rec, sock)
 
     async with anyio.create_task_group() as tg:
         async with running_daemon(short_tmp) as d1:
@@ -179,13 +187,7 @@ async def test_a_restart_is_missed_events_even_before_the_first_event(short_tmp:
     rec = Recorder()
     sock = short_tmp / "run" / "timbred.sock"
 
-    async def consume(task_status: anyio.abc.TaskStatus[None]) -> None:
-        started = False
-        async for item in follow_events(sock, ["test.*"], retry_interval=0.05):
-            rec.add(item)
-            if not started:
-                started = True
-                task_status.started()
+    consume = _follower(rec, sock)
 
     async with anyio.create_task_group() as tg:
         async with running_daemon(short_tmp):

@@ -386,8 +386,8 @@ class MusicgenBackend(Backend):
         except errors.TimbreError:
             raise
         except Exception as exc:
-            _free_memory(torch_device)
-            if _is_oom(exc):
+            release_memory(str(torch_device))
+            if is_oom(exc):
                 raise errors.ModelLoadFailed(
                     source, f"{oom_reason(exc, str(torch_device))} (try dtype=float16/bfloat16, "
                     "another device, or unload other models)"
@@ -464,7 +464,7 @@ class MusicgenBackend(Backend):
         if state is not None:
             device = state.device
             del state
-            _free_memory(device)
+            release_memory(str(device))
 
     @property
     def loaded(self) -> bool:
@@ -561,8 +561,8 @@ class MusicgenBackend(Backend):
             # The traceback's frames hold the batch's tensors; drop them so that the memory
             # can really be returned and the next (smaller) job fits.
             traceback.clear_frames(exc.__traceback__)
-            _free_memory(st.device)
-            if _is_oom(exc):
+            release_memory(str(st.device))
+            if is_oom(exc):
                 raise errors.GenerationFailed(
                     f"{oom_reason(exc, str(st.device))}, generating {rows} x "
                     f"{first.duration_s:g} s; try fewer variations, a shorter duration, "
@@ -1013,11 +1013,3 @@ def _chroma_extractor(source: str, config: Any) -> _ChromaExtractor:
         num_chroma=int(fe.get("num_chroma", getattr(config, "num_chroma", 12))),
         chunk_length_s=float(fe.get("chunk_length", 30)),
     )
-
-
-def _is_oom(exc: BaseException) -> bool:
-    return is_oom(exc)
-
-
-def _free_memory(device: torch.device) -> None:
-    release_memory(str(device))
