@@ -268,13 +268,17 @@ class Connection:
 
     async def run(self) -> None:
         """Serve until the client leaves or the connection is closed by a bound or shutdown."""
-        with self._scope:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._writer)
-                await self._reader()
-        self._out_send.close()
-        with anyio.CancelScope(shield=True):
-            await self._stream.aclose()
+        try:
+            with self._scope:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._writer)
+                    await self._reader()
+        finally:
+            # Also on the daemon's own cancellation (a shutdown past its grace, a failed
+            # start-up): the accepted socket must be closed here or it leaks until GC.
+            self._out_send.close()
+            with anyio.CancelScope(shield=True):
+                await self._stream.aclose()
 
     async def finish(self, grace: float) -> None:
         """Stop reading, let running requests answer and output drain, for at most ``grace``."""
@@ -291,11 +295,14 @@ ConnectionHandler = Callable[[anyio.abc.SocketStream], Awaitable[None]]
 
 
 async def refuse(stream: anyio.abc.SocketStream, error: TimbreError) -> None:
-    """Tell a refused client why, then close."""
-    with anyio.move_on_after(1.0), contextlib.suppress(
-            anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-        await stream.send(encode(dumps(error_object(error))))
-    await stream.aclose()
+    """Tell a refused client why, then close (closed even when cancelled mid-send)."""
+    try:
+        with anyio.move_on_after(1.0), contextlib.suppress(
+                anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            await stream.send(encode(dumps(error_object(error))))
+    finally:
+        with anyio.CancelScope(shield=True):
+            await stream.aclose()
 
 
 def check_peer(stream: anyio.abc.SocketStream) -> PeerCredentials:
