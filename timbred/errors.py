@@ -13,7 +13,10 @@ one place (:func:`timbred.protocol.jsonrpc.error_object`) and the client turns t
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import contextlib
+import errno
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar, TypeVar
 
 # The standard JSON-RPC 2.0 codes.
 PARSE_ERROR = -32700
@@ -42,31 +45,113 @@ class TimbreError(Exception):
         return self.message
 
 
+# --- families: what a caller can do about an error -------------------------------------------
+#
+# Every concrete error belongs to exactly one family, so that an edge (the CLI's exit status,
+# a hosted-API runner's retry policy, the studio's status line) can decide by family instead of
+# listing kinds. The families carry no wire code of their own: a client rebuilds the concrete
+# class from its code (error_from_wire) and gets the family with it.
+
+
+class NotFound(TimbreError, LookupError):
+    """The thing named (a job, a take, a model, a preset, a method) does not exist."""
+
+
+class InvalidInput(TimbreError, ValueError):
+    """The request, file or setting is wrong; fixing the input is the way forward."""
+
+
+class Conflict(TimbreError):
+    """The request is well-formed but does not fit the current state (of a job, a lock)."""
+
+
+class Unavailable(TimbreError):
+    """Something needed cannot serve now (the daemon, the network, a disk, the worker, the
+    queue's capacity); the same request may succeed later or elsewhere."""
+
+
+class Internal(TimbreError):
+    """A failure inside Timbre or a backend that no input caused and no retry will fix."""
+
+
+FAMILIES: tuple[type[TimbreError], ...] = (NotFound, InvalidInput, Conflict, Unavailable,
+                                           Internal)
+
+
+def family_of(error: TimbreError | type[TimbreError]) -> type[TimbreError]:
+    """The family ``error`` (an instance or a class) belongs to; :class:`Internal` for an
+    error from outside the tree's families (a client's :class:`RemoteError`)."""
+    cls = error if isinstance(error, type) else type(error)
+    for family in FAMILIES:
+        if issubclass(cls, family):
+            return family
+    return Internal
+
+
+_E = TypeVar("_E", bound=BaseException)
+
+
+@contextlib.contextmanager
+def map_errors(kinds: type[_E] | tuple[type[_E], ...],
+               make: Callable[[_E], TimbreError]) -> Iterator[None]:
+    """Translate foreign exceptions of ``kinds`` raised in the block into ``make(exc)``,
+    chained (``raise ... from exc``); Timbre's own errors pass through untouched, even those
+    that are also an OSError or a ValueError.
+
+    One line at each edge instead of a hand-written ``try``/``except``::
+
+        with map_errors(OSError, lambda exc: OutputError(str(path), os_reason(exc))):
+            path.write_bytes(data)
+    """
+    try:
+        yield
+    except TimbreError:
+        raise
+    except kinds as exc:
+        raise make(exc) from exc
+
+
+_OS_REASONS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.EFBIG: "the file is larger than this system allows (file size limit)",
+    errno.ENAMETOOLONG: "the file name is too long",
+}
+
+
+def os_reason(exc: OSError) -> str:
+    """A reason a user can act on, for an OSError (the disk is full, permission denied)."""
+    return _OS_REASONS.get(exc.errno or 0, exc.strerror or str(exc))
+
+
 # --- errors of the JSON-RPC envelope (standard codes) -------------------------------------
 
 
-class ParseError(TimbreError, ValueError):
+class ParseError(InvalidInput):
     """Raised when a message is not valid UTF-8 or not valid JSON."""
 
     code = PARSE_ERROR
     kind = "parse_error"
 
 
-class InvalidRequest(TimbreError, ValueError):
+class InvalidRequest(InvalidInput):
     """Raised when a message is JSON but not a valid JSON-RPC 2.0 request object."""
 
     code = INVALID_REQUEST
     kind = "invalid_request"
 
 
-class MethodNotFound(TimbreError, LookupError):
+class MethodNotFound(NotFound):
     """Raised when a request names a method the daemon does not have."""
 
     code = METHOD_NOT_FOUND
     kind = "method_not_found"
 
 
-class InvalidParams(TimbreError, ValueError):
+class InvalidParams(InvalidInput):
     """Raised when a method's parameters are missing, unknown, mistyped or out of range.
 
     ``param`` names the offending parameter (a dotted path for nested values).
@@ -79,7 +164,7 @@ class InvalidParams(TimbreError, ValueError):
         super().__init__(message, param=param, **data)
 
 
-class InternalError(TimbreError):
+class InternalError(Internal):
     """Raised (or substituted) when a handler fails in a way nobody planned for."""
 
     code = INTERNAL_ERROR
@@ -89,7 +174,7 @@ class InternalError(TimbreError):
 # --- application errors: one stable code per kind -----------------------------------------
 
 
-class MessageTooLarge(TimbreError, ValueError):
+class MessageTooLarge(InvalidInput):
     """Raised when an incoming message grows past the configured maximum size."""
 
     code = -32001
@@ -102,7 +187,7 @@ class MessageTooLarge(TimbreError, ValueError):
         )
 
 
-class MessageIncomplete(TimbreError, ValueError):
+class MessageIncomplete(InvalidInput):
     """Raised when a started message is not finished by a newline in time, or before EOF."""
 
     code = -32002
@@ -117,7 +202,7 @@ class MessageIncomplete(TimbreError, ValueError):
         )
 
 
-class BatchTooLarge(TimbreError, ValueError):
+class BatchTooLarge(InvalidInput):
     """Raised when a batch holds more requests than the configured cap."""
 
     code = -32003
@@ -129,7 +214,7 @@ class BatchTooLarge(TimbreError, ValueError):
         )
 
 
-class TooManyConnections(TimbreError):
+class TooManyConnections(Unavailable):
     """Raised (and sent) when a new connection would exceed the connection cap."""
 
     code = -32004
@@ -139,7 +224,7 @@ class TooManyConnections(TimbreError):
         super().__init__(f"the daemon already serves {limit} connections", limit=limit)
 
 
-class PeerRefused(TimbreError, PermissionError):
+class PeerRefused(Unavailable, PermissionError):
     """Raised when a connecting process belongs to another user."""
 
     code = -32005
@@ -153,7 +238,7 @@ class PeerRefused(TimbreError, PermissionError):
         )
 
 
-class ShuttingDown(TimbreError):
+class ShuttingDown(Unavailable):
     """Raised when a request arrives while the daemon is stopping."""
 
     code = -32006
@@ -163,7 +248,7 @@ class ShuttingDown(TimbreError):
         super().__init__("the daemon is shutting down")
 
 
-class SubscriptionNotFound(TimbreError, LookupError):
+class SubscriptionNotFound(NotFound):
     """Raised when a subscription id is unknown on this connection."""
 
     code = -32007
@@ -174,7 +259,7 @@ class SubscriptionNotFound(TimbreError, LookupError):
                          subscription=subscription)
 
 
-class OutputOverflow(TimbreError):
+class OutputOverflow(InvalidInput):
     """Raised when a client does not read its replies and the per-connection bound is hit."""
 
     code = -32008
@@ -191,7 +276,7 @@ class OutputOverflow(TimbreError):
 # --- jobs, models and generation (codes -32030..-32069) ---------------------------------------
 
 
-class JobNotFound(TimbreError, LookupError):
+class JobNotFound(NotFound):
     """Raised when a job id does not exist."""
 
     code = -32030
@@ -201,7 +286,7 @@ class JobNotFound(TimbreError, LookupError):
         super().__init__(f"no job {job_id!r}", job_id=job_id)
 
 
-class QueueFull(TimbreError):
+class QueueFull(Unavailable):
     """Raised at submit time when the queue already holds the configured maximum of jobs."""
 
     code = -32031
@@ -214,7 +299,7 @@ class QueueFull(TimbreError):
         )
 
 
-class InvalidJobState(TimbreError):
+class InvalidJobState(Conflict):
     """Raised when an operation does not fit the job's state (retry a running job, say)."""
 
     code = -32032
@@ -224,7 +309,7 @@ class InvalidJobState(TimbreError):
         super().__init__(f"job {job_id} is {state}; {wanted}", job_id=job_id, state=state)
 
 
-class ModelNotFound(TimbreError, LookupError):
+class ModelNotFound(NotFound):
     """Raised when a model name is neither a known alias, a cached repo, nor a local directory."""
 
     code = -32040
@@ -234,7 +319,7 @@ class ModelNotFound(TimbreError, LookupError):
         super().__init__(f"model {model!r} not found: {hint}", model=model, hint=hint)
 
 
-class ModelLoadFailed(TimbreError):
+class ModelLoadFailed(Internal):
     """Raised when a model exists but cannot be loaded (corrupt files, out of memory, ...)."""
 
     code = -32041
@@ -244,7 +329,7 @@ class ModelLoadFailed(TimbreError):
         super().__init__(f"model {model!r} failed to load: {reason}", model=model, reason=reason)
 
 
-class NetworkUnavailable(TimbreError, ConnectionError):
+class NetworkUnavailable(Unavailable, ConnectionError):
     """Raised when a model pull needs the network and there is none (or HF_HUB_OFFLINE is set)."""
 
     code = -32042
@@ -262,7 +347,7 @@ class NetworkUnavailable(TimbreError, ConnectionError):
         )
 
 
-class WorkerCrashed(TimbreError):
+class WorkerCrashed(Unavailable):
     """Raised for the job that was running when the inference worker process died."""
 
     code = -32050
@@ -272,7 +357,7 @@ class WorkerCrashed(TimbreError):
         super().__init__(f"the inference worker died: {reason}", reason=reason, exitcode=exitcode)
 
 
-class GenerationFailed(TimbreError):
+class GenerationFailed(Internal):
     """Raised when generation itself fails (out of memory, a backend error)."""
 
     code = -32051
@@ -282,7 +367,7 @@ class GenerationFailed(TimbreError):
         super().__init__(f"generation failed: {reason}", reason=reason)
 
 
-class Cancelled(TimbreError):
+class Cancelled(Conflict):
     """Raised inside generation when its cancel token fires."""
 
     code = -32052
@@ -292,7 +377,7 @@ class Cancelled(TimbreError):
         super().__init__("cancelled")
 
 
-class AudioInputError(TimbreError, ValueError):
+class AudioInputError(InvalidInput):
     """Raised when a melody or continuation audio file is missing, unreadable or corrupt."""
 
     code = -32053
@@ -303,7 +388,7 @@ class AudioInputError(TimbreError, ValueError):
                          path=path, param=param, reason=reason)
 
 
-class OutputError(TimbreError, OSError):
+class OutputError(Unavailable, OSError):
     """Raised when a take cannot be written (disk full, read-only directory, ...)."""
 
     code = -32054
@@ -316,7 +401,7 @@ class OutputError(TimbreError, OSError):
 # --- takes, history, presets, watch folders (codes -32060..-32069) ----------------------------
 
 
-class TakeNotFound(TimbreError, LookupError):
+class TakeNotFound(NotFound):
     """Raised when a take id (or path) is not in the history."""
 
     code = -32060
@@ -326,7 +411,7 @@ class TakeNotFound(TimbreError, LookupError):
         super().__init__(f"no take {take!r} in the history", take=take)
 
 
-class PresetNotFound(TimbreError, LookupError):
+class PresetNotFound(NotFound):
     """Raised when a preset name is neither shipped nor in the user's presets directory."""
 
     code = -32061
@@ -336,7 +421,7 @@ class PresetNotFound(TimbreError, LookupError):
         super().__init__(f"no preset {preset!r}: {hint}", preset=preset, hint=hint)
 
 
-class PresetInvalid(TimbreError, ValueError):
+class PresetInvalid(InvalidInput):
     """Raised when a preset file is malformed; names the file, the key and what was expected."""
 
     code = -32062
@@ -347,7 +432,7 @@ class PresetInvalid(TimbreError, ValueError):
                          expected=expected)
 
 
-class WatchFolderError(TimbreError, OSError):
+class WatchFolderError(InvalidInput, OSError):
     """Raised when a folder cannot be watched (missing, not a directory, unsafe)."""
 
     code = -32063
@@ -357,7 +442,7 @@ class WatchFolderError(TimbreError, OSError):
         super().__init__(f"cannot watch {path}: {problem}", path=path, problem=problem)
 
 
-class Interrupted(TimbreError):
+class Interrupted(Conflict):
     """Recorded on a job that was running when the daemon stopped (it is never re-run)."""
 
     code = -32033
@@ -372,7 +457,7 @@ class Interrupted(TimbreError):
 # --- local errors (raised before or outside the socket; never sent as replies) --------------
 
 
-class ConfigError(TimbreError, ValueError):
+class ConfigError(InvalidInput):
     """Raised when a configuration file or environment variable is invalid.
 
     The message names the source (file or variable), the key and what was expected.
@@ -387,7 +472,7 @@ class ConfigError(TimbreError, ValueError):
                          source=source, key=key, expected=expected)
 
 
-class RuntimeDirError(TimbreError, OSError):
+class RuntimeDirError(InvalidInput, OSError):
     """Raised when the socket directory or socket path is unsafe or unusable."""
 
     code = -32021
@@ -397,7 +482,7 @@ class RuntimeDirError(TimbreError, OSError):
         super().__init__(f"{path}: {problem}", path=path, problem=problem)
 
 
-class AlreadyRunning(TimbreError):
+class AlreadyRunning(Conflict):
     """Raised when another timbred already holds the lock beside the socket."""
 
     code = -32022
@@ -409,7 +494,7 @@ class AlreadyRunning(TimbreError):
                          lock_path=lock_path, pid=pid)
 
 
-class StoreError(TimbreError):
+class StoreError(Internal):
     """Raised when a database file is corrupt, foreign, or newer than this version of Timbre."""
 
     code = -32024
@@ -419,7 +504,7 @@ class StoreError(TimbreError):
         super().__init__(f"{path}: {problem}", path=path, problem=problem)
 
 
-class DaemonUnavailable(TimbreError, ConnectionError):
+class DaemonUnavailable(Unavailable, ConnectionError):
     """Raised by the client when no daemon answers on the socket."""
 
     code = -32023
@@ -430,7 +515,7 @@ class DaemonUnavailable(TimbreError, ConnectionError):
                          socket_path=socket_path, reason=reason)
 
 
-class NoAnswer(TimbreError, TimeoutError):
+class NoAnswer(Unavailable, TimeoutError):
     """Reported by the client when the daemon did not answer within the caller's timeout."""
 
     code = -32025
@@ -470,7 +555,7 @@ def wire_errors() -> dict[int, type[TimbreError]]:
              NoAnswer, RemoteError)
     table: dict[int, type[TimbreError]] = {}
     for cls in _all_subclasses(TimbreError):
-        if issubclass(cls, local):
+        if issubclass(cls, local) or cls in FAMILIES:
             continue
         if cls.code in table and table[cls.code] is not cls:
             raise RuntimeError(f"duplicate error code {cls.code}: {table[cls.code]} and {cls}")

@@ -26,7 +26,7 @@ import numpy.typing as npt
 
 from timbred import __version__, export, presets, takes
 from timbred.config import Settings
-from timbred.errors import OutputError, TakeNotFound
+from timbred.errors import OutputError, TakeNotFound, os_reason
 from timbred.library import Library, Take
 from timbred.testing import failpoints
 
@@ -189,5 +189,5 @@ class History:
             try:
                 path.unlink(missing_ok=True)
             except OSError as exc:
-                raise OutputError(str(path), takes.os_reason(exc)) from exc
+                raise OutputError(str(path), os_reason(exc)) from exc
         return self.library.mark_deleted(record.id)

@@ -19,7 +19,6 @@ file system, permission denied, file size limit).
 from __future__ import annotations
 
 import datetime as dt
-import errno
 import io
 import os
 import re
@@ -32,7 +31,7 @@ import numpy as np
 import numpy.typing as npt
 import soundfile as sf
 
-from timbred.errors import InvalidParams, OutputError
+from timbred.errors import InvalidParams, OutputError, os_reason
 
 #: Every temporary file ends with this suffix; its full name is
 #: ``.<final name>.<8 hex digits>.partial`` (hidden, in the final directory). This is the one
@@ -169,20 +168,6 @@ def _smallest_free(directory: Path, start: int) -> int:
 
 
 # --- atomic publication ----------------------------------------------------------------------
-
-
-def os_reason(exc: OSError) -> str:
-    """A reason a user can act on, for an OSError met while writing."""
-    reasons = {
-        errno.ENOSPC: "the disk is full",
-        errno.EDQUOT: "the disk quota is exceeded",
-        errno.EROFS: "the file system is read-only",
-        errno.EACCES: "permission denied",
-        errno.EPERM: "permission denied",
-        errno.EFBIG: "the file is larger than this system allows (file size limit)",
-        errno.ENAMETOOLONG: "the file name is too long",
-    }
-    return reasons.get(exc.errno or 0, exc.strerror or str(exc))
 
 
 def partial_path(final: Path) -> Path:
