@@ -26,10 +26,9 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from jsonrpcclient import Error as RpcError
 from jsonrpcclient import Ok, parse, request
 
-from timbred import config
 from timbred.errors import DaemonUnavailable, TimbreError, error_from_wire
+from timbred.paths import check_socket_path, default_socket_path
 from timbred.protocol.framing import DEFAULT_MAX_MESSAGE_BYTES, LineDecoder, encode
-from timbred.runtime import check_socket_path, default_socket_path
 
 EVENT_QUEUE = 10_000
 
@@ -38,6 +37,10 @@ def resolve_socket_path(explicit: str | os.PathLike[str] | None = None) -> Path:
     """``explicit``, else ``$TIMBRE_SOCKET`` / the config file's ``daemon.socket``, else default."""
     if explicit:
         return check_socket_path(explicit)
+    # Imported here, not at the top: importing the client loads only the protocol, errors and
+    # paths from timbred (tests/test_client_light.py), and only this lookup reads the config.
+    from timbred import config
+
     settings = config.load()
     return check_socket_path(settings["daemon.socket"] or default_socket_path())
 

@@ -1,10 +1,11 @@
-"""Where the socket lives, and making that place safe before anything binds there.
+"""Making the socket's place safe before anything binds there.
 
-Order matters and is the point of this module: (1) resolve a private directory and verify it
-with ``lstat`` (ours, a real directory, no group/other access); (2) take an ``flock`` on the lock
-file beside the socket, so a second daemon fails here and never touches the first one's socket;
-(3) only then remove a stale socket left by a killed daemon and bind a new one, created 0600
-from the moment it exists.
+Order matters and is the point of this module: (1) resolve a private directory (which one is
+:mod:`timbred.paths`' business, shared with the clients) and verify it with ``lstat`` (ours, a
+real directory, no group/other access); (2) take an ``flock`` on the lock file beside the
+socket, so a second daemon fails here and never touches the first one's socket; (3) only then
+remove a stale socket left by a killed daemon and bind a new one, created 0600 from the moment
+it exists.
 """
 
 from __future__ import annotations
@@ -15,76 +16,20 @@ import os
 import socket
 import stat
 import sys
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import platformdirs
-
 from timbred.errors import AlreadyRunning, RuntimeDirError
 
-APP = "timbre"
-SOCKET_NAME = "timbred.sock"
-# sun_path is 108 bytes on Linux and 104 on the BSDs/macOS, including the terminating NUL.
-MAX_SOCKET_PATH = 107 if sys.platform.startswith("linux") else 103
-
-
-def default_runtime_dir(environ: Mapping[str, str] | None = None) -> Path:
-    """The private directory for the socket and lock; the daemon and every client agree on it.
-
-    ``$XDG_RUNTIME_DIR/timbre`` when XDG_RUNTIME_DIR is an absolute path to a directory that
-    is ours and gives no access to group or others (what the XDG spec requires of it); on
-    macOS, platformdirs' per-user directory. Otherwise ``/run/user/<uid>/timbre`` when that
-    directory is ours and private, else a ``run`` directory in the user's cache directory,
-    which is inside their home. Never platformdirs' ``user_runtime_dir`` on Linux: for an
-    unusable XDG_RUNTIME_DIR it answers ``/tmp/runtime-<uid>``, a predictable path another
-    local user can create first (and so stop the daemon from starting).
-    """
-    env = os.environ if environ is None else environ
-    if sys.platform == "darwin":
-        return Path(platformdirs.user_runtime_dir(APP))
-    xdg = env.get("XDG_RUNTIME_DIR", "")
-    if xdg.startswith("/") and _private_dir(Path(xdg)):
-        return Path(xdg) / APP
-    run_user = Path(f"/run/user/{os.geteuid()}")
-    if _private_dir(run_user):
-        return run_user / APP
-    return Path(platformdirs.user_cache_dir(APP)) / "run"
-
-
-def _private_dir(path: Path) -> bool:
-    """Whether ``path`` is a real directory (not a symlink), ours, with no group/other access."""
-    try:
-        st = path.lstat()
-    except OSError:
-        return False
-    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o077
-
-
-def default_socket_path(environ: Mapping[str, str] | None = None) -> Path:
-    """``timbred.sock`` in :func:`default_runtime_dir`."""
-    return default_runtime_dir(environ) / SOCKET_NAME
-
-
-def check_socket_path(path: str | os.PathLike[str]) -> Path:
-    """Refuse abstract-namespace names, relative paths and paths too long for ``sun_path``."""
-    text = os.fspath(path)
-    if text.startswith(("\0", "@")):
-        raise RuntimeDirError(
-            repr(text), "abstract-namespace sockets are refused: they have no file permissions, "
-            "so any local user could connect; give a filesystem path"
-        )
-    if not text:
-        raise RuntimeDirError(repr(text), "the socket path is empty")
-    resolved = Path(text).expanduser().absolute()
-    size = len(os.fsencode(resolved))
-    if size > MAX_SOCKET_PATH:
-        raise RuntimeDirError(
-            str(resolved),
-            f"socket path is {size} bytes; Unix sockets allow at most {MAX_SOCKET_PATH} here. "
-            "Set daemon.socket (or $TIMBRE_SOCKET) to a shorter path",
-        )
-    return resolved
+# The path arithmetic lives in timbred.paths so that clients can compute the socket path
+# without importing this module; re-exported here for the daemon side, which has always
+# imported it from runtime.
+from timbred.paths import APP as APP
+from timbred.paths import MAX_SOCKET_PATH as MAX_SOCKET_PATH
+from timbred.paths import SOCKET_NAME as SOCKET_NAME
+from timbred.paths import check_socket_path as check_socket_path
+from timbred.paths import default_runtime_dir as default_runtime_dir
+from timbred.paths import default_socket_path as default_socket_path
 
 
 def ensure_private_dir(path: Path) -> None:
