@@ -13,11 +13,13 @@ from collections.abc import Callable
 from functools import cache
 from typing import Any
 
-from timbred.protocol.schema import openrpc
-
 
 @cache
 def _param_schema(method: str, param: str) -> dict[str, Any]:
+    # Imported on first use: timbred.protocol.schema imports jsonschema (about a third of
+    # timbrectl's start-up), which a command line without a ranged option never needs.
+    from timbred.protocol.schema import openrpc
+
     for m in openrpc()["methods"]:
         if m["name"] == method:
             for p in m["params"]:
