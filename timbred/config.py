@@ -20,7 +20,7 @@ from typing import Any
 
 import platformdirs
 
-from timbred.errors import ConfigError
+from timbred.errors import ConfigError, map_errors
 
 APP = "timbre"
 CONFIG_FILE_NAME = "timbred.toml"
@@ -83,7 +83,8 @@ class Key:
     def parse_env(self, text: str, source: str) -> Any:
         """Convert an environment variable's text to the key's type, then check it."""
         value: Any = text
-        try:
+        with map_errors(ValueError,
+                        lambda exc: ConfigError(source, self.dotted, self.expected(), text)):
             if self.type is bool:
                 lowered = text.strip().lower()
                 if lowered not in _BOOLS:
@@ -95,8 +96,6 @@ class Key:
                 value = float(text)
             elif self.type is list:
                 value = [part for part in text.split(os.pathsep) if part]
-        except ValueError as exc:
-            raise ConfigError(source, self.dotted, self.expected(), text) from exc
         return self.check(value, source)
 
 

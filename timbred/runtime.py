@@ -10,6 +10,7 @@ it exists.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -19,7 +20,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from timbred.errors import AlreadyRunning, RuntimeDirError
+from timbred.errors import AlreadyRunning, RuntimeDirError, map_errors
 
 # The path arithmetic lives in timbred.paths so that clients can compute the socket path
 # without importing this module; re-exported here for the daemon side, which has always
@@ -34,13 +35,12 @@ from timbred.paths import default_socket_path as default_socket_path
 
 def ensure_private_dir(path: Path) -> None:
     """Create ``path`` 0700 if needed, verify it with lstat; RuntimeDirError when unsafe."""
-    try:
+    # An existing directory (or anything else there) is not an error yet: lstat checks it below.
+    with map_errors(OSError, lambda exc: RuntimeDirError(
+            str(path), f"cannot create the directory: {exc.strerror}")), \
+            contextlib.suppress(FileExistsError):
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         path.mkdir(mode=0o700)
-    except FileExistsError:
-        pass
-    except OSError as exc:
-        raise RuntimeDirError(str(path), f"cannot create the directory: {exc.strerror}") from exc
     st = path.lstat()
     if stat.S_ISLNK(st.st_mode):
         raise RuntimeDirError(str(path), "is a symbolic link; refusing to follow it")
@@ -76,11 +76,9 @@ def acquire_lock(socket_path: Path) -> InstanceLock:
     """Lock ``<socket>.lock`` or raise :class:`AlreadyRunning` naming the holder's pid."""
     lock_path = socket_path.with_name(socket_path.name + ".lock")
     flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
-    try:
+    with map_errors(OSError, lambda exc: RuntimeDirError(
+            str(lock_path), f"cannot open the lock file: {exc.strerror}")):
         fd = os.open(lock_path, flags, 0o600)
-    except OSError as exc:
-        raise RuntimeDirError(str(lock_path),
-                              f"cannot open the lock file: {exc.strerror}") from exc
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
