@@ -42,6 +42,7 @@ from timbred.errors import (
     QueueFull,
     StoreError,
     TimbreError,
+    map_errors,
 )
 from timbred.sqlite_store import SQLiteStore
 
@@ -335,10 +336,9 @@ def _decode_id(job_id: str) -> int | None:
 
 
 def _to_json(value: object, param: str) -> str:
-    try:
+    with map_errors((TypeError, ValueError), lambda exc: InvalidParams(
+            f"{param} must be plain JSON: {exc}", param=param)):
         return json.dumps(value, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
-    except (TypeError, ValueError) as exc:
-        raise InvalidParams(f"{param} must be plain JSON: {exc}", param=param) from exc
 
 
 def _check_int(value: object, param: str, lo: int, hi: int) -> int:
@@ -377,12 +377,10 @@ def request_digest(request: Mapping[str, Any]) -> str:
 
 
 def _coerce_state(value: JobState | str, param: str) -> JobState:
-    try:
+    known = ", ".join(s.value for s in JobState)
+    with map_errors(ValueError, lambda exc: InvalidParams(
+            f"{param}: unknown job state {value!r} (one of {known})", param=param)):
         return JobState(value)
-    except ValueError as exc:
-        known = ", ".join(s.value for s in JobState)
-        raise InvalidParams(f"{param}: unknown job state {value!r} (one of {known})",
-                            param=param) from exc
 
 
 def _error_dict(error: TimbreError | Mapping[str, Any]) -> dict[str, Any]:
@@ -465,7 +463,8 @@ class JobStore(SQLiteStore):
         (job_id, state, priority, model, params, created_at, started_at, finished_at, step,
          total, error, outputs, attempts, retry_of, recipe, cancel_requested, timings,
          idempotency_key) = row
-        try:
+        with map_errors((ValueError, TypeError),
+                        lambda exc: self._error(f"job {job_id} is unreadable: {exc}")):
             return Job(
                 id=job_id,
                 state=JobState(state),
@@ -485,8 +484,6 @@ class JobStore(SQLiteStore):
                 timings=None if timings is None else json.loads(timings),
                 idempotency_key=idempotency_key,
             )
-        except (ValueError, TypeError) as exc:
-            raise _store_error(self.path, f"job {job_id} is unreadable: {exc}") from exc
 
     def _fetch(self, conn: sqlite3.Connection, job_id: str) -> Job:
         if not isinstance(job_id, str):

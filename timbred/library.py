@@ -60,7 +60,7 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 from timbred import ids, jobs
-from timbred.errors import InvalidParams, StoreError, TakeNotFound
+from timbred.errors import InvalidParams, StoreError, TakeNotFound, map_errors
 from timbred.sqlite_store import SQLiteStore
 
 __all__ = [
@@ -437,10 +437,9 @@ def _session_name(name: object) -> str:
 
 
 def _to_json(value: object, param: str) -> str:
-    try:
+    with map_errors((TypeError, ValueError), lambda exc: InvalidParams(
+            f"{param} must be plain JSON: {exc}", param=param)):
         return json.dumps(value, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
-    except (TypeError, ValueError) as exc:
-        raise InvalidParams(f"{param} must be plain JSON: {exc}", param=param) from exc
 
 
 def _fts_query(text: str) -> str:
@@ -528,7 +527,8 @@ class Library(SQLiteStore):
     def _row_to_take(self, row: Sequence[Any]) -> Take:
         (_seq, take_id, job_id, session, prompt, take_index, path, fmt, sample_rate, channels,
          duration_s, before, after, created_at, recipe, deleted_at, value, note, tags) = row
-        try:
+        with map_errors((ValueError, TypeError, KeyError),
+                        lambda exc: self._error(f"take {take_id} is unreadable: {exc}")):
             return Take(
                 id=take_id, job_id=job_id, session=session, prompt=prompt,
                 take_index=take_index, path=path, format=fmt, sample_rate=sample_rate,
@@ -538,8 +538,6 @@ class Library(SQLiteStore):
                 rating=None if value is None else _INT_TO_RATING[value],
                 note=note, tags=tuple(sorted(json.loads(tags))),
             )
-        except (ValueError, TypeError, KeyError) as exc:
-            raise _store_error(self.path, f"take {take_id} is unreadable: {exc}") from exc
 
     def _fetch(self, conn: sqlite3.Connection, take_id: object) -> Take:
         if not isinstance(take_id, str):

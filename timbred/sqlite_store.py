@@ -14,10 +14,10 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Self, TypeVar
 
-from timbred.errors import StoreError
+from timbred.errors import StoreError, map_errors
 
 _T = TypeVar("_T")
 
@@ -54,15 +54,13 @@ class SQLiteStore:
         and a ``quick_check`` so that a damaged page is reported now, not mid-run. Returns
         what ``setup`` returns; the connection is closed again if anything fails.
         """
-        try:
+        with map_errors(sqlite3.Error, lambda exc: self._error(f"cannot open: {exc}")):
             self._conn = sqlite3.connect(
                 self.path,
                 timeout=busy_timeout_s,  # sets SQLite's busy_timeout
                 isolation_level=None,  # we issue BEGIN/COMMIT ourselves
                 check_same_thread=False,  # guarded by self._lock
             )
-        except sqlite3.Error as exc:
-            raise self._error(f"cannot open: {exc}") from exc
         try:
             return self._configure(setup)
         except BaseException:
@@ -119,13 +117,10 @@ class SQLiteStore:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    @contextmanager
-    def _translate(self) -> Iterator[None]:
-        try:
-            yield
-        except (sqlite3.Error, UnicodeDecodeError) as exc:
-            # UnicodeDecodeError: a damaged page holding text that is not UTF-8.
-            raise self._error(f"{type(exc).__name__}: {exc}") from exc
+    def _translate(self) -> AbstractContextManager[None]:
+        # UnicodeDecodeError: a damaged page holding text that is not UTF-8.
+        return map_errors((sqlite3.Error, UnicodeDecodeError),
+                          lambda exc: self._error(f"{type(exc).__name__}: {exc}"))
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
