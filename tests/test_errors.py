@@ -40,6 +40,13 @@ class TestFamilies:
         unknown = error_from_wire(-32099, "from a newer daemon", {"kind": "new_thing"})
         assert family_of(unknown) is errors.Internal
 
+    @pytest.mark.parametrize("code", sorted(wire_errors()), ids=str)
+    def test_every_wire_error_comes_back_as_its_class(self, code: int) -> None:
+        cls = wire_errors()[code]
+        err = error_from_wire(code, "said the daemon", {"kind": cls.kind, "path": "/x"})
+        assert type(err) is cls and str(err) == "said the daemon"
+        assert err.data == {"kind": cls.kind, "path": "/x"}
+
     def test_the_families_keep_the_builtin_bases_callers_catch(self) -> None:
         assert issubclass(errors.TakeNotFound, LookupError)
         assert issubclass(errors.InvalidParams, ValueError)

@@ -169,6 +169,13 @@ async def cmd_job(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def cmd_backends(args: argparse.Namespace) -> int:
+    """backends: the model families, what each can do and which parameters it takes."""
+    result = await _call(args, "backends.list")
+    args.out.result(result, render.backend_rows(result["backends"]))
+    return EXIT_OK
+
+
 async def cmd_models(args: argparse.Namespace) -> int:
     """models list|ps|load|unload|rm."""
     action = args.models_command
@@ -424,6 +431,10 @@ def build_parser() -> argparse.ArgumentParser:
             jp.add_argument("--wait-timeout", type=ranged("jobs.wait", "timeout"),
                             metavar="SECONDS")
         jp.set_defaults(func=cmd_job)
+
+    sub.add_parser("backends", parents=[common],
+                   help="model families and the parameters each takes").set_defaults(
+        func=cmd_backends)
 
     mods = sub.add_parser("models", parents=[common],
                         help="install, load and inspect models").add_subparsers(

@@ -62,8 +62,23 @@ def submit_params(args: argparse.Namespace) -> dict[str, Any]:
         "loudness_target_lufs": False if args.no_normalise else args.loudness,
         "preview": True if getattr(args, "stream", False) else None,
         "idempotency_key": getattr(args, "idempotency_key", None),
+        "options": dict(args.param) if getattr(args, "param", None) else None,
     }
     return {k: v for k, v in params.items() if v is not None}
+
+
+def backend_param(text: str) -> tuple[str, Any]:
+    """``--param KEY=VALUE``: VALUE is read as JSON (``100``, ``true``, ``"x"``), else kept as
+    text, so ``--param negative_prompt=drums`` needs no quoting; the daemon checks it
+    against the model's backend (``timbrectl backends`` lists what each takes)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        value: Any = json.loads(raw)
+    except ValueError:
+        value = raw
+    return key.strip(), value
 
 
 #: A WAV data or RIFF size of "unknown": the stream ends when the pipe does.
@@ -311,6 +326,9 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     g.add_argument("--top-p", type=ranged(_SUBMIT, "top_p"), metavar="X")
     g.add_argument("--guidance", type=ranged(_SUBMIT, "guidance"), metavar="X",
                    help="classifier-free guidance scale")
+    g.add_argument("--param", action="append", type=backend_param, metavar="KEY=VALUE",
+                   help="a parameter of the model's backend (repeatable; see "
+                        "`timbrectl backends`)")
     g.add_argument("--priority", type=ranged(_SUBMIT, "priority"), metavar="N",
                    help="higher runs first (default 0)")
     g.add_argument("--keep-alive", type=ranged(_SUBMIT, "keep_alive"), metavar="SECONDS",

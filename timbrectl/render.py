@@ -123,6 +123,26 @@ def model_rows(installed: list[dict[str, Any]],
     return "\n".join(lines)
 
 
+def backend_rows(backends: list[dict[str, Any]]) -> str:
+    """``timbrectl backends``: each family, what it can do, and its parameters."""
+    blocks = []
+    for b in backends:
+        caps = b["capabilities"]
+        rates = "/".join(f"{r / 1000:g} kHz" for r in caps["sample_rates"])
+        channels = "/".join({1: "mono", 2: "stereo"}.get(c, f"{c} ch") for c in caps["channels"])
+        lines = [f"{b['name']}: {b['summary']}",
+                 f"  {rates}, {channels}, up to {caps['max_native_duration_s']:g} s a pass; "
+                 f"{', '.join(caps['features']) or 'no extras'}; needs "
+                 f"{', '.join(n.replace('_', ' ') for n in b['needs']) or 'nothing'}"]
+        for name, prop in b["params"]["properties"].items():
+            bounds = [f"{k} {prop[k]:g}" for k in ("minimum", "maximum") if k in prop]
+            default = f" (default {prop['default']!r})" if "default" in prop else ""
+            detail = f"; {', '.join(bounds)}" if bounds else ""
+            lines.append(f"  --param {name}=…  {prop.get('description', '')}{default}{detail}")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) or "no backends"
+
+
 def preset_detail(preset: dict[str, Any]) -> str:
     """``timbrectl presets show``."""
     def table(values: dict[str, Any]) -> str:

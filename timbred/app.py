@@ -117,8 +117,8 @@ class Daemon:
             "config_path": None if self.settings.config_path is None
             else str(self.settings.config_path),
             "log_file": None if self.log_file is None else str(self.log_file),
-            "device": {"requested": self.settings["daemon.device"], "active": gen.device},
-            "models": gen.ps(),
+            "device": {"requested": self.settings["daemon.device"], "active": gen.residency.device},
+            "models": gen.residency.ps(),
             "queue": queue,
             "connections": len(self.connections),
             "events": {"epoch": self.bus.epoch, "seq": self.bus.seq},

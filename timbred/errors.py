@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import errno
 from collections.abc import Callable, Iterator
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, cast
 
 # The standard JSON-RPC 2.0 codes.
 PARSE_ERROR = -32700
@@ -569,6 +569,11 @@ def error_from_wire(code: int, message: str, data: Any) -> TimbreError:
     payload: dict[str, Any] = data if isinstance(data, dict) else {}
     if cls is None:
         return RemoteError(code, message, payload)
-    err = cls.__new__(cls)
+    # Built without its own __init__ (the payload already holds its fields), by the builtin
+    # base with the widest layout: an error that is both a ValueError and an OSError must be
+    # made by OSError.__new__ (ValueError's refuses it as unsafe).
+    solid = max((b for b in cls.__mro__ if b.__module__ == "builtins"),
+                key=lambda b: b.__basicsize__)
+    err: TimbreError = cast(Any, solid).__new__(cls)
     TimbreError.__init__(err, message, **{k: v for k, v in payload.items() if k != "kind"})
     return err

@@ -1,14 +1,12 @@
-"""The generation service: the durable queue, the warm worker, and the models it holds.
+"""The generation service: the durable queue and the scheduler that feeds the executor.
 
 One scheduler task takes queued jobs in priority order and runs each through
 queued → loading → generating → encoding → done | failed | cancelled | interrupted, publishing a
 ``job.state`` event at every transition and throttled ``job.progress`` events while decoding.
-Inference runs in the worker process; the event loop only waits on it. A worker crash fails only
-the job it was running (with the reason) and the next job starts a fresh worker.
-
-Models stay loaded for their keep-alive after each use (per request, else the configured
-default; 0 unloads at once, -1 never) and idle models are evicted, least recently used first,
-when loading another would pass the memory budget.
+Inference runs in an executor (:mod:`timbred.executors`; today the local worker process); the
+event loop only waits on it. A worker crash fails only the job it was running (with the reason)
+and the next job starts a fresh worker. Which models the executor holds, and for how long, is
+:mod:`timbred.residency`'s business; which family loads a model, :mod:`timbred.backends`'.
 """
 
 from __future__ import annotations
@@ -17,12 +15,9 @@ import contextlib
 import dataclasses
 import json
 import logging
-import os
-import platform
 import secrets
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +27,7 @@ import anyio.to_thread
 import platformdirs
 
 from timbred import __version__, models, presets, preview, takes
+from timbred.backends import BackendSpec, registry
 from timbred.config import Settings
 from timbred.errors import (
     Cancelled,
@@ -44,16 +40,25 @@ from timbred.errors import (
     TimbreError,
     WorkerCrashed,
 )
-from timbred.events import EventBus
+from timbred.events import Event, EventBus
+from timbred.executors import Executor
 from timbred.history import History, audio_sha256, request_export
-from timbred.jobs import Job, JobState, JobStore, RecoveryReport, request_digest
+from timbred.jobs import (
+    TERMINAL_STATES,
+    Job,
+    JobState,
+    JobStore,
+    RecoveryReport,
+    request_digest,
+)
 from timbred.library import Library, Take
+from timbred.protocol import schema
+from timbred.residency import Loaded, Residency, spec_of
 from timbred.runtime import check_socket_path, default_socket_path
 from timbred.testing import failpoints
 from timbred.worker.audio_io import probe_audio
 from timbred.worker.backend import GenerationOutput, GenerationParams
-from timbred.worker.device import choose_device, choose_dtype, memory_budget_bytes
-from timbred.worker.process import LoadedModel, WorkerHandle
+from timbred.worker.process import WorkerHandle
 
 log = logging.getLogger(__name__)
 
@@ -67,57 +72,6 @@ def default_database() -> Path:
 
 def default_output_dir() -> Path:
     return Path(platformdirs.user_music_dir()) / "Timbre"
-
-
-def cpu_name() -> str:
-    """The CPU's model name (``/proc/cpuinfo`` on Linux), for ``daemon.status``."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "cpu"
-
-
-def physical_memory() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 16 * 1024 * MiB
-
-
-@dataclass
-class Loaded:
-    """A model held by the worker, with the daemon's bookkeeping."""
-
-    model_id: str
-    name: str
-    info: LoadedModel
-    revision: str | None
-    loaded_at: float
-    last_used: float
-    keep_alive_s: float
-    in_use: int = 0
-    #: How it was loaded (device, dtype, backend options): a replay whose recipe says
-    #: otherwise loads it again its own way (see :func:`_decoding`).
-    load_key: tuple[Any, ...] = ()
-
-    @property
-    def expires_at(self) -> float | None:
-        if self.in_use or self.keep_alive_s < 0:
-            return None
-        return self.last_used + self.keep_alive_s
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"model": self.name, "model_id": self.model_id, "source": self.info.source,
-                "revision": self.revision, "backend": self.info.backend,
-                "device": self.info.device, "dtype": self.info.dtype,
-                "memory_bytes": self.info.memory_bytes, "loaded_at": self.loaded_at,
-                "last_used": self.last_used, "in_use": self.in_use > 0,
-                "expires_at": self.expires_at,
-                "capabilities": self.info.capabilities.to_dict()}
 
 
 def to_plain(obj: Any) -> Any:
@@ -147,19 +101,15 @@ class Generation:
         self.store = JobStore(db, max_queued=settings["jobs.max_queued"])
         self.output_root = Path(settings["output.dir"] or default_output_dir()).expanduser()
         self.history = History(settings, Library(db), self.output_root)
+        #: The local inference worker; the scheduler reaches it only as ``executor``.
         self.worker = WorkerHandle(threads=settings["daemon.threads"])
+        self.executor: Executor = self.worker
+        self.residency = Residency(settings, bus, self.executor)
         runtime_dir = check_socket_path(settings["daemon.socket"] or default_socket_path()).parent
         self.preview_root = preview.preview_root(runtime_dir)
-        # Of the host's memory until the worker says which device holds the models.
-        self.memory_budget = memory_budget_bytes(settings["models.memory_budget_mb"],
-                                                 host_bytes=physical_memory())
-        self.loaded: dict[str, Loaded] = {}
         self.running: list[Job] = []  # the job(s) decoding now, in batch order
-        self.device: dict[str, Any] | None = None
         self.stopping = False
         self._wake = anyio.Event()
-        self._waiters: dict[str, anyio.Event] = {}
-        self._models_lock = anyio.Lock()  # one load/unload/evict sequence at a time
         self._idle = anyio.Event()  # set whenever a job finishes running
         self._tg: anyio.abc.TaskGroup | None = None
         # Running jobs a cancel was asked for -> their request index in the batch.
@@ -179,7 +129,7 @@ class Generation:
         async with anyio.create_task_group() as tg:
             self._tg = tg
             tg.start_soon(self._schedule)
-            tg.start_soon(self._expire_models)
+            tg.start_soon(self.residency.expire)
             task_status.started()
 
     async def recover(self) -> RecoveryReport:
@@ -212,11 +162,11 @@ class Generation:
         self._wake.set()
         if self.running:
             idle = self._idle = anyio.Event()
-            await self.worker.cancel()
+            await self.executor.cancel()
             with anyio.move_on_after(10):
                 await idle.wait()
         with anyio.CancelScope(shield=True):
-            await self.worker.stop()
+            await self.executor.stop()
             await anyio.to_thread.run_sync(self.store.close)
             await anyio.to_thread.run_sync(self.history.library.close)
 
@@ -230,10 +180,6 @@ class Generation:
 
     def _announce(self, job: Job) -> None:
         self.bus.publish("job.state", {"job": job.to_dict()})
-        if job.terminal:
-            waiter = self._waiters.pop(job.id, None)
-            if waiter is not None:
-                waiter.set()
 
     def queue(self) -> dict[str, int]:
         return {"queued": self.store.queue_depth(), "running": len(self.running)}
@@ -294,14 +240,12 @@ class Generation:
             missing = f" (missing {', '.join(ref.missing)})" if ref.missing else ""
             raise ModelNotFound(model, f"not downloaded yet{missing}; run "
                                 f"`timbrectl models pull {model}` first")
+        spec = spec_of(ref)
         out: dict[str, Any] = {
             "prompt": request["prompt"],
             "duration": float(request.get("duration", 10.0)),
             "seed": request["seed"] if "seed" in request else secrets.randbelow(2**31),
-            "temperature": float(request.get("temperature", 1.0)),
-            "top_k": int(request.get("top_k", 250)),
-            "top_p": float(request.get("top_p", 0.0)),
-            "guidance": float(request.get("guidance", 3.0)),
+            **_backend_params(spec, request),
             "variations": int(request.get("variations", 1)),
             "melody": request.get("melody"),
             "continuation": request.get("continuation"),
@@ -311,6 +255,7 @@ class Generation:
             "preview": bool(request.get("preview", False)),
             "session": request.get("session"),
             "export": options.to_dict(),
+            "backend": spec.name,
         }
         # The schema says the same for requests on the wire; prompts also arrive from presets,
         # prompt files and replays, and nothing impossible may be queued to fail later.
@@ -323,12 +268,17 @@ class Generation:
                                 allowed={"minimum": MIN_DURATION_S, "maximum": 600})
         if "replay" in params:
             out["replay"] = dict(params["replay"])
+        features = spec.model_features(ref.local_path) if ref.local_path else frozenset()
         if out["melody"] is not None:
-            if _model_type(ref) != "musicgen_melody":
+            if "melody" not in features:
                 raise InvalidParams(f"melody: {model} cannot follow a melody; use a melody "
                                     "model such as musicgen-melody", param="melody")
             probe_audio(_absolute(out["melody"], "melody"), param="melody")
         if out["continuation"] is not None:
+            if "continuation" not in features:
+                raise InvalidParams(f"continuation: {model} ({spec.name}) cannot continue "
+                                    "audio; choose a model that can (timbrectl backends)",
+                                    param="continuation")
             info = probe_audio(_absolute(out["continuation"], "continuation"),
                                param="continuation")
             length = info.frames / info.sample_rate
@@ -339,7 +289,7 @@ class Generation:
                     allowed={"exclusiveMinimum": round(length, 3)})
         if out["output"] is not None:
             takes.check_output(out["output"], out["variations"], extensions=[options.extension])
-        GenerationParams.from_dict(_generation_params(out))  # the worker's own checks, now
+        GenerationParams.from_dict(_generation_params(out, spec))  # the worker's checks, now
         return model, out
 
     async def get(self, job_id: str) -> Job:
@@ -354,12 +304,12 @@ class Generation:
             # generate request would be lost, so the progress callback repeats it.
             index = self._cancel_jobs[job_id] = self._cancel_repeats[job_id] = running[job_id]
             if len(running) == 1:
-                await self.worker.cancel()  # generate() raises Cancelled within a few steps
+                await self.executor.cancel()  # generate() raises Cancelled within a few steps
                 self.bus.publish("job.state", {"job": job.to_dict()})
             else:
                 # Its rows keep being decoded for the others' sake (their numbers must not
                 # depend on when it left), but the job is over for its owner now.
-                await self.worker.cancel(item=index)
+                await self.executor.cancel(item=index)
                 # None: the batch ended meanwhile (this was its last request) and finished it.
                 job = await self._finish(job, JobState.CANCELLED, None) or await self.get(job_id)
         return job
@@ -371,13 +321,31 @@ class Generation:
         return job
 
     async def wait(self, job_id: str, timeout: float | None) -> Job:
-        """The job once it is finished, or as it is when ``timeout`` runs out."""
-        job = await self.get(job_id)
-        if job.terminal:
-            return job
-        waiter = self._waiters.setdefault(job_id, anyio.Event())
-        with anyio.move_on_after(timeout):
-            await waiter.wait()
+        """The job once it is finished, or as it is when ``timeout`` runs out.
+
+        Follows ``job.state`` events, as any client can: whoever finishes a job (this
+        scheduler, or an executor elsewhere that reports through the bus) needs to know
+        nothing about who waits for it."""
+        finished = anyio.Event()
+        terminal = {state.value for state in TERMINAL_STATES}
+
+        def on_state(_: object, event: Event) -> bool:
+            job = event.data["job"]
+            if job["id"] == job_id and job["state"] in terminal:
+                finished.set()
+                return False  # done: drop this subscription
+            return True
+
+        # Subscribed before the first read, so a finish between the two is not missed.
+        sub, _ = self.bus.subscribe(["job.state"], on_state)
+        try:
+            job = await self.get(job_id)
+            if job.terminal:
+                return job
+            with anyio.move_on_after(timeout):
+                await finished.wait()
+        finally:
+            self.bus.unsubscribe(sub.id)
         return await self.get(job_id)
 
     # --- scheduling ---------------------------------------------------------------------
@@ -433,7 +401,8 @@ class Generation:
             began = time.monotonic()  # with started_at (the loading transition)
             # Replays go alone; theirs are the recipe's settings, never the daemon's current.
             replay = jobs[0].params.get("replay") or {}
-            entry = await self._acquire(jobs[0].model, keep_alive, replay.get("decoding"))
+            entry = await self.residency.acquire(jobs[0].model, keep_alive,
+                                                 replay.get("decoding"))
             load_s = time.monotonic() - began
             for job in list(jobs):
                 if (await self.get(job.id)).cancel_requested:
@@ -456,7 +425,7 @@ class Generation:
                     writer.put(start, audio)
 
             try:
-                outputs = await self.worker.generate_batch(
+                outputs = await self.executor.generate_batch(
                     entry.model_id, requests, self._progress_callback(jobs, time.monotonic()),
                     on_preview=on_preview if writers else None,
                     preview_chunk_s=self.settings["preview.chunk_s"])
@@ -481,7 +450,7 @@ class Generation:
                 return
             names = ", ".join(job.id for job in jobs)
             log.error("job %s: %s", names, exc)
-            self.loaded.clear()  # whatever the worker held died with it
+            self.residency.forget()  # whatever the worker held died with it
             for job in jobs:
                 self.bus.publish("worker.crashed", {
                     "job_id": job.id, "reason": exc.data["reason"],
@@ -504,11 +473,7 @@ class Generation:
                 for job_id in writers:
                     self._tg.start_soon(self._expire_previews, job_id)
             if entry is not None:
-                entry.in_use -= 1
-                entry.last_used = time.time()
-                if entry.keep_alive_s == 0 and not entry.in_use:
-                    with anyio.CancelScope(shield=True):
-                        await self._unload(entry.model_id, "keep_alive 0")
+                await self.residency.release(entry)
 
     async def _encode(self, job: Job, entry: Loaded, output: GenerationOutput,
                       requests: list[GenerationParams], index: int, *, began: float,
@@ -564,7 +529,7 @@ class Generation:
                 # Progress means the worker holds the generate request, so a cancel sent now
                 # reaches it; once each is enough (not at every step of a long batch).
                 for index in self._cancel_repeats.values():
-                    self._tg.start_soon(self.worker.cancel,
+                    self._tg.start_soon(self.executor.cancel,
                                         None if len(jobs) == 1 else index)
                 self._cancel_repeats = {}
             now = time.monotonic()
@@ -629,11 +594,11 @@ class Generation:
         take = await anyio.to_thread.run_sync(self.history.show, take_id)
         recipe = take.recipe
         p = recipe.get("params", {})
-        decoding = _decoding(recipe)
+        spec = _recipe_spec(recipe)
+        decoding = _decoding(recipe, spec)
         request = {
             "prompt": p.get("prompt", take.prompt), "duration": p["duration_s"],
-            "seed": p["seed"], "temperature": p["temperature"], "top_k": p["top_k"],
-            "top_p": p["top_p"], "guidance": p["guidance_scale"],
+            "seed": p["seed"], **_recorded_backend_params(spec, p),
             "variations": p["variations"], "melody": p.get("melody_path"),
             "continuation": p.get("continuation_path"), "model": recipe.get("model"),
             "session": take.session, **recipe.get("export", {}),
@@ -645,178 +610,34 @@ class Generation:
             request["loudness_target_lufs"] = False
         return await self.submit(request)
 
-    def _load_settings(self, decoding: Mapping[str, Any] | None) -> dict[str, Any]:
-        """Device, dtype and backend options to load with: ``decoding`` (a replay's, from
-        its recipe), else the configuration. ``precision`` None: the dtype decides."""
-        precision = self.settings["models.precision"]
-        current: dict[str, Any] = {
-            "window_s": self.settings["models.window_s"],
-            "stride_s": self.settings["models.stride_s"],
-            "precision": None if precision == "default" else precision,
-            "device": self.device["device"] if self.device else None,
-            "dtype": self.device["dtype"] if self.device else None,
-        }
-        return {**current, **(decoding or {})}
-
     def _recipe(self, job: Job, entry: Loaded, output: GenerationOutput) -> dict[str, Any]:
-        settings = dict(zip(("device", "dtype", "window_s", "stride_s", "precision"),
-                            entry.load_key, strict=False))
-        return {
+        spec = registry.get(entry.info.backend)
+        recipe: dict[str, Any] = {
             "model": job.model, "model_id": entry.model_id, "revision": entry.revision,
             "source": entry.info.source, "backend": entry.info.backend,
             "device": entry.info.device, "dtype": entry.info.dtype,
-            "params": _generation_params(job.params), "sample_rate": output.sample_rate,
-            # What the model was loaded with (a replay's may differ from the config's).
-            "window_s": settings.get("window_s", self.settings["models.window_s"]),
-            "stride_s": settings.get("stride_s", self.settings["models.stride_s"]),
-            "precision": output.info.get("precision", settings.get("precision")),
+            "params": _generation_params(job.params, spec), "sample_rate": output.sample_rate,
             "timbre_version": __version__,
             "info": json.loads(json.dumps(output.info, default=str)),
         }
-
-    # --- models -------------------------------------------------------------------------
-
-    def _keep_alive(self, requested: float | None) -> float:
-        return float(self.settings["models.keep_alive_s"] if requested is None else requested)
-
-    async def _ensure_worker(self) -> None:
-        """A worker that answers (started fresh if the one we had died since its last job),
-        and the device it decodes on."""
-        healthy = False
-        if self.worker.alive:
-            # alive only says the process is not reaped yet: one killed while idle is still
-            # "alive" while the kernel tears it down, and the next job would fail on it. A
-            # ps round trip (answered at once) is the sure sign: the dead one never answers
-            # and its pipe reports EOF, so no job is ever charged for an idle worker's death.
-            try:
-                await self.worker.ps()
-                healthy = True
-            except WorkerCrashed as exc:
-                log.warning("the inference worker died while idle (%s); starting a fresh one",
-                            exc.data["reason"])
-        if healthy and self.device is not None:
-            return
-        if not healthy:
-            self.loaded.clear()
-            self.device = None
-            await self.worker.start()
-        info = self.worker.info
-        gpus = info.cuda if info else ()
-        device = choose_device(self.settings["daemon.device"], gpus)
-        dtype = choose_dtype(self.settings["models.dtype"], device, gpus)
-        index = int(device.split(":", 1)[1]) if ":" in device else 0
-        gpu = gpus[index] if device.startswith("cuda") and index < len(gpus) else None
-        # The models live on the GPU when there is one: budget its memory, not the host's.
-        self.memory_budget = memory_budget_bytes(
-            self.settings["models.memory_budget_mb"], host_bytes=physical_memory(),
-            device_bytes=gpu.total_bytes if gpu is not None else None)
-        name = gpu.name if gpu is not None else cpu_name()
-        self.device = {"type": "cuda" if device.startswith("cuda") else "cpu", "name": name,
-                       "dtype": dtype, "threads": info.threads if info else 0,
-                       "device": device}
-
-    async def _acquire(self, model: str, keep_alive: float | None,
-                       decoding: Mapping[str, Any] | None = None) -> Loaded:
-        """The loaded model for ``model`` (loading it if needed), marked in use.
-
-        ``decoding`` (a replay's settings from its recipe) loads it that way; a model loaded
-        otherwise is loaded again.
-        """
-        async with self._models_lock:
-            ref = await anyio.to_thread.run_sync(models.resolve, model)
-            await self._ensure_worker()  # forgets what a worker that died since held
-            entry = self.loaded.get(ref.id)
-            if entry is not None and self.worker.alive \
-                    and entry.load_key != _load_key(self._load_settings(decoding)):
-                entry = None
-            if entry is None or not self.worker.alive:
-                entry = await self._load(ref, model, keep_alive, decoding)
-            entry.keep_alive_s = self._keep_alive(keep_alive)
-            entry.in_use += 1
-            return entry
-
-    async def _load(self, ref: models.ModelRef, name: str, keep_alive: float | None,
-                    decoding: Mapping[str, Any] | None = None) -> Loaded:
-        if not ref.ready:
-            raise ModelNotFound(name, f"not downloaded yet; run `timbrectl models pull {name}`")
-        await self._ensure_worker()
-        assert self.device is not None  # set by _ensure_worker
-        need = await anyio.to_thread.run_sync(
-            lambda: models.estimate_memory(ref, dtype=self.device["dtype"]))  # type: ignore[index]
-        await self._evict_for(need)
-        source = str(ref.local_path or ref.path)
-        wanted = self._load_settings(decoding)
-        options: dict[str, Any] = {"window_s": wanted["window_s"],
-                                   "stride_s": wanted["stride_s"]}
-        if wanted["precision"] is not None:
-            options["precision"] = wanted["precision"]
-        info = await self.worker.load(ref.id, source, wanted["device"], wanted["dtype"],
-                                      options=options)
-        now = time.time()
-        entry = Loaded(ref.id, name, info, ref.revision, now, now, self._keep_alive(keep_alive),
-                       load_key=_load_key(wanted))
-        self.loaded[ref.id] = entry
-        self.bus.publish("model.loaded", {"model": name, "device": info.device,
-                                          "dtype": info.dtype,
-                                          "memory_bytes": info.memory_bytes})
-        log.info("loaded %s on %s (%s, %.0f MiB)", name, info.device, info.dtype,
-                 info.memory_bytes / MiB)
-        for warning in info.warnings:
-            log.warning("%s", warning)
-        return entry
-
-    async def _evict_for(self, need: int) -> None:
-        used = sum(e.info.memory_bytes for e in self.loaded.values())
-        for entry in sorted(self.loaded.values(), key=lambda e: e.last_used):
-            if used + need <= self.memory_budget:
-                break
-            if entry.in_use:
-                continue
-            await self._unload(entry.model_id, "memory budget")
-            used -= entry.info.memory_bytes
-        if used + need > self.memory_budget:
-            log.warning("loading needs %.0f MiB; with %.0f MiB held the budget of %.0f MiB is "
-                        "exceeded", need / MiB, used / MiB, self.memory_budget / MiB)
-
-    async def _unload(self, model_id: str, reason: str) -> bool:
-        entry = self.loaded.pop(model_id, None)
-        if entry is None:
-            return False
-        if self.worker.alive:
-            with contextlib.suppress(WorkerCrashed):  # a dead worker holds nothing anyway
-                await self.worker.unload(model_id)
-        self.bus.publish("model.unloaded", {"model": entry.name, "reason": reason})
-        log.info("unloaded %s (%s)", entry.name, reason)
-        return True
-
-    async def _expire_models(self) -> None:
-        while True:
-            await anyio.sleep(0.25)
-            now = time.time()
-            for entry in list(self.loaded.values()):
-                expires = entry.expires_at
-                if expires is not None and expires <= now:
-                    async with self._models_lock:
-                        if entry.expires_at is not None and entry.expires_at <= time.time():
-                            await self._unload(entry.model_id, "keep_alive expired")
-
-    async def load_model(self, model: str, keep_alive: float | None) -> Loaded:
-        entry = await self._acquire(model, keep_alive)
-        entry.in_use -= 1
-        entry.last_used = time.time()
-        return entry
+        # What the model was loaded with (a replay's may differ from the config's); the
+        # backend's own account wins (the precision "auto" became).
+        settings = dict(zip(("device", "dtype", *spec.load_options), entry.load_key,
+                            strict=True))
+        for option in spec.load_options:
+            recipe[option] = output.info.get(option, settings[option])
+        return recipe
 
     async def unload_model(self, model: str) -> bool:
-        ref = await anyio.to_thread.run_sync(models.resolve, model)
-        async with self._models_lock:
-            entry = self.loaded.get(ref.id)
-            if entry is not None and entry.in_use and self.running:
-                raise InvalidJobState(self.running[0].id, self.running[0].state.value,
-                                      f"{model} is in use; unload it once the job finishes")
-            return await self._unload(ref.id, "requested")
+        """Unload ``model`` unless a running job uses it (then say which)."""
+        def busy() -> InvalidJobState | None:
+            if not self.running:
+                return None
+            job = self.running[0]
+            return InvalidJobState(job.id, job.state.value,
+                                   f"{model} is in use; unload it once the job finishes")
 
-    def ps(self) -> list[dict[str, Any]]:
-        return [e.to_dict() for e in self.loaded.values()]
+        return await self.residency.unload_model(model, busy=busy)
 
 
 def _absolute(path: str, param: str) -> str:
@@ -826,32 +647,51 @@ def _absolute(path: str, param: str) -> str:
     return path
 
 
-def _model_type(ref: models.ModelRef) -> str | None:
-    base = ref.local_path or ref.path
-    if base is None:
-        return None
-    try:
-        with (base / "config.json").open(encoding="utf-8") as f:
-            value = json.load(f).get("model_type")
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, str) else None
+def _recipe_spec(recipe: Mapping[str, Any]) -> BackendSpec:
+    # Recipes written before the registry all came from MusicGen.
+    return registry.get(str(recipe.get("backend") or "musicgen"))
+
+
+def _backend_params(spec: BackendSpec, request: Mapping[str, Any]) -> dict[str, Any]:
+    """The family's own parameters of ``request``, checked against its schema, defaults
+    filled in: given flat (``guidance``) or in ``options`` (the same names)."""
+    flat = {k: request[k] for k in spec.params if k in request}
+    nested = dict(request.get("options") or {})
+    for key in flat.keys() & nested.keys():
+        if flat[key] != nested[key]:
+            raise InvalidParams(f"{key}: given twice, as {flat[key]!r} and as "
+                                f"options.{key} {nested[key]!r}; give it once", param=key)
+    unknown = sorted(k for k in _SAMPLING if k in request and k not in spec.params)
+    if unknown:
+        raise InvalidParams(
+            f"{unknown[0]}: the {spec.name} backend does not take it; it takes "
+            f"{', '.join(spec.params) or 'no parameters of its own'}", param=unknown[0])
+    given = {**flat, **nested}
+    schema.check(f"{spec.name} parameters", spec.params_schema(), given)
+    return {**spec.defaults(), **given}
+
+
+#: Backend parameters that the wire carries flat (MusicGen's, since the first protocol);
+#: a family that does not declare one refuses it, naming what it takes.
+_SAMPLING = ("temperature", "top_k", "top_p", "guidance")
 
 
 def _batch_key(job: Job) -> tuple[Any, ...] | None:
     """Jobs with equal keys can be decoded together; None: this one is decoded alone.
 
-    A batch shares one decoding plan (duration), the guidance rows, whether a melody
-    conditions them (each job its own), the audio it continues, if any (its frames are every
-    row's prompt and set the plan; the same path, which submit requires to be absolute), and
-    the loaded model (``model`` already groups them). Replays (which repeat their original
-    batch exactly) go alone.
+    A batch shares one decoding plan (duration), whether a melody conditions them (each job
+    its own), the audio it continues, if any (its frames are every row's prompt and set the
+    plan; the same path, which submit requires to be absolute), what the family's
+    ``batch_key`` says (MusicGen: the guidance rows), and the loaded model (``model`` already
+    groups them). Replays (which repeat their original batch exactly) go alone, and so do
+    jobs of a family that does not batch.
     """
     p = job.params
-    if p.get("replay"):
+    spec = _job_spec(job)
+    if p.get("replay") or spec.batch_key is None:
         return None
-    return (float(p["duration"]), float(p["guidance"]) > 1, bool(p.get("melody")),
-            p.get("continuation"))
+    return (float(p["duration"]), bool(p.get("melody")), p.get("continuation"),
+            *spec.batch_key(p))
 
 
 def _requests(jobs: list[Job]) -> tuple[list[GenerationParams], list[int]]:
@@ -864,11 +704,11 @@ def _requests(jobs: list[Job]) -> tuple[list[GenerationParams], list[int]]:
     if replay is not None and replay.get("batch"):
         requests = [GenerationParams.from_dict(r) for r in replay["batch"]["requests"]]
         return requests, [int(replay["batch"]["index"])]
-    return [GenerationParams.from_dict(_generation_params(job.params)) for job in jobs], \
-        list(range(len(jobs)))
+    return [GenerationParams.from_dict(_generation_params(job.params, _job_spec(job)))
+            for job in jobs], list(range(len(jobs)))
 
 
-def _decoding(recipe: Mapping[str, Any]) -> dict[str, Any]:
+def _decoding(recipe: Mapping[str, Any], spec: BackendSpec) -> dict[str, Any]:
     """What decides a take's audio besides its parameters, as its recipe recorded it.
 
     The windowing (``window_s``, ``stride_s``), the decoder ``precision``, ``device`` and
@@ -877,22 +717,43 @@ def _decoding(recipe: Mapping[str, Any]) -> dict[str, Any]:
     configuration decides it (:meth:`Generation._load_settings`).
     """
     info = recipe.get("info") or {}
-    return {key: source[key] for key in _DECODING for source in (info, recipe) if key in source}
+    keys = ("device", "dtype", *spec.load_options)
+    return {key: source[key] for key in keys for source in (info, recipe) if key in source}
 
 
-#: The recipe's keys that decide the audio besides the generation parameters.
-_DECODING = ("window_s", "stride_s", "precision", "device", "dtype")
+def _job_spec(job: Job) -> BackendSpec:
+    # Jobs queued before the registry recorded their backend were all MusicGen's.
+    return registry.get(str(job.params.get("backend") or "musicgen"))
 
 
-def _load_key(settings: Mapping[str, Any]) -> tuple[Any, ...]:
-    """The load settings that decide the audio, in :meth:`Scheduler._recipe`'s order."""
-    return (settings["device"], settings["dtype"], float(settings["window_s"]),
-            float(settings["stride_s"]), settings["precision"])
-
-
-def _generation_params(p: Mapping[str, Any]) -> dict[str, Any]:
+def _generation_params(p: Mapping[str, Any], spec: BackendSpec) -> dict[str, Any]:
     """Job params (the RPC's names) → the worker's GenerationParams fields."""
-    return {"prompt": p["prompt"], "duration_s": p["duration"], "seed": p["seed"],
-            "temperature": p["temperature"], "top_k": p["top_k"], "top_p": p["top_p"],
-            "guidance_scale": p["guidance"], "variations": p["variations"],
-            "melody_path": p.get("melody"), "continuation_path": p.get("continuation")}
+    out: dict[str, Any] = {
+        "prompt": p["prompt"], "duration_s": p["duration"], "seed": p["seed"],
+        "variations": p["variations"], "melody_path": p.get("melody"),
+        "continuation_path": p.get("continuation")}
+    options = {}
+    for name in spec.params:
+        field = spec.worker_fields.get(name)
+        if field is not None:
+            out[field] = p[name]
+        else:
+            options[name] = p[name]
+    if options:
+        out["options"] = options
+    return out
+
+
+def _recorded_backend_params(spec: BackendSpec, recorded: Mapping[str, Any]
+                             ) -> dict[str, Any]:
+    """Inverse of :func:`_generation_params` for the family's own parameters: a recipe's
+    ``params`` (GenerationParams names) → the request's names."""
+    options = recorded.get("options") or {}
+    out = {}
+    for name in spec.params:
+        field = spec.worker_fields.get(name)
+        if field is not None and field in recorded:
+            out[name] = recorded[field]
+        elif name in options:
+            out[name] = options[name]
+    return out

@@ -45,6 +45,9 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
+from timbred.backends import registry
+from timbred.backends.files import index_shards, transformers_checkpoint_missing
+from timbred.backends.spec import BackendSpec
 from timbred.errors import (
     InvalidParams,
     ModelLoadFailed,
@@ -96,6 +99,8 @@ class CatalogueEntry:
     """Whether the model accepts a melody (chroma) condition."""
     stereo: bool
     """Whether the model generates two channels."""
+    backend: str = "musicgen"
+    """The family that loads it (:mod:`timbred.backends`)."""
 
     @property
     def approx_params(self) -> int:
@@ -163,6 +168,9 @@ class ModelRef:
     local_path: Path | None
     missing: tuple[str, ...] = ()
     entry: CatalogueEntry | None = None
+    backend: str | None = None
+    """The family that loads it (see :mod:`timbred.backends`); ``None`` for a hub model
+    not downloaded yet that the catalogue does not know."""
 
     @property
     def ready(self) -> bool:
@@ -259,7 +267,6 @@ def _endpoint() -> str | None:
 
 _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 _REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_MUSICGEN_TYPES = frozenset({"musicgen", "musicgen_melody"})
 
 
 def _repo_folder(cache: Path, repo: str) -> Path:
@@ -350,6 +357,7 @@ def resolve(
 
     cache = hub_cache_dir(cache_dir)
     commit, snapshot = _cached_snapshot(_repo_folder(cache, repo), revision)
+    spec = registry.for_directory(snapshot) if snapshot is not None else None
     return ModelRef(
         id=entry.name if entry is not None and name.lower() == entry.name else name,
         kind="hub",
@@ -357,9 +365,18 @@ def resolve(
         path=None,
         revision=commit,
         local_path=snapshot,
-        missing=_missing_files(snapshot) if snapshot is not None else (),
+        missing=_missing_files(snapshot, spec) if snapshot is not None else (),
         entry=entry,
+        backend=spec.name if spec is not None else entry.backend if entry is not None else None,
     )
+
+
+def _missing_files(snapshot: Path, spec: BackendSpec | None = None) -> tuple[str, ...]:
+    """What a load of ``snapshot`` lacks, as its family says (a transformers checkpoint's
+    files while no family recognises it yet, as for a pull cut short before config.json)."""
+    if spec is None:
+        spec = registry.for_directory(snapshot)
+    return (spec.missing if spec is not None else transformers_checkpoint_missing)(snapshot)
 
 
 def _unknown_hint(name: str) -> str:
@@ -373,17 +390,20 @@ def _unknown_hint(name: str) -> str:
 
 
 def _resolve_local(name: str, directory: Path) -> ModelRef:
-    config = directory / "config.json"
-    if not config.is_file():
-        raise ModelNotFound(
-            name,
-            f"{directory} has no config.json, so it is not a MusicGen model directory "
-            "(expected the files of a Hugging Face MusicGen checkpoint: config.json, "
-            "model.safetensors, tokenizer files)",
-        )
-    model_type = _read_json(name, config).get("model_type")
-    if model_type is not None and model_type not in _MUSICGEN_TYPES:
-        raise ModelNotFound(name, f"{config} describes a {model_type!r} model, not MusicGen")
+    spec = registry.for_directory(directory)
+    if spec is None:
+        config = directory / "config.json"
+        if not config.is_file():
+            raise ModelNotFound(
+                name,
+                f"{directory} has no config.json, so it is not a MusicGen model directory "
+                "(expected the files of a Hugging Face MusicGen checkpoint: config.json, "
+                f"model.safetensors, tokenizer files), nor one another backend loads "
+                f"({registry.hints()})",
+            )
+        model_type = _read_json(name, config).get("model_type")
+        raise ModelNotFound(name, f"{config} describes a {model_type!r} model, not MusicGen "
+                            f"nor another family Timbre loads ({registry.hints()})")
     return ModelRef(
         id=str(directory),
         kind="local",
@@ -391,7 +411,8 @@ def _resolve_local(name: str, directory: Path) -> ModelRef:
         path=directory,
         revision=None,
         local_path=directory,
-        missing=_missing_files(directory),
+        missing=spec.missing(directory),
+        backend=spec.name,
     )
 
 
@@ -430,41 +451,6 @@ def _cached_snapshot(repo_dir: Path, revision: str | None) -> tuple[str | None, 
         return None, None
     newest = max(candidates, key=lambda p: p.stat().st_mtime)
     return newest.name, newest
-
-
-def _missing_files(snapshot: Path) -> tuple[str, ...]:
-    """What a MusicGen load needs from ``snapshot`` that is not there.
-
-    Needs ``config.json`` and complete weights: every shard an index names, or the single file.
-    A broken symlink (a blob deleted under the snapshot) counts as missing.
-    """
-    missing: list[str] = []
-    if not (snapshot / "config.json").is_file():
-        missing.append("config.json")
-    for index_name, single in (
-        ("model.safetensors.index.json", "model.safetensors"),
-        ("pytorch_model.bin.index.json", "pytorch_model.bin"),
-    ):
-        shards = _index_shards(snapshot / index_name)
-        if shards is not None:
-            missing.extend(s for s in shards if not (snapshot / s).is_file())
-            return tuple(missing)
-        if (snapshot / single).is_file():
-            return tuple(missing)
-    missing.append("model.safetensors")
-    return tuple(missing)
-
-
-def _index_shards(index: Path) -> list[str] | None:
-    """The shard files an ``*.index.json`` names; ``None`` without one; the index if unreadable."""
-    if not index.is_file():
-        return None
-    try:
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        return sorted({str(v) for v in weight_map.values()})
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
-        # An unreadable index cannot vouch for any shard: report the index itself as missing.
-        return [index.name]
 
 
 # --- listing -----------------------------------------------------------------------------
@@ -980,6 +966,9 @@ def estimate_memory(ref: ModelRef, *, dtype: Dtype | None = None) -> int:
         if ref.entry is not None:
             return ref.entry.approx_params * _DTYPE_BYTES[dtype or "float32"]
         raise ModelNotFound(ref.id, f"it is not downloaded, so its size is unknown; {PULL_HINT}")
+    spec = registry.get(ref.backend) if ref.backend is not None else None
+    if spec is not None and spec.estimate_memory is not None:
+        return spec.estimate_memory(directory, dtype)
 
     safetensors = _weight_files(directory, "model.safetensors.index.json", "*.safetensors")
     if safetensors:
@@ -1000,7 +989,7 @@ def estimate_memory(ref: ModelRef, *, dtype: Dtype | None = None) -> int:
 
 
 def _weight_files(directory: Path, index: str, pattern: str) -> list[Path]:
-    shards = _index_shards(directory / index)
+    shards = index_shards(directory / index)
     if shards is not None:
         return [directory / s for s in shards if (directory / s).is_file()]
     return sorted(p for p in directory.glob(pattern) if p.is_file())

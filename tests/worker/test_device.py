@@ -240,7 +240,7 @@ class TestReleaseMemory:
 
 
 class TestDaemonUsesTheWorkersReport:
-    """Generation._ensure_worker resolves device, dtype and budget from the worker's report
+    """Residency.ensure_executor resolves device, dtype and budget from the worker's report
     (the worker itself is stood in for: only its ready report matters here)."""
 
     @staticmethod
@@ -262,7 +262,7 @@ class TestDaemonUsesTheWorkersReport:
         monkeypatch.setattr(WorkerHandle, "alive", property(lambda self: bool(started)))
         gen = Generation(test_settings(base, **settings), EventBus())
         try:
-            await gen._ensure_worker()
+            await gen.residency.ensure_executor()
         finally:
             gen.store.close()
             gen.history.library.close()
@@ -273,18 +273,19 @@ class TestDaemonUsesTheWorkersReport:
                                             monkeypatch: pytest.MonkeyPatch) -> None:
         """On a bf16 GPU: cuda, bfloat16, and 75% of the card's memory as the budget."""
         gen = await self._ensure(short_tmp, monkeypatch, (H200,))
-        assert gen.device is not None
-        assert (gen.device["device"], gen.device["dtype"]) == ("cuda", "bfloat16")
-        assert gen.device["name"] == "NVIDIA H200"
-        assert gen.memory_budget == int(140 * GiB * 0.75)
+        assert gen.residency.device is not None
+        assert (gen.residency.device["device"],
+                gen.residency.device["dtype"]) == ("cuda", "bfloat16")
+        assert gen.residency.device["name"] == "NVIDIA H200"
+        assert gen.residency.memory_budget == int(140 * GiB * 0.75)
 
     @pytest.mark.anyio
     async def test_older_gpu_gets_float16_and_a_capped_budget(
             self, short_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         """Without bf16: float16; a configured budget beyond the card is capped at the card."""
         gen = await self._ensure(short_tmp, monkeypatch, (T4,), models__memory_budget_mb=65536)
-        assert gen.device is not None and gen.device["dtype"] == "float16"
-        assert gen.memory_budget == 15 * GiB
+        assert gen.residency.device is not None and gen.residency.device["dtype"] == "float16"
+        assert gen.residency.memory_budget == 15 * GiB
 
     @pytest.mark.anyio
     async def test_configured_cuda_without_a_gpu_is_a_clear_error(

@@ -77,6 +77,15 @@ class ParamsSpec:
         return params
 
 
+def check(label: str, schema: Mapping[str, Any], instance: Any) -> None:
+    """Validate ``instance`` against ``schema`` (a backend's parameters, say); raises
+    :class:`InvalidParams` naming the first offending parameter, as the edge does."""
+    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    error = best_match(cls(schema).iter_errors(instance))
+    if error is not None:
+        raise _invalid_params(label, error)
+
+
 def _check_unicode(method: str, params: dict[str, Any]) -> None:
     """Refuse a lone surrogate anywhere in ``params`` (names too), naming where it is.
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from timbred.protocol.jsonrpc import Handler
-from timbred.rpc import daemon, events, generate, jobs, models, presets, takes, watch
+from timbred.rpc import backends, daemon, events, generate, jobs, models, presets, takes, watch
 
 if TYPE_CHECKING:
     from timbred.app import RequestContext
@@ -28,6 +28,7 @@ def handlers() -> dict[str, Handler[RequestContext]]:
         "jobs.cancel": jobs.cancel,
         "jobs.retry": jobs.retry,
         "jobs.wait": jobs.wait,
+        "backends.list": backends.list_,
         "models.list": models.list_,
         "models.pull": models.pull,
         "models.remove": models.remove,

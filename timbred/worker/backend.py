@@ -84,6 +84,9 @@ class GenerationParams:
     variations: int = 1
     melody_path: str | None = None
     continuation_path: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    """The backend's own parameters that have no field here, by their names in its
+    parameter schema (:attr:`timbred.backends.BackendSpec.params`); checked at submit."""
 
     def __post_init__(self) -> None:
         _check_type("prompt", self.prompt, str)
@@ -116,10 +119,19 @@ class GenerationParams:
                 _check_type(name, value, str)
                 if not value:
                     raise errors.InvalidParams(f"{name} must not be empty", param=name)
+        if not isinstance(self.options, Mapping) or not all(
+                isinstance(k, str) for k in self.options):
+            raise errors.InvalidParams("options must be an object keyed by parameter names",
+                                       param="options")
+        object.__setattr__(self, "options", dict(self.options))
 
     def to_dict(self) -> dict[str, Any]:
-        """Every field, as plain JSON types (``None`` paths included, for a stable shape)."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """Every field, as plain JSON types (``None`` paths included, for a stable shape;
+        ``options`` only when there are some, so MusicGen recipes keep their shape)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        if not out["options"]:
+            del out["options"]
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> GenerationParams:

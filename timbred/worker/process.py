@@ -29,6 +29,7 @@ or task group has to outlive a call.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import itertools
 import logging
 import multiprocessing
@@ -48,7 +49,10 @@ import numpy as np
 import numpy.typing as npt
 
 from timbred import errors
+from timbred.backends import registry
+from timbred.executors import BatchPreviewHandler, ProgressHandler
 from timbred.worker.backend import (
+    Backend,
     CancelToken,
     Capabilities,
     GenerationOutput,
@@ -62,8 +66,6 @@ from timbred.worker.device import probe as probe_devices
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
-
-    from timbred.worker.backend import Backend
 
 __all__ = ["LoadedModel", "WorkerHandle", "WorkerInfo"]
 
@@ -127,12 +129,18 @@ class WorkerInfo:
 # --- child side ------------------------------------------------------------------------------
 
 
-def _backend_factory(name: str) -> Callable[..., Backend]:
-    if name == "musicgen":
-        from timbred.worker.musicgen import MusicgenBackend
-
-        return MusicgenBackend
-    raise errors.InvalidParams(f"unknown backend {name!r}", param="backend")
+def _backend_factory(name: str, implementation: str) -> Callable[..., Backend]:
+    """The backend class at ``implementation`` (``module:Class``, from the daemon's registry,
+    which is the only place that maps family names to code)."""
+    module, _, attr = implementation.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise errors.ModelLoadFailed(name, f"backend {name!r} cannot be imported from "
+                                     f"{implementation}: {exc}") from exc
+    if not (isinstance(cls, type) and issubclass(cls, Backend) and cls.name == name):
+        raise errors.InternalError(f"{implementation} is not the {name!r} backend")
+    return cls
 
 
 @dataclass
@@ -262,7 +270,7 @@ class _Worker:
         raise errors.InternalError(f"unknown worker request {op!r}")
 
     def load(self, model_id: str, source: str, device: str, dtype: str, backend: str,
-             options: dict[str, Any]) -> dict[str, Any]:
+             options: dict[str, Any], implementation: str | None = None) -> dict[str, Any]:
         with self.lock:
             existing = self.models.get(model_id)
         wanted = (source, validate_device(device), validate_dtype(dtype), backend, options)
@@ -272,7 +280,9 @@ class _Worker:
             if have == wanted:
                 return existing.describe()
             self.unload(model_id)
-        factory = _backend_factory(backend)
+        # The daemon sends where the family's code is (a family it registered at run time,
+        # such as a test's, is unknown to this process's registry); a built-in's is known.
+        factory = _backend_factory(backend, implementation or registry.get(backend).implementation)
         try:
             instance = factory(**options)
         except TypeError as exc:
@@ -381,11 +391,8 @@ def _child_main(conn: Connection, threads: int) -> None:
 # --- parent side -----------------------------------------------------------------------------
 
 
-ProgressHandler = Callable[[int, int], None]
 #: ``on_preview(start, audio)``: see :data:`timbred.worker.backend.PreviewSink`.
 PreviewHandler = Callable[[int, npt.NDArray[np.float32]], None]
-#: ``on_preview(request, start, audio)``: a batch's preview, one request's rows at a time.
-BatchPreviewHandler = Callable[[int, int, npt.NDArray[np.float32]], None]
 
 
 class _Pending:
@@ -685,11 +692,13 @@ class WorkerHandle:
                    options: Mapping[str, Any] | None = None) -> LoadedModel:
         """Load ``source`` in the worker as ``model_id`` (replacing another model there).
 
-        Loading the same source/device/dtype/options again is a no-op. ``options`` are the
-        backend's constructor arguments (MusicGen: ``window_s``, ``stride_s``).
+        Loading the same source/device/dtype/options again is a no-op. ``backend`` names a
+        family in :mod:`timbred.backends.registry`; ``options`` are its constructor arguments
+        (MusicGen: ``window_s``, ``stride_s``, ``precision``).
         """
         payload = {"model_id": model_id, "source": source, "device": device, "dtype": dtype,
-                   "backend": backend, "options": dict(options or {})}
+                   "backend": backend, "options": dict(options or {}),
+                   "implementation": registry.get(backend).implementation}
         return LoadedModel.from_dict(await self._request("load", payload))
 
     async def unload(self, model_id: str) -> bool:

@@ -1,0 +1,107 @@
+"""What a backend declares about itself, without importing its inference stack.
+
+A :class:`BackendSpec` is everything the daemon, the CLI and the studio need to know about a
+model family before (and without) loading one: its name, how it recognises a model directory,
+what it can do, the parameters it takes (as a JSON Schema), the load options it takes from the
+configuration, and what it needs. The class that generates audio is named by an import path and
+imported only inside the inference worker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+#: Features a backend (or one of its models) may have; ``backends.list`` reports them.
+FEATURES = frozenset({
+    "melody",          # follows a melody file's chroma (``melody``)
+    "continuation",    # continues an audio file (``continuation``)
+    "lyrics",          # sings given lyrics
+    "inpainting",      # regenerates a span of an audio file
+    "batching",        # decodes several requests together
+    "streaming",       # hands on audio while it generates (studio preview)
+    "seeded",          # the same seed, parameters and settings give bit-identical audio
+})
+
+
+@dataclass(frozen=True)
+class BackendCapabilities:
+    """What a family can do, for ``backends.list``: the union over its models (a loaded
+    model reports its own, exact :class:`timbred.worker.backend.Capabilities`)."""
+
+    sample_rates: tuple[int, ...]
+    channels: tuple[int, ...]
+    max_native_duration_s: float
+    """Longest clip one pass makes; longer takes are made in windows, if at all."""
+    features: frozenset[str]
+
+    def __post_init__(self) -> None:
+        unknown = self.features - FEATURES
+        if unknown:
+            raise ValueError(f"unknown backend features: {', '.join(sorted(unknown))}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sample_rates": list(self.sample_rates), "channels": list(self.channels),
+                "max_native_duration_s": self.max_native_duration_s,
+                "features": sorted(self.features)}
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """One model family behind the registry (see ``docs/architecture.md``)."""
+
+    name: str
+    """Stable name, stored in every recipe (``musicgen``)."""
+    summary: str
+    implementation: str
+    """``module:Class`` of its :class:`timbred.worker.backend.Backend`, imported in the
+    worker only (the daemon never imports torch)."""
+    recognises: Callable[[Path], bool]
+    """Whether a model directory (or hub snapshot) holds one of this family's models; cheap,
+    reads a small config file at most."""
+    missing: Callable[[Path], tuple[str, ...]]
+    """The files a load needs that ``directory`` lacks (empty when it is complete)."""
+    capabilities: BackendCapabilities
+    model_features: Callable[[Path], frozenset[str]]
+    """The features one model directory has (``musicgen-melody`` follows melodies,
+    ``musicgen-small`` does not); a subset of ``capabilities.features``."""
+    params: Mapping[str, Any]
+    """JSON Schema (an object's ``properties``) of its own generation parameters, with
+    defaults; the common ones (prompt, duration, seed, variations, audio inputs, export) are
+    every backend's and not repeated here."""
+    worker_fields: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    """Its parameters that :class:`timbred.worker.backend.GenerationParams` names as fields
+    of its own (MusicGen's ``guidance`` is ``guidance_scale``); the others travel in
+    ``GenerationParams.options`` under their own names."""
+    batch_key: Callable[[Mapping[str, Any]], tuple[Any, ...]] | None = None
+    """What, among its parameters, requests decoded together must share (MusicGen: whether
+    guidance is on); ``None``: it decodes one request at a time."""
+    estimate_memory: Callable[[Path, str | None], int] | None = None
+    """Bytes a model directory's weights take loaded at a dtype (``None``: as stored);
+    ``None`` here: a transformers checkpoint's safetensors or ``.bin`` files tell."""
+    load_options: tuple[str, ...] = ()
+    """Configuration keys under ``models.`` it is constructed with (MusicGen's windowing
+    and precision); they decide the audio, so recipes record them."""
+    needs: tuple[str, ...] = ("local_weights",)
+    """What it needs to run: ``local_weights``, ``api_key``, ``gpu``."""
+    model_hint: str = ""
+    """How a user recognises its model directories, for a refusal's message."""
+
+    def params_schema(self) -> dict[str, Any]:
+        """The full JSON Schema of its parameters (``schemas/backends/<name>.params.json``)."""
+        return {"type": "object", "additionalProperties": False,
+                "properties": dict(self.params)}
+
+    def defaults(self) -> dict[str, Any]:
+        """Each parameter's default, by name."""
+        return {k: v["default"] for k, v in self.params.items() if "default" in v}
+
+    def to_dict(self) -> dict[str, Any]:
+        """Its ``backends.list`` entry."""
+        return {"name": self.name, "summary": self.summary,
+                "capabilities": self.capabilities.to_dict(),
+                "params": self.params_schema(), "load_options": list(self.load_options),
+                "needs": list(self.needs)}

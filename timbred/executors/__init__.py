@@ -1,0 +1,66 @@
+"""Where generations run: the seam between the scheduler and whatever decodes.
+
+The scheduler (:mod:`timbred.generation`) talks only to an :class:`Executor`. Today's one is the
+local inference worker process (:class:`timbred.worker.process.WorkerHandle`); a hosted-API
+runner and a Ray cluster implement the same protocol next. An executor holds loaded models by
+id, decodes batches with progress and streaming preview, cancels, and says what it holds;
+every failure is a :mod:`timbred.errors` error (``WorkerCrashed`` when the executor itself was
+lost, which fails only the jobs it was running).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from timbred.worker.backend import GenerationOutput, GenerationParams
+    from timbred.worker.process import LoadedModel, WorkerInfo
+
+#: ``on_progress(step, total)`` over the whole batch, in the event loop.
+ProgressHandler = Callable[[int, int], None]
+#: ``on_preview(request_index, start_sample, audio)``, in the event loop.
+BatchPreviewHandler = Callable[[int, int, npt.NDArray[np.float32]], None]
+
+__all__ = ["BatchPreviewHandler", "Executor", "ProgressHandler"]
+
+
+class Executor(Protocol):
+    """What the scheduler needs from a place that runs generations."""
+
+    @property
+    def alive(self) -> bool:
+        """Whether it is running and usable (a lost one is started again by :meth:`start`)."""
+
+    @property
+    def info(self) -> WorkerInfo | None:
+        """What it reported when it started: its devices, threads and versions."""
+
+    async def start(self) -> None:
+        """Start (or restart after a loss) and wait until ready; a no-op when running."""
+
+    async def stop(self) -> None:
+        """Cancel what runs, release everything, stop."""
+
+    async def load(self, model_id: str, source: str, device: str = "cpu",
+                   dtype: str = "float32", *, backend: str = "musicgen",
+                   options: Mapping[str, Any] | None = None) -> LoadedModel:
+        """Hold ``source`` as ``model_id``, loaded by ``backend`` with ``options``."""
+
+    async def unload(self, model_id: str) -> bool:
+        """Release ``model_id``; whether it was held."""
+
+    async def ps(self) -> list[LoadedModel]:
+        """The models it holds (answered at once, even mid-generation)."""
+
+    async def generate_batch(self, model_id: str, items: Sequence[GenerationParams],
+                             on_progress: ProgressHandler | None = None, *,
+                             on_preview: BatchPreviewHandler | None = None,
+                             preview_chunk_s: float = 1.0) -> list[GenerationOutput]:
+        """Decode ``items`` together with ``model_id``: one output per request."""
+
+    async def cancel(self, item: int | None = None) -> None:
+        """Cancel what is decoding (``item``: only that request of the batch)."""
