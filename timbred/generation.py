@@ -31,7 +31,7 @@ import anyio.abc
 import anyio.to_thread
 import platformdirs
 
-from timbred import __version__, models, presets, preview, takes
+from timbred import __version__, models, presets, preview
 from timbred.config import Settings
 from timbred.errors import (
     Cancelled,
@@ -45,10 +45,11 @@ from timbred.errors import (
     WorkerCrashed,
 )
 from timbred.events import EventBus
-from timbred.history import History, audio_sha256, request_export
 from timbred.jobs import Job, JobState, JobStore, RecoveryReport, request_digest
-from timbred.library import Library, Take
 from timbred.runtime import check_socket_path, default_socket_path
+from timbred.takes import publish as takes
+from timbred.takes.history import History, audio_sha256, request_export
+from timbred.takes.library import Library, Take
 from timbred.testing import failpoints
 from timbred.worker.audio_io import probe_audio
 from timbred.worker.backend import GenerationOutput, GenerationParams

@@ -110,7 +110,7 @@ import anyio.abc
 import anyio.to_thread
 from watchfiles import Change, awatch
 
-from timbred import promptfile, takes
+from timbred import promptfile
 from timbred.errors import (
     InternalError,
     InvalidParams,
@@ -122,6 +122,7 @@ from timbred.errors import (
 )
 from timbred.promptfile import PromptRequest
 from timbred.sqlite_store import SQLiteStore
+from timbred.takes import publish
 
 __all__ = [
     "DONE_DIR",
@@ -1087,7 +1088,7 @@ class WatchService:
         nowhere and are promised to no open claim (caller holds ``_reserved_lock``)."""
         for candidate in _numbered(base, keep_suffix=False):
             output = out_dir / f"{candidate}{ext}"
-            paths = takes.explicit_paths(output, variations)
+            paths = publish.explicit_paths(output, variations)
             if not any(os.path.lexists(p) or str(p) in self._reserved
                        or os.path.lexists(p.with_name(p.name + _SIDECAR_SUFFIX))
                        for p in paths):
@@ -1372,7 +1373,7 @@ def _make_parent(path: Path) -> None:
 def _take_paths(prompt: Mapping[str, Any]) -> list[str]:
     """The files a prompt's job will write (variations add -1, -2 ...)."""
     count = int(prompt["request"]["params"].get("variations", 1))
-    return [str(p) for p in takes.explicit_paths(Path(prompt["output"]), count)]
+    return [str(p) for p in publish.explicit_paths(Path(prompt["output"]), count)]
 
 
 def _error_dict(exc: TimbreError) -> dict[str, Any]:
