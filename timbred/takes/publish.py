@@ -6,7 +6,7 @@ with EEXIST if the name exists, so nothing is ever overwritten, not even by a co
 in another thread or process. The temporary name is then removed and the directory fsynced. A
 crash at any point leaves at most a partial file (see :data:`PARTIAL_SUFFIX`), never a
 truncated file under a final name; :func:`sweep_partials` removes those at start-up. The one
-file Timbre rewrites, a watch folder's result file, goes through :func:`replace`: the same
+file Timbre rewrites, a watch folder's result file, goes through :func:`rewrite`: the same
 partial file, renamed over the old one.
 
 Layout: ``<root>/YYYY/MM/DD/[<session>/]take-<n>.<ext>`` (:func:`session_dir`,
@@ -287,7 +287,7 @@ def publish(files: Sequence[tuple[Path, bytes]]) -> list[Path]:
     return [final for final, _ in files]
 
 
-def replace(path: Path, data: bytes, *, durable: bool = True) -> Path:
+def rewrite(path: Path, data: bytes, *, durable: bool = True) -> Path:
     """Make ``data`` appear at ``path`` atomically, replacing the file there if there is one.
 
     Only for files Timbre itself rewrites as work goes on (a watch folder's result file),
