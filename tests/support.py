@@ -115,6 +115,6 @@ def check_event(params: dict[str, Any]) -> None:
 
 def file_lufs(path: str | Path) -> float:
     """The integrated loudness of an audio file as written: decoded by soundfile, measured
-    by pyloudnorm (not by the meter in timbred.export that normalised it)."""
+    by pyloudnorm (not by the meter in timbred.takes.loudness that normalised it)."""
     audio, rate = sf.read(path, dtype="float64", always_2d=True)
     return float(pyloudnorm.Meter(rate).integrated_loudness(audio))

@@ -23,8 +23,8 @@ import soundfile as sf
 from tests.conftest import FAST
 from tests.test_generation import events_until_done, wait_progress
 from timbrectl.client import Client, connect
-from timbred.export import sidecar_path
 from timbred.protocol.schema import load as load_schema
+from timbred.takes.sidecars import sidecar_path
 from timbred.testing.daemon import running_daemon
 
 pytestmark = pytest.mark.anyio

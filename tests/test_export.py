@@ -1,4 +1,4 @@
-"""Tests for timbred.export and timbred.takes: real files, read back by other decoders.
+"""Tests for the takes package (export and publishing): real files, read back by other decoders.
 
 Decoding is checked with miniaudio (dr_wav, dr_flac, dr_mp3 and stb_vorbis: none of them
 libsndfile, which writes); tags are checked with mutagen in a fresh process; loudness with
@@ -34,10 +34,11 @@ import pyloudnorm
 import pytest
 import soundfile as sf
 
-from timbred import export, takes
+from timbred import takes as export
 from timbred.errors import InvalidParams, OutputError, TakeNotFound
-from timbred.export import ExportOptions, LoudnessReport, TakeMetadata
 from timbred.protocol.schema import load
+from timbred.takes import ExportOptions, LoudnessReport, TakeMetadata, encoding
+from timbred.takes import publish as takes
 
 # scipy and mutagen's file types are untyped: used as Any.
 resample_poly: Any = importlib.import_module("scipy.signal").resample_poly
@@ -313,7 +314,7 @@ class TestFormats:
     def test_mp3_unavailable_is_an_output_error(self, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
         """Without MP3 in libsndfile, OutputError says so; nothing is written."""
-        monkeypatch.setattr(export, "mp3_available", lambda: False)
+        monkeypatch.setattr(encoding, "mp3_available", lambda: False)
         with pytest.raises(OutputError, match="cannot write MP3"):
             export.write_take(tmp_path / "t.mp3", noise(0.5), SR,
                               ExportOptions(format="mp3"), metadata())
@@ -528,7 +529,7 @@ class TestLoudness:
 _CRASH_CHILD = r"""
 import os, sys
 import numpy as np
-from timbred import export
+from timbred import takes as export
 
 def crash(*args, **kwargs):
     os._exit(17)  # die the moment the first final name would be linked
@@ -542,7 +543,7 @@ export.write_take(sys.argv[1], np.full((1, 16000), 0.1, np.float32), 32000,
 _FSIZE_CHILD = r"""
 import json, os, resource, signal, sys
 import numpy as np
-from timbred import export
+from timbred import takes as export
 from timbred.errors import OutputError
 
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of being killed
@@ -561,7 +562,7 @@ else:
 _WRITER_CHILD = r"""
 import sys
 import numpy as np
-from timbred import export
+from timbred import takes as export
 
 directory, writer, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
 opts = export.ExportOptions(wav_subtype="PCM_16", loudness_target_lufs=None)

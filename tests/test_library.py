@@ -1,4 +1,5 @@
-"""Tests for timbred.library: the history of takes, on real SQLite files shared with JobStore."""
+"""Tests for timbred.takes.library: the history of takes, on real SQLite files shared with
+JobStore."""
 
 from __future__ import annotations
 
@@ -13,11 +14,11 @@ from typing import Any
 
 import pytest
 
-import timbred.library as library_module
+import timbred.takes.library as library_module
 from timbred.errors import InvalidParams, StoreError, TakeNotFound
 from timbred.jobs import SCHEMA_VERSION as JOBS_SCHEMA_VERSION
 from timbred.jobs import JobStore
-from timbred.library import (
+from timbred.takes.library import (
     MIGRATIONS,
     SCHEMA_VERSION,
     Library,

@@ -9,10 +9,10 @@ from typing import Any
 import jsonschema
 import pytest
 
-from timbred import promptfile
 from timbred.errors import InvalidParams
-from timbred.promptfile import PromptRequest, check_output_name, parse
 from timbred.protocol.schema import load, openrpc
+from timbred.watch import promptfile
+from timbred.watch.promptfile import PromptRequest, check_output_name, parse
 
 
 def refusal(name: str, data: bytes, **kwargs: Any) -> InvalidParams:

@@ -42,8 +42,8 @@ class TestFullDiskNamesTheTake:
         """On a full disk the OutputError names ``take-<n>`` that the take would have got
         (take-2 beside an existing take-1), never ``take-0``, a name never used."""
         from tests.test_export import SR, metadata, noise, tmpfs
-        from timbred import export
-        from timbred.export import ExportOptions
+        from timbred.takes import writer as export
+        from timbred.takes.options import ExportOptions
 
         mount = tmp_path / "small"
         with tmpfs(mount, "64k"):

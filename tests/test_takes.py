@@ -24,9 +24,9 @@ from tests.support import RawConnection, check_error, check_event, check_result,
 from timbrectl.client import Client, connect
 from timbred.app import Daemon
 from timbred.errors import InvalidParams, PresetInvalid, PresetNotFound, TakeNotFound
-from timbred.export import sidecar_path
 from timbred.protocol.schema import load as load_schema
 from timbred.protocol.schema import rooted
+from timbred.takes.sidecars import sidecar_path
 from timbred.testing.daemon import running_daemon
 
 pytestmark = pytest.mark.anyio
@@ -48,7 +48,7 @@ async def only_take(client: Client, job: dict[str, Any]) -> dict[str, Any]:
 
 def fresh_process_tags(path: str) -> dict[str, str]:
     """Read tags with mutagen in a separate interpreter (not the one that wrote them)."""
-    code = ("import json,sys; from timbred.export import read_tags; "
+    code = ("import json,sys; from timbred.takes.tags import read_tags; "
             "print(json.dumps(read_tags(sys.argv[1])))")
     out = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True,
                          check=True, timeout=60).stdout

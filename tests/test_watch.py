@@ -24,16 +24,10 @@ import anyio
 import pytest
 
 from timbred.errors import InvalidParams, JobNotFound, ModelNotFound, StoreError, WatchFolderError
-from timbred.promptfile import parse
-from timbred.watch import (
-    DONE_DIR,
-    OUTBOX_DIR,
-    REJECTED_DIR,
-    FileRecord,
-    WatchService,
-    WatchStore,
-    _idempotency_key,
-)
+from timbred.watch.files import DONE_DIR, OUTBOX_DIR, REJECTED_DIR
+from timbred.watch.promptfile import parse
+from timbred.watch.service import WatchService, _idempotency_key
+from timbred.watch.store import FileRecord, WatchStore
 
 pytestmark = pytest.mark.anyio
 

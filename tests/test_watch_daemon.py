@@ -16,7 +16,7 @@ from timbrectl.client import Client, connect
 from timbred.app import Daemon
 from timbred.errors import WatchFolderError
 from timbred.testing.daemon import running_daemon
-from timbred.watch import WatchStore
+from timbred.watch.store import WatchStore
 
 pytestmark = pytest.mark.anyio
 

@@ -36,7 +36,7 @@ from timbred.runtime import (
     ensure_private_dir,
 )
 from timbred.server import Connection, Limits, check_peer, refuse
-from timbred.watching import make_watch_service
+from timbred.watch.daemon import make_watch_service
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ import anyio.abc
 import anyio.to_thread
 import platformdirs
 
-from timbred import __version__, models, presets, preview, takes
+from timbred import __version__, models, presets, preview
 from timbred.backends import BackendSpec, registry
 from timbred.config import Settings
 from timbred.errors import (
@@ -42,7 +42,6 @@ from timbred.errors import (
 )
 from timbred.events import Event, EventBus
 from timbred.executors import Executor
-from timbred.history import History, audio_sha256, request_export
 from timbred.jobs import (
     TERMINAL_STATES,
     Job,
@@ -51,10 +50,12 @@ from timbred.jobs import (
     RecoveryReport,
     request_digest,
 )
-from timbred.library import Library, Take
 from timbred.protocol import schema
 from timbred.residency import Loaded, Residency, spec_of
 from timbred.runtime import check_socket_path, default_socket_path
+from timbred.takes import publish
+from timbred.takes.history import History, audio_sha256, request_export
+from timbred.takes.library import Library, Take
 from timbred.testing import failpoints
 from timbred.worker.audio_io import probe_audio
 from timbred.worker.backend import GenerationOutput, GenerationParams
@@ -142,7 +143,7 @@ class Generation:
         if report.interrupted:
             log.warning("jobs interrupted by the last stop (not re-run): %s",
                         ", ".join(report.interrupted))
-        swept = await anyio.to_thread.run_sync(takes.sweep_partials, self.output_root)
+        swept = await anyio.to_thread.run_sync(publish.sweep_partials, self.output_root)
         if swept:
             log.info("removed %d leftover partial file(s) under %s", len(swept),
                      self.output_root)
@@ -288,7 +289,7 @@ class Generation:
                     f"{length:.2f} s (the result includes it)", param="duration",
                     allowed={"exclusiveMinimum": round(length, 3)})
         if out["output"] is not None:
-            takes.check_output(out["output"], out["variations"], extensions=[options.extension])
+            publish.check_output(out["output"], out["variations"], extensions=[options.extension])
         GenerationParams.from_dict(_generation_params(out, spec))  # the worker's checks, now
         return model, out
 

@@ -57,6 +57,7 @@ import platformdirs
 
 from timbred.errors import InvalidParams, PresetInvalid, PresetNotFound
 from timbred.protocol import schema
+from timbred.takes import options
 
 __all__ = [
     "EXPORT_KEYS",
@@ -80,11 +81,9 @@ PARAM_KEYS: Final = frozenset(
     {"model", "duration", "temperature", "top_k", "top_p", "guidance", "variations",
      "keep_alive"}
 )
-#: The export settings a preset may set (``[export]``); the same names in a request win.
-EXPORT_KEYS: Final = frozenset(
-    {"format", "wav_subtype", "mp3_bitrate_kbps", "ogg_quality", "loudness_target_lufs",
-     "true_peak_ceiling_dbtp"}
-)
+#: The export settings a preset may set (``[export]``): every export option (the names are
+#: written once, in :mod:`timbred.takes.options`); the same names in a request win.
+EXPORT_KEYS: Final = frozenset(options.EXPORT_KEYS)
 _INTEGER_KEYS: Final = frozenset({"top_k", "variations", "mp3_bitrate_kbps"})
 _MAX_FILE_BYTES: Final = 64 * 1024
 _PUNCTUATION: Final = ",;:.!?"

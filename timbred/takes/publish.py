@@ -5,7 +5,9 @@ in its final directory, flushed and fsynced, then *linked* to its final name: ``
 with EEXIST if the name exists, so nothing is ever overwritten, not even by a concurrent writer
 in another thread or process. The temporary name is then removed and the directory fsynced. A
 crash at any point leaves at most a partial file (see :data:`PARTIAL_SUFFIX`), never a
-truncated file under a final name; :func:`sweep_partials` removes those at start-up.
+truncated file under a final name; :func:`sweep_partials` removes those at start-up. The one
+file Timbre rewrites, a watch folder's result file, goes through :func:`rewrite`: the same
+partial file, renamed over the old one.
 
 Layout: ``<root>/YYYY/MM/DD/[<session>/]take-<n>.<ext>`` (:func:`session_dir`,
 :func:`link_numbered`); the daemon's older per-job names (:func:`default_paths`) and a
@@ -70,8 +72,8 @@ def check_output(output: str, count: int, *,
     """Validate a requested output path at submit time; InvalidParams naming ``output``.
 
     ``extensions`` are the accepted suffixes (lower case, with the dot); the default keeps the
-    daemon's float-WAV writer honest. Pass ``timbred.export.EXTENSIONS.values()`` once the
-    caller writes through :func:`timbred.export.write_take`.
+    daemon's float-WAV writer honest. Pass ``timbred.takes.options.EXTENSIONS.values()`` once
+    the caller writes through :func:`timbred.takes.writer.write_take`.
     """
     path = Path(output)
     if not path.is_absolute():
@@ -138,7 +140,7 @@ def allocate_take_path(directory: Path, ext: str) -> Path:
     """``directory/take-<n>.<ext>`` for the smallest ``n`` not used by any ``take-<n>.*``.
 
     Advisory only: another writer may take the name before you do. To *claim* a name, write
-    through :func:`link_numbered` (or :func:`timbred.export.write_next_take`), which retries
+    through :func:`link_numbered` (or :func:`timbred.takes.writer.write_next_take`), which retries
     with the next number on EEXIST.
     """
     return Path(directory) / take_name(_smallest_free(Path(directory), 1), ext)
@@ -201,8 +203,9 @@ def ensure_dir(directory: Path) -> None:
         raise OutputError(str(directory), os_reason(exc)) from exc
 
 
-def write_partial(final: Path, data: bytes) -> Path:
-    """Write ``data`` to a new temporary file beside ``final``, fsynced; return its path.
+def write_partial(final: Path, data: bytes, *, sync: bool = True) -> Path:
+    """Write ``data`` to a new temporary file beside ``final``, fsynced unless ``sync`` is
+    false; return its path.
 
     On any failure the temporary file is removed and OutputError (naming ``final``) raised.
     """
@@ -218,7 +221,8 @@ def write_partial(final: Path, data: bytes) -> Path:
             while view:
                 written = os.write(fd, view)
                 view = view[written:]
-            os.fsync(fd)
+            if sync:
+                os.fsync(fd)
         finally:
             os.close(fd)
     except OSError as exc:
@@ -283,6 +287,29 @@ def publish(files: Sequence[tuple[Path, bytes]]) -> list[Path]:
     return [final for final, _ in files]
 
 
+def rewrite(path: Path, data: bytes, *, durable: bool = True) -> Path:
+    """Make ``data`` appear at ``path`` atomically, replacing the file there if there is one.
+
+    Only for files Timbre itself rewrites as work goes on (a watch folder's result file),
+    never for takes, which :func:`publish` never overwrites. The data goes to a partial file
+    beside ``path`` that is renamed over it, so a reader sees the old content or the new,
+    never a mix. With ``durable`` the data is fsynced before the rename and the directory
+    after it, so the new content survives a power cut once this returns; without, only a
+    crash of the process is covered (for a state that a later durable write settles).
+    OutputError naming ``path`` on failure; the partial file is removed.
+    """
+    tmp = write_partial(path, data, sync=durable)
+    try:
+        tmp.replace(path)
+    except OSError as exc:
+        raise OutputError(str(path), os_reason(exc)) from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+    if durable:
+        fsync_dir(path.parent)
+    return path
+
+
 def link_numbered(directory: Path, ext: str, data: bytes,
                   companions: Callable[[Path], Sequence[tuple[Path, bytes]]] | None = None,
                   ) -> Path:
@@ -327,7 +354,7 @@ def write_wav(path: Path, audio: npt.NDArray[np.float32], sample_rate: int) -> P
     """Write ``audio`` (channels, samples) to ``path`` atomically as 32-bit float WAV.
 
     OutputError on failure (including when ``path`` exists). Kept for the daemon's current
-    writer; :func:`timbred.export.write_take` adds formats, loudness, tags and a sidecar.
+    writer; :func:`timbred.takes.writer.write_take` adds formats, loudness, tags and a sidecar.
     """
     buf = io.BytesIO()
     try:

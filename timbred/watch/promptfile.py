@@ -1,8 +1,8 @@
 """Prompt files dropped into watch folders: bytes in, generation requests (or one exact error) out.
 
-Nothing here touches the file system: the watch service (:mod:`timbred.watch`) checks the size
-with ``lstat`` (:func:`check_size`), reads at most ``max_bytes + 1`` bytes and hands them to
-:func:`parse`, which returns one :class:`PromptRequest` per prompt or raises
+Nothing here touches the file system: the watch service (:mod:`timbred.watch.service`) checks
+the size with ``lstat`` (:func:`check_size`), reads at most ``max_bytes + 1`` bytes and hands
+them to :func:`parse`, which returns one :class:`PromptRequest` per prompt or raises
 :class:`~timbred.errors.InvalidParams` whose message names the file and says exactly what is wrong:
 the line and column of a syntax error, the byte offset of a non-UTF-8 byte, the key, the value and
 the allowed range of a bad value. ``data`` carries the same facts as fields (``file``, ``line``,
@@ -49,11 +49,10 @@ from jsonschema.exceptions import ValidationError, best_match
 
 from timbred.errors import InvalidParams
 from timbred.protocol import schema as schemas
+from timbred.takes.options import EXPORT_KEYS, SUFFIX_FORMATS
 
 __all__ = [
-    "AUDIO_SUFFIXES",
     "EXPORT_KEYS",
-    "FORMAT_EXTENSIONS",
     "GENERATION_KEYS",
     "MAX_FILE_BYTES",
     "MAX_PROMPTS",
@@ -75,15 +74,10 @@ MAX_OUTPUT_NAME_BYTES: Final = 200
 
 SCHEMA_NAME: Final = "promptfile.schema.json"
 PROMPT_SUFFIXES: Final[Mapping[str, str]] = {".txt": "txt", ".toml": "toml", ".json": "json"}
-AUDIO_SUFFIXES: Final[Mapping[str, str]] = {".wav": "wav", ".flac": "flac", ".mp3": "mp3",
-                                            ".ogg": "ogg"}
-FORMAT_EXTENSIONS: Final[Mapping[str, str]] = {v: k for k, v in AUDIO_SUFFIXES.items()}
 #: The generate.submit parameters a prompt file may set (``output`` is a name, handled apart).
 GENERATION_KEYS: Final = ("prompt", "duration", "seed", "model", "temperature", "top_k",
                           "top_p", "guidance", "variations", "priority", "keep_alive", "melody",
                           "continuation")
-EXPORT_KEYS: Final = ("format", "wav_subtype", "mp3_bitrate_kbps", "ogg_quality",
-                      "loudness_target_lufs", "true_peak_ceiling_dbtp")
 #: Export options that only mean something for one format.
 _FORMAT_OF_OPTION: Final[Mapping[str, str]] = {"wav_subtype": "wav", "mp3_bitrate_kbps": "mp3",
                                                "ogg_quality": "ogg"}
@@ -195,7 +189,7 @@ def check_output_name(value: str) -> tuple[str, str | None]:
     if len(value.encode("utf-8")) > MAX_OUTPUT_NAME_BYTES:
         raise ValueError(f"is longer than {MAX_OUTPUT_NAME_BYTES} bytes")
     path = PurePath(value)
-    implied = AUDIO_SUFFIXES.get(path.suffix.lower())
+    implied = SUFFIX_FORMATS.get(path.suffix.lower())
     stem = path.stem if implied else value
     if not stem or stem.startswith("."):
         raise ValueError("has no name before its suffix")

@@ -1,14 +1,16 @@
 """The watch folder, wired to the daemon: configuration in, the generation service out.
 
-:class:`timbred.watch.WatchService` knows files; this module gives it the daemon's folders
-(``watch.folders``, default ``inbox/`` in the output directory), submits its prompts through
-the generation service, and tells it the format each prompt will really be written in (a preset
-or the configuration may choose one the prompt file does not name), so outputs are named for it.
+:class:`~timbred.watch.service.WatchService` knows files; this module gives it the daemon's
+folders (``watch.folders``, default ``inbox/`` in the output directory), submits its prompts
+through the generation service, and resolves each prompt's export options when its file is
+claimed (:func:`resolve_export`), so that outputs are named for the format they will really
+be written in and every submission of the prompt names that format outright.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +19,9 @@ from timbred.config import Settings
 from timbred.errors import TimbreError
 from timbred.events import EventBus
 from timbred.generation import Generation
-from timbred.promptfile import PromptRequest
-from timbred.watch import WatchService
+from timbred.takes.history import History
+from timbred.watch.promptfile import PromptRequest
+from timbred.watch.service import WatchService
 
 
 def watch_folders(settings: Settings, output_root: Path) -> list[Path]:
@@ -31,25 +34,33 @@ def watch_folders(settings: Settings, output_root: Path) -> list[Path]:
     return [inbox]
 
 
+def resolve_export(history: History, request: PromptRequest) -> dict[str, Any]:
+    """Every export option a prompt's takes will be written with: the prompt file's own, over
+    its preset's ``[export]`` table, over the configuration (as ``generate.submit`` layers
+    them). Normalisation switched off is ``loudness_target_lufs: false``, the request's way of
+    saying so (a ``None`` would let the preset's target through again).
+
+    The preset is read here, once per claim. A missing or broken one is left out: submitting
+    will refuse the prompt, naming it.
+    """
+    layers: list[Mapping[str, Any]] = []
+    if request.preset:
+        with contextlib.suppress(TimbreError):
+            layers.append(presets.load(request.preset).export)
+    export = history.export_options(*layers, request.export).to_dict()
+    if export["loudness_target_lufs"] is None:
+        export["loudness_target_lufs"] = False
+    return export
+
+
 def make_watch_service(settings: Settings, generation: Generation,
                        bus: EventBus) -> WatchService:
     """A WatchService that submits through ``generation`` and publishes on ``bus``."""
 
-    def format_for(request: PromptRequest) -> str:
-        """The format the prompt's takes will be written in: the prompt file's, else its
-        preset's, else the configuration's (asked once, when the file is claimed)."""
-        if "format" in request.export:
-            return str(request.export["format"])
-        layers: list[dict[str, Any]] = []
-        if request.preset:
-            # A missing or broken preset: submitting will refuse the prompt, naming it.
-            with contextlib.suppress(TimbreError):
-                layers.append(dict(presets.load(request.preset).export))
-        return generation.history.export_options(*layers).format
-
     async def submit(request: dict[str, Any]) -> str:
-        # The output path was fixed when the file was claimed (format_for), so a prompt
-        # submitted again after a crash is the very request its first attempt sent.
+        # generate.submit takes its params flat, as on the wire. The request is the one
+        # resolved when the file was claimed, so a prompt submitted again after a crash is
+        # the very request its first attempt sent.
         params = {**request["params"], **request["export"]}
         if request.get("preset"):
             params["preset"] = request["preset"]
@@ -69,4 +80,4 @@ def make_watch_service(settings: Settings, generation: Generation,
         stable_checks=settings["watch.stable_checks"],
         stable_interval_s=settings["watch.stable_interval_s"],
         outputs=settings["watch.outputs"], max_file_bytes=settings["watch.max_file_bytes"],
-        format_for=format_for)
+        export_for=lambda request: resolve_export(generation.history, request))

@@ -1,7 +1,7 @@
 """Watch folders: drop a prompt file into a folder, get a take.
 
 :class:`WatchService` watches folders (non-recursively) with watchfiles inside the daemon's event
-loop, and turns each complete prompt file (:mod:`timbred.promptfile`) into generation jobs
+loop, and turns each complete prompt file (:mod:`timbred.watch.promptfile`) into generation jobs
 exactly once. Per folder it keeps three subfolders of its own, which it never watches:
 ``done/`` (taken files, each with ``<name>.result.json``), ``rejected/`` (refused files, each
 with ``<name>.error.txt`` saying exactly what was wrong) and ``outbox/`` (the takes; or the
@@ -14,9 +14,16 @@ Outputs
     file's stem (``<stem>-<n>`` when the file holds several prompts), the first of ``name``,
     ``name.2``, ... whose files (variations add ``-1``, ``-2``; and their ``.json`` sidecars)
     exist nowhere and are promised to no unfinished claim. ``ext`` is that of the format the
-    takes will be written in, fixed when the file is claimed: the one the prompt names
-    (``format``, or the output name's suffix), else (in the daemon) its preset's or the
-    configured one, else ``.wav``.
+    takes will be written in.
+
+Resolved once, at claim
+    When a file is claimed, each prompt's export options are resolved, once: the ones the
+    prompt names (``format``, or the output name's suffix), over (in the daemon) its preset's
+    ``[export]`` table and the configuration; else the format is WAV. The claim stores them
+    with the output path, and every attempt to submit the prompt (a restart's included)
+    sends exactly that request: the format named outright, never read back from the output's
+    extension, so a preset or configuration edited between a crash and the restart changes
+    nothing about a file already taken.
 
 What is taken
     Regular files named ``*.txt``, ``*.toml`` or ``*.json`` (any case), in the folder itself
@@ -40,10 +47,10 @@ When a file is complete (the stability rule)
 Exactly once
     The database row is the claim. For each complete, valid file the service, in order:
 
-    1. records a claim (content SHA-256, size, (st_dev, st_ino), name, the parsed requests
-       and the output paths it reserved), committed with ``synchronous=FULL``. An open claim
-       with the same folder, identity and hash means this file is already ours (a rescan, a
-       restart); it is never claimed twice;
+    1. records a claim (content SHA-256, size, (st_dev, st_ino), name, the parsed requests,
+       their resolved export options and the output paths it reserved), committed with
+       ``synchronous=FULL``. An open claim with the same folder, identity and hash means
+       this file is already ours (a rescan, a restart); it is never claimed twice;
     2. moves the file into ``done/`` (``link`` + ``unlink``; never overwriting), so that a
        touch, a rename inside the folder or a rescan can no longer see it;
     3. per prompt: commits ``submitting`` (the first one also records where the file went),
@@ -88,19 +95,13 @@ Events
 from __future__ import annotations
 
 import builtins
-import contextlib
-import errno
-import hashlib
 import json
 import logging
 import os
-import secrets
-import sqlite3
-import stat
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -110,27 +111,36 @@ import anyio.abc
 import anyio.to_thread
 from watchfiles import Change, awatch
 
-from timbred import promptfile, takes
 from timbred.errors import (
     InternalError,
-    InvalidParams,
     QueueFull,
     ShuttingDown,
     StoreError,
     TimbreError,
     WatchFolderError,
 )
-from timbred.promptfile import PromptRequest
-from timbred.sqlite_store import SQLiteStore
+from timbred.takes.options import EXTENSIONS
+from timbred.takes.publish import explicit_paths, rewrite
+from timbred.takes.sidecars import sidecar_path
+from timbred.watch import files, promptfile
+from timbred.watch.files import (
+    DONE_DIR,
+    ERROR_SUFFIX,
+    OUTBOX_DIR,
+    OWN_SUBFOLDERS,
+    REJECTED_DIR,
+    RESULT_SUFFIX,
+)
+from timbred.watch.promptfile import PromptRequest
+from timbred.watch.store import FileRecord, WatchStore
 
 __all__ = [
     "DONE_DIR",
     "OUTBOX_DIR",
     "REJECTED_DIR",
-    "FileRecord",
+    "ExportFor",
+    "FormatFor",
     "WatchService",
-    "WatchStore",
-    "is_candidate_name",
 ]
 
 log = logging.getLogger(__name__)
@@ -138,364 +148,31 @@ log = logging.getLogger(__name__)
 Submit = Callable[[dict[str, Any]], Awaitable[str]]
 Wait = Callable[[str], Awaitable[dict[str, Any]]]
 Publish = Callable[[str, dict[str, Any]], None]
+#: The format a prompt's takes will be written in (asked once, at claim).
 FormatFor = Callable[[PromptRequest], str]
+#: The export options a prompt's takes will be written with, ``format`` always named (asked
+#: once, at claim).
+ExportFor = Callable[[PromptRequest], Mapping[str, Any]]
 OutputsMode = Literal["outbox", "beside"]
 
-DONE_DIR: Final = "done"
-REJECTED_DIR: Final = "rejected"
-OUTBOX_DIR: Final = "outbox"
-OWN_SUBFOLDERS: Final = frozenset({DONE_DIR, REJECTED_DIR, OUTBOX_DIR})
-RESULT_SUFFIX: Final = ".result.json"
-ERROR_SUFFIX: Final = ".error.txt"
-
-_TEMP_SUFFIXES: Final = (".swp", ".swo", ".swx", ".tmp", ".temp", ".part", ".partial",
-                         ".crdownload", ".download", ".bak", RESULT_SUFFIX, ERROR_SUFFIX)
-#: Takes written to an explicit output get ``<take file name>.json`` beside them.
-_SIDECAR_SUFFIX: Final = ".json"
 _TERMINAL_JOB_STATES: Final = frozenset({"done", "failed", "cancelled", "interrupted"})
 #: Refusals that say "not now" rather than "never": the prompt is retried with backoff.
 _TRANSIENT: Final = (QueueFull, ShuttingDown)
-_LINK_UNSUPPORTED: Final = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK,
-                                      errno.EXDEV, errno.ENOSYS})
-
-
-def is_candidate_name(name: str) -> bool:
-    """Whether a directory entry's name is one the service considers taking."""
-    if name.startswith(".") or name.endswith("~") or (name.startswith("#") and
-                                                       name.endswith("#")):
-        return False
-    folded = name.casefold()
-    if folded.endswith(_TEMP_SUFFIXES):
-        return False
-    if folded.endswith(_SIDECAR_SUFFIX) and Path(folded[:-len(_SIDECAR_SUFFIX)]).suffix in \
-            promptfile.AUDIO_SUFFIXES:
-        return False  # a take's sidecar (take.wav.json), written beside it in "beside" mode
-    return promptfile.prompt_kind(name) is not None
-
-
-# --- the database ---------------------------------------------------------------------------
-
-#: Migration ``i`` takes the watch tables from version ``i`` to ``i + 1``. Append only. The
-#: version lives in ``watch_schema`` (``PRAGMA user_version`` belongs to the job store).
-WATCH_MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
-    (
-        """
-        CREATE TABLE watch_folders (
-            path     TEXT PRIMARY KEY,   -- folders added at run time (config ones are not here)
-            added_at REAL NOT NULL
-        )
-        """,
-        """
-        CREATE TABLE watch_files (
-            id          INTEGER PRIMARY KEY AUTOINCREMENT,
-            folder      TEXT    NOT NULL,
-            name        TEXT    NOT NULL,           -- the name it was taken under
-            size        INTEGER NOT NULL,
-            sha256      TEXT    NOT NULL,
-            identity    TEXT    NOT NULL,           -- "st_dev:st_ino" (may exceed int64)
-            state       TEXT    NOT NULL CHECK (state IN ('claimed', 'waiting', 'finished')),
-            outcome     TEXT    CHECK (outcome IN ('done', 'failed', 'rejected', 'abandoned')),
-            location    TEXT,                       -- path relative to folder once moved
-            prompts     TEXT    NOT NULL,           -- JSON list, see FileRecord.prompts
-            created_at  REAL    NOT NULL,
-            updated_at  REAL    NOT NULL,
-            finished_at REAL
-        )
-        """,
-        # claim()'s look-up of this file among earlier claims; open_records() scans.
-        "CREATE INDEX watch_files_identity ON watch_files (folder, identity, sha256)",
-    ),
-    (
-        # The `watch list` counters, kept across restarts (version 1 counted from zero each
-        # run). Backfilled from the claims: files refused before any claim were not recorded.
-        """
-        CREATE TABLE watch_counts (
-            folder   TEXT PRIMARY KEY,
-            taken    INTEGER NOT NULL DEFAULT 0,
-            rejected INTEGER NOT NULL DEFAULT 0
-        )
-        """,
-        """
-        INSERT INTO watch_counts (folder, taken, rejected)
-        SELECT folder, COUNT(*), SUM(outcome IS 'rejected') FROM watch_files GROUP BY folder
-        """,
-    ),
-)
-WATCH_SCHEMA_VERSION: Final = len(WATCH_MIGRATIONS)
-#: The job store's PRAGMA application_id ("TmbJ"); a file with another one is not ours.
-_JOB_APPLICATION_ID: Final = 0x546D624A
-
-
-@dataclass
-class FileRecord:
-    """One taken prompt file as stored.
-
-    ``prompts`` holds one dict per prompt: ``request`` (:meth:`PromptRequest.to_dict`),
-    ``output`` (the reserved absolute path, its suffix the takes' format), ``status``
-    (``pending`` → ``submitting`` → ``submitted`` → ``done`` | ``failed``; or ``refused``;
-    ``unknown`` is only found in claims from versions that did not resubmit after a crash
-    inside ``submit``), ``job_id``, ``outputs`` and ``error`` (``{kind, message}``).
-    """
-
-    id: int
-    folder: str
-    name: str
-    size: int
-    sha256: str
-    identity: str
-    state: str
-    prompts: list[dict[str, Any]]
-    created_at: float
-    location: str | None = None
-    outcome: str | None = None
-    finished_at: float | None = None
-
-    @property
-    def job_ids(self) -> list[str]:
-        return [p["job_id"] for p in self.prompts if p.get("job_id")]
-
-
-class WatchStore(SQLiteStore):
-    """The watch tables in the shared ``timbre.sqlite3``: blocking, short, thread-safe calls.
-
-    One connection guarded by one lock, WAL and ``synchronous=FULL`` (a claim survives a power
-    cut once ``claim`` returns), the same as the job store. Its tables are versioned in their
-    own ``watch_schema`` table. Open it after the job store has created the file: on a brand
-    new file the job store refuses to start if other tables already exist.
-
-    Raises StoreError naming the file when it cannot be opened, belongs to another
-    application, or holds watch tables newer than this code.
-    """
-
-    _quick_check = False  # the job store, opened first, has just checked the file
-
-    def __init__(self, path: str | os.PathLike[str], *, busy_timeout_s: float = 5.0) -> None:
-        self.path = os.fspath(path)
-        self._lock = threading.Lock()
-        self._open(busy_timeout_s, self._setup)
-
-    def _error(self, problem: str) -> StoreError:
-        return StoreError(self.path, f"watch tables: {problem}")
-
-    def _setup(self, conn: sqlite3.Connection) -> None:
-        app_id = int(conn.execute("PRAGMA application_id").fetchone()[0])
-        if app_id not in (0, _JOB_APPLICATION_ID):
-            raise self._error("is not a Timbre database (wrong application_id)")
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.execute("CREATE TABLE IF NOT EXISTS watch_schema (version INTEGER NOT NULL)")
-            row = conn.execute("SELECT version FROM watch_schema").fetchone()
-            version = 0 if row is None else int(row[0])
-            if version > len(WATCH_MIGRATIONS):
-                raise self._error(
-                    f"schema version {version} was written by a newer timbred (this one knows "
-                    f"up to {len(WATCH_MIGRATIONS)}); upgrade timbred")
-            for statements in WATCH_MIGRATIONS[version:]:
-                for statement in statements:
-                    conn.execute(statement)
-            if row is None:
-                conn.execute("INSERT INTO watch_schema (version) VALUES (?)",
-                             (len(WATCH_MIGRATIONS),))
-            else:
-                conn.execute("UPDATE watch_schema SET version = ?", (len(WATCH_MIGRATIONS),))
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-
-    # --- folders ------------------------------------------------------------------------------
-
-    def folders(self) -> list[str]:
-        """Folders added at run time, oldest first."""
-        with self._lock, self._translate():
-            rows = self._conn.execute("SELECT path FROM watch_folders ORDER BY added_at, path")
-            return [r[0] for r in rows]
-
-    def add_folder(self, path: str) -> None:
-        with self._write() as conn:
-            conn.execute("INSERT OR IGNORE INTO watch_folders (path, added_at) VALUES (?, ?)",
-                         (path, time.time()))
-
-    def remove_folder(self, path: str) -> bool:
-        with self._write() as conn:
-            return conn.execute("DELETE FROM watch_folders WHERE path = ?", (path,)).rowcount > 0
-
-    def counts(self) -> dict[str, tuple[int, int]]:
-        """Each folder's ``(taken, rejected)`` files, ever."""
-        with self._lock, self._translate():
-            rows = self._conn.execute("SELECT folder, taken, rejected FROM watch_counts")
-            return {r[0]: (int(r[1]), int(r[2])) for r in rows}
-
-    def count(self, folder: str, *, taken: int = 0, rejected: int = 0) -> None:
-        """Add to ``folder``'s counters."""
-        with self._write() as conn:
-            conn.execute("INSERT INTO watch_counts (folder, taken, rejected) VALUES (?, ?, ?) "
-                         "ON CONFLICT (folder) DO UPDATE SET taken = taken + excluded.taken, "
-                         "rejected = rejected + excluded.rejected", (folder, taken, rejected))
-
-    # --- files ------------------------------------------------------------------------------
-
-    # The columns _record reads, in its order; queries append constant clauses only.
-    _SELECT: Final = ("SELECT id, folder, name, size, sha256, identity, state, prompts, "
-                      "created_at, location, outcome, finished_at FROM watch_files")
-
-    @staticmethod
-    def _record(row: Sequence[Any]) -> FileRecord:
-        (rid, folder, name, size, sha256, identity, state, prompts, created_at, location,
-         outcome, finished_at) = row
-        return FileRecord(rid, folder, name, size, sha256, identity, state, json.loads(prompts),
-                          created_at, location, outcome, finished_at)
-
-    def claim(self, *, folder: str, name: str, size: int, sha256: str, identity: str,
-              prompts: list[dict[str, Any]]) -> tuple[FileRecord, bool]:
-        """Record a claim, unless this file (same folder, identity and hash) is claimed already.
-
-        "Already" means an open claim, or a finished one whose file could not be moved out of
-        the folder (a read-only folder). Returns ``(record, True)`` for a new claim,
-        ``(existing, False)`` otherwise.
-        """
-        with self._write() as conn:
-            row = conn.execute(
-                self._SELECT + " WHERE folder = ? AND identity = ? AND sha256 = ? "
-                "AND (state != 'finished' OR location = name) ORDER BY id LIMIT 1",
-                (folder, identity, sha256)).fetchone()
-            if row is not None:
-                return self._record(row), False
-            now = time.time()
-            cur = conn.execute(
-                "INSERT INTO watch_files (folder, name, size, sha256, identity, state, prompts, "
-                "created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'claimed', ?, ?, ?)",
-                (folder, name, size, sha256, identity, json.dumps(prompts), now, now))
-            rid = cur.lastrowid
-            assert rid is not None  # an INSERT always sets it
-            return FileRecord(rid, folder, name, size, sha256, identity, "claimed",
-                              json.loads(json.dumps(prompts)), now), True
-
-    def save(self, record: FileRecord) -> None:
-        """Commit the record's state, outcome, location and prompts."""
-        with self._write() as conn:
-            conn.execute(
-                "UPDATE watch_files SET state = ?, outcome = ?, location = ?, prompts = ?, "
-                "updated_at = ?, finished_at = ? WHERE id = ?",
-                (record.state, record.outcome, record.location, json.dumps(record.prompts),
-                 time.time(), record.finished_at, record.id))
-
-    def open_records(self) -> list[FileRecord]:
-        """Claims not finished yet, oldest first (what a restart resumes)."""
-        with self._lock, self._translate():
-            rows = self._conn.execute(
-                self._SELECT + " WHERE state != 'finished' ORDER BY id").fetchall()
-            return [self._record(r) for r in rows]
-
-    def records(self, folder: str | None = None) -> builtins.list[FileRecord]:
-        """Every record (of one folder), oldest first."""
-        with self._lock, self._translate():
-            if folder is None:
-                rows = self._conn.execute(self._SELECT + " ORDER BY id").fetchall()
-            else:
-                rows = self._conn.execute(self._SELECT + " WHERE folder = ? ORDER BY id",
-                                          (folder,)).fetchall()
-            return [self._record(r) for r in rows]
-
-
-# --- file system helpers (blocking; run in worker threads) --------------------------------------
-
-
-@dataclass(frozen=True)
-class _Sig:
-    """What one ``lstat`` says about a directory entry."""
-
-    kind: Literal["file", "link", "dir", "other"]
-    dev: int
-    ino: int
-    size: int
-    mtime_ns: int
-    ctime_ns: int
-
-    @classmethod
-    def of(cls, st: os.stat_result) -> _Sig:
-        mode = st.st_mode
-        kind: Literal["file", "link", "dir", "other"] = (
-            "file" if stat.S_ISREG(mode) else "link" if stat.S_ISLNK(mode)
-            else "dir" if stat.S_ISDIR(mode) else "other")
-        return cls(kind, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-    @property
-    def stable_key(self) -> tuple[int, int, int, int]:
-        return (self.dev, self.ino, self.size, self.mtime_ns)
-
-    @property
-    def renamed_in(self) -> bool:
-        """A complete file that arrived by rename or link (see the module's stability rule)."""
-        return self.kind == "file" and self.size > 0 and self.ctime_ns > self.mtime_ns
-
-
-def _identity(st: os.stat_result) -> str:
-    return f"{st.st_dev}:{st.st_ino}"
-
-
-def _folder_identity(path: Path) -> tuple[int, int]:
-    try:
-        st = path.stat()
-    except FileNotFoundError as exc:
-        raise WatchFolderError(str(path), "does not exist") from exc
-    except OSError as exc:
-        raise WatchFolderError(str(path), exc.strerror or str(exc)) from exc
-    if not stat.S_ISDIR(st.st_mode):
-        raise WatchFolderError(str(path), "is not a directory")
-    return st.st_dev, st.st_ino
-
-
-@dataclass
-class _Survey:
-    gone: str | None = None
-    found: list[str] = field(default_factory=list)
-    stats: dict[str, _Sig | None] = field(default_factory=dict)
-
-
-def _survey(path: Path, identity: tuple[int, int], names: list[str],
-            known: set[str] | None) -> _Survey:
-    """Check the folder is still the one attached, list it if ``known`` is given, lstat names."""
-    try:
-        if _folder_identity(path) != identity:
-            return _Survey(gone="was replaced (another directory now has its path)")
-    except WatchFolderError as exc:
-        return _Survey(gone=exc.data["problem"])
-    survey = _Survey()
-    if known is not None:
-        try:
-            with os.scandir(path) as entries:
-                for entry in entries:
-                    if entry.name not in known and is_candidate_name(entry.name):
-                        survey.found.append(entry.name)
-        except FileNotFoundError:  # went away between the stat and the listing
-            return _Survey(gone="does not exist")
-        except OSError as exc:
-            return _Survey(gone=exc.strerror or str(exc))
-    for name in (*names, *survey.found):
-        try:
-            survey.stats[name] = _Sig.of(os.lstat(path / name))
-        except OSError:
-            survey.stats[name] = None
-    return survey
-
-
-def _numbered(name: str, *, keep_suffix: bool = True) -> Iterator[str]:
-    """``name``, then ``stem.2.suffix``, ``stem.3.suffix``, ... (``name.2`` ... without
-    ``keep_suffix``)."""
-    yield name
-    dot = name.rfind(".")
-    stem, suffix = (name[:dot], name[dot:]) if dot > 0 and keep_suffix else (name, "")
-    n = 2
-    while True:
-        yield f"{stem}.{n}{suffix}"
-        n += 1
 
 
 def _own_format(request: PromptRequest) -> str:
     """The format the prompt file names, else WAV."""
     return str(request.export.get("format", "wav"))
+
+
+def _export_naming(format_for: FormatFor) -> ExportFor:
+    """The export options of a service given only ``format_for``: the prompt's own, with the
+    format it names."""
+
+    def export_for(request: PromptRequest) -> dict[str, Any]:
+        return {**request.export, "format": format_for(request)}
+
+    return export_for
 
 
 def _idempotency_key(record: FileRecord, prompt: Mapping[str, Any]) -> str:
@@ -504,148 +181,23 @@ def _idempotency_key(record: FileRecord, prompt: Mapping[str, Any]) -> str:
     return f"watch:{record.id}:{record.created_at:.6f}:{prompt['request']['index']}"
 
 
-def _move_into(src: Path, dest_dir: Path, name: str, companion: str) -> Path:
-    """Move ``src`` into ``dest_dir`` under a free name (also free with ``companion`` appended).
+def _submission(record: FileRecord, prompt: Mapping[str, Any]) -> dict[str, Any]:
+    """What ``submit`` gets for one prompt of a claim: the request as the claim resolved it.
 
-    Never overwrites: the file is hard-linked to its new name (which fails if the name exists)
-    and then unlinked; file systems without hard links fall back to a checked rename.
+    Claims made before export options were resolved at claim time hold none; theirs are the
+    prompt's own, as those versions sent them, so that a resubmission after an upgrade is the
+    same request under its idempotency key.
     """
-    dest_dir.mkdir(exist_ok=True)
-    for candidate in _numbered(name):
-        dst = dest_dir / candidate
-        if os.path.lexists(dst) or os.path.lexists(dest_dir / (candidate + companion)):
-            continue
-        try:
-            os.link(src, dst, follow_symlinks=False)
-        except FileExistsError:
-            continue
-        except OSError as exc:
-            if exc.errno not in _LINK_UNSUPPORTED:
-                raise
-            src.rename(dst)  # no hard links here; only this service writes dest_dir
-            return dst
-        src.unlink()
-        return dst
-    raise AssertionError("unreachable")  # _numbered never ends
+    request = prompt["request"]
+    return {"params": {**request["params"], "output": prompt["output"]},
+            "export": dict(prompt.get("export", request["export"])),
+            "preset": request["preset"], "idempotency_key": _idempotency_key(record, prompt)}
 
 
-def _write_atomic(path: Path, text: str, *, fsync: bool = True) -> None:
-    """Write ``text`` to ``path`` through a hidden temporary file, (fsync,) rename."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with tmp.open("x", encoding="utf-8") as f:
-            f.write(text)
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _locate(record: FileRecord, *, resuming: bool) -> Path | None:
-    """Where a claimed file is now: in ``done/`` (moved) or still under its name.
-
-    A fresh claim's file is under its name; only after a crash (``resuming``) can it be in
-    ``done/`` without the record saying so, or in both (linked, not yet unlinked).
-    """
-    folder = Path(record.folder)
-
-    def ours(p: Path) -> bool:
-        try:
-            return _identity(os.lstat(p)) == record.identity
-        except OSError:
-            return False
-
-    def find(directory: Path) -> Path | None:
-        with contextlib.suppress(OSError), os.scandir(directory) as entries:
-            for entry in entries:
-                if ours(directory / entry.name):
-                    return directory / entry.name
-        return None
-
-    original = folder / record.name
-    if not ours(original):  # renamed inside the folder in the instant after the claim?
-        original = find(folder) or original
-    in_folder = ours(original)
-    if in_folder and not resuming and record.location is None:
-        return original
-    moved = folder / record.location if record.location else None
-    if moved is None or not ours(moved):
-        moved = find(folder / DONE_DIR)
-    if moved is not None and in_folder:  # a crash between link and unlink
-        original.unlink()
-    return moved or (original if in_folder else None)
-
-
-@dataclass
-class _Valid:
-    st: os.stat_result
-    sha256: str
-    requests: list[PromptRequest]
-
-
-@dataclass
-class _Refused:
-    st: os.stat_result
-    reason: str
-
-
-class _Changed(Exception):
-    """The file changed or went away between the stability check and reading it."""
-
-
-def _read_candidate(path: Path, sig: _Sig, max_bytes: int) -> _Valid | _Refused:
-    """Read and parse a file that was found complete; never follows a symlink."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError as exc:
-        raise _Changed from exc
-    if stat.S_ISLNK(st.st_mode):
-        try:
-            target = str(path.readlink())
-        except OSError:
-            target = "?"
-        return _Refused(st, f"{path.name}: is a symbolic link (to {target!r}); links are "
-                        "refused so that nothing outside the watched folder is ever read; "
-                        "copy or move the file itself into the folder")
-    if not stat.S_ISREG(st.st_mode):
-        return _Refused(st, f"{path.name}: not a regular file (a FIFO, socket or device)")
-    if _Sig.of(st).stable_key != sig.stable_key:
-        raise _Changed
-    try:
-        promptfile.check_size(path.name, st.st_size, max_bytes)
-    except InvalidParams as exc:
-        return _Refused(st, exc.message)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.ENOENT):
-            raise _Changed from exc  # replaced by a link, or gone, since the lstat
-        return _Refused(st, f"{path.name}: cannot be read: {exc.strerror or exc}")
-    try:
-        fst = os.fstat(fd)
-        if _identity(fst) != _identity(st):
-            raise _Changed
-        chunks: list[bytes] = []
-        remaining = max_bytes + 1
-        while remaining > 0:
-            chunk = os.read(fd, min(remaining, 65536))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            remaining -= len(chunk)
-        after = os.fstat(fd)
-    finally:
-        os.close(fd)
-    if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
-        raise _Changed
-    data = b"".join(chunks)
-    try:
-        requests = promptfile.parse(path.name, data, max_bytes=max_bytes)
-    except InvalidParams as exc:
-        return _Refused(st, exc.message)
-    return _Valid(st, hashlib.sha256(data).hexdigest(), requests)
+def _write_text(path: Path, text: str, *, durable: bool = True) -> None:
+    """Write one of the service's own files (a result or error file) atomically, replacing
+    an older one (see :func:`timbred.takes.publish.rewrite`)."""
+    rewrite(path, text.encode("utf-8"), durable=durable)
 
 
 # --- the service --------------------------------------------------------------------------------
@@ -656,7 +208,7 @@ class _Pending:
     """A directory entry waiting to be taken."""
 
     state: Literal["checking", "ready", "taking", "held"] = "checking"
-    sig: _Sig | None = None
+    sig: files.Sig | None = None
     count: int = 0
 
 
@@ -694,12 +246,15 @@ class WatchService:
     TimbreError when the request is refused (QueueFull and ShuttingDown are retried with
     backoff; any other refuses that prompt). ``wait(job_id)`` returns the finished job as a
     dict with ``state``, ``outputs`` and ``error``. ``publish(type, data)`` publishes a daemon
-    event and must not block. ``format_for(request)`` names the format a prompt's takes will
-    be written in (default: the prompt file's, else WAV); it is asked once, when the file is
-    claimed, and the output path it implies is recorded with the claim, so a prompt submitted
-    again after a crash is the same request even if a preset or the configuration changed
-    in between. The other settings are described in the module's docstring;
-    ``max_file_bytes`` caps a prompt file's size.
+    event and must not block. ``export_for(request)`` resolves the export options a prompt's
+    takes will be written with, ``format`` always among them (the daemon layers the prompt's
+    own over its preset's and the configuration's); ``format_for(request)`` is the short form
+    for a caller that only picks the format (default: the prompt file's, else WAV). Either is
+    asked once, when the file is claimed; the options and the output path they imply are
+    recorded with the claim and submitted as they are, so a prompt submitted again after a
+    crash is the same request even if a preset or the configuration changed in between. The
+    other settings are described in the module's docstring; ``max_file_bytes`` caps a
+    prompt file's size.
     """
 
     def __init__(
@@ -719,6 +274,7 @@ class WatchService:
         retry_initial_s: float = 0.5,
         retry_max_s: float = 30.0,
         format_for: FormatFor | None = None,
+        export_for: ExportFor | None = None,
     ) -> None:
         if max_inflight_files < 1:
             raise ValueError(f"max_inflight_files must be at least 1, got {max_inflight_files}")
@@ -738,7 +294,7 @@ class WatchService:
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = max(retry_max_s, retry_initial_s)
         self._submit = submit
-        self._format_for: FormatFor = format_for or _own_format
+        self._export_for: ExportFor = export_for or _export_naming(format_for or _own_format)
         self._wait = wait
         self._publish = publish
         self._folders: dict[Path, _Folder] = {}
@@ -813,7 +369,7 @@ class WatchService:
             if watched.parent == folder_path and watched.name in OWN_SUBFOLDERS:
                 raise WatchFolderError(str(folder_path), f"its {watched.name}/ subfolder is "
                                        "watched as a folder of its own; remove that first")
-        await anyio.to_thread.run_sync(_folder_identity, folder_path)
+        await anyio.to_thread.run_sync(files.folder_identity, folder_path)
         await anyio.to_thread.run_sync(self._store.add_folder, str(folder_path))
         folder = _Folder(folder_path, "added")
         counts = await anyio.to_thread.run_sync(self._store.counts)
@@ -860,7 +416,7 @@ class WatchService:
             delay = self.retry_initial_s
             while True:
                 try:
-                    identity = await anyio.to_thread.run_sync(_folder_identity, folder.path)
+                    identity = await anyio.to_thread.run_sync(files.folder_identity, folder.path)
                 except WatchFolderError as exc:
                     problem = exc.data["problem"]
                     if folder.state != "missing" or folder.problem != problem:
@@ -918,7 +474,7 @@ class WatchService:
                         if change == Change.deleted:
                             stop.set()  # the folder itself went; _tick confirms and detaches
                         continue
-                    if path.parent != folder.path or not is_candidate_name(path.name):
+                    if path.parent != folder.path or not files.is_candidate_name(path.name):
                         continue
                     # Events are hints (one batch is an unordered set: a "deleted" for the
                     # file just moved out may come with an "added" for a new one of the same
@@ -942,22 +498,22 @@ class WatchService:
             rescan = now >= next_rescan
             names = [n for n, e in folder.pending.items() if e.state == "checking"]
             known = set(folder.pending) if rescan else None
-            survey = await anyio.to_thread.run_sync(_survey, folder.path, identity, names,
-                                                    known)
-            if survey.gone is not None:
-                return survey.gone
+            seen = await anyio.to_thread.run_sync(files.survey, folder.path, identity, names,
+                                                  known)
+            if seen.gone is not None:
+                return seen.gone
             if stop.is_set():
                 return None  # the watcher ended on its own: re-attach
             if rescan:
                 next_rescan = now + self.rescan_interval_s
-            self._apply(folder, survey)
+            self._apply(folder, seen)
             with anyio.move_on_after(self.stable_interval_s):
                 await stop.wait()
 
-    def _apply(self, folder: _Folder, survey: _Survey) -> None:
-        for name in survey.found:
+    def _apply(self, folder: _Folder, seen: files.Survey) -> None:
+        for name in seen.found:
             folder.pending.setdefault(name, _Pending())
-        for name, sig in survey.stats.items():
+        for name, sig in seen.stats.items():
             entry = folder.pending.get(name)
             if entry is None or entry.state != "checking":
                 continue
@@ -1023,13 +579,13 @@ class WatchService:
         assert entry.sig is not None and self._store is not None  # ready entries have a sig
         path = folder.path / name
         try:
-            result = await anyio.to_thread.run_sync(_read_candidate, path, entry.sig,
+            result = await anyio.to_thread.run_sync(files.read_candidate, path, entry.sig,
                                                     self.max_file_bytes)
-        except _Changed:
+        except files.Changed:
             if folder.pending.get(name) is entry:
                 entry.state, entry.count = "checking", 0
             return
-        if isinstance(result, _Refused):
+        if isinstance(result, files.Refused):
             await self._reject(folder, path, result.st, result.reason)
             entry.state = "held"  # until the watcher reports it gone (moved) or changed
             return
@@ -1051,30 +607,31 @@ class WatchService:
         finally:
             self._driving.discard(record.id)
 
-    def _claim(self, folder: Path, name: str, valid: _Valid,
+    def _claim(self, folder: Path, name: str, valid: files.Valid,
                requests: Sequence[PromptRequest]) -> tuple[FileRecord, bool]:
         assert self._store is not None
         out_dir = folder / OUTBOX_DIR if self.outputs == "outbox" else folder
         stem = Path(name).stem[:150] or "take"
         several = len(requests) > 1
         prompts: builtins.list[dict[str, Any]] = []
-        # Asked before taking the lock: the daemon's answer may read a preset file.
-        exts = [promptfile.FORMAT_EXTENSIONS.get(self._format_for(req), ".wav")
-                for req in requests]
+        # Resolved once, here, and asked before taking the lock: the daemon's answer reads
+        # the preset file.
+        exports = [dict(self._export_for(req)) for req in requests]
         with self._reserved_lock:
-            for req, ext in zip(requests, exts, strict=True):
+            for req, export in zip(requests, exports, strict=True):
                 base = req.output or (f"{stem}-{req.index}" if several else stem)
+                ext = EXTENSIONS.get(str(export.get("format")), ".wav")
                 output = self._free_output(out_dir, base, ext,
                                            int(req.params.get("variations", 1)))
                 prompt: dict[str, Any] = {
-                    "request": req.to_dict(), "output": str(output), "status": "pending",
-                    "job_id": None, "outputs": [], "error": None}
+                    "request": req.to_dict(), "export": export, "output": str(output),
+                    "status": "pending", "job_id": None, "outputs": [], "error": None}
                 self._reserved.update(_take_paths(prompt))
                 prompts.append(prompt)
         try:
             record, new = self._store.claim(
                 folder=str(folder), name=name, size=valid.st.st_size, sha256=valid.sha256,
-                identity=_identity(valid.st), prompts=prompts)
+                identity=files.identity(valid.st), prompts=prompts)
         except BaseException:
             self._unreserve(prompts)
             raise
@@ -1085,14 +642,14 @@ class WatchService:
     def _free_output(self, out_dir: Path, base: str, ext: str, variations: int) -> Path:
         """The first ``base``, ``base.2``, ... whose take files (and their sidecars) exist
         nowhere and are promised to no open claim (caller holds ``_reserved_lock``)."""
-        for candidate in _numbered(base, keep_suffix=False):
+        for candidate in files.numbered(base, keep_suffix=False):
             output = out_dir / f"{candidate}{ext}"
-            paths = takes.explicit_paths(output, variations)
+            paths = explicit_paths(output, variations)
             if not any(os.path.lexists(p) or str(p) in self._reserved
-                       or os.path.lexists(p.with_name(p.name + _SIDECAR_SUFFIX))
+                       or os.path.lexists(sidecar_path(p))
                        for p in paths):
                 return output
-        raise AssertionError("unreachable")  # _numbered never ends
+        raise AssertionError("unreachable")  # numbered never ends
 
     def _unreserve(self, prompts: Iterable[Mapping[str, Any]]) -> None:
         with self._reserved_lock:
@@ -1165,14 +722,14 @@ class WatchService:
 
     def _move_to_done(self, record: FileRecord, resuming: bool) -> bool:
         """Find the claimed file and move it into done/; False if it is gone unsubmitted."""
-        located = _locate(record, resuming=resuming)
+        located = files.locate(record, resuming=resuming)
         if located is None:
             # Moved before (then a prompt may be submitted already): carry on without it.
             return record.location is not None
         folder = Path(record.folder)
         if located.parent == folder:
             try:
-                located = _move_into(located, folder / DONE_DIR, record.name, RESULT_SUFFIX)
+                located = files.move_into(located, folder / DONE_DIR, record.name, RESULT_SUFFIX)
             except OSError as exc:  # a read-only folder: the claim still holds it once
                 log.warning("cannot move %s into %s/: %s", located, DONE_DIR, exc)
         record.location = str(located.relative_to(folder))
@@ -1184,10 +741,7 @@ class WatchService:
                 continue
             delay = self.retry_initial_s
             while p["status"] == "pending":
-                req = PromptRequest.from_dict(p["request"])
-                payload = {"params": {**req.params, "output": p["output"]},
-                           "export": dict(req.export), "preset": req.preset,
-                           "idempotency_key": _idempotency_key(record, p)}
+                payload = _submission(record, p)
                 p["status"] = "submitting"
                 await self._save(record)
                 transient: TimbreError | None = None
@@ -1248,13 +802,13 @@ class WatchService:
             if record.location is not None:
                 src = folder / record.location
                 try:
-                    dst = _move_into(src, folder / REJECTED_DIR, record.name, ERROR_SUFFIX)
+                    dst = files.move_into(src, folder / REJECTED_DIR, record.name, ERROR_SUFFIX)
                 except OSError as exc:
                     log.warning("cannot move %s into %s/: %s", src, REJECTED_DIR, exc)
                     return
                 record.location = str(dst.relative_to(folder))
-                _write_atomic(dst.with_name(dst.name + ERROR_SUFFIX),
-                              (self._problems(record, "\n") or reason) + "\n")
+                _write_text(dst.with_name(dst.name + ERROR_SUFFIX),
+                            (self._problems(record, "\n") or reason) + "\n")
 
         record.state, record.outcome, record.finished_at = "finished", "rejected", time.time()
         with anyio.CancelScope(shield=True):
@@ -1295,12 +849,12 @@ class WatchService:
 
         def move() -> None:
             try:
-                if _identity(os.lstat(path)) != _identity(st):
+                if files.identity(os.lstat(path)) != files.identity(st):
                     return  # replaced meanwhile: the new file gets its own turn
             except FileNotFoundError:
                 return
-            dst = _move_into(path, folder.path / REJECTED_DIR, path.name, ERROR_SUFFIX)
-            _write_atomic(dst.with_name(dst.name + ERROR_SUFFIX), reason + "\n")
+            dst = files.move_into(path, folder.path / REJECTED_DIR, path.name, ERROR_SUFFIX)
+            _write_text(dst.with_name(dst.name + ERROR_SUFFIX), reason + "\n")
 
         try:
             await anyio.to_thread.run_sync(move)
@@ -1340,9 +894,9 @@ class WatchService:
             } for p in record.prompts],
         }
         try:
-            _write_atomic(target.with_name(target.name + RESULT_SUFFIX),
-                          json.dumps(result, indent=2, ensure_ascii=False) + "\n",
-                          fsync=durable)
+            _write_text(target.with_name(target.name + RESULT_SUFFIX),
+                        json.dumps(result, indent=2, ensure_ascii=False) + "\n",
+                        durable=durable)
         except OSError as exc:
             log.warning("cannot write the result file of %s: %s", target, exc)
 
@@ -1372,7 +926,7 @@ def _make_parent(path: Path) -> None:
 def _take_paths(prompt: Mapping[str, Any]) -> list[str]:
     """The files a prompt's job will write (variations add -1, -2 ...)."""
     count = int(prompt["request"]["params"].get("variations", 1))
-    return [str(p) for p in takes.explicit_paths(Path(prompt["output"]), count)]
+    return [str(p) for p in explicit_paths(Path(prompt["output"]), count)]
 
 
 def _error_dict(exc: TimbreError) -> dict[str, Any]:

@@ -1,10 +1,10 @@
 """Takes and their history: writing finished audio as takes, and everything done to them later.
 
 This is where the generation service hands over audio: each take is loudness-normalised,
-encoded, tagged and published atomically by :mod:`timbred.export` under
+encoded, tagged and published atomically by :mod:`timbred.takes.writer` under
 ``<output dir>/YYYY/MM/DD/[<session>/]take-<n>.<ext>`` (or the exact path a request named), and
-recorded in the history (:mod:`timbred.library`). Every method here blocks (files, SQLite); the
-daemon calls them through ``anyio.to_thread``.
+recorded in the history (:mod:`timbred.takes.library`). Every method here blocks (files, SQLite);
+the daemon calls them through ``anyio.to_thread``.
 
 Re-rendering: every take's recipe carries ``audio_sha256``, the SHA-256 of the raw generated
 samples (float32, before loudness and encoding). A replay regenerates from the recipe and
@@ -24,16 +24,18 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from timbred import __version__, export, presets, takes
+from timbred import __version__, presets
 from timbred.config import Settings
 from timbred.errors import OutputError, TakeNotFound, os_reason
-from timbred.library import Library, Take
+from timbred.takes import publish
+from timbred.takes.library import Library, Take
+from timbred.takes.metadata import TakeMetadata
+from timbred.takes.options import EXPORT_KEYS, ExportOptions, format_from_path
+from timbred.takes.sidecars import sidecar_path
+from timbred.takes.writer import WrittenTake, export_existing, write_next_take, write_take
 from timbred.testing import failpoints
 
 log = logging.getLogger(__name__)
-
-EXPORT_KEYS = ("format", "wav_subtype", "mp3_bitrate_kbps", "ogg_quality",
-               "loudness_target_lufs", "true_peak_ceiling_dbtp")
 
 
 def request_export(request: Mapping[str, Any],
@@ -46,7 +48,7 @@ def request_export(request: Mapping[str, Any],
     """
     own = {k: request[k] for k in EXPORT_KEYS if request.get(k) is not None}
     if request.get("output") and "format" not in own and "format" not in preset_export:
-        own["format"] = export.format_from_path(request["output"])
+        own["format"] = format_from_path(request["output"])
     return own
 
 
@@ -76,7 +78,7 @@ class History:
             "true_peak_ceiling_dbtp": s["output.true_peak_ceiling_dbtp"],
         }
 
-    def export_options(self, *layers: Mapping[str, Any]) -> export.ExportOptions:
+    def export_options(self, *layers: Mapping[str, Any]) -> ExportOptions:
         """Configuration defaults overlaid by each layer in turn (preset, then request).
 
         ``loudness_target_lufs: false`` switches normalisation off; build the request's layer
@@ -90,7 +92,7 @@ class History:
                     merged[key] = layer[key]
         if merged["loudness_target_lufs"] is False:
             merged["loudness_target_lufs"] = None
-        return export.ExportOptions.from_dict(merged)
+        return ExportOptions.from_dict(merged)
 
     # --- writing ------------------------------------------------------------------------
 
@@ -102,26 +104,26 @@ class History:
         ``indices`` (1-based) limits which variations are written (a replay writes only the
         take it re-renders).
         """
-        options = export.ExportOptions.from_dict(params["export"])
+        options = ExportOptions.from_dict(params["export"])
         session = self.library.session(params.get("session"))
-        folder = takes.session_dir(self.output_root, dt.datetime.now(), session.name)
+        folder = publish.session_dir(self.output_root, dt.datetime.now(), session.name)
         explicit = params.get("output")
         count = audio.shape[0]
-        paths = takes.explicit_paths(Path(explicit), count) if explicit else None
+        paths = publish.explicit_paths(Path(explicit), count) if explicit else None
         written: list[Take] = []
         for i in indices or range(1, count + 1):
             raw = audio[i - 1]
             take_recipe = {**recipe, "take_index": i, "audio_sha256": audio_sha256(raw),
                            "export": options.to_dict()}
-            meta = export.TakeMetadata(
+            meta = TakeMetadata(
                 prompt=params["prompt"], seed=params["seed"], model=recipe.get("model"),
                 revision=recipe.get("revision"), backend=recipe.get("backend"),
                 device=recipe.get("device"), params=dict(recipe.get("params", {})),
                 timbre_version=__version__, job_id=job_id, take_index=i, recipe=take_recipe)
             if paths is not None:
-                out = export.write_take(paths[i - 1], raw, sample_rate, options, meta)
+                out = write_take(paths[i - 1], raw, sample_rate, options, meta)
             else:
-                out = export.write_next_take(folder, raw, sample_rate, options, meta)
+                out = write_next_take(folder, raw, sample_rate, options, meta)
             loud = out.loudness
             written.append(self.library.record_take(
                 job_id=job_id, session=session, prompt=params["prompt"], take_index=i,
@@ -138,7 +140,7 @@ class History:
     def show(self, take: str) -> Take:
         return self.library.get(take)
 
-    def export_take(self, take: str, request: Mapping[str, Any]) -> export.WrittenTake:
+    def export_take(self, take: str, request: Mapping[str, Any]) -> WrittenTake:
         """Re-encode a take; the new file sits beside it unless ``output`` says where.
 
         Options, each layer over the one before: the configuration, the take's recorded
@@ -158,8 +160,8 @@ class History:
                                       request_export(request, preset_export))
         output = request.get("output")
         if output:
-            dest = takes.check_output(output, 1, extensions=[options.extension])[0]
-            return export.export_existing(source, dest, options)
+            dest = publish.check_output(output, 1, extensions=[options.extension])[0]
+            return export_existing(source, dest, options)
         # Beside the take, under the first free name (take-1.mp3, take-1-2.mp3, ...), as
         # generate names takes: a second export to one format is no error. write_take links
         # the final name only if it is free, so a name taken meanwhile means: try the next.
@@ -169,7 +171,7 @@ class History:
             if dest.exists():
                 continue
             try:
-                return export.export_existing(source, dest, options)
+                return export_existing(source, dest, options)
             except OutputError:
                 if not dest.exists():
                     raise
@@ -185,7 +187,7 @@ class History:
     def remove(self, take: str) -> Take:
         """Delete the take's audio and sidecar; keep the record, marked deleted."""
         record = self.library.get(take)
-        for path in (Path(record.path), export.sidecar_path(record.path)):
+        for path in (Path(record.path), sidecar_path(record.path)):
             try:
                 path.unlink(missing_ok=True)
             except OSError as exc:
