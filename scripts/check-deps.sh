@@ -68,11 +68,19 @@ for m in "${modes[@]}"; do
 import re
 import sys
 
+try:
+    from packaging.markers import Marker
+except ImportError:  # pip carries its own copy
+    from pip._vendor.packaging.markers import Marker
+
+
 def pins(path):
+    # The lock is universal: a package may be pinned twice, under exclusive markers
+    # (numpy for Python < 3.12 and >= 3.12); compare the pin for this interpreter.
     out = {}
     for line in open(path, encoding="utf-8"):
-        m = re.match(r"([A-Za-z0-9._-]+)==([^\s;\\]+)", line)
-        if m:
+        m = re.match(r"([A-Za-z0-9._-]+)==([^\s;\\]+)(?: ;([^\\]*))?", line)
+        if m and (not m.group(3) or Marker(m.group(3).strip()).evaluate()):
             out[m.group(1).lower()] = m.group(2)
     return out
 
