@@ -18,6 +18,7 @@ import pytest
 
 from tests.backends import tone
 from tests.support import RawConnection, check_result, req
+from timbrectl import render
 from timbred import models
 from timbred.backends import registry
 from timbred.errors import InvalidParams, ModelNotFound
@@ -88,6 +89,13 @@ class TestBackendsList:
         assert musicgen["params"]["properties"]["top_k"]["default"] == 250
         assert musicgen["load_options"] == ["window_s", "stride_s", "precision"]
         assert by_name["tone"]["params"]["properties"]["pitch_hz"]["default"] == 440.0
+
+
+    def test_people_read_each_parameter_with_its_range_and_default(self) -> None:
+        text = render.backend_rows([spec.to_dict() for spec in registry.specs()])
+        assert text.splitlines()[0].startswith("musicgen: ")
+        assert "    top_k        0 to 2048, default 250: Sample from the k most likely" in text
+        assert "needs local weights" in text
 
 
 def _ctl(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

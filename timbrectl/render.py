@@ -134,11 +134,23 @@ def backend_rows(backends: list[dict[str, Any]]) -> str:
                  f"  {rates}, {channels}, up to {caps['max_native_duration_s']:g} s a pass; "
                  f"{', '.join(caps['features']) or 'no extras'}; needs "
                  f"{', '.join(n.replace('_', ' ') for n in b['needs']) or 'nothing'}"]
-        for name, prop in b["params"]["properties"].items():
-            bounds = [f"{k} {prop[k]:g}" for k in ("minimum", "maximum") if k in prop]
-            default = f" (default {prop['default']!r})" if "default" in prop else ""
-            detail = f"; {', '.join(bounds)}" if bounds else ""
-            lines.append(f"  --param {name}=…  {prop.get('description', '')}{default}{detail}")
+        props = b["params"]["properties"]
+        if props:
+            lines.append("  parameters (--param NAME=VALUE):")
+        width = max((len(name) for name in props), default=0)
+        for name, prop in props.items():
+            facts = []
+            if "minimum" in prop and "maximum" in prop:
+                facts.append(f"{prop['minimum']:g} to {prop['maximum']:g}")
+            if "enum" in prop:
+                facts.append(" | ".join(str(v) for v in prop["enum"]))
+            if "default" in prop:
+                default = prop["default"]
+                facts.append(f"default {default:g}" if isinstance(default, int | float)
+                             and not isinstance(default, bool) else f"default {default!r}")
+            text = prop.get("description", "").rstrip(".")
+            lines.append(f"    {name:<{width}}  {', '.join(facts)}: {text}" if facts
+                         else f"    {name:<{width}}  {text}")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) or "no backends"
 
