@@ -30,7 +30,7 @@ from timbred.errors import (
     ModelNotFound,
     QueueFull,
 )
-from timbred.jobs import JobState
+from timbred.jobs import JobState, JobStore
 from timbred.protocol.schema import rooted
 from timbred.testing.daemon import running_daemon
 
@@ -476,3 +476,20 @@ async def test_two_sides_finishing_one_job_at_once_do_not_collide(daemon: Daemon
             tg.start_soon(finish)
     assert sorted(r is None for r in results) == [False, True]
     assert (await generation.get(job.id)).state is JobState.CANCELLED
+
+
+async def test_a_stop_while_a_batch_is_gathered_leaves_it_queued(short_tmp: Path,
+                                                                 tiny: Path) -> None:
+    """A stop that arrives while the scheduler waits for batch-mates neither runs the job
+    nor closes the job database under the scheduler's read: the job stays queued."""
+    async with running_daemon(short_tmp, models__default=str(tiny), jobs__batch_window_s=1.0,
+                              **FAST) as d:
+        job = await d.generation.submit({"prompt": "gathered", "duration": 0.5})
+        await anyio.sleep(0.3)  # the scheduler took it and waits for batch-mates
+        assert not d.generation.running
+    # Leaving the block stopped the daemon without an error; the job was never started.
+    store = JobStore(short_tmp / "data" / "jobs.sqlite3")
+    try:
+        assert store.get(job.id).state is JobState.QUEUED
+    finally:
+        store.close()

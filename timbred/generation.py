@@ -112,6 +112,7 @@ class Generation:
         self.stopping = False
         self._wake = anyio.Event()
         self._idle = anyio.Event()  # set whenever a job finishes running
+        self._scheduler_done = anyio.Event()
         self._tg: anyio.abc.TaskGroup | None = None
         # Running jobs a cancel was asked for -> their request index in the batch.
         self._cancel_jobs: dict[str, int] = {}
@@ -166,6 +167,11 @@ class Generation:
             await self.executor.cancel()
             with anyio.move_on_after(10):
                 await idle.wait()
+        if self._tg is not None and not self.running:
+            # The scheduler may be mid-read (gathering a batch in a thread, which no cancel
+            # stops): the stores close only once it is out, or their last read fails.
+            with anyio.move_on_after(10):
+                await self._scheduler_done.wait()
         with anyio.CancelScope(shield=True):
             await self.executor.stop()
             await anyio.to_thread.run_sync(self.store.close)
@@ -352,13 +358,19 @@ class Generation:
     # --- scheduling ---------------------------------------------------------------------
 
     async def _schedule(self) -> None:
-        while not self.stopping:
-            self._wake = anyio.Event()
-            job = await anyio.to_thread.run_sync(self.store.next_queued)
-            if job is None:
-                await self._wake.wait()
-                continue
-            await self._run(await self._gather(job))
+        try:
+            while not self.stopping:
+                self._wake = anyio.Event()
+                job = await anyio.to_thread.run_sync(self.store.next_queued)
+                if job is None:
+                    await self._wake.wait()
+                    continue
+                batch = await self._gather(job)
+                if self.stopping:
+                    break  # gathered while the daemon began to stop: they stay queued
+                await self._run(batch)
+        finally:
+            self._scheduler_done.set()
 
     async def _gather(self, head: Job) -> list[Job]:
         """``head`` and the queued jobs that can be decoded with it, in queue order.
