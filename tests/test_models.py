@@ -21,6 +21,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
+from tests.support import RawConnection, check_result, req
 from timbred.errors import InvalidParams, ModelLoadFailed, ModelNotFound, NetworkUnavailable
 from timbred.models import (
     CATALOGUE,
@@ -32,6 +33,7 @@ from timbred.models import (
     remove,
     resolve,
 )
+from timbred.testing.daemon import running_daemon
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 OLD_COMMIT = "fedcba9876543210fedcba9876543210fedcba98"
@@ -390,6 +392,44 @@ class TestListInstalled:
             None,
         )
         assert local.size_bytes == len(CONFIG) + len(WEIGHTS)
+
+
+    def test_each_entry_names_its_family(self, cache: Path, tmp_path: Path) -> None:
+        """Every entry says which family loads it (as resolve() would): the files' family,
+        else the catalogue's, else None (a non-catalogue pull cut short before config.json)."""
+        add_snapshot(cache, "facebook/musicgen-small", musicgen_files())
+        add_snapshot(cache, "someone/partial", {"model.safetensors": WEIGHTS})
+        model_dir = tmp_path / "mine"
+        model_dir.mkdir()
+        (model_dir / "config.json").write_bytes(CONFIG)
+        families = {m.name: m.backend for m in list_installed([model_dir])}
+        assert families == {"musicgen-small": "musicgen", "someone/partial": None,
+                            str(model_dir): "musicgen"}
+
+
+class TestOverTheSocket:
+    """models.list and daemon.status say each model's family, as schemas/openrpc.json says."""
+
+    pytestmark = pytest.mark.anyio
+
+    @pytest.mark.parametrize(("default", "family"), [
+        ("musicgen-small", "musicgen"),  # the catalogue says so before any download
+        ("someone/not-pulled", None),
+        ("./no/such/dir", None),  # unresolvable: status still answers
+    ])
+    async def test_installed_models_and_the_default_name_their_family(
+            self, cache: Path, short_tmp: Path, default: str, family: str | None) -> None:
+        add_snapshot(cache, "facebook/musicgen-small", musicgen_files())
+        async with running_daemon(short_tmp, models__default=default) as d:
+            conn = await RawConnection.open(d.socket_path)
+            try:
+                listing = check_result("models.list", await conn.call(req("models.list")))
+                status = check_result("daemon.status", await conn.call(req("daemon.status")))
+            finally:
+                await conn.aclose()
+        assert [(m["name"], m["backend"]) for m in listing["installed"]] == [
+            ("musicgen-small", "musicgen")]
+        assert status["default_model"] == {"name": default, "backend": family}
 
 
 class TestRemove:

@@ -237,6 +237,12 @@ class TestApply:
                           "loudness_target_lufs": -14.0}
         assert dict(preset.params)["duration"] == 30
 
+    def test_values_in_options_win_too(self, preset: Preset) -> None:
+        """A backend parameter given in ``options`` (as the studio sends them) overrides the
+        preset's flat value instead of reaching the daemon twice."""
+        params, _ = apply(preset, {"prompt": "x", "options": {"temperature": 0.7}})
+        assert "temperature" not in params and params["options"] == {"temperature": 0.7}
+
     def test_a_request_without_a_prompt_uses_the_preset_text(self, preset: Preset) -> None:
         """No prompt: the prefix and suffix alone; with neither, InvalidParams(prompt)."""
         assert apply(preset, {})[0]["prompt"] == "lo-fi hip hop, vinyl crackle, 80 bpm"

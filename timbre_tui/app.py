@@ -19,11 +19,13 @@ from prompt_toolkit.input import Input
 from prompt_toolkit.output import Output
 
 from timbre_tui.commands import (
+    SlashCommand,
     build_actions,
     build_commands,
     filter_entries,
     help_text,
     palette_entries,
+    param_commands,
     run_line,
 )
 from timbre_tui.config import load_config
@@ -32,7 +34,7 @@ from timbre_tui.key_bindings import DEFAULT_KEYS, KeyMap, load_global_bindings
 from timbre_tui.layout import WIDE_COLUMNS, Widgets, build_layout, create_widgets
 from timbre_tui.playback import NullBackend, PlaybackBackend, Player, open_backend
 from timbre_tui.preview import LivePreview
-from timbre_tui.state import PARAM_SPECS, Level, StudioState, Take
+from timbre_tui.state import Level, ParamSpec, StudioState, Take
 from timbre_tui.style import THEMES, build_style
 from timbre_tui.waveform import WaveformCache
 from timbrectl.client import resolve_socket_path
@@ -61,7 +63,7 @@ class Studio:
         self.link = DaemonLink(self.state, socket_path, self.invalidate,
                                on_event=self.preview.on_event, retry_interval=retry_interval)
         self.actions = build_actions(self)
-        self.commands = build_commands(self)
+        self._commands = build_commands(self)
         self.widgets: Widgets = create_widgets(self)
         self.app: Application[int] = Application(
             layout=build_layout(self), key_bindings=load_global_bindings(self),
@@ -320,21 +322,34 @@ class Studio:
         self.app.layout.focus(target)
         self.invalidate()
 
+    @property
+    def commands(self) -> dict[str, SlashCommand]:
+        """Every slash command by name: the panel's (the chosen model's family decides
+        which) first, then the rest."""
+        return {**param_commands(self), **self._commands}
+
+    def _selected_spec(self) -> ParamSpec:
+        specs = self.state.param_specs()  # a family change may have shortened the panel
+        self.state.selected_param = max(0, min(len(specs) - 1, self.state.selected_param))
+        return specs[self.state.selected_param]
+
     def select_param(self, index: int) -> None:
-        self.state.selected_param = max(0, min(len(PARAM_SPECS) - 1, index))
+        self.state.selected_param = max(0, min(len(self.state.param_specs()) - 1, index))
 
     def step_param(self, direction: int) -> None:
-        spec = PARAM_SPECS[self.state.selected_param]
+        spec = self._selected_spec()
         self.say(self.state.step_param(spec.name, direction))
 
     def edit_param(self) -> None:
-        spec = PARAM_SPECS[self.state.selected_param]
+        spec = self._selected_spec()
         p = self.state.params
-        value: object = getattr(p, spec.name)
+        value: object = p.options.get(spec.name) if spec.option else getattr(p, spec.name)
         if spec.name == "seed":
             value = p.seed if p.seed_locked else "random"
         elif value is None:
             value = ""
+        elif isinstance(value, bool):
+            value = "true" if value else "false"  # as the schema's enum is typed
         elif isinstance(value, float):
             value = f"{value:g}"
         self.prefill(f"/{spec.label} {value}")

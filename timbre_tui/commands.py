@@ -19,8 +19,8 @@ from timbre_tui.data import describe_error
 from timbre_tui.key_bindings import describe_keys, keys_for
 from timbre_tui.state import (
     ACTIVE_STATES,
+    FALLBACK_PARAMS,
     FORMATS,
-    PARAM_SPECS,
     RETRYABLE_STATES,
     ParamSpec,
     format_value,
@@ -174,7 +174,9 @@ def reload(studio: Studio) -> None:
 
 def submit(studio: Studio, prompt: str) -> None:
     """Queue ``prompt`` with the panel's parameters (and a live preview when enabled)."""
-    params = studio.state.params.submit_params(prompt)
+    state = studio.state
+    # A daemon that lists no families predates options: it takes MusicGen's four flat.
+    params = state.params.submit_params(prompt, flat=state.backends is None)
     if studio.preview.enabled:
         params["preview"] = True
 
@@ -333,8 +335,20 @@ def _param_command(studio: Studio, spec: ParamSpec) -> SlashCommand:
     return SlashCommand(spec.label, usage, f"set {spec.label}: {spec.help}", run, complete)
 
 
+def param_commands(studio: Studio) -> dict[str, SlashCommand]:
+    """A command per row of the panel, by name (they follow the chosen model's family)."""
+    return {spec.label: _param_command(studio, spec) for spec in studio.state.param_specs()}
+
+
+def _another_familys(studio: Studio, name: str) -> bool:
+    """Whether ``/name`` sets a parameter of a family other than the chosen model's."""
+    state = studio.state
+    schemas = [FALLBACK_PARAMS, *(state.family_params(f) for f in state.backends or {})]
+    return any(name == n.replace("_", "-") or name == n for schema in schemas for n in schema)
+
+
 def build_commands(studio: Studio) -> dict[str, SlashCommand]:
-    """Every slash command, by name."""
+    """Every slash command but the panel's (:func:`param_commands`), by name."""
     s = studio
 
     def jobs_in(states: tuple[str, ...]) -> Callable[[], Iterable[tuple[str, str]]]:
@@ -343,8 +357,7 @@ def build_commands(studio: Studio) -> dict[str, SlashCommand]:
                     for j in reversed(s.state.timeline()) if j["state"] in states]
         return complete
 
-    cmds: list[SlashCommand] = [_param_command(s, spec) for spec in PARAM_SPECS]
-    cmds += [
+    cmds: list[SlashCommand] = [
         SlashCommand("play", "/play", "play or pause the selected take", lambda a: play_pause(s)),
         SlashCommand("stop", "/stop", "stop playback", lambda a: stop(s)),
         SlashCommand("export", "/export FORMAT", "export the selected take",
@@ -380,6 +393,9 @@ def run_line(studio: Studio, text: str) -> bool:
         return True
     name, _, arg = line[1:].partition(" ")
     found = studio.commands.get(name)
+    if found is None and _another_familys(studio, name):
+        studio.say(studio.state.not_taken(f"/{name}"), "error")
+        return False
     if found is None:
         close = [c for c in studio.commands if c.startswith(name[:2])] if name else []
         hint = f" (did you mean /{close[0]}?)" if close else ""
@@ -426,7 +442,7 @@ def palette_entries(studio: Studio) -> list[PaletteEntry]:
     """Every action with its key, then "set …" entries that start the command for you."""
     out = [PaletteEntry(a.title, keys_for(studio, a.name), a.run)
            for a in studio.actions.values() if a.name not in ("palette", "newline")]
-    for spec in PARAM_SPECS:
+    for spec in studio.state.param_specs():
         out.append(PaletteEntry(f"Set {spec.label}… ({spec.help})", f"/{spec.label}",
                                 _prefill(studio, f"/{spec.label} ")))
     out.append(PaletteEntry("Export the selected take as…", "/export",

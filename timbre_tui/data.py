@@ -2,10 +2,10 @@
 
 :class:`DaemonLink` follows the daemon's events with :func:`timbrectl.client.follow_events`
 (which reconnects and replays by ``seq``), reloads the state by RPC when it (re)connects having
-missed events (status and jobs, then models and presets), hands every event to ``on_event`` too
-(the live preview's feed), and keeps one connection open for requests. :func:`describe_error`
-is the one translation of errors into the line the user reads. Library queries go to the
-daemon's history (``history.search``, in :meth:`DaemonLink.library`).
+missed events (status and jobs, then families, models and presets), hands every event to
+``on_event`` too (the live preview's feed), and keeps one connection open for requests.
+:func:`describe_error` is the one translation of errors into the line the user reads. Library
+queries go to the daemon's history (``history.search``, in :meth:`DaemonLink.library`).
 """
 
 from __future__ import annotations
@@ -134,6 +134,7 @@ class DaemonLink:
             self.state.load_jobs(page["jobs"])
         self._on_change()
         if self._tg is not None:
+            self._tg.start_soon(self._refresh_backends)
             self._tg.start_soon(self._refresh_models)
             self._tg.start_soon(self._refresh_presets_quietly)
 
@@ -145,9 +146,20 @@ class DaemonLink:
     async def _refresh_models(self) -> None:
         with contextlib.suppress(TimbreError, TimeoutError):
             listing = await self.call("models.list")
-            names = [m["name"] for m in listing["installed"]]
-            names += [m["name"] for m in listing["catalogue"] if m["name"] not in names]
-            self.state.model_names = names
+            self.state.set_models(listing["installed"],
+                                  [m["name"] for m in listing["catalogue"]])
+            self._on_change()
+
+    async def _refresh_backends(self) -> None:
+        """Learn the daemon's model families, whose schemas draw the parameter panel."""
+        with contextlib.suppress(TimbreError, TimeoutError):
+            try:
+                listing = await self.call("backends.list")
+            except MethodNotFound:  # older than the registry: the panel keeps MusicGen's
+                self.state.set_backends(None)
+            else:
+                self.state.set_backends(listing["backends"])
+            self._on_change()
 
     async def _refresh_presets_quietly(self) -> None:
         with contextlib.suppress(TimbreError, TimeoutError):

@@ -60,7 +60,7 @@ from timbre_tui.key_bindings import (
 )
 from timbre_tui.state import (
     ACTIVE_STATES,
-    PARAM_SPECS,
+    StudioState,
     Take,
     format_value,
     short_model,
@@ -211,15 +211,19 @@ def eta_text(eta_s: float | None) -> str:
     return f"ETA {s // 60}:{s % 60:02d}" if s >= 60 else f"ETA {s}s"
 
 
-def params_line(job: dict[str, Any]) -> str:
+def params_line(state: StudioState, job: dict[str, Any]) -> str:
+    """A job's parameters in one line: the common ones, then its family's own it holds."""
     p = job.get("params") or {}
     parts = [short_model(str(job.get("model", "?"))), f"{p.get('duration', 0):g}s",
-             f"seed {p.get('seed', '?')}", f"temp {p.get('temperature', 1):g}",
-             f"top-k {p.get('top_k', 0)}", f"top-p {p.get('top_p', 0):g}",
-             f"cfg {p.get('guidance', 0):g}"]
+             f"seed {p.get('seed', '?')}",
+             *(f"{label} {_shown(value)}" for label, value in state.job_options(p))]
     if (p.get("variations") or 1) > 1:
         parts.append(f"{TIMES}{p['variations']}")
     return " · ".join(parts)
+
+
+def _shown(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _columns() -> int:
@@ -265,7 +269,8 @@ def create_widgets(studio: Studio) -> Widgets:
                       wrap_lines=False, always_hide_cursor=True)
     panel = Window(RenderedControl(lambda w, h: render_panel(studio, w),
                                    focusable=True, key_bindings=load_panel_bindings(studio)),
-                   height=Dimension.exact(len(PARAM_SPECS)), always_hide_cursor=True)
+                   height=lambda: Dimension.exact(len(studio.state.param_specs())),
+                   always_hide_cursor=True)
     library_list = Window(RenderedControl(lambda w, h: render_library(studio, w),
                                           focusable=True,
                                           key_bindings=load_library_list_bindings(studio),
@@ -309,7 +314,7 @@ def render_timeline(studio: Studio, width: int, height: int) -> Rendered:
         if lines:
             lines.append([])
         lines.extend(_prompt_lines(job, width))
-        lines.append([("class:timeline.meta", "  " + fit(params_line(job), width - 2))])
+        lines.append([("class:timeline.meta", "  " + fit(params_line(state, job), width - 2))])
         state_lines, sel = _job_body(studio, job, width)
         if sel is not None:
             cursor = len(lines) + sel
@@ -484,7 +489,7 @@ def render_panel(studio: Studio, width: int) -> Rendered:
     focused = get_app().layout.has_focus(studio.widgets.panel)
     lines: Lines = []
     last_seed = st.last_seed()
-    for i, spec in enumerate(PARAM_SPECS):
+    for i, spec in enumerate(st.param_specs()):
         value = format_value(st.params, spec, last_seed)
         line: StyleAndTextTuples = [("class:panel.label", f" {spec.label:<12}"),
                                     ("class:panel.value", fit(value, width - 14))]
@@ -613,8 +618,10 @@ def param_summary(studio: Studio) -> Window:
         p = st.params
         seed = str(p.seed) + "🔒" if p.seed_locked else "random"
         parts = [short_model(p.model) if p.model else "default model", f"{p.duration:g}s",
-                 f"seed {seed}", f"temp {p.temperature:g}", f"top-k {p.top_k}",
-                 f"top-p {p.top_p:g}", f"cfg {p.guidance:g}", f"{TIMES}{p.variations}", p.format]
+                 f"seed {seed}",
+                 *(f"{spec.label} {format_value(p, spec)}" for spec in st.param_specs()
+                   if spec.option),
+                 f"{TIMES}{p.variations}", p.format]
         if p.preset:
             parts.append(f"preset {p.preset}")
         edit = keys_for(studio, "params")

@@ -9,14 +9,17 @@ message line. Mutators are plain methods so the whole object can be tested witho
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
+
+from timbred.backends import musicgen
 
 JOB_RANK = {"queued": 0, "loading": 1, "generating": 2, "encoding": 3,
             "done": 4, "failed": 4, "cancelled": 4, "interrupted": 4}
@@ -30,11 +33,22 @@ Connection = Literal["connecting", "connected", "disconnected"]
 View = Literal["timeline", "library"]
 Level = Literal["info", "error"]
 
-#: The :class:`Params` fields a daemon preset's ``[params]`` table can fill (the table's other
-#: keys, such as ``keep_alive``, still reach the daemon through the preset's name).
+#: A value of a family's own parameter (a JSON Schema number, integer, enum member or string).
+ParamValue = bool | int | float | str
+#: A family's parameters as ``backends.list`` gives them: JSON Schema properties by name.
+ParamSchema = Mapping[str, Mapping[str, Any]]
+
+#: What the panel offers before the daemon has said which families it drives (or when it is
+#: older than ``backends.list``): MusicGen's parameters, read from the one place they are
+#: declared (the daemon's torch-free spec), never written out again here.
+FALLBACK_FAMILY = musicgen.SPEC.name
+FALLBACK_PARAMS: ParamSchema = musicgen.SPEC.params
+
+#: The common :class:`Params` fields a daemon preset's ``[params]`` table can fill; the
+#: family's own parameters are filled by their schema (:func:`apply_preset`). The table's
+#: other keys, such as ``keep_alive``, still reach the daemon through the preset's name.
 PRESET_FIELDS: dict[str, Callable[[Any], Any]] = {
-    "model": str, "duration": float, "temperature": float, "top_k": int, "top_p": float,
-    "guidance": float, "variations": int,
+    "model": str, "duration": float, "variations": int,
 }
 
 
@@ -59,36 +73,61 @@ class Preset:
         return self.description or ", ".join(f"{k} {v}" for k, v in self.params.items())
 
 
+def schema_defaults(schema: ParamSchema) -> dict[str, ParamValue]:
+    """The defaults a family's schema declares (a parameter without one is left to the
+    daemon)."""
+    return {name: prop["default"] for name, prop in schema.items() if "default" in prop}
+
+
 @dataclass(frozen=True)
 class Params:
-    """The parameters of the next prompt. ``model`` None means the daemon's default."""
+    """The parameters of the next prompt. ``model`` None means the daemon's default.
+
+    The common ones are fields; the model family's own (MusicGen's temperature, a diffusion
+    model's steps) are in ``options`` by name, as its schema names them, and read as
+    attributes too (``params.top_k``) since their names are as stable as the fields'.
+    """
 
     model: str | None = None
     duration: float = 10.0
     seed: int = 0
     seed_locked: bool = False
-    temperature: float = 1.0
-    top_k: int = 250
-    top_p: float = 0.0
-    guidance: float = 3.0
     variations: int = 1
     format: str = "wav"
     #: Whether the format was chosen in the panel (/format): only then is it sent, and it
     #: wins over the preset's; otherwise the preset or the daemon's output.format decides.
     format_chosen: bool = False
     preset: str | None = None
+    #: The family's own parameters by name (see :meth:`StudioState.param_specs`).
+    options: Mapping[str, ParamValue] = field(
+        default_factory=lambda: schema_defaults(FALLBACK_PARAMS))
 
-    def submit_params(self, prompt: str) -> dict[str, Any]:
+    def __getattr__(self, name: str) -> ParamValue:
+        # Only reached when no field has the name. Read options through __dict__: during
+        # construction and unpickling it may not be set yet, and self.options would recurse.
+        options = self.__dict__.get("options")
+        if options is not None and name in options:
+            value: ParamValue = options[name]
+            return value
+        raise AttributeError(f"{type(self).__name__} has no parameter {name!r}")
+
+    def submit_params(self, prompt: str, *, flat: bool = False) -> dict[str, Any]:
         """The ``generate.submit`` params (seed only when locked, model and preset only when
         chosen).
 
         The panel's values are always sent, so they win over the preset's own (the daemon's
         rule: explicit values first); the preset still wraps the prompt and sets the export.
+        The family's own parameters go in ``options``, MusicGen's too: one way for every
+        family, and no clash if a family names one like a common parameter. ``flat`` is for a
+        daemon older than ``options`` (one without ``backends.list``), which knows MusicGen's
+        four flat only.
         """
         out: dict[str, Any] = {"prompt": prompt, "duration": self.duration,
-                               "temperature": self.temperature, "top_k": self.top_k,
-                               "top_p": self.top_p, "guidance": self.guidance,
                                "variations": self.variations}
+        if flat:
+            out.update(self.options)
+        elif self.options:
+            out["options"] = dict(self.options)
         if self.model:
             out["model"] = self.model
         if self.seed_locked:
@@ -106,29 +145,32 @@ class ParamSpec:
 
     name: str
     label: str
-    kind: Literal["float", "int", "seed", "model", "choice", "preset"]
+    kind: Literal["float", "int", "seed", "model", "choice", "preset", "text"]
     help: str
     minimum: float = 0.0
     maximum: float = 0.0
     step: float = 1.0
     choices: tuple[str, ...] = ()
+    #: True for the model family's own parameters (kept in :attr:`Params.options`).
+    option: bool = False
+    #: An enum's members as the schema gives them (``choices`` holds them as typed).
+    values: tuple[ParamValue, ...] = ()
+    default: ParamValue | None = None
 
     @property
     def command(self) -> str:
         return self.label
 
 
-PARAM_SPECS: tuple[ParamSpec, ...] = (
+#: The parameters every family shares: the panel shows the family's own between
+#: :data:`LEADING_SPECS` and :data:`TRAILING_SPECS`.
+LEADING_SPECS: tuple[ParamSpec, ...] = (
     ParamSpec("model", "model", "model", "model name or path (empty: the daemon's default)"),
     ParamSpec("duration", "duration", "float", "seconds of audio", 0.5, 600.0, 1.0),
     ParamSpec("seed", "seed", "seed", "a number locks the seed; 'random' unlocks it",
               0, SEED_MAX, 1),
-    ParamSpec("temperature", "temperature", "float", "sampling temperature (0 = greedy)",
-              0.0, 10.0, 0.1),
-    ParamSpec("top_k", "top-k", "int", "top-k sampling (0 = off)", 0, 2048, 10),
-    ParamSpec("top_p", "top-p", "float", "nucleus sampling (0 = off)", 0.0, 1.0, 0.05),
-    ParamSpec("guidance", "guidance", "float", "classifier-free guidance (<= 1 = off)",
-              0.0, 30.0, 0.5),
+)
+TRAILING_SPECS: tuple[ParamSpec, ...] = (
     ParamSpec("variations", "variations", "int", "takes per prompt, in one pass", 1, 16, 1),
     ParamSpec("format", "format", "choice", "format of new takes (and /export)",
               choices=FORMATS),
@@ -137,12 +179,96 @@ PARAM_SPECS: tuple[ParamSpec, ...] = (
 )
 
 
-def spec_for(name_or_label: str) -> ParamSpec:
-    """The spec named ``name_or_label`` (``top_k`` or ``top-k``); KeyError when unknown."""
-    for spec in PARAM_SPECS:
+def family_specs(schema: ParamSchema) -> tuple[ParamSpec, ...]:
+    """A family's own parameters as panel entries, in its schema's order."""
+    return tuple(option_spec(name, prop) for name, prop in schema.items())
+
+
+def option_spec(name: str, prop: Mapping[str, Any]) -> ParamSpec:
+    """One schema property as a panel entry: number -> float, integer -> int, enum or
+    boolean -> choice, anything else -> free text (the daemon checks what the panel cannot).
+
+    The slash command is the name with dashes (``pitch_hz`` -> ``/pitch-hz``).
+    """
+    label = name.replace("_", "-")
+    about = str(prop.get("description") or name).rstrip(".")
+    about = about[:1].lower() + about[1:]
+    default = prop.get("default")
+    kind = prop.get("type")
+    if isinstance(kind, list):  # ["number", "null"]: the panel always holds a value
+        kind = next((k for k in kind if k != "null"), None)
+    members: list[Any] | None = prop.get("enum")
+    if members is None and kind == "boolean":
+        members = [False, True]
+    if members is not None:
+        return ParamSpec(name, label, "choice", about, option=True, default=default,
+                         choices=tuple(_as_typed(v) for v in members), values=tuple(members))
+    if kind in ("number", "integer"):
+        low = float(prop.get("minimum", -math.inf))
+        high = float(prop.get("maximum", math.inf))
+        integer = kind == "integer"
+        return ParamSpec(name, label, "int" if integer else "float", about, low, high,
+                         _step(prop, low, high, integer), option=True, default=default)
+    return ParamSpec(name, label, "text", about, option=True, default=default)
+
+
+def _as_typed(value: Any) -> str:
+    """An enum member as a user types it: strings bare, the rest as JSON (``true``, ``3``)."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _step(prop: Mapping[str, Any], low: float, high: float, integer: bool) -> float:
+    """The panel's increment: the schema's ``multipleOf``, else about a twentieth of the range
+    rounded down to 1, 2 or 5 times a power of ten (temperature 0..10 steps by 0.5, top-p
+    0..1 by 0.05): fine enough to tune, few enough presses to cross the range."""
+    multiple = prop.get("multipleOf")
+    if isinstance(multiple, int | float) and multiple > 0:
+        return float(multiple)
+    step = 1.0
+    if math.isfinite(high - low) and high > low:
+        raw = (high - low) / 20
+        power = 10.0 ** math.floor(math.log10(raw))
+        step = next(round(m * power, 12) for m in (5, 2, 1)
+                    if m * power <= raw * (1 + 1e-9))
+    return float(max(1, round(step))) if integer else step
+
+
+#: The panel before the daemon has said anything: the common parameters and MusicGen's.
+DEFAULT_SPECS: tuple[ParamSpec, ...] = (
+    *LEADING_SPECS, *family_specs(FALLBACK_PARAMS), *TRAILING_SPECS)
+
+
+def spec_for(name_or_label: str, specs: Iterable[ParamSpec] = DEFAULT_SPECS) -> ParamSpec:
+    """The spec named ``name_or_label`` (``top_k`` or ``top-k``) among ``specs`` (the panel
+    before the daemon has spoken, by default); KeyError when unknown."""
+    for spec in specs:
         if name_or_label in (spec.name, spec.label):
             return spec
     raise KeyError(name_or_label)
+
+
+def range_text(spec: ParamSpec) -> str:
+    """``between 0 and 10`` / ``at least 0`` / ``at most 1`` / empty, as the bounds allow."""
+    low, high = math.isfinite(spec.minimum), math.isfinite(spec.maximum)
+    if low and high:
+        return f"between {spec.minimum:g} and {spec.maximum:g}"
+    if low:
+        return f"at least {spec.minimum:g}"
+    return f"at most {spec.maximum:g}" if high else ""
+
+
+def valid_value(spec: ParamSpec, value: Any) -> bool:
+    """Whether ``value`` (kept from another family, or a preset's) fits ``spec``."""
+    if spec.kind == "choice":
+        return any(value == v and type(value) is type(v)
+                   for v in (spec.values or spec.choices))
+    if spec.kind == "text":
+        return isinstance(value, str)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    if spec.kind == "int" and not isinstance(value, int):
+        return False
+    return spec.minimum <= value <= spec.maximum
 
 
 def parse_duration(text: str) -> float:
@@ -165,6 +291,8 @@ def parse_value(spec: ParamSpec, text: str) -> Any:
     if spec.kind == "choice":
         if t not in spec.choices:
             raise ValueError(f"{spec.label}: {t!r} is not one of {', '.join(spec.choices)}")
+        return spec.values[spec.choices.index(t)] if spec.values else t
+    if spec.kind == "text":
         return t
     if spec.kind == "seed":
         if t in ("random", "unlock", "off"):
@@ -182,20 +310,26 @@ def parse_value(spec: ParamSpec, text: str) -> Any:
     except ValueError:
         what = ("seconds (10, 10s, 1:30 or 2m)" if spec.name == "duration"
                 else "a whole number" if spec.kind == "int" else "a number")
-        raise ValueError(f"{spec.label}: expected {what} between {spec.minimum:g} and "
-                         f"{spec.maximum:g}, got {t!r}") from None
+        bounds = range_text(spec)
+        raise ValueError(f"{spec.label}: expected {what}{' ' + bounds if bounds else ''}, "
+                         f"got {t!r}") from None
     if spec.kind == "int":
-        if number != int(number):
+        if not math.isfinite(number) or number != int(number):
             raise ValueError(f"{spec.label}: expected a whole number, got {t!r}")
         number = int(number)
     if not (spec.minimum <= number <= spec.maximum) or math.isnan(number):
-        raise ValueError(f"{spec.label}: must be between {spec.minimum:g} and "
-                         f"{spec.maximum:g}, got {t}")
+        raise ValueError(f"{spec.label}: must be {range_text(spec)}, got {t}")
     return number
 
 
 def format_value(params: Params, spec: ParamSpec, last_seed: int | None = None) -> str:
     """How the panel shows one parameter."""
+    if spec.option:
+        value = params.options.get(spec.name)
+        if value is None:
+            return "(daemon default)"
+        return _as_typed(value) if spec.kind == "choice" else (
+            f"{value:g}" if isinstance(value, float) else str(value))
     value = getattr(params, spec.name)
     if spec.name == "model":
         return short_model(value) if value else "(daemon default)"
@@ -301,6 +435,15 @@ class StudioState:
     status: dict[str, Any] | None = None
     loaded_models: list[dict[str, Any]] = field(default_factory=list)
     model_names: list[str] = field(default_factory=list)
+    #: Each installed model's family, as ``models.list`` says (None: not recognised).
+    model_families: dict[str, str | None] = field(default_factory=dict)
+    #: The daemon's families by name (``backends.list``); None until it answers, and for
+    #: a daemon older than the registry (the panel then offers :data:`FALLBACK_PARAMS`).
+    backends: dict[str, dict[str, Any]] | None = None
+    #: The family whose parameters the panel shows: the chosen model's (or the daemon's
+    #: default model's) when known; it stays as it was for a model the daemon has not named
+    #: (a path typed in), since the daemon refuses what that family does not take anyway.
+    family: str = FALLBACK_FAMILY
     #: The daemon's presets by name, in its order (``DaemonLink`` loads them).
     presets: dict[str, Preset] = field(default_factory=dict)
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -355,6 +498,87 @@ class StudioState:
     def set_status(self, status: dict[str, Any]) -> None:
         self.status = status
         self.loaded_models = list(status.get("models") or [])
+        self.follow_family()
+
+    def set_models(self, installed: Iterable[Mapping[str, Any]], catalogue: Iterable[str]) -> None:
+        """Take a ``models.list`` answer: the names to offer and each installed one's family."""
+        entries = list(installed)
+        names = [m["name"] for m in entries]
+        self.model_names = names + [n for n in catalogue if n not in names]
+        self.model_families = {m["name"]: m.get("backend") for m in entries}
+        self.follow_family()
+
+    def set_backends(self, backends: Iterable[Mapping[str, Any]] | None) -> None:
+        """Take a ``backends.list`` answer (None: this daemon has none to give)."""
+        self.backends = None if backends is None else {b["name"]: dict(b) for b in backends}
+        self.follow_family()
+
+    # --- the model family and its parameters ----------------------------------------------
+
+    def family_of(self, model: str | None) -> str | None:
+        """The family of ``model`` (None: the daemon's default), None when not known here."""
+        if model is None:
+            default = (self.status or {}).get("default_model") or {}
+            family = default.get("backend")
+        else:
+            family = self.model_families.get(model)
+        return family if isinstance(family, str) else None
+
+    def family_params(self, family: str | None = None) -> ParamSchema:
+        """The schema properties of ``family`` (the panel's by default); MusicGen's until the
+        daemon lists its families, none for a family it does not list."""
+        name = self.family if family is None else family
+        if self.backends is None:
+            return FALLBACK_PARAMS if name == FALLBACK_FAMILY else {}
+        backend = self.backends.get(name) or {}
+        props = (backend.get("params") or {}).get("properties")
+        return props if isinstance(props, Mapping) else {}
+
+    def param_specs(self) -> tuple[ParamSpec, ...]:
+        """The panel's rows: the common parameters around the family's own."""
+        return (*LEADING_SPECS, *family_specs(self.family_params()), *TRAILING_SPECS)
+
+    def spec_for(self, name_or_label: str) -> ParamSpec:
+        """The panel's spec ``name_or_label``; ValueError naming what the model takes."""
+        specs = self.param_specs()
+        try:
+            return spec_for(name_or_label, specs)
+        except KeyError:
+            raise ValueError(self.not_taken(name_or_label)) from None
+
+    def not_taken(self, name_or_label: str) -> str:
+        """The line for a parameter the current model's family does not take."""
+        model = short_model(self.params.model) if self.params.model else "the default model"
+        own = [f"/{s.label}" for s in family_specs(self.family_params())]
+        return (f"{name_or_label}: {model} ({self.family}) does not take it; it takes "
+                f"{', '.join(own) or 'no parameters of its own'}")
+
+    def follow_family(self) -> None:
+        """Show the chosen model's family, its values conformed (not an undo step: the
+        daemon told us something, the user changed nothing)."""
+        self.family = self.family_of(self.params.model) or self.family
+        self.params = self.conformed(self.params)
+
+    def conformed(self, params: Params, family: str | None = None) -> Params:
+        """``params`` with the options ``family`` (the panel's) takes: a value kept where
+        the family has a parameter of that name that it fits, else the schema's default."""
+        schema = self.family_params(family)
+        options: dict[str, ParamValue] = {}
+        for spec in family_specs(schema):
+            value = params.options.get(spec.name)
+            if value is not None and valid_value(spec, value):
+                options[spec.name] = value
+            elif spec.default is not None:
+                options[spec.name] = spec.default
+        return params if options == dict(params.options) else replace(params, options=options)
+
+    def job_options(self, job_params: Mapping[str, Any]) -> list[tuple[str, Any]]:
+        """The family parameters a job's params hold, as (label, value), in its schema's
+        order (the job records its ``backend``; jobs from before the registry were
+        MusicGen's)."""
+        family = str(job_params.get("backend") or FALLBACK_FAMILY)
+        return [(name.replace("_", "-"), job_params[name])
+                for name in self.family_params(family) if name in job_params]
 
     def apply_event(self, event: dict[str, Any]) -> bool:
         """Apply one daemon event; True when something visible changed."""
@@ -511,13 +735,21 @@ class StudioState:
 
     def set_param(self, name: str, value: Any) -> str:
         """Set one parameter (validated values); return a line describing the change."""
-        spec = spec_for(name)
+        spec = self.spec_for(name)
         p = self.params
-        if spec.name == "seed":
+        if spec.option:
+            new = replace(p, options={**p.options, spec.name: value})
+        elif spec.name == "model":
+            # Another family's panel: its parameters, the values it shares with this one kept.
+            new = replace(p, model=value)
+            family = self.family_of(value) or self.family
+            new = self.conformed(new, family)
+            self.family = family
+        elif spec.name == "seed":
             new = (replace(p, seed_locked=False) if value == "random"
                    else replace(p, seed=int(value), seed_locked=True))
         elif spec.name == "preset":
-            new = replace(p, preset=None) if value is None else apply_preset(
+            new = replace(p, preset=None) if value is None else self.apply_preset(
                 p, self.preset_named(value))
         elif spec.name == "format":
             new = replace(p, format=value, format_chosen=True)
@@ -527,6 +759,27 @@ class StudioState:
             new = replace(p, **{spec.name: value})
         self.set_params(new)
         return f"{spec.label}: {format_value(self.params, spec, self.last_seed())}"
+
+    def apply_preset(self, params: Params, preset: Preset) -> Params:
+        """``params`` with ``preset``'s values in the panel and its name chosen: its model
+        first (which may change the family), then the common values, then those of the
+        family's own parameters it sets (flat or in an ``options`` table)."""
+        values = {k: PRESET_FIELDS[k](v) for k, v in preset.params.items()
+                  if k in PRESET_FIELDS}
+        fmt = preset.export.get("format")
+        if isinstance(fmt, str) and fmt in FORMATS:  # the preset brings it: shown, not sent
+            values.update(format=fmt, format_chosen=False)
+        new = replace(params, **values, preset=preset.name)
+        self.family = self.family_of(new.model) or self.family
+        nested = preset.params.get("options")
+        given = {**preset.params, **(nested if isinstance(nested, Mapping) else {})}
+        options = dict(self.conformed(new).options)
+        for spec in family_specs(self.family_params()):
+            if spec.name in given:
+                value = _coerced(spec, given[spec.name])
+                if valid_value(spec, value):  # else the daemon says what is wrong with it
+                    options[spec.name] = value
+        return replace(new, options=options)
 
     def preset_named(self, name: str) -> Preset:
         """The daemon's preset ``name``; ValueError naming the choices, or its problem."""
@@ -541,19 +794,26 @@ class StudioState:
 
     def step_param(self, name: str, direction: int) -> str:
         """Step a parameter by its increment (or to the next choice) in ``direction``."""
-        spec = spec_for(name)
+        spec = self.spec_for(name)
         p = self.params
         if spec.name == "seed":
             return self.set_param("seed", max(0, min(SEED_MAX, p.seed + direction)))
+        if spec.kind == "text":
+            return f"{spec.label}: type a value (/{spec.label} TEXT)"
         if spec.kind in ("choice", "model", "preset"):
             choices: list[Any] = (
                 list(spec.choices) if spec.kind == "choice"
                 else [None, *self.model_names] if spec.kind == "model"
                 else [None, *(n for n, pr in self.presets.items() if pr.problem is None)])
-            current = getattr(p, spec.name)
+            if spec.option and spec.values:
+                choices = list(spec.values)
+            current = p.options.get(spec.name) if spec.option else getattr(p, spec.name)
             i = choices.index(current) if current in choices else 0
             return self.set_param(spec.name, choices[(i + direction) % len(choices)])
-        value = getattr(p, spec.name) + direction * spec.step
+        current = p.options.get(spec.name) if spec.option else getattr(p, spec.name)
+        if not isinstance(current, int | float):  # no default: start from the bottom
+            current = spec.minimum if math.isfinite(spec.minimum) else 0
+        value = current + direction * spec.step
         value = max(spec.minimum, min(spec.maximum, value))
         value = round(value) if spec.kind == "int" else round(value, 4)
         return self.set_param(spec.name, value)
@@ -578,6 +838,7 @@ class StudioState:
             return False
         self.param_history.redo.append(self.params)
         self.params = self.param_history.undo.pop()
+        self.follow_family()  # the restored model's family (it may be told us since)
         return True
 
     def redo(self) -> bool:
@@ -585,13 +846,14 @@ class StudioState:
             return False
         self.param_history.undo.append(self.params)
         self.params = self.param_history.redo.pop()
+        self.follow_family()
         return True
 
 
-def apply_preset(params: Params, preset: Preset) -> Params:
-    """``params`` with ``preset``'s values in the panel and its name chosen."""
-    values = {k: PRESET_FIELDS[k](v) for k, v in preset.params.items() if k in PRESET_FIELDS}
-    fmt = preset.export.get("format")
-    if isinstance(fmt, str) and fmt in FORMATS:  # the preset brings it: shown, not sent
-        values.update(format=fmt, format_chosen=False)
-    return replace(params, **values, preset=preset.name)
+def _coerced(spec: ParamSpec, value: Any) -> Any:
+    """A preset's value as ``spec`` holds it (TOML writes ``top_k = 0.0`` as well as ``0``)."""
+    if spec.kind == "int" and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if spec.kind == "float" and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value

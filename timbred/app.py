@@ -20,7 +20,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from timbred import PROTOCOL_VERSION, __version__
+from timbred import PROTOCOL_VERSION, __version__, models
 from timbred.config import Settings
 from timbred.errors import PeerRefused, TimbreError, TooManyConnections
 from timbred.events import EventBus
@@ -50,6 +50,16 @@ class RequestContext:
 
     daemon: Daemon
     connection: Connection
+
+
+def _family_of(model: str) -> str | None:
+    """The family of ``model`` (a name or a directory), or ``None`` when it cannot be resolved
+    now: status reports a misconfigured default, it does not fail over it (a submit without a
+    model says precisely what is wrong)."""
+    try:
+        return models.resolve(model).backend
+    except (TimbreError, OSError, ValueError):
+        return None
 
 
 class Daemon:
@@ -106,6 +116,7 @@ class Daemon:
         """The ``daemon.status`` result."""
         gen = self.generation
         queue = await anyio.to_thread.run_sync(gen.queue)
+        default = str(self.settings["models.default"])
         return {
             "version": __version__,
             "protocol_version": PROTOCOL_VERSION,
@@ -117,6 +128,8 @@ class Daemon:
             "config_path": None if self.settings.config_path is None
             else str(self.settings.config_path),
             "log_file": None if self.log_file is None else str(self.log_file),
+            "default_model": {"name": default,
+                              "backend": await anyio.to_thread.run_sync(_family_of, default)},
             "device": {"requested": self.settings["daemon.device"], "active": gen.residency.device},
             "models": gen.residency.ps(),
             "queue": queue,

@@ -196,6 +196,9 @@ class InstalledModel:
     last_modified: float
     """Seconds since the epoch."""
     missing: tuple[str, ...] = ()
+    backend: str | None = None
+    """The family that loads it (see :mod:`timbred.backends`); ``None`` when no family
+    recognises the files (a pull cut short) and the catalogue does not name one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -477,6 +480,8 @@ def list_installed(
                 continue
             entry = _BY_REPO.get(repo.repo_id.lower())
             for rev in repo.revisions:
+                snapshot = Path(rev.snapshot_path)
+                spec = registry.for_directory(snapshot)
                 found.append(
                     InstalledModel(
                         name=entry.name if entry is not None else repo.repo_id,
@@ -484,10 +489,13 @@ def list_installed(
                         repo=repo.repo_id,
                         revision=rev.commit_hash,
                         refs=tuple(sorted(rev.refs)),
-                        path=Path(rev.snapshot_path),
+                        path=snapshot,
                         size_bytes=rev.size_on_disk,
                         last_modified=rev.last_modified,
-                        missing=_missing_files(Path(rev.snapshot_path)),
+                        missing=_missing_files(snapshot, spec),
+                        # As resolve() says it: the files' family, else the catalogue's.
+                        backend=spec.name if spec is not None
+                        else entry.backend if entry is not None else None,
                     )
                 )
     found.sort(key=lambda m: (m.name, -m.last_modified))
@@ -514,6 +522,7 @@ def _installed_local(ref: ModelRef) -> InstalledModel:
         size_bytes=size,
         last_modified=mtime,
         missing=ref.missing,
+        backend=ref.backend,
     )
 
 

@@ -356,6 +356,15 @@ def apply(preset: Preset, request: Mapping[str, Any]) -> tuple[dict[str, Any], d
         if value is None:
             continue
         (export if key in EXPORT_KEYS else params)[key] = value
+    nested = request.get("options")
+    if isinstance(nested, Mapping):
+        # A backend parameter given in options is as explicit as one given flat: the
+        # preset's own value gives way rather than count as the same parameter given twice.
+        for key in nested:
+            if key not in request:
+                params.pop(key, None)
+        own = preset.params.get("options")
+        params["options"] = {**(own if isinstance(own, Mapping) else {}), **nested}
     composed = compose_prompt(preset.prompt_prefix, prompt, preset.prompt_suffix)
     if not composed:
         raise InvalidParams(f"a prompt is required: preset {preset.name!r} adds no text of "
