@@ -335,7 +335,9 @@ def _decode_id(job_id: str) -> int | None:
 # --- validation helpers -----------------------------------------------------------------------
 
 
-def _to_json(value: object, param: str) -> str:
+def to_json(value: object, param: str) -> str:
+    """``value`` as compact JSON for a store's column; InvalidParams naming ``param`` when it
+    is not plain JSON (NaN, a set, an object). The take library stores with it too."""
     with map_errors((TypeError, ValueError), lambda exc: InvalidParams(
             f"{param} must be plain JSON: {exc}", param=param)):
         return json.dumps(value, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
@@ -356,7 +358,7 @@ def _checked_submission(model: object, params: object, priority: object) -> str:
     if not isinstance(params, Mapping):
         raise InvalidParams("params must be an object", param="params")
     _check_int(priority, "priority", *PRIORITY_RANGE)
-    return _to_json(dict(params), "params")
+    return to_json(dict(params), "params")
 
 
 def _check_key(value: object) -> str:
@@ -726,7 +728,7 @@ class JobStore(SQLiteStore):
             if new not in (_ERROR_REQUIRED | {_S.CANCELLED}):
                 raise InvalidParams(f"a job moving to {new} cannot carry an error",
                                     param="error")
-            error_json = _to_json(_error_dict(error), "error")
+            error_json = to_json(_error_dict(error), "error")
         elif new in _ERROR_REQUIRED:
             raise InvalidParams(f"a job moving to {new} needs an error saying why",
                                 param="error")
@@ -734,17 +736,17 @@ class JobStore(SQLiteStore):
         if outputs is not None:
             if isinstance(outputs, str) or not all(isinstance(p, str) for p in outputs):
                 raise InvalidParams("outputs must be a list of paths", param="outputs")
-            outputs_json = _to_json(list(outputs), "outputs")
+            outputs_json = to_json(list(outputs), "outputs")
         recipe_json: str | None = None
         if recipe is not None:
             if not isinstance(recipe, Mapping):
                 raise InvalidParams("recipe must be an object", param="recipe")
-            recipe_json = _to_json(dict(recipe), "recipe")
+            recipe_json = to_json(dict(recipe), "recipe")
         timings_json: str | None = None
         if timings is not None:
             if not isinstance(timings, Mapping):
                 raise InvalidParams("timings must be an object", param="timings")
-            timings_json = _to_json(dict(timings), "timings")
+            timings_json = to_json(dict(timings), "timings")
 
         with self._write() as conn:
             job = self._fetch(conn, job_id)
@@ -799,7 +801,7 @@ class JobStore(SQLiteStore):
             if job.state is _S.QUEUED:
                 conn.execute(
                     "UPDATE jobs SET state = ?, finished_at = ?, error = ? WHERE id = ?",
-                    (_S.CANCELLED.value, self._clock(), _to_json(_error_dict(Cancelled()), "error"),
+                    (_S.CANCELLED.value, self._clock(), to_json(_error_dict(Cancelled()), "error"),
                      job_id),
                 )
             elif job.state in RUNNING_STATES:
@@ -823,7 +825,7 @@ class JobStore(SQLiteStore):
                     "be retried"
                 )
             return self._insert_queued(
-                conn, model=job.model, params_json=_to_json(job.params, "params"),
+                conn, model=job.model, params_json=to_json(job.params, "params"),
                 priority=job.priority, attempts=job.attempts + 1, retry_of=job.id,
             )
 
@@ -875,8 +877,8 @@ class JobStore(SQLiteStore):
                 conn.execute(
                     "UPDATE jobs SET state = ?, finished_at = ?, error = ?, outputs = ? "
                     "WHERE id = ?",
-                    (new.value, now, None if err is None else _to_json(err, "error"),
-                     _to_json(outputs, "outputs"), job.id),
+                    (new.value, now, None if err is None else to_json(err, "error"),
+                     to_json(outputs, "outputs"), job.id),
                 )
             queued = [
                 row[0]

@@ -436,12 +436,6 @@ def _session_name(name: object) -> str:
     return value
 
 
-def _to_json(value: object, param: str) -> str:
-    with map_errors((TypeError, ValueError), lambda exc: InvalidParams(
-            f"{param} must be plain JSON: {exc}", param=param)):
-        return json.dumps(value, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
-
-
 def _fts_query(text: str) -> str:
     # Every word becomes a quoted prefix term (FTS5 syntax never sees user text unquoted);
     # terms are ANDed. A word with no letters or digits matches nothing, as FTS5 would.
@@ -636,7 +630,7 @@ class Library(SQLiteStore):
         after = _check_float(loudness_after, "loudness_after", optional=True)
         if not isinstance(recipe, Mapping):
             raise InvalidParams("recipe must be an object", param="recipe")
-        recipe_json = _to_json(dict(recipe), "recipe")
+        recipe_json = jobs.to_json(dict(recipe), "recipe")
         when = _check_float(self._clock() if created_at is None else created_at, "created_at")
 
         with self._write() as conn:
