@@ -373,3 +373,15 @@ class TestWhatAUserReads:
         shown = await ctl("presets", "show", "lofi", env=env)
         assert shown.returncode == 0 and shown.stdout.startswith("lofi\n"), shown.stdout
         assert "  params " in shown.stdout and "  export " in shown.stdout
+
+
+def test_jobs_show_says_cancel_requested_only_while_it_is_pending() -> None:
+    """`(cancel requested)` is news while the job still runs; a cancelled job just says so."""
+    from timbrectl.render import job_detail
+    job = {"id": "j-1", "state": "generating", "cancel_requested": True, "model": "m",
+           "params": {"prompt": "p", "duration": 1.0, "options": {}}, "priority": 0,
+           "attempts": 1, "retry_of": None, "progress": None, "error": None, "outputs": []}
+    assert "generating (cancel requested)" in job_detail(job)
+    shown = job_detail({**job, "state": "cancelled"})
+    assert "cancelled\n" in shown and "requested" not in shown
+    assert "options   none" in shown

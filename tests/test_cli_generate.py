@@ -66,6 +66,10 @@ def test_json_and_no_wait(env: dict[str, str]) -> None:
     shown = ctl(env, "jobs", "show", job_id).stdout
     t = record["timings"]
     assert f"decode {t['decode_s']:.2f}s" in shown and f"export {t['export_s']:.2f}s" in shown
+    # The export settings are a row of key=value pairs, never a Python dict's repr.
+    assert "{" not in shown and "'" not in shown
+    export_row = next(line for line in shown.splitlines() if line.strip().startswith("export"))
+    assert f"format={record['params']['export']['format']}" in export_row
     as_json = ctl(env, "generate", "y", "-d", "0.5", "--json")
     assert json.loads(as_json.stdout)["state"] == "done"
 

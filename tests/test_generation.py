@@ -168,6 +168,23 @@ class TestSubmitToTake:
         assert info.value.data["param"] == "output"
         assert out.read_bytes() == before
 
+    async def test_explicit_output_makes_missing_folders(self, client: Client,
+                                                         tmp_path: Path) -> None:
+        """-o into folders that do not exist yet (README's `-o ~/out/pads.flac` on a fresh
+        machine) makes them; a file where a folder must be is refused at submit, naming it."""
+        out = tmp_path / "out" / "deeper" / "pads.wav"
+        job, _ = await events_until_done(client, (await client.call(
+            "generate.submit", {"prompt": "x", "duration": 0.5, "variations": 2,
+                                "output": str(out)}))["job_id"])
+        assert job["state"] == "done", job["error"]
+        assert sorted(Path(p).name for p in job["outputs"]) == ["pads-1.wav", "pads-2.wav"]
+        (tmp_path / "plain").write_text("a file, not a folder")
+        with pytest.raises(InvalidParams) as info:
+            await client.call("generate.submit", {
+                "prompt": "x", "output": str(tmp_path / "plain" / "sub" / "a.wav")})
+        assert info.value.data["param"] == "output"
+        assert "plain" in str(info.value) and "not a directory" in str(info.value)
+
 
 class TestAudioInputs:
     async def test_continuation_includes_the_prompt_audio(self, client: Client,

@@ -78,12 +78,21 @@ def job_line(job: dict[str, Any]) -> str:
 def job_detail(job: dict[str, Any]) -> str:
     """``timbrectl jobs show``."""
     p = job["params"]
+    pending = job["cancel_requested"] and job["state"] not in ("cancelled", "done", "failed")
+
+    def pairs(values: dict[str, Any]) -> str:
+        return ", ".join(f"{k}={v}" for k, v in values.items() if v is not None)
+
+    # Nested groups (the export settings, a backend's own options) get a row each, written
+    # as key=value like the rest rather than as a Python dict.
+    nested = [(k, v) for k, v in p.items() if isinstance(v, dict)]
     rows = [
-        ("state", job["state"] + (" (cancel requested)" if job["cancel_requested"] else "")),
+        ("state", job["state"] + (" (cancel requested)" if pending else "")),
         ("model", job["model"]),
         ("prompt", p.get("prompt", "")),
-        ("params", ", ".join(f"{k}={v}" for k, v in p.items()
-                             if k != "prompt" and v is not None)),
+        ("params", pairs({k: v for k, v in p.items()
+                          if k != "prompt" and not isinstance(v, dict)})),
+        *((k, pairs(v) or "none") for k, v in nested),
         ("priority", str(job["priority"])),
         ("attempts", str(job["attempts"]) + (f" (retry of {job['retry_of']})"
                                              if job["retry_of"] else "")),

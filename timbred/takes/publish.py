@@ -83,8 +83,14 @@ def check_output(output: str, count: int, *,
     if path.suffix.lower() not in allowed:
         raise InvalidParams(f"output {output!r}: the extension must be one of "
                             f"{', '.join(allowed)}", param="output", allowed=allowed)
-    if not path.parent.is_dir():
-        raise InvalidParams(f"output directory {path.parent} does not exist", param="output")
+    # A missing folder is made when the take is written (as for sessions), so `-o
+    # ~/out/pads.flac` works on a fresh machine; only a file where a folder must be is refused.
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise InvalidParams(f"output {output!r}: {ancestor} is not a directory",
+                            param="output")
     paths = explicit_paths(path, count)
     for p in paths:
         if p.exists():
@@ -196,11 +202,20 @@ def fsync_dir(path: Path) -> None:
 
 
 def ensure_dir(directory: Path) -> None:
-    """Create ``directory`` and its parents; OutputError naming it when that fails."""
+    """Create ``directory`` and its parents, each new name fsynced into its parent so the
+    folder survives a crash with the take; OutputError naming it when that fails."""
+    directory = Path(directory)
+    missing = []
+    probe = directory
+    while not probe.exists() and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
     try:
-        Path(directory).mkdir(parents=True, exist_ok=True)
+        directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(str(directory), os_reason(exc)) from exc
+    for made in reversed(missing):
+        fsync_dir(made.parent)
 
 
 def write_partial(final: Path, data: bytes, *, sync: bool = True) -> Path:
