@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from bench.musicgen_small_random import build
-from timbred.worker.backend import GenerationParams
+from timbred.request import Request
 from timbred.worker.musicgen import MusicgenBackend
 
 
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{loads[checked][-1]:.2f} s", file=sys.stderr)
             if checked and i == 0:
                 began = time.perf_counter()
-                backend.generate(GenerationParams(prompt="scale", duration_s=10.0, seed=1))
+                backend.generate(Request(prompt="scale", duration=10.0, seed=1))
                 take_s = time.perf_counter() - began
                 assert backend.load_warnings == (), backend.load_warnings
             backend.unload()

@@ -361,12 +361,12 @@ def backend_child(spec_path: Path) -> int:
     spec = json.loads(spec_path.read_text())
     import torch  # here only: the orchestrating process never imports torch
 
-    from timbred.worker.backend import GenerationParams
+    from timbred.request import Request
     from timbred.worker.musicgen import MusicgenBackend
 
-    def params(duration: float) -> GenerationParams:
-        return GenerationParams(prompt=spec["prompt"], duration_s=duration, seed=spec["seed"],
-                                guidance_scale=spec["guidance"])
+    def params(duration: float) -> Request:
+        return Request(prompt=spec["prompt"], duration=duration, seed=spec["seed"],
+                                options={"guidance": spec["guidance"]})
 
     steps: list[int] = []
 

@@ -388,10 +388,10 @@ class Steps:
 
 
 def _params(seconds: float, seed: int = 1) -> Any:
-    from timbred.worker.backend import GenerationParams
+    from timbred.request import Request
 
-    return GenerationParams(prompt=PROMPT, duration_s=seconds, seed=seed,
-                            guidance_scale=GUIDANCE)
+    return Request(prompt=PROMPT, duration=seconds, seed=seed,
+                            options={"guidance": GUIDANCE})
 
 
 @contextlib.contextmanager

@@ -47,7 +47,7 @@ def measure(model_dir: Path, precision: str, duration: float, rounds: int,
 
     import torch
 
-    from timbred.worker.backend import GenerationParams
+    from timbred.request import Request
     from timbred.worker.musicgen import MusicgenBackend
 
     torch.set_num_threads(len(os.sched_getaffinity(0)))
@@ -55,8 +55,8 @@ def measure(model_dir: Path, precision: str, duration: float, rounds: int,
                 for flag in (True, False)}
     for backend in backends.values():
         backend.load(str(model_dir), device="cpu", dtype="float32")
-        backend.generate(GenerationParams(prompt="warm-up", duration_s=0.5, seed=1))
-    params = GenerationParams(prompt="lo-fi hip hop with a soft piano", duration_s=duration,
+        backend.generate(Request(prompt="warm-up", duration=0.5, seed=1))
+    params = Request(prompt="lo-fi hip hop with a soft piano", duration=duration,
                               seed=7)
     runs: dict[bool, list[dict[str, float]]] = {True: [], False: []}
     audio: dict[bool, bytes] = {}

@@ -66,7 +66,7 @@ def _threads() -> int:
 
 def child_timing(model: Path, precision: str, steps: int) -> dict[str, Any]:
     """Load with ``precision``, generate ``steps`` steps, return timings and memory."""
-    from timbred.worker.backend import GenerationParams
+    from timbred.request import Request
     from timbred.worker.musicgen import MusicgenBackend
 
     threads = _threads()
@@ -82,8 +82,8 @@ def child_timing(model: Path, precision: str, steps: int) -> dict[str, Any]:
         stamps.append(time.perf_counter())
 
     frames = steps - (CODEBOOKS - 1)
-    params = GenerationParams(prompt=PROMPT, duration_s=frames / FRAME_RATE, seed=7,
-                              guidance_scale=3.0)
+    params = Request(prompt=PROMPT, duration=frames / FRAME_RATE, seed=7,
+                              options={"guidance": 3.0})
     t1 = time.perf_counter()
     out = backend.generate(params, progress)
     wall = time.perf_counter() - t1

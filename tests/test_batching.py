@@ -135,7 +135,7 @@ async def test_melody_jobs_batch_with_each_other_only(short_tmp: Path,
         jobs = await wait_all(client, ids)
         assert [j["state"] for j in jobs] == ["done"] * 4, [j["error"] for j in jobs]
         batch = jobs[0]["recipe"]["batch"]
-        assert [r["melody_path"] for r in batch["requests"]] == [
+        assert [r["melody"] for r in batch["requests"]] == [
             str(short_tmp / "a4.wav"), str(short_tmp / "e4.wav")]
         assert jobs[2]["recipe"]["batch"] == {**batch, "index": 1}
         assert "batch" not in jobs[1]["recipe"] and "batch" not in jobs[3]["recipe"]
@@ -161,7 +161,7 @@ async def test_continuations_of_one_file_batch_together(batching: Client,
     jobs = await wait_all(client, ids)
     assert [j["state"] for j in jobs] == ["done"] * 4, [j["error"] for j in jobs]
     batch = jobs[0]["recipe"]["batch"]
-    assert [(r["seed"], r["continuation_path"]) for r in batch["requests"]] == [
+    assert [(r["seed"], r["continuation"]) for r in batch["requests"]] == [
         (1, riff), (4, riff)]
     assert jobs[3]["recipe"]["batch"] == {**batch, "index": 1}
     assert "batch" not in jobs[1]["recipe"] and "batch" not in jobs[2]["recipe"]

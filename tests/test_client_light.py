@@ -82,10 +82,11 @@ class TestTimbrectl:
         assert not heavy, f"timbrectl now imports {sorted(heavy)}"
 
 
-#: The studio also reads the torch-free backend specs: MusicGen's parameters are its panel's
-#: fallback until the daemon has answered backends.list.
+#: The studio also reads the torch-free backend specs (MusicGen's parameters are its panel's
+#: fallback until the daemon has answered backends.list) and the request's defaults.
 STUDIO_ALLOWED = ALLOWED | {"timbred.backends", "timbred.backends.spec",
-                            "timbred.backends.files", "timbred.backends.musicgen"}
+                            "timbred.backends.files", "timbred.backends.musicgen",
+                            "timbred.request"}
 
 
 class TestStudio:

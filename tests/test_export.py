@@ -56,7 +56,8 @@ RECIPE: dict[str, Any] = {
     "revision": "0123456789abcdef0123456789abcdef01234567", "backend": "musicgen",
     "device": "cpu", "dtype": "float32", "sample_rate": SR, "window_s": 30.0,
     "stride_s": 18.0, "precision": None,
-    "params": {"prompt": PROMPT, "duration_s": 2.0, "seed": 7, "top_k": 250},
+    "params": {"prompt": PROMPT, "duration": 2.0, "seed": 7, "variations": 1, "melody": None,
+               "continuation": None, "options": {"top_k": 250}},
 }
 
 
@@ -67,7 +68,7 @@ def metadata(**kw: Any) -> TakeMetadata:
     base: dict[str, Any] = {
         "prompt": PROMPT, "seed": 7, "model": "musicgen-small",
         "revision": RECIPE["revision"], "backend": "musicgen", "device": "cpu",
-        "params": {"duration_s": 2.0, "top_k": 250, "temperature": 1.0, "melody_path": None},
+        "params": {"duration": 2.0, "top_k": 250, "temperature": 1.0, "melody": None},
         "created_at": "2025-03-04T05:06:07Z", "job_id": "j-0001", "take_index": 1,
         "recipe": RECIPE,
     }
@@ -377,10 +378,10 @@ class TestTags:
         assert fields["TIMBRE_CREATED_AT"] == "2025-03-04T05:06:07Z"
         assert fields["TIMBRE_JOB_ID"] == "j-0001"
         assert fields["TIMBRE_TAKE_INDEX"] == "1"
-        assert fields["TIMBRE_PARAM_DURATION_S"] == "2.0"
+        assert fields["TIMBRE_PARAM_DURATION"] == "2.0"
         assert fields["TIMBRE_PARAM_TOP_K"] == "250"
         assert fields["TIMBRE_PARAM_TEMPERATURE"] == "1.0"
-        assert "TIMBRE_PARAM_MELODY_PATH" not in fields  # None values are left out
+        assert "TIMBRE_PARAM_MELODY" not in fields  # None values are left out
         loud = written.loudness
         assert loud is not None and loud.before_lufs is not None and loud.after_lufs is not None
         assert float(fields["TIMBRE_LOUDNESS_BEFORE_LUFS"]) == pytest.approx(loud.before_lufs,
@@ -499,15 +500,15 @@ class TestLoudness:
     def test_tiny_model_output(self, tmp_path_factory: pytest.TempPathFactory) -> None:
         """Real (tiny, random-weight) MusicGen output normalises to within 0.5 LU of the
         target, under the ceiling, and survives a FLAC round trip at that loudness."""
+        from timbred.request import Request
         from timbred.testing.tiny_musicgen import build_tiny_musicgen
-        from timbred.worker.backend import GenerationParams
         from timbred.worker.musicgen import MusicgenBackend
 
         model = build_tiny_musicgen(tmp_path_factory.mktemp("models") / "tiny")
         backend = MusicgenBackend()
         backend.load(str(model), device="cpu", dtype="float32")
         try:
-            output = backend.generate(GenerationParams(prompt=PROMPT, duration_s=1.5, seed=3))
+            output = backend.generate(Request(prompt=PROMPT, duration=1.5, seed=3))
         finally:
             backend.unload()
         take = output.audio[0]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -173,6 +174,35 @@ class TestHistory:
         b = miniaudio.wav_read_file_f32(job["outputs"][0]).samples
         assert list(a) == list(b)
         assert original["id"] != take2["id"]
+
+
+    async def test_a_take_from_before_the_one_vocabulary_replays(self, client: Client,
+                                                                 gen: Daemon) -> None:
+        """A take whose recipe was written with GenerationParams' names (duration_s,
+        guidance_scale, sampling as fields; every take before the one Request type) replays
+        bit-identical, and the replay's recipe uses today's names."""
+        made = await run_job(client, prompt="old recipe", duration=1.0, seed=9,
+                             temperature=0.8, top_k=40, guidance=2.5)
+        take = (await client.call("history.search", {"text": "old recipe"}))["takes"][0]
+        new = take["recipe"]["params"]
+        assert new["options"] == {"temperature": 0.8, "top_k": 40, "top_p": 0.0,
+                                  "guidance": 2.5}
+        old = {"prompt": new["prompt"], "duration_s": new["duration"], "seed": new["seed"],
+               "temperature": 0.8, "top_k": 40, "top_p": 0.0, "guidance_scale": 2.5,
+               "variations": 1, "melody_path": None, "continuation_path": None}
+        schema = load_schema("take.schema.json")
+        jsonschema.validate({**take["recipe"], "params": old},
+                            {**schema["properties"]["recipe"], "$defs": schema["$defs"]})
+        with contextlib.closing(sqlite3.connect(gen.generation.store.path)) as db, db:
+            db.execute("UPDATE takes SET recipe = ? WHERE id = ?",
+                       (json.dumps({**take["recipe"], "params": old}), take["id"]))
+        submitted = await client.call("takes.replay", {"take": take["id"]})
+        job = await client.call("jobs.wait", {"job_id": submitted["job_id"], "timeout": 120})
+        assert job["state"] == "done", job["error"]
+        assert job["recipe"]["replay"] == {"of": take["id"], "bit_identical": True}
+        assert job["recipe"]["params"] == new
+        a = miniaudio.wav_read_file_f32(made["outputs"][0]).samples
+        assert list(a) == list(miniaudio.wav_read_file_f32(job["outputs"][0]).samples)
 
 
 #: A user preset for masters: FLAC at -20 LUFS, plus generation settings an export ignores.

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from timbred.backends import musicgen
+from timbred.request import DEFAULT_DURATION_S, DEFAULT_VARIATIONS
 
 JOB_RANK = {"queued": 0, "loading": 1, "generating": 2, "encoding": 3,
             "done": 4, "failed": 4, "cancelled": 4, "interrupted": 4}
@@ -89,10 +90,10 @@ class Params:
     """
 
     model: str | None = None
-    duration: float = 10.0
+    duration: float = DEFAULT_DURATION_S
     seed: int = 0
     seed_locked: bool = False
-    variations: int = 1
+    variations: int = DEFAULT_VARIATIONS
     format: str = "wav"
     #: Whether the format was chosen in the panel (/format): only then is it sent, and it
     #: wins over the preset's; otherwise the preset or the daemon's output.format decides.

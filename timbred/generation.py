@@ -51,6 +51,7 @@ from timbred.jobs import (
     request_digest,
 )
 from timbred.protocol import schema
+from timbred.request import DEFAULT_DURATION_S, DEFAULT_VARIATIONS, Request
 from timbred.residency import Loaded, Residency, spec_of
 from timbred.runtime import check_socket_path, default_socket_path
 from timbred.takes import publish
@@ -58,7 +59,7 @@ from timbred.takes.history import History, audio_sha256, request_export
 from timbred.takes.library import Library, Take
 from timbred.testing import failpoints
 from timbred.worker.audio_io import probe_audio
-from timbred.worker.backend import GenerationOutput, GenerationParams
+from timbred.worker.backend import GenerationOutput
 from timbred.worker.process import WorkerHandle
 
 log = logging.getLogger(__name__)
@@ -248,14 +249,26 @@ class Generation:
             raise ModelNotFound(model, f"not downloaded yet{missing}; run "
                                 f"`timbrectl models pull {model}` first")
         spec = spec_of(ref)
+        duration = float(request.get("duration", DEFAULT_DURATION_S))
+        # The schema says the same for requests on the wire; prompts also arrive from presets,
+        # prompt files and replays, and nothing impossible may be queued to fail later.
+        if not str(request["prompt"]).strip():
+            raise InvalidParams("prompt: must hold some text, not only whitespace",
+                                param="prompt")
+        if not duration >= MIN_DURATION_S:
+            raise InvalidParams(f"duration: {duration:g} s is too short; at least "
+                                f"{MIN_DURATION_S:g} s", param="duration",
+                                allowed={"minimum": MIN_DURATION_S, "maximum": 600})
+        # The request, built once: everything that decides the audio, in the wire's names,
+        # the family's own parameters checked against its schema with its defaults filled in.
+        req = Request(
+            prompt=request["prompt"], duration=duration,
+            seed=request["seed"] if "seed" in request else secrets.randbelow(2**31),
+            variations=int(request.get("variations", DEFAULT_VARIATIONS)),
+            melody=request.get("melody"), continuation=request.get("continuation"),
+            options=_backend_params(spec, request))
         out: dict[str, Any] = {
-            "prompt": request["prompt"],
-            "duration": float(request.get("duration", 10.0)),
-            "seed": request["seed"] if "seed" in request else secrets.randbelow(2**31),
-            **_backend_params(spec, request),
-            "variations": int(request.get("variations", 1)),
-            "melody": request.get("melody"),
-            "continuation": request.get("continuation"),
+            **req.job_params(),
             "output": request.get("output"),
             "keep_alive": request.get("keep_alive"),
             "preset": request.get("preset"),
@@ -264,15 +277,6 @@ class Generation:
             "export": options.to_dict(),
             "backend": spec.name,
         }
-        # The schema says the same for requests on the wire; prompts also arrive from presets,
-        # prompt files and replays, and nothing impossible may be queued to fail later.
-        if not str(out["prompt"]).strip():
-            raise InvalidParams("prompt: must hold some text, not only whitespace",
-                                param="prompt")
-        if not out["duration"] >= MIN_DURATION_S:
-            raise InvalidParams(f"duration: {out['duration']:g} s is too short; at least "
-                                f"{MIN_DURATION_S:g} s", param="duration",
-                                allowed={"minimum": MIN_DURATION_S, "maximum": 600})
         if "replay" in params:
             out["replay"] = dict(params["replay"])
         features = spec.model_features(ref.local_path) if ref.local_path else frozenset()
@@ -296,7 +300,6 @@ class Generation:
                     allowed={"exclusiveMinimum": round(length, 3)})
         if out["output"] is not None:
             publish.check_output(out["output"], out["variations"], extensions=[options.extension])
-        GenerationParams.from_dict(_generation_params(out, spec))  # the worker's checks, now
         return model, out
 
     async def get(self, job_id: str) -> Job:
@@ -489,7 +492,7 @@ class Generation:
                 await self.residency.release(entry)
 
     async def _encode(self, job: Job, entry: Loaded, output: GenerationOutput,
-                      requests: list[GenerationParams], index: int, *, began: float,
+                      requests: list[Request], index: int, *, began: float,
                       load_s: float) -> None:
         """Export one job's takes and finish it; a failure here fails only this job.
 
@@ -606,14 +609,10 @@ class Generation:
         """Re-render a take from its recipe as a new job (same model, parameters and seed)."""
         take = await anyio.to_thread.run_sync(self.history.show, take_id)
         recipe = take.recipe
-        p = recipe.get("params", {})
-        spec = _recipe_spec(recipe)
-        decoding = _decoding(recipe, spec)
+        req = Request.from_recipe(recipe.get("params", {}))
+        decoding = _decoding(recipe, _recipe_spec(recipe))
         request = {
-            "prompt": p.get("prompt", take.prompt), "duration": p["duration_s"],
-            "seed": p["seed"], **_recorded_backend_params(spec, p),
-            "variations": p["variations"], "melody": p.get("melody_path"),
-            "continuation": p.get("continuation_path"), "model": recipe.get("model"),
+            **req.to_dict(), "model": recipe.get("model"),
             "session": take.session, **recipe.get("export", {}),
             "replay": {"take_id": take.id, "take_index": take.take_index,
                        "audio_sha256": recipe.get("audio_sha256"),
@@ -629,7 +628,8 @@ class Generation:
             "model": job.model, "model_id": entry.model_id, "revision": entry.revision,
             "source": entry.info.source, "backend": entry.info.backend,
             "device": entry.info.device, "dtype": entry.info.dtype,
-            "params": _generation_params(job.params, spec), "sample_rate": output.sample_rate,
+            "params": Request.from_job(job.params, spec.params).to_dict(),
+            "sample_rate": output.sample_rate,
             "timbre_version": __version__,
             "info": json.loads(json.dumps(output.info, default=str)),
         }
@@ -674,7 +674,8 @@ def _backend_params(spec: BackendSpec, request: Mapping[str, Any]) -> dict[str, 
         if flat[key] != nested[key]:
             raise InvalidParams(f"{key}: given twice, as {flat[key]!r} and as "
                                 f"options.{key} {nested[key]!r}; give it once", param=key)
-    unknown = sorted(k for k in _SAMPLING if k in request and k not in spec.params)
+    unknown = sorted(k for k in registry.param_names() if k in request
+                     and k not in spec.params)
     if unknown:
         raise InvalidParams(
             f"{unknown[0]}: the {spec.name} backend does not take it; it takes "
@@ -682,11 +683,6 @@ def _backend_params(spec: BackendSpec, request: Mapping[str, Any]) -> dict[str, 
     given = {**flat, **nested}
     schema.check(f"{spec.name} parameters", spec.params_schema(), given)
     return {**spec.defaults(), **given}
-
-
-#: Backend parameters that the wire carries flat (MusicGen's, since the first protocol);
-#: a family that does not declare one refuses it, naming what it takes.
-_SAMPLING = ("temperature", "top_k", "top_p", "guidance")
 
 
 def _batch_key(job: Job) -> tuple[Any, ...] | None:
@@ -707,7 +703,7 @@ def _batch_key(job: Job) -> tuple[Any, ...] | None:
             *spec.batch_key(p))
 
 
-def _requests(jobs: list[Job]) -> tuple[list[GenerationParams], list[int]]:
+def _requests(jobs: list[Job]) -> tuple[list[Request], list[int]]:
     """What the worker decodes for ``jobs``, and where each job's takes are in it.
 
     A replay of a take that was decoded in a batch decodes that whole batch again (its
@@ -715,9 +711,9 @@ def _requests(jobs: list[Job]) -> tuple[list[GenerationParams], list[int]]:
     """
     replay = jobs[0].params.get("replay") if len(jobs) == 1 else None
     if replay is not None and replay.get("batch"):
-        requests = [GenerationParams.from_dict(r) for r in replay["batch"]["requests"]]
+        requests = [Request.from_recipe(r) for r in replay["batch"]["requests"]]
         return requests, [int(replay["batch"]["index"])]
-    return [GenerationParams.from_dict(_generation_params(job.params, _job_spec(job)))
+    return [Request.from_job(job.params, _job_spec(job).params)
             for job in jobs], list(range(len(jobs)))
 
 
@@ -737,36 +733,3 @@ def _decoding(recipe: Mapping[str, Any], spec: BackendSpec) -> dict[str, Any]:
 def _job_spec(job: Job) -> BackendSpec:
     # Jobs queued before the registry recorded their backend were all MusicGen's.
     return registry.get(str(job.params.get("backend") or "musicgen"))
-
-
-def _generation_params(p: Mapping[str, Any], spec: BackendSpec) -> dict[str, Any]:
-    """Job params (the RPC's names) → the worker's GenerationParams fields."""
-    out: dict[str, Any] = {
-        "prompt": p["prompt"], "duration_s": p["duration"], "seed": p["seed"],
-        "variations": p["variations"], "melody_path": p.get("melody"),
-        "continuation_path": p.get("continuation")}
-    options = {}
-    for name in spec.params:
-        field = spec.worker_fields.get(name)
-        if field is not None:
-            out[field] = p[name]
-        else:
-            options[name] = p[name]
-    if options:
-        out["options"] = options
-    return out
-
-
-def _recorded_backend_params(spec: BackendSpec, recorded: Mapping[str, Any]
-                             ) -> dict[str, Any]:
-    """Inverse of :func:`_generation_params` for the family's own parameters: a recipe's
-    ``params`` (GenerationParams names) → the request's names."""
-    options = recorded.get("options") or {}
-    out = {}
-    for name in spec.params:
-        field = spec.worker_fields.get(name)
-        if field is not None and field in recorded:
-            out[name] = recorded[field]
-        elif name in options:
-            out[name] = options[name]
-    return out

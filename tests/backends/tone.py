@@ -20,12 +20,12 @@ import numpy as np
 
 from timbred import errors
 from timbred.backends import BackendCapabilities, BackendSpec
+from timbred.request import Request
 from timbred.worker.backend import (
     Backend,
     CancelToken,
     Capabilities,
     GenerationOutput,
-    GenerationParams,
     Preview,
     ProgressCallback,
 )
@@ -99,13 +99,13 @@ class ToneBackend(Backend):
 
     def generate_batch(
         self,
-        items: Sequence[GenerationParams],
+        items: Sequence[Request],
         progress: ProgressCallback | None = None,
         cancels: Sequence[CancelToken] | None = None,
         preview: Preview | None = None,
     ) -> list[GenerationOutput]:
         caps = self.capabilities
-        steps = max(1, math.ceil(max(p.duration_s for p in items) * STEPS_PER_S))
+        steps = max(1, math.ceil(max(p.duration for p in items) * STEPS_PER_S))
         for step in range(1, steps + 1):
             if cancels and all(c.cancelled for c in cancels):
                 raise errors.Cancelled()
@@ -113,8 +113,8 @@ class ToneBackend(Backend):
                 progress(step, steps)
         return [self._one(p, caps) for p in items]
 
-    def _one(self, p: GenerationParams, caps: Capabilities) -> GenerationOutput:
-        n = round(p.duration_s * caps.sample_rate)
+    def _one(self, p: Request, caps: Capabilities) -> GenerationOutput:
+        n = round(p.duration * caps.sample_rate)
         t = np.arange(n, dtype=np.float64) / caps.sample_rate
         pitch = float(p.options.get("pitch_hz", 440.0))
         noise = float(p.options.get("noise", 0.01))

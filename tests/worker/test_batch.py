@@ -9,22 +9,23 @@ import pytest
 
 from tests.worker.conftest import WavWriter
 from timbred import errors
-from timbred.worker.backend import CancelToken, GenerationParams
+from timbred.request import Request
+from timbred.worker.backend import CancelToken
 from timbred.worker.musicgen import MusicgenBackend
 
 
-def request(seed: int, **kw: Any) -> GenerationParams:
-    kw.setdefault("duration_s", 1.0)
+def request(seed: int, **kw: Any) -> Request:
+    kw.setdefault("duration", 1.0)
     kw.setdefault("prompt", f"request {seed}")
-    return GenerationParams(seed=seed, **kw)
+    return Request(seed=seed, **kw)
 
 
 MIXED = [
     request(1),
-    request(2, prompt="a longer prompt, so the text batch is padded", temperature=0.6,
-            top_k=5),
-    request(3, variations=2, guidance_scale=6.0, top_p=0.9),
-    request(4, temperature=0.0),
+    request(2, prompt="a longer prompt, so the text batch is padded",
+            options={"temperature": 0.6, "top_k": 5}),
+    request(3, variations=2, options={"guidance": 6.0, "top_p": 0.9}),
+    request(4, options={"temperature": 0.0}),
 ]
 
 
@@ -60,11 +61,11 @@ def test_int8_batches_rerender_bit_identically(tiny_model: Any) -> None:
 
 
 @pytest.mark.parametrize(("other", "param"), [
-    (request(2, duration_s=1.5), "duration_s"),
-    (request(2, guidance_scale=1.0), "guidance_scale"),
+    (request(2, duration=1.5), "duration"),
+    (request(2, options={"guidance": 1.0}), "guidance"),
 ])
 def test_requests_that_cannot_share_a_plan_are_refused(backend: MusicgenBackend,
-                                                       other: GenerationParams,
+                                                       other: Request,
                                                        param: str) -> None:
     with pytest.raises(errors.InvalidParams) as info:
         backend.generate_batch([request(1), other])
@@ -77,10 +78,10 @@ def test_continuations_of_one_file_batch_together(windowed_backend: MusicgenBack
     settings: the takes equal each request decoded alone (fp32 on the CPU), across windows
     (2.3 s in 1 s windows); every take reports the same prompt length."""
     wav = str(write_wav("prompt.wav", seconds=0.3))
-    items = [request(1, duration_s=2.3, continuation_path=wav),
-             request(2, duration_s=2.3, continuation_path=wav, variations=2,
-                     temperature=0.7),
-             request(3, duration_s=2.3, continuation_path=wav, guidance_scale=5.0)]
+    items = [request(1, duration=2.3, continuation=wav),
+             request(2, duration=2.3, continuation=wav, variations=2,
+                     options={"temperature": 0.7}),
+             request(3, duration=2.3, continuation=wav, options={"guidance": 5.0})]
     together = windowed_backend.generate_batch(items)
     assert [o.info["batch_requests"] for o in together] == [3, 3, 3]
     assert all(o.info["windows"] == together[0].info["windows"] > 1 for o in together)
@@ -98,10 +99,10 @@ def test_different_continuations_do_not_share_a_batch(backend: MusicgenBackend,
                                                       second: str) -> None:
     a = str(write_wav("a.wav", seconds=0.3))
     b = str(write_wav("b.wav", seconds=0.3, freq=220.0))
-    other = request(2, continuation_path=b) if second == "other file" else request(2)
+    other = request(2, continuation=b) if second == "other file" else request(2)
     with pytest.raises(errors.InvalidParams, match="continue the same audio") as info:
-        backend.generate_batch([request(1, continuation_path=a), other])
-    assert info.value.data["param"] == "continuation_path"
+        backend.generate_batch([request(1, continuation=a), other])
+    assert info.value.data["param"] == "continuation"
 
 
 def test_melodies_batch_each_with_its_own(melody_backend: MusicgenBackend,
@@ -111,15 +112,15 @@ def test_melodies_batch_each_with_its_own(melody_backend: MusicgenBackend,
     with 1 s windows) and with a melody shorter than the take (looped)."""
     a4 = str(write_wav("a4.wav", freq=440.0, seconds=1.0))
     e4 = str(write_wav("e4.wav", freq=329.6, seconds=0.4, rate=44_100))
-    items = [request(1, duration_s=2.3, melody_path=a4),
-             request(2, duration_s=2.3, melody_path=e4, variations=2),
-             request(3, duration_s=2.3, melody_path=a4, guidance_scale=5.0)]
+    items = [request(1, duration=2.3, melody=a4),
+             request(2, duration=2.3, melody=e4, variations=2),
+             request(3, duration=2.3, melody=a4, options={"guidance": 5.0})]
     together = melody_backend.generate_batch(items)
     assert [o.info["batch_requests"] for o in together] == [3, 3, 3]
     for item, out in zip(items, together, strict=True):
         assert np.array_equal(out.audio, melody_backend.generate(item).audio)
     swapped = melody_backend.generate_batch([
-        request(1, duration_s=2.3, melody_path=e4), items[1]])
+        request(1, duration=2.3, melody=e4), items[1]])
     assert not np.array_equal(swapped[0].audio, together[0].audio)  # the melody counts
 
 
@@ -127,8 +128,8 @@ def test_melody_and_no_melody_do_not_share_a_batch(melody_backend: MusicgenBacke
                                                    write_wav: WavWriter) -> None:
     a4 = str(write_wav("a4.wav", freq=440.0, seconds=1.0))
     with pytest.raises(errors.InvalidParams) as info:
-        melody_backend.generate_batch([request(1, melody_path=a4), request(2)])
-    assert info.value.data["param"] == "melody_path"
+        melody_backend.generate_batch([request(1, melody=a4), request(2)])
+    assert info.value.data["param"] == "melody"
 
 
 def test_one_cancelled_request_keeps_the_batch_going(backend: MusicgenBackend) -> None:

@@ -18,7 +18,7 @@ from transformers import EncodecModel
 
 from tests.worker.conftest import TINY_STRIDE_S, TINY_WINDOW_S, WavWriter
 from timbred import errors
-from timbred.worker.backend import GenerationParams
+from timbred.request import Request
 from timbred.worker.decodestep import LeanDecoder, lean_decoder, lean_steps
 from timbred.worker.musicgen import MusicgenBackend
 from timbred.worker.precision import int8_available
@@ -53,7 +53,7 @@ def lean_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
-def run(backend: MusicgenBackend, items: list[GenerationParams]
+def run(backend: MusicgenBackend, items: list[Request]
         ) -> tuple[list[torch.Tensor], list[bytes]]:
     """Every decoder forward's logits, and each take's audio bytes."""
     state = backend._state
@@ -69,7 +69,7 @@ def run(backend: MusicgenBackend, items: list[GenerationParams]
 
 
 def assert_identical(lean: MusicgenBackend, plain: MusicgenBackend,
-                     items: list[GenerationParams], lean_calls: list[int]) -> None:
+                     items: list[Request], lean_calls: list[int]) -> None:
     assert lean.lean_steps and not plain.lean_steps
     ours, our_audio = run(lean, items)
     steps = len(lean_calls)
@@ -84,17 +84,17 @@ def assert_identical(lean: MusicgenBackend, plain: MusicgenBackend,
 
 
 @pytest.mark.parametrize("items", [
-    [GenerationParams(prompt="rhodes", duration_s=1.0, seed=3)],
+    [Request(prompt="rhodes", duration=1.0, seed=3)],
     # Two requests with their own sampling settings; one has variations.
-    [GenerationParams(prompt="warm rhodes", duration_s=0.8, seed=3, top_k=50),
-     GenerationParams(prompt="drums", duration_s=0.8, seed=4, variations=2, temperature=0.7)],
-    [GenerationParams(prompt="rhodes", duration_s=0.8, seed=3, guidance_scale=1.0,
+    [Request(prompt="warm rhodes", duration=0.8, seed=3, options={"top_k": 50}),
+     Request(prompt="drums", duration=0.8, seed=4, variations=2, options={"temperature": 0.7})],
+    [Request(prompt="rhodes", duration=0.8, seed=3, options={"guidance": 1.0},
                       variations=2)],
     # Three windows: later passes start from context frames.
-    [GenerationParams(prompt="bass", duration_s=2.3, seed=5)],
+    [Request(prompt="bass", duration=2.3, seed=5)],
 ], ids=["guided", "batch", "unguided", "windows"])
 def test_every_step_is_bit_identical(pair: tuple[MusicgenBackend, MusicgenBackend],
-                                     items: list[GenerationParams],
+                                     items: list[Request],
                                      lean_calls: list[int]) -> None:
     assert_identical(*pair, items, lean_calls)
 
@@ -102,8 +102,8 @@ def test_every_step_is_bit_identical(pair: tuple[MusicgenBackend, MusicgenBacken
 def test_continuation_is_bit_identical(pair: tuple[MusicgenBackend, MusicgenBackend],
                                        write_wav: WavWriter, lean_calls: list[int]) -> None:
     prompt = write_wav("prompt.wav", freq=220.0, seconds=0.5, rate=32_000, channels=1)
-    items = [GenerationParams(prompt="bass", duration_s=1.6, seed=5,
-                              continuation_path=str(prompt))]
+    items = [Request(prompt="bass", duration=1.6, seed=5,
+                              continuation=str(prompt))]
     assert_identical(*pair, items, lean_calls)
 
 
@@ -112,7 +112,7 @@ def test_without_the_preallocated_cache(tiny_model: Path, lean_calls: list[int])
     lean = _load(tiny_model, preallocate_kv=False)
     plain = _load(tiny_model, preallocate_kv=False, lean_steps=False)
     try:
-        assert_identical(lean, plain, [GenerationParams(prompt="keys", duration_s=1.0,
+        assert_identical(lean, plain, [Request(prompt="keys", duration=1.0,
                                                         seed=9)], lean_calls)
     finally:
         lean.unload()
@@ -125,8 +125,8 @@ def test_melody_is_bit_identical(tiny_melody_model: Path, write_wav: WavWriter,
     lean, plain = _load(tiny_melody_model), _load(tiny_melody_model, lean_steps=False)
     try:
         melody = write_wav("melody.wav", freq=330.0, seconds=1.0)
-        items = [GenerationParams(prompt="lead", duration_s=1.5, seed=2,
-                                  melody_path=str(melody))]
+        items = [Request(prompt="lead", duration=1.5, seed=2,
+                                  melody=str(melody))]
         assert_identical(lean, plain, items, lean_calls)
     finally:
         lean.unload()
@@ -136,7 +136,7 @@ def test_melody_is_bit_identical(tiny_melody_model: Path, write_wav: WavWriter,
 def test_stereo_is_bit_identical(tiny_stereo_model: Path, lean_calls: list[int]) -> None:
     lean, plain = _load(tiny_stereo_model), _load(tiny_stereo_model, lean_steps=False)
     try:
-        assert_identical(lean, plain, [GenerationParams(prompt="pad", duration_s=1.0, seed=6)],
+        assert_identical(lean, plain, [Request(prompt="pad", duration=1.0, seed=6)],
                          lean_calls)
     finally:
         lean.unload()
@@ -149,8 +149,8 @@ def test_int8_is_bit_identical(tiny_model: Path, lean_calls: list[int]) -> None:
     lean = _load(tiny_model, precision="int8")
     plain = _load(tiny_model, precision="int8", lean_steps=False)
     try:
-        items = [GenerationParams(prompt="lofi", duration_s=1.0, seed=1),
-                 GenerationParams(prompt="dub", duration_s=1.0, seed=2)]
+        items = [Request(prompt="lofi", duration=1.0, seed=1),
+                 Request(prompt="dub", duration=1.0, seed=2)]
         assert_identical(lean, plain, items, lean_calls)
     finally:
         lean.unload()
@@ -169,8 +169,8 @@ def test_generate_no_longer_decodes_audio_it_throws_away(
 
     monkeypatch.setattr(EncodecModel, "decode", counting)
     lean, _ = pair
-    items = [GenerationParams(prompt="a", duration_s=2.3, seed=1),  # three windows
-             GenerationParams(prompt="b", duration_s=2.3, seed=2, variations=2)]
+    items = [Request(prompt="a", duration=2.3, seed=1),  # three windows
+             Request(prompt="b", duration=2.3, seed=2, variations=2)]
     outputs = lean.generate_batch(items)
     assert [o.audio.shape[-1] for o in outputs] == [round(2.3 * 32_000)] * 2
     assert len(calls) == 3, f"EnCodec ran {len(calls)} times for 3 takes: {calls}"
@@ -217,7 +217,7 @@ def test_a_covered_step_asking_for_more_is_left_to_transformers(
 
     monkeypatch.setattr(LeanDecoder, "covers", spying)
     lean, _ = pair
-    lean.generate(GenerationParams(prompt="x", duration_s=0.4, seed=1))
+    lean.generate(Request(prompt="x", duration=0.4, seed=1))
     assert covered, "no step was covered"
     step, ids, embeds, encoder_states, cache, extra = covered[0]
     assert original(step, ids, embeds, encoder_states, cache, extra)  # still true now

@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from timbred import errors
+from timbred.request import Request
 from timbred.worker import device as dev
-from timbred.worker.backend import Backend, Capabilities, GenerationParams
+from timbred.worker.backend import Backend, Capabilities
 from timbred.worker.device import CudaDevice
 from timbred.worker.musicgen import MusicgenBackend
 from timbred.worker.process import WorkerInfo, _Slot, _Worker
@@ -149,7 +150,7 @@ class TestOutOfMemory:
 
         monkeypatch.setattr(model, "generate", oom)
         with pytest.raises(errors.GenerationFailed) as caught:
-            backend.generate(GenerationParams(prompt="lo fi", duration_s=0.2, seed=1))
+            backend.generate(Request(prompt="lo fi", duration=0.2, seed=1))
         assert "CUDA out of memory: needs 2.00 GiB, has 1.50 GiB free of 79.19 GiB" in str(
             caught.value)
         assert isinstance(caught.value.__cause__, torch.cuda.OutOfMemoryError)
@@ -160,7 +161,7 @@ class TestOutOfMemory:
         worker = _Worker(child)
         worker.models["m"] = _Slot("m", "src", "cuda:0", "bfloat16", "stub", {}, _OomBackend())
         worker.inbox.put(("generate", 7, {"model_id": "m", "items": [
-            GenerationParams(prompt="x", duration_s=1.0, seed=1).to_dict()]}))
+            Request(prompt="x", duration=1.0, seed=1).to_dict()]}))
         worker.inbox.put(None)
         worker.main_loop()
         kind, rid, (code, message, data) = parent.recv()
@@ -191,7 +192,7 @@ class _OomBackend(Backend):
                             max_native_duration_s=30, sample_rate=32000, frame_rate=50,
                             channels=1)
 
-    def generate_batch(self, items: Sequence[GenerationParams], progress: Any = None,
+    def generate_batch(self, items: Sequence[Request], progress: Any = None,
                        cancels: Any = None, preview: Any = None) -> Any:
         raise torch.cuda.OutOfMemoryError(OOM_NEW)
 
@@ -204,7 +205,7 @@ class TestReleaseMemory:
         """After unload() nothing holds the model: its weights can be freed."""
         backend = MusicgenBackend()
         backend.load(str(tiny_model), device="cpu", dtype="float32")
-        backend.generate(GenerationParams(prompt="lo fi", duration_s=0.2, seed=1))
+        backend.generate(Request(prompt="lo fi", duration=0.2, seed=1))
         ref = weakref.ref(backend._state.model)  # type: ignore[union-attr]
         backend.unload()
         gc.collect()

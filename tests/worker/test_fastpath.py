@@ -19,7 +19,8 @@ import torch
 import transformers
 
 from tests.worker.conftest import TINY_STRIDE_S, TINY_WINDOW_S
-from timbred.worker.backend import GenerationOutput, GenerationParams
+from timbred.request import Request
+from timbred.worker.backend import GenerationOutput
 from timbred.worker.decodestep import LeanDecoder
 from timbred.worker.fastpath import FastPaths, choose, difference
 from timbred.worker.kvcache import PreallocatedLayer
@@ -97,7 +98,7 @@ class TestChoose:
         assert "float64" in (difference(STOCK, [STOCK[0].double(), STOCK[1]]) or "")
 
 
-PARAMS = GenerationParams(prompt="broken fast path", duration_s=2.0, seed=5, variations=2)
+PARAMS = Request(prompt="broken fast path", duration=2.0, seed=5, variations=2)
 
 
 def _load(path: Path, **options: Any) -> MusicgenBackend:
@@ -117,7 +118,7 @@ def stock_audio(tiny_model: Path) -> Iterator[np.ndarray[Any, Any]]:
     yield out.audio
 
 
-def _load_and_generate(path: Path, params: GenerationParams = PARAMS,
+def _load_and_generate(path: Path, params: Request = PARAMS,
                        after_load: Callable[[], object] = lambda: None
                        ) -> tuple[tuple[str, ...], GenerationOutput]:
     """Load ``path`` (running the self-check), call ``after_load``, make ``params``' takes:
@@ -212,6 +213,6 @@ class TestBackendSelfCheck:
         same way: a broken lean step is caught there too."""
         _lean_off_by_a_hair(monkeypatch)
         (warning,), out = _load_and_generate(
-            tiny_melody_model, GenerationParams(prompt="hum", duration_s=1.0, seed=1))
+            tiny_melody_model, Request(prompt="hum", duration=1.0, seed=1))
         assert "lean_steps" in warning
         assert out.audio.shape[0] == 1 and np.isfinite(out.audio).all()

@@ -12,8 +12,8 @@ import torch
 
 from tests.worker.conftest import TINY_STRIDE_S, TINY_WINDOW_S, WavWriter
 from timbred import errors
+from timbred.request import Request
 from timbred.worker import kvcache
-from timbred.worker.backend import GenerationParams
 from timbred.worker.kvcache import PreallocatedLayer
 from timbred.worker.musicgen import MusicgenBackend
 
@@ -87,12 +87,12 @@ def updates(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 
 @pytest.mark.parametrize("params", [
-    GenerationParams(prompt="rhodes", duration_s=1.0, seed=3),
-    GenerationParams(prompt="rhodes", duration_s=1.0, seed=3, guidance_scale=1.0,
+    Request(prompt="rhodes", duration=1.0, seed=3),
+    Request(prompt="rhodes", duration=1.0, seed=3, options={"guidance": 1.0},
                      variations=2),
 ], ids=["guided", "unguided-variations"])
 def test_takes_are_bit_identical_to_the_default_cache(
-    backend: MusicgenBackend, plain: MusicgenBackend, params: GenerationParams,
+    backend: MusicgenBackend, plain: MusicgenBackend, params: Request,
     updates: list[int],
 ) -> None:
     assert backend.preallocate_kv and not plain.preallocate_kv
@@ -112,8 +112,8 @@ def test_windows_and_continuation_are_bit_identical(
     other.load(str(tiny_model), device="cpu", dtype="float32")
     try:
         prompt = write_wav("prompt.wav", freq=220.0, seconds=0.5, rate=32_000, channels=1)
-        params = GenerationParams(prompt="bass", duration_s=2.3, seed=5,
-                                  continuation_path=str(prompt))
+        params = Request(prompt="bass", duration=2.3, seed=5,
+                                  continuation=str(prompt))
         ours = windowed_backend.generate(params).audio
         assert updates
         assert ours.tobytes() == other.generate(params).audio.tobytes()
@@ -130,8 +130,8 @@ def test_melody_is_bit_identical(melody_backend: MusicgenBackend, tiny_melody_mo
     other.load(str(tiny_melody_model), device="cpu", dtype="float32")
     try:
         melody = write_wav("melody.wav", freq=330.0, seconds=1.0)
-        params = GenerationParams(prompt="lead", duration_s=1.5, seed=2,
-                                  melody_path=str(melody))
+        params = Request(prompt="lead", duration=1.5, seed=2,
+                                  melody=str(melody))
         ours = melody_backend.generate(params).audio
         assert updates
         np.testing.assert_array_equal(ours, other.generate(params).audio)

@@ -13,7 +13,8 @@ import torch
 
 from tests.worker.conftest import TINY_STRIDE_S, TINY_WINDOW_S, WavWriter
 from timbred import errors
-from timbred.worker.backend import CancelToken, GenerationParams
+from timbred.request import Request
+from timbred.worker.backend import CancelToken
 from timbred.worker.musicgen import MusicgenBackend, plan_windows
 
 SR = 32_000
@@ -21,8 +22,8 @@ HOP = 640  # 50 Hz frames
 CODEBOOKS = 4
 
 
-def params(duration_s: float = 1.0, seed: int = 1, **kw: Any) -> GenerationParams:
-    return GenerationParams(prompt="lo fi hip hop", duration_s=duration_s, seed=seed, **kw)
+def params(duration: float = 1.0, seed: int = 1, **kw: Any) -> Request:
+    return Request(prompt="lo fi hip hop", duration=duration, seed=seed, **kw)
 
 
 class Steps:
@@ -123,7 +124,7 @@ class TestGenerate:
     def test_text_prompt_conditions_the_output(self, backend: MusicgenBackend) -> None:
         """With the same seed, another text prompt gives other audio."""
         one = backend.generate(params(seed=3))
-        two = backend.generate(GenerationParams(prompt="dark ambient synth", duration_s=1.0,
+        two = backend.generate(Request(prompt="dark ambient synth", duration=1.0,
                                                 seed=3))
         assert not np.array_equal(one.audio, two.audio)
 
@@ -165,8 +166,8 @@ class TestGenerate:
         backend = MusicgenBackend()
         backend.load(str(tiny_model), device="cpu", dtype="bfloat16")
         try:
-            a = backend.generate(params(0.5, seed=1, temperature=0))
-            b = backend.generate(params(0.5, seed=2, temperature=0))
+            a = backend.generate(params(0.5, seed=1, options={"temperature": 0}))
+            b = backend.generate(params(0.5, seed=2, options={"temperature": 0}))
         finally:
             backend.unload()
         assert a.info["dtype"] == "bfloat16"
@@ -234,10 +235,10 @@ class TestContinuation:
         self, windowed_backend: MusicgenBackend, write_wav: WavWriter
     ) -> None:
         """The output starts with the (re-synthesised) prompt, which counts towards
-        duration_s; the new part depends on the seed, the prompt part does not."""
+        the duration; the new part depends on the seed, the prompt part does not."""
         prompt = write_wav("prompt.wav", seconds=0.5, rate=48_000, channels=2)
-        a = windowed_backend.generate(params(2.3, seed=1, continuation_path=str(prompt)))
-        b = windowed_backend.generate(params(2.3, seed=2, continuation_path=str(prompt)))
+        a = windowed_backend.generate(params(2.3, seed=1, continuation=str(prompt)))
+        b = windowed_backend.generate(params(2.3, seed=2, continuation=str(prompt)))
         assert a.audio.shape == (1, 1, round(2.3 * SR))
         assert a.prompt_samples == round(0.5 * SR)  # a whole number of 640-sample frames
         head = a.prompt_samples // 2  # far from the boundary, where the codec mixes frames
@@ -247,11 +248,11 @@ class TestContinuation:
     def test_prompt_must_be_shorter_than_duration(
         self, backend: MusicgenBackend, write_wav: WavWriter
     ) -> None:
-        """A prompt as long as duration_s is InvalidParams naming duration_s."""
+        """A prompt as long as the duration is InvalidParams naming duration."""
         prompt = write_wav("long.wav", seconds=1.0, rate=32_000, channels=1)
         with pytest.raises(errors.InvalidParams) as info:
-            backend.generate(params(1.0, continuation_path=str(prompt)))
-        assert info.value.data["param"] == "duration_s"
+            backend.generate(params(1.0, continuation=str(prompt)))
+        assert info.value.data["param"] == "duration"
 
 
 class TestMelody:
@@ -262,8 +263,8 @@ class TestMelody:
         a4 = write_wav("a4.wav", freq=440.0, seconds=1.0)
         e4 = write_wav("e4.wav", freq=329.6, seconds=1.0)
         assert melody_backend.capabilities.melody
-        one = melody_backend.generate(params(2.3, variations=2, melody_path=str(a4)))
-        two = melody_backend.generate(params(2.3, variations=2, melody_path=str(e4)))
+        one = melody_backend.generate(params(2.3, variations=2, melody=str(a4)))
+        two = melody_backend.generate(params(2.3, variations=2, melody=str(e4)))
         assert one.audio.shape == (2, 1, round(2.3 * SR))
         assert not np.array_equal(one.audio, two.audio)
 
@@ -274,7 +275,7 @@ class TestMelody:
         melody = write_wav("melody.wav", seconds=0.7, rate=44_100, channels=1)
         prompt = write_wav("prompt.wav", seconds=0.4)
         out = melody_backend.generate(
-            params(1.5, melody_path=str(melody), continuation_path=str(prompt))
+            params(1.5, melody=str(melody), continuation=str(prompt))
         )
         assert out.audio.shape == (1, 1, round(1.5 * SR))
         assert out.prompt_samples == round(0.4 * SR)
@@ -285,12 +286,12 @@ class TestMelody:
         """Asking a non-melody model for melody conditioning is InvalidParams('melody')."""
         assert not backend.capabilities.melody
         with pytest.raises(errors.InvalidParams) as info:
-            backend.generate(params(melody_path=str(write_wav("m.wav"))))
+            backend.generate(params(melody=str(write_wav("m.wav"))))
         assert info.value.data["param"] == "melody"
 
 
 class TestAudioInputs:
-    @pytest.mark.parametrize("field", ["melody_path", "continuation_path"])
+    @pytest.mark.parametrize("field", ["melody", "continuation"])
     def test_missing_file(self, melody_backend: MusicgenBackend, tmp_path: Path,
                           field: str) -> None:
         """A missing melody/continuation file is AudioInputError naming param and file."""
@@ -298,10 +299,10 @@ class TestAudioInputs:
         inputs: dict[str, Any] = {field: path}
         with pytest.raises(errors.AudioInputError) as info:
             melody_backend.generate(params(2.0, **inputs))
-        assert info.value.data["param"] == field.removesuffix("_path")
+        assert info.value.data["param"] == field
         assert info.value.data["path"] == path
 
-    @pytest.mark.parametrize("field", ["melody_path", "continuation_path"])
+    @pytest.mark.parametrize("field", ["melody", "continuation"])
     def test_corrupt_file(self, melody_backend: MusicgenBackend, tmp_path: Path,
                           field: str) -> None:
         """A file that is not audio is AudioInputError naming param and file."""
@@ -310,7 +311,7 @@ class TestAudioInputs:
         inputs: dict[str, Any] = {field: str(path)}
         with pytest.raises(errors.AudioInputError) as info:
             melody_backend.generate(params(2.0, **inputs))
-        assert info.value.data["param"] == field.removesuffix("_path")
+        assert info.value.data["param"] == field
         assert info.value.data["path"] == str(path)
 
 
@@ -322,7 +323,7 @@ class TestStereo:
         prompt = write_wav("stereo.wav", seconds=0.3, channels=2)
         caps = stereo_backend.capabilities
         assert (caps.stereo, caps.channels) == (True, 2)
-        out = stereo_backend.generate(params(1.7, variations=2, continuation_path=str(prompt)))
+        out = stereo_backend.generate(params(1.7, variations=2, continuation=str(prompt)))
         assert out.audio.shape == (2, 2, round(1.7 * SR))
         assert not np.array_equal(out.audio[:, 0], out.audio[:, 1])
 
@@ -372,3 +373,27 @@ class TestLoad:
         assert info.value.data["param"] == param
 
 
+
+
+class TestSampling:
+    def test_defaults_are_the_familys_declared_ones(self) -> None:
+        """A request without options samples with the spec's defaults (audiocraft's)."""
+        from timbred.backends.musicgen import SPEC
+        from timbred.worker.musicgen import Sampling
+        got = Sampling.of(params())
+        assert (got.temperature, got.top_k, got.top_p, got.guidance) == (
+            SPEC.defaults()["temperature"], SPEC.defaults()["top_k"],
+            SPEC.defaults()["top_p"], SPEC.defaults()["guidance"])
+        assert Sampling.of(params(options={"top_k": 7})).top_k == 7
+
+    @pytest.mark.parametrize(("options", "param"), [
+        ({"temperature": -0.1}, "temperature"), ({"top_k": -1}, "top_k"),
+        ({"top_p": 1.5}, "top_p"), ({"guidance": -1}, "guidance"), ({"steps": 4}, "steps"),
+    ])
+    def test_bad_options_name_the_parameter(self, backend: MusicgenBackend,
+                                            options: dict[str, Any], param: str) -> None:
+        """The worker checks a request's options against the family's schema too (a replayed
+        recipe or a script may reach it without the daemon's edge)."""
+        with pytest.raises(errors.InvalidParams) as info:
+            backend.generate(params(options=options))
+        assert param in str(info.value)

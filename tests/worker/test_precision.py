@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from timbred import errors
+from timbred.request import Request
 from timbred.worker import WorkerHandle
-from timbred.worker.backend import PRECISIONS, GenerationParams, validate_precision
+from timbred.worker.backend import PRECISIONS, validate_precision
 from timbred.worker.musicgen import MusicgenBackend
 from timbred.worker.precision import (
     _quantize_dynamic,
@@ -32,8 +33,8 @@ SR = 32_000
 pytestmark = pytest.mark.skipif(not int8_available(), reason="no int8 engine in this torch")
 
 
-def params(duration_s: float = 0.5, seed: int = 5, **kw: Any) -> GenerationParams:
-    return GenerationParams(prompt="lo fi hip hop", duration_s=duration_s, seed=seed, **kw)
+def params(duration: float = 0.5, seed: int = 5, **kw: Any) -> Request:
+    return Request(prompt="lo fi hip hop", duration=duration, seed=seed, **kw)
 
 
 def _loaded(path: Path, precision: str) -> Iterator[MusicgenBackend]:
@@ -69,7 +70,7 @@ class TestInt8:
 
     def test_generates_the_right_shape(self, int8_backend: MusicgenBackend) -> None:
         """int8 makes (variations, channels, samples) float32 audio of the exact length."""
-        out = int8_backend.generate(params(duration_s=0.5, variations=2))
+        out = int8_backend.generate(params(duration=0.5, variations=2))
         assert out.audio.shape == (2, 1, SR // 2)
         assert out.audio.dtype.name == "float32"
         assert torch.isfinite(torch.from_numpy(out.audio)).all()
@@ -133,7 +134,7 @@ class TestPrecisionOption:
         backend = MusicgenBackend(precision=precision)
         backend.load(str(tiny_model), device="cpu", dtype="float16")  # precision wins
         try:
-            info = backend.generate(params(duration_s=0.2)).info
+            info = backend.generate(params(duration=0.2)).info
         finally:
             backend.unload()
         assert info["precision"] == precision
@@ -150,7 +151,7 @@ class TestPrecisionOption:
 
     def test_without_the_option_dtype_decides(self, backend: MusicgenBackend) -> None:
         """The default (no precision option) keeps the whole model in dtype; info says None."""
-        assert backend.generate(params(duration_s=0.2)).info["precision"] is None
+        assert backend.generate(params(duration=0.2)).info["precision"] is None
 
     @pytest.mark.parametrize("bad", ["int4", "INT8", "", 8, None])
     def test_invalid_precision_names_the_parameter(self, bad: Any) -> None:
@@ -184,7 +185,7 @@ class TestThroughTheWorker:
         try:
             await handle.load("tiny8", str(tiny_model), "cpu", "float32",
                               options={"precision": "int8"})
-            out = await handle.generate("tiny8", params(duration_s=0.2))
+            out = await handle.generate("tiny8", params(duration=0.2))
             assert out.info["precision"] == "int8"
             with pytest.raises(errors.InvalidParams) as info:
                 await handle.load("bad", str(tiny_model), "cpu", "float32",

@@ -15,7 +15,8 @@ import torch
 
 from tests.worker.conftest import WavWriter
 from timbred import errors
-from timbred.worker.backend import CancelToken, GenerationParams, Preview
+from timbred.request import Request
+from timbred.worker.backend import CancelToken, Preview
 from timbred.worker.musicgen import MusicgenBackend
 
 SR = 32_000
@@ -65,7 +66,7 @@ def decodes(monkeypatch: pytest.MonkeyPatch) -> Decodes:
     return seen
 
 
-def run(backend: MusicgenBackend, params: GenerationParams, chunk_s: float = 0.5,
+def run(backend: MusicgenBackend, params: Request, chunk_s: float = 0.5,
         cancel: CancelToken | None = None) -> tuple[Any, Recorder]:
     rec = Recorder()
     out = backend.generate(params, rec.progress, cancel, Preview(chunk_s, rec.send))
@@ -96,7 +97,7 @@ def check_stream(out: Any, rec: Recorder, decodes: Decodes) -> None:
 
 def test_chunks_arrive_while_decoding_and_tile_the_take(backend: MusicgenBackend,
                                                         decodes: Decodes) -> None:
-    params = GenerationParams(prompt="rain on a tin roof", duration_s=2.0, seed=5)
+    params = Request(prompt="rain on a tin roof", duration=2.0, seed=5)
     out, rec = run(backend, params)
     check_stream(out, rec, decodes)
     # 100 frames: 12 first (half a 25-frame chunk), 25, 25, 25, then the last 13 from the take.
@@ -109,7 +110,7 @@ def test_chunks_arrive_while_decoding_and_tile_the_take(backend: MusicgenBackend
 
 def test_the_take_is_the_same_with_or_without_preview(backend: MusicgenBackend,
                                                       decodes: Decodes) -> None:
-    params = GenerationParams(prompt="same either way", duration_s=1.5, seed=9, variations=2)
+    params = Request(prompt="same either way", duration=1.5, seed=9, variations=2)
     streamed, rec = run(backend, params, chunk_s=0.3)
     check_stream(streamed, rec, decodes)
     plain = backend.generate(params)
@@ -121,8 +122,8 @@ def test_windows_and_continuation_stream_without_gaps(windowed_backend: Musicgen
                                                       write_wav: WavWriter,
                                                       decodes: Decodes) -> None:
     prompt = write_wav("prompt.wav", seconds=0.5)
-    params = GenerationParams(prompt="go on", duration_s=2.6, seed=2,
-                              continuation_path=str(prompt))
+    params = Request(prompt="go on", duration=2.6, seed=2,
+                              continuation=str(prompt))
     out, rec = run(windowed_backend, params, chunk_s=0.4)
     check_stream(out, rec, decodes)
     # The continued audio is final before the first step: it is the first chunk, at once.
@@ -131,7 +132,7 @@ def test_windows_and_continuation_stream_without_gaps(windowed_backend: Musicgen
 
 def test_stereo_chunks_carry_both_channels(stereo_backend: MusicgenBackend,
                                            decodes: Decodes) -> None:
-    out, rec = run(stereo_backend, GenerationParams(prompt="wide", duration_s=1.2, seed=4))
+    out, rec = run(stereo_backend, Request(prompt="wide", duration=1.2, seed=4))
     assert out.audio.shape[1] == 2
     check_stream(out, rec, decodes)
 
@@ -145,7 +146,7 @@ def test_a_cancel_stops_the_stream(backend: MusicgenBackend) -> None:
         cancel.cancel()
 
     with pytest.raises(errors.Cancelled):
-        backend.generate(GenerationParams(prompt="stop", duration_s=2.0, seed=1),
+        backend.generate(Request(prompt="stop", duration=2.0, seed=1),
                          rec.progress, cancel, Preview(0.5, send))
     assert len(rec.chunks) == 1
 

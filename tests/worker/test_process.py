@@ -19,7 +19,8 @@ import pytest
 import timbred
 from tests.worker.conftest import WavWriter
 from timbred import errors
-from timbred.worker import GenerationParams, WorkerHandle
+from timbred.request import Request
+from timbred.worker import WorkerHandle
 from timbred.worker.process import _describe_exit
 
 pytestmark = pytest.mark.anyio
@@ -29,8 +30,8 @@ SR = 32_000
 LONG_S = 60.0
 
 
-def params(duration_s: float = 1.0, seed: int = 1, **kw: Any) -> GenerationParams:
-    return GenerationParams(prompt="lo fi hip hop", duration_s=duration_s, seed=seed, **kw)
+def params(duration: float = 1.0, seed: int = 1, **kw: Any) -> Request:
+    return Request(prompt="lo fi hip hop", duration=duration, seed=seed, **kw)
 
 
 class FirstStep:
@@ -196,12 +197,12 @@ class TestWorkerRequests:
                                                   write_wav: WavWriter) -> None:
         """Errors raised in the worker arrive as the same timbred.errors class and data."""
         with pytest.raises(errors.InvalidParams) as invalid:
-            await worker.generate("tiny", params(melody_path=str(write_wav("m.wav"))))
+            await worker.generate("tiny", params(melody=str(write_wav("m.wav"))))
         assert invalid.value.data["param"] == "melody"
 
         missing = str(tmp_path / "missing.wav")
         with pytest.raises(errors.AudioInputError) as audio:
-            await worker.generate("tiny", params(continuation_path=missing))
+            await worker.generate("tiny", params(continuation=missing))
         assert (audio.value.data["param"], audio.value.data["path"]) == ("continuation", missing)
 
         with pytest.raises(errors.ModelNotFound):

@@ -63,8 +63,6 @@ SPEC = BackendSpec(
         "guidance": {"type": "number", "minimum": 0, "maximum": 30, "default": 3.0,
                      "description": "Classifier-free guidance scale (<= 1 = off)."},
     }),
-    worker_fields=MappingProxyType({"temperature": "temperature", "top_k": "top_k",
-                                    "top_p": "top_p", "guidance": "guidance_scale"}),
     # Guidance on doubles the rows a request decodes: requests share it or go apart.
     batch_key=lambda params: (float(params["guidance"]) > 1,),
     load_options=("window_s", "stride_s", "precision"),

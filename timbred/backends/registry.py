@@ -55,6 +55,12 @@ def specs() -> list[BackendSpec]:
     return list(_loaded().values())
 
 
+def param_names() -> frozenset[str]:
+    """Every name some family takes as its own parameter (a request naming one that its
+    model's family does not take is refused, naming what that family takes)."""
+    return frozenset(name for spec in _loaded().values() for name in spec.params)
+
+
 def get(name: str) -> BackendSpec:
     """The family called ``name``; :class:`InvalidParams` naming the known ones otherwise."""
     spec = _loaded().get(name)

@@ -10,10 +10,11 @@ imported only inside the inference worker.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
+
+from timbred.request import COMMON
 
 #: Features a backend (or one of its models) may have; ``backends.list`` reports them.
 FEATURES = frozenset({
@@ -72,10 +73,6 @@ class BackendSpec:
     """JSON Schema (an object's ``properties``) of its own generation parameters, with
     defaults; the common ones (prompt, duration, seed, variations, audio inputs, export) are
     every backend's and not repeated here."""
-    worker_fields: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
-    """Its parameters that :class:`timbred.worker.backend.GenerationParams` names as fields
-    of its own (MusicGen's ``guidance`` is ``guidance_scale``); the others travel in
-    ``GenerationParams.options`` under their own names."""
     batch_key: Callable[[Mapping[str, Any]], tuple[Any, ...]] | None = None
     """What, among its parameters, requests decoded together must share (MusicGen: whether
     guidance is on); ``None``: it decodes one request at a time."""
@@ -89,6 +86,14 @@ class BackendSpec:
     """What it needs to run: ``local_weights``, ``api_key``, ``gpu``."""
     model_hint: str = ""
     """How a user recognises its model directories, for a refusal's message."""
+
+    def __post_init__(self) -> None:
+        # Its parameters travel flat beside the common fields in a job's params (and on the
+        # wire): one of the same name would be ambiguous.
+        clash = sorted(set(self.params) & COMMON)
+        if clash:
+            raise ValueError(f"backend {self.name!r}: parameter names {', '.join(clash)} "
+                             "are every backend's own fields; choose others")
 
     def params_schema(self) -> dict[str, Any]:
         """The full JSON Schema of its parameters (``schemas/backends/<name>.params.json``)."""

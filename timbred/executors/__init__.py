@@ -17,7 +17,8 @@ import numpy as np
 import numpy.typing as npt
 
 if TYPE_CHECKING:
-    from timbred.worker.backend import GenerationOutput, GenerationParams
+    from timbred.request import Request
+    from timbred.worker.backend import GenerationOutput
     from timbred.worker.process import LoadedModel, WorkerInfo
 
 #: ``on_progress(step, total)`` over the whole batch, in the event loop.
@@ -56,7 +57,7 @@ class Executor(Protocol):
     async def ps(self) -> list[LoadedModel]:
         """The models it holds (answered at once, even mid-generation)."""
 
-    async def generate_batch(self, model_id: str, items: Sequence[GenerationParams],
+    async def generate_batch(self, model_id: str, items: Sequence[Request],
                              on_progress: ProgressHandler | None = None, *,
                              on_preview: BatchPreviewHandler | None = None,
                              preview_chunk_s: float = 1.0) -> list[GenerationOutput]:

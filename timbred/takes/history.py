@@ -27,6 +27,7 @@ import numpy.typing as npt
 from timbred import __version__, presets
 from timbred.config import Settings
 from timbred.errors import OutputError, TakeNotFound, os_reason
+from timbred.request import Request
 from timbred.takes import publish
 from timbred.takes.library import Library, Take
 from timbred.takes.metadata import TakeMetadata
@@ -118,7 +119,8 @@ class History:
             meta = TakeMetadata(
                 prompt=params["prompt"], seed=params["seed"], model=recipe.get("model"),
                 revision=recipe.get("revision"), backend=recipe.get("backend"),
-                device=recipe.get("device"), params=dict(recipe.get("params", {})),
+                device=recipe.get("device"),
+                params=Request.from_recipe(recipe["params"]).job_params(),
                 timbre_version=__version__, job_id=job_id, take_index=i, recipe=take_recipe)
             if paths is not None:
                 out = write_take(paths[i - 1], raw, sample_rate, options, meta)

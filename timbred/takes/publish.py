@@ -91,6 +91,9 @@ def check_output(output: str, count: int, *,
     if not ancestor.is_dir():
         raise InvalidParams(f"output {output!r}: {ancestor} is not a directory",
                             param="output")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise InvalidParams(f"output {output!r}: cannot write in {ancestor} (permission "
+                            "denied); choose a folder of yours", param="output")
     paths = explicit_paths(path, count)
     for p in paths:
         if p.exists():

@@ -9,6 +9,7 @@ same names: TITLE, DESCRIPTION and COMMENT (the prompt), DATE, ENCODER and ``TIM
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import io
 import json
@@ -27,6 +28,7 @@ import mutagen.wave
 
 from timbred import __version__
 from timbred.errors import AudioInputError, InvalidParams, TakeNotFound
+from timbred.request import Request
 from timbred.takes.metadata import TakeMetadata, check_created_at, utc_now
 
 __all__ = ["metadata_from_tags", "read_tags", "tag_bytes", "tag_items"]
@@ -179,6 +181,11 @@ def metadata_from_tags(tags: Mapping[str, str], fallback_prompt: str) -> TakeMet
     except json.JSONDecodeError:
         pass
     params = recipe.get("params")
+    if isinstance(params, dict):
+        # Tags and sidecars list the parameters flat, as the wire names them (the recipe
+        # holds the structured request); a recipe that does not parse is shown as it is.
+        with contextlib.suppress(InvalidParams):
+            params = Request.from_recipe(params).job_params()
     created = tags.get("TIMBRE_CREATED_AT")
     try:
         created = check_created_at(created) if created else utc_now()

@@ -8,12 +8,12 @@ transformers and is only ever imported inside the worker process.
 
 from __future__ import annotations
 
+from timbred.request import Request
 from timbred.worker.backend import (
     Backend,
     CancelToken,
     Capabilities,
     GenerationOutput,
-    GenerationParams,
     ProgressCallback,
 )
 from timbred.worker.process import LoadedModel, WorkerHandle, WorkerInfo
@@ -23,9 +23,9 @@ __all__ = [
     "CancelToken",
     "Capabilities",
     "GenerationOutput",
-    "GenerationParams",
     "LoadedModel",
     "ProgressCallback",
+    "Request",
     "WorkerHandle",
     "WorkerInfo",
 ]

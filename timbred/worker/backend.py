@@ -1,9 +1,9 @@
 """The backend interface: what a text-to-music model must offer the inference worker.
 
 This module is deliberately free of torch: the daemon process imports it (for
-:class:`GenerationParams`, :class:`GenerationOutput` and friends) without paying for, or
-depending on, the inference stack. Concrete backends (:mod:`timbred.worker.musicgen`) are
-imported only inside the worker process.
+:class:`GenerationOutput` and friends; the request itself is :class:`timbred.request.Request`)
+without paying for, or depending on, the inference stack. Concrete backends
+(:mod:`timbred.worker.musicgen`) are imported only inside the worker process.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from timbred import errors
+from timbred.request import Request
 
 __all__ = [
     "DTYPES",
@@ -27,7 +28,6 @@ __all__ = [
     "CancelToken",
     "Capabilities",
     "GenerationOutput",
-    "GenerationParams",
     "Preview",
     "PreviewSink",
     "ProgressCallback",
@@ -54,132 +54,14 @@ ProgressCallback = Callable[[int, int], None]
 #: chunks arrive in order and without gaps, the last one ending where the take ends.
 PreviewSink = Callable[[int, npt.NDArray[np.float32]], None]
 
-# 2**63 - 1: seeds are stored in SQLite INTEGER columns and fed to torch.manual_seed.
-_MAX_SEED = (1 << 63) - 1
-
-
-@dataclass(frozen=True)
-class GenerationParams:
-    """One generation request, as a backend receives it.
-
-    It crosses the daemon -> worker process boundary and is stored with each take, so it
-    converts to and from plain JSON types (:meth:`to_dict`, :meth:`from_dict`). It is
-    validated on construction; every problem raises :class:`errors.InvalidParams` naming the
-    field.
-
-    ``duration_s`` is the length of the returned audio. With ``continuation_path`` that
-    length *includes* the prompt audio, which is returned (re-synthesised) at the start of
-    each take, as audiocraft's ``generate_continuation`` does. ``temperature=0`` means greedy
-    decoding; ``top_k=0`` and ``top_p=0`` switch those filters off; ``guidance_scale <= 1``
-    switches classifier-free guidance off. ``variations`` takes are sampled in one batch.
-    """
-
-    prompt: str
-    duration_s: float
-    seed: int
-    temperature: float = 1.0
-    top_k: int = 250
-    top_p: float = 0.0
-    guidance_scale: float = 3.0
-    variations: int = 1
-    melody_path: str | None = None
-    continuation_path: str | None = None
-    options: Mapping[str, Any] = field(default_factory=dict)
-    """The backend's own parameters that have no field here, by their names in its
-    parameter schema (:attr:`timbred.backends.BackendSpec.params`); checked at submit."""
-
-    def __post_init__(self) -> None:
-        _check_type("prompt", self.prompt, str)
-        for name in ("duration_s", "temperature", "top_p", "guidance_scale"):
-            _check_number(name, getattr(self, name))
-            # Normalise 2 -> 2.0 so to_dict() output (and stored params) has one shape.
-            object.__setattr__(self, name, float(getattr(self, name)))
-        if not self.duration_s > 0:
-            raise errors.InvalidParams("duration_s must be greater than 0", param="duration_s")
-        _check_int("seed", self.seed)
-        if not 0 <= self.seed <= _MAX_SEED:
-            raise errors.InvalidParams(f"seed must be in 0..{_MAX_SEED}", param="seed")
-        if self.temperature < 0:
-            raise errors.InvalidParams("temperature must be >= 0 (0 = greedy)",
-                                       param="temperature")
-        _check_int("top_k", self.top_k)
-        if self.top_k < 0:
-            raise errors.InvalidParams("top_k must be >= 0 (0 = off)", param="top_k")
-        if not 0 <= self.top_p <= 1:
-            raise errors.InvalidParams("top_p must be in 0..1 (0 = off)", param="top_p")
-        if self.guidance_scale < 0:
-            raise errors.InvalidParams("guidance_scale must be >= 0 (<= 1 = off)",
-                                       param="guidance_scale")
-        _check_int("variations", self.variations)
-        if self.variations < 1:
-            raise errors.InvalidParams("variations must be at least 1", param="variations")
-        for name in ("melody_path", "continuation_path"):
-            value = getattr(self, name)
-            if value is not None:
-                _check_type(name, value, str)
-                if not value:
-                    raise errors.InvalidParams(f"{name} must not be empty", param=name)
-        if not isinstance(self.options, Mapping) or not all(
-                isinstance(k, str) for k in self.options):
-            raise errors.InvalidParams("options must be an object keyed by parameter names",
-                                       param="options")
-        object.__setattr__(self, "options", dict(self.options))
-
-    def to_dict(self) -> dict[str, Any]:
-        """Every field, as plain JSON types (``None`` paths included, for a stable shape;
-        ``options`` only when there are some, so MusicGen recipes keep their shape)."""
-        out = {f.name: getattr(self, f.name) for f in fields(self)}
-        if not out["options"]:
-            del out["options"]
-        return out
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> GenerationParams:
-        """Build from :meth:`to_dict`'s output (or a JSON object); unknown keys are refused."""
-        if not isinstance(data, Mapping):
-            raise errors.InvalidParams("generation parameters must be an object", param=None)
-        known = {f.name for f in fields(cls)}
-        for key in data:
-            if key not in known:
-                raise errors.InvalidParams(f"unknown generation parameter {key!r}", param=key)
-        for name in ("prompt", "duration_s", "seed"):
-            if name not in data:
-                raise errors.InvalidParams(f"{name} is required", param=name)
-        return cls(**dict(data))
-
-
-def _check_type(name: str, value: object, kind: type) -> None:
-    if not isinstance(value, kind):
-        raise errors.InvalidParams(
-            f"{name} must be a {kind.__name__}, got {type(value).__name__}", param=name
-        )
-
-
-def _check_int(name: str, value: object) -> None:
-    # bool is an int subclass, but `"seed": true` is a client bug, not a seed.
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise errors.InvalidParams(
-            f"{name} must be an integer, got {type(value).__name__}", param=name
-        )
-
-
-def _check_number(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise errors.InvalidParams(
-            f"{name} must be a number, got {type(value).__name__}", param=name
-        )
-    if not math.isfinite(value):
-        raise errors.InvalidParams(f"{name} must be finite", param=name)
-
-
 @dataclass(frozen=True)
 class Capabilities:
     """What a loaded model can do; fixed for as long as it stays loaded."""
 
     melody: bool
-    """Accepts ``melody_path`` (chroma conditioning)."""
+    """Accepts a ``melody`` (chroma conditioning)."""
     continuation: bool
-    """Accepts ``continuation_path`` (audio prompt)."""
+    """Accepts audio to continue (``continuation``)."""
     stereo: bool
     max_native_duration_s: float
     """Longest clip made in one pass; longer ones are made in overlapping windows."""
@@ -348,7 +230,7 @@ class Backend(ABC):
 
     def generate(
         self,
-        params: GenerationParams,
+        params: Request,
         progress: ProgressCallback | None = None,
         cancel: CancelToken | None = None,
         preview: Preview | None = None,
@@ -365,7 +247,7 @@ class Backend(ABC):
     @abstractmethod
     def generate_batch(
         self,
-        items: Sequence[GenerationParams],
+        items: Sequence[Request],
         progress: ProgressCallback | None = None,
         cancels: Sequence[CancelToken] | None = None,
         preview: Preview | None = None,

@@ -21,10 +21,10 @@ How a generation runs
   ``window_s - stride_s`` seconds of *tokens* as its decoder prompt (``decoder_input_ids``,
   which transformers lays out in the delay pattern itself) and adds up to ``stride_s``
   seconds. The whole token sequence is decoded once at the end, so there are no seams to
-  crossfade. The result is trimmed to exactly ``round(duration_s * sample_rate)`` samples.
+  crossfade. The result is trimmed to exactly ``round(duration * sample_rate)`` samples.
 * A continuation prompt is encoded with the model's own EnCodec and used as the decoder
   prompt. As in audiocraft, the returned audio *includes* the prompt (re-synthesised from its
-  tokens) and ``duration_s`` counts it; ``GenerationOutput.prompt_samples`` says where the
+  tokens) and ``duration`` counts it; ``GenerationOutput.prompt_samples`` says where the
   new material starts.
 * Streaming preview (:class:`_Previewer`): after each decoding step the frames complete in
   every codebook (past the delay pattern) are known; once a chunk's worth has built up they
@@ -72,13 +72,15 @@ from transformers.feature_extraction_utils import FeatureExtractionMixin
 from transformers.models.encodec.modeling_encodec import EncodecDecoderOutput
 
 from timbred import errors
+from timbred.backends.musicgen import SPEC
+from timbred.protocol import schema
+from timbred.request import Request
 from timbred.worker.audio_io import probe_audio, read_audio
 from timbred.worker.backend import (
     Backend,
     CancelToken,
     Capabilities,
     GenerationOutput,
-    GenerationParams,
     Preview,
     ProgressCallback,
     validate_device,
@@ -498,7 +500,7 @@ class MusicgenBackend(Backend):
 
     def generate_batch(
         self,
-        items: Sequence[GenerationParams],
+        items: Sequence[Request],
         progress: ProgressCallback | None = None,
         cancels: Sequence[CancelToken] | None = None,
         preview: Preview | None = None,
@@ -524,27 +526,27 @@ class MusicgenBackend(Backend):
         cancel = _AllCancelled(tokens)
         first = items[0]
         caps = st.capabilities
-        if first.melody_path is not None and st.chroma is None:
+        if first.melody is not None and st.chroma is None:
             raise errors.InvalidParams(
                 f"{st.source} is not a melody model; melody conditioning needs a "
                 "musicgen-melody checkpoint", param="melody"
             )
-        target_samples = round(first.duration_s * caps.sample_rate)
+        target_samples = round(first.duration * caps.sample_rate)
         if target_samples < 1:
-            raise errors.InvalidParams("duration_s is shorter than one sample",
-                                       param="duration_s")
+            raise errors.InvalidParams("duration is shorter than one sample",
+                                       param="duration")
         prompt = self._read_prompt(st, first, target_samples)
         melody = None
-        if first.melody_path is not None and st.chroma is not None:
+        if first.melody is not None and st.chroma is not None:
             # Each file once: requests often share a melody, and the batch one duration.
             read: dict[str, npt.NDArray[np.float32]] = {}
             for p in items:
-                path = p.melody_path or ""
+                path = p.melody or ""
                 if path not in read:
                     read[path] = read_audio(path, param="melody",
                                             sample_rate=st.chroma.sample_rate, channels=1,
-                                            max_duration_s=first.duration_s)[0]
-            melody = (st.chroma, [read[p.melody_path or ""] for p in items])
+                                            max_duration_s=first.duration)[0]
+            melody = (st.chroma, [read[p.melody or ""] for p in items])
         cancel.raise_if_cancelled()
         rows = sum(p.variations for p in items)
         try:
@@ -565,7 +567,7 @@ class MusicgenBackend(Backend):
             if is_oom(exc):
                 raise errors.GenerationFailed(
                     f"{oom_reason(exc, str(st.device))}, generating {rows} x "
-                    f"{first.duration_s:g} s; try fewer variations, a shorter duration, "
+                    f"{first.duration:g} s; try fewer variations, a shorter duration, "
                     "a smaller model or a half-precision dtype"
                 ) from exc
             raise errors.GenerationFailed(f"{type(exc).__name__}: {exc}") from exc
@@ -601,9 +603,9 @@ class MusicgenBackend(Backend):
             row += p.variations
         return outputs
 
-    def _read_prompt(self, st: _Loaded, params: GenerationParams,
+    def _read_prompt(self, st: _Loaded, params: Request,
                      target_samples: int) -> npt.NDArray[np.float32] | None:
-        path = params.continuation_path
+        path = params.continuation
         if path is None:
             return None
         sr = st.capabilities.sample_rate
@@ -611,7 +613,7 @@ class MusicgenBackend(Backend):
         # One second more than needed is enough to tell "too long" from "fits".
         wav = read_audio(path, param="continuation", sample_rate=sr,
                          channels=st.capabilities.channels,
-                         max_duration_s=params.duration_s + 1.0)
+                         max_duration_s=params.duration + 1.0)
         # Whole frames only: then the prompt ends exactly where generated frames begin.
         usable = (wav.shape[-1] // st.hop) * st.hop
         if usable == 0:
@@ -620,15 +622,15 @@ class MusicgenBackend(Backend):
             )
         if usable >= target_samples:
             raise errors.InvalidParams(
-                f"the continuation audio ({length_s:.2f} s) must be shorter than duration_s "
-                f"({params.duration_s:g} s), which includes it", param="duration_s"
+                f"the continuation audio ({length_s:.2f} s) must be shorter than the duration "
+                f"({params.duration:g} s), which includes it", param="duration"
             )
         return wav[:, :usable]
 
     def _generate(
         self,
         st: _Loaded,
-        items: Sequence[GenerationParams],
+        items: Sequence[Request],
         prompt: npt.NDArray[np.float32] | None,
         melody: tuple[_ChromaExtractor, list[npt.NDArray[np.float32]]] | None,
         target_samples: int,
@@ -793,16 +795,17 @@ class _RowSampler(LogitsProcessor):
     that guidance and greedy decoding after it pick exactly that token.
     """
 
-    def __init__(self, items: Sequence[GenerationParams], codebooks: int,
+    def __init__(self, items: Sequence[Request], codebooks: int,
                  device: torch.device) -> None:
-        self.guided = items[0].guidance_scale > 1
-        self.spans: list[tuple[slice, GenerationParams, torch.Generator, LogitsProcessorList]] = []
+        self.guided = Sampling.of(items[0]).guidance > 1
+        self.spans: list[tuple[slice, Sampling, torch.Generator, LogitsProcessorList]] = []
         row = 0
         for p in items:
             rows = p.variations * codebooks
             generator = torch.Generator(device=device)
             generator.manual_seed(p.seed)
-            self.spans.append((slice(row, row + rows), p, generator, _warpers(p)))
+            sampling = Sampling.of(p)
+            self.spans.append((slice(row, row + rows), sampling, generator, _warpers(sampling)))
             row += rows
 
     def generate_kwargs(self) -> dict[str, Any]:
@@ -824,7 +827,7 @@ class _RowSampler(LogitsProcessor):
             row_logits = logits[span]
             if self.guided:
                 uncond = logits[n:][span]
-                row_logits = uncond + (row_logits - uncond) * p.guidance_scale
+                row_logits = uncond + (row_logits - uncond) * p.guidance
             if p.temperature == 0:
                 chosen = torch.argmax(row_logits, dim=-1)
             else:
@@ -838,7 +841,26 @@ class _RowSampler(LogitsProcessor):
         return out  # type: ignore[return-value]
 
 
-def _warpers(p: GenerationParams) -> LogitsProcessorList:
+@dataclass(frozen=True)
+class Sampling:
+    """MusicGen's own parameters of one request (its ``options``, named as the family's
+    schema names them), with the spec's defaults for any not given; checked against that
+    schema here too, since a request may come from a replayed recipe or a test."""
+
+    temperature: float
+    top_k: int
+    top_p: float
+    guidance: float
+
+    @classmethod
+    def of(cls, request: Request) -> Sampling:
+        values = {**SPEC.defaults(), **request.options}
+        schema.check("musicgen parameters", SPEC.params_schema(), values)
+        return cls(temperature=float(values["temperature"]), top_k=int(values["top_k"]),
+                   top_p=float(values["top_p"]), guidance=float(values["guidance"]))
+
+
+def _warpers(p: Sampling) -> LogitsProcessorList:
     """transformers' own warpers, added under the same conditions ``generate`` adds them."""
     warpers = LogitsProcessorList()
     if p.temperature not in (0.0, 1.0):
@@ -851,27 +873,27 @@ def _warpers(p: GenerationParams) -> LogitsProcessorList:
     return warpers
 
 
-def _check_batchable(items: Sequence[GenerationParams]) -> None:
+def _check_batchable(items: Sequence[Request]) -> None:
     """Requests decoded together share one decoding plan and the guidance rows."""
     if len(items) == 1:
         return
     first = items[0]
     for p in items[1:]:
-        if p.duration_s != first.duration_s:
+        if p.duration != first.duration:
             raise errors.InvalidParams("requests in one batch must have the same duration",
-                                       param="duration_s")
-        if (p.guidance_scale > 1) != (first.guidance_scale > 1):
+                                       param="duration")
+        if (Sampling.of(p).guidance > 1) != (Sampling.of(first).guidance > 1):
             raise errors.InvalidParams(
-                "requests in one batch must all use guidance, or none", param="guidance_scale")
-        if (p.melody_path is None) != (first.melody_path is None):
+                "requests in one batch must all use guidance, or none", param="guidance")
+        if (p.melody is None) != (first.melody is None):
             raise errors.InvalidParams(
-                "requests in one batch must all follow a melody, or none", param="melody_path")
+                "requests in one batch must all follow a melody, or none", param="melody")
         # The continued audio's frames are every row's decoder prompt and set the plan:
         # one file for all (read and encoded once), or none.
-        if p.continuation_path != first.continuation_path:
+        if p.continuation != first.continuation:
             raise errors.InvalidParams(
                 "requests in one batch must continue the same audio file, or none",
-                param="continuation_path")
+                param="continuation")
 
 
 class _AllCancelled(CancelToken):

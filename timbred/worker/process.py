@@ -51,12 +51,12 @@ import numpy.typing as npt
 from timbred import errors
 from timbred.backends import registry
 from timbred.executors import BatchPreviewHandler, ProgressHandler
+from timbred.request import Request
 from timbred.worker.backend import (
     Backend,
     CancelToken,
     Capabilities,
     GenerationOutput,
-    GenerationParams,
     Preview,
     validate_device,
     validate_dtype,
@@ -311,7 +311,7 @@ class _Worker:
             tokens = self.tokens.get(rid)
         if slot is None:
             raise errors.ModelNotFound(model_id, "it is not loaded in the inference worker")
-        batch = [GenerationParams.from_dict(item) for item in items]
+        batch = [Request.from_dict(item) for item in items]
         if tokens is None or len(tokens) != len(batch):
             tokens = [CancelToken() for _ in batch]
         last = 0.0
@@ -709,7 +709,7 @@ class WorkerHandle:
         """The loaded models (answered at once, even while a generation runs)."""
         return [LoadedModel.from_dict(d) for d in await self._request("ps", {})]
 
-    async def generate(self, model_id: str, params: GenerationParams,
+    async def generate(self, model_id: str, params: Request,
                        on_progress: ProgressHandler | None = None, *,
                        on_preview: PreviewHandler | None = None,
                        preview_chunk_s: float = 1.0) -> GenerationOutput:
@@ -732,7 +732,7 @@ class WorkerHandle:
             preview_chunk_s=preview_chunk_s)
         return output
 
-    async def generate_batch(self, model_id: str, items: Sequence[GenerationParams],
+    async def generate_batch(self, model_id: str, items: Sequence[Request],
                              on_progress: ProgressHandler | None = None, *,
                              on_preview: BatchPreviewHandler | None = None,
                              preview_chunk_s: float = 1.0) -> list[GenerationOutput]:
