@@ -116,3 +116,40 @@ async def test_a_preset_edited_between_crash_and_restart_keeps_the_job(
     assert result["state"] == "done" and prompt["job_id"] == job_id, result
     assert [j["id"] for j in jobs] == [job_id]
     assert prompt["output"].endswith(".flac")
+
+
+async def test_a_prompt_waiting_for_room_is_the_request_it_was_claimed_as(
+        short_tmp: Path, tiny: Path, user_presets: Path) -> None:
+    """The whole request is resolved once, when the file is claimed (model, preset, every
+    default, the seed, the export). A prompt that waits for room in a full queue is then
+    submitted as that request, even though its preset was deleted meanwhile: the preset's
+    words, duration and format, and no refusal (submitting used to read the preset again)."""
+    (user_presets / "mine.toml").write_text(
+        'prompt_prefix = "glassy"\n[params]\nduration = 0.7\n[export]\nformat = "flac"\n')
+    async with running_daemon(short_tmp, models__default=str(tiny), jobs__max_queued=1,
+                              **FAST) as d, connect(d.socket_path) as client:
+        # The queue holds one job (queued or running): this one, until it is cancelled.
+        blocker = await client.call("generate.submit", {"prompt": "long", "duration": 60})
+        inbox = d.generation.output_root / "inbox"
+        await anyio.Path(inbox / "x.toml").write_text('prompt = "pads"\npreset = "mine"\n')
+        for _ in range(2400):  # claimed: the file is moved into done/ first
+            if await anyio.Path(inbox / "done" / "x.toml").exists():
+                break
+            await anyio.sleep(0.05)
+        (user_presets / "mine.toml").unlink()
+        await client.call("jobs.cancel", {"job_id": blocker["job_id"]})
+        result_path = anyio.Path(inbox / "done" / "x.toml.result.json")
+        for _ in range(3600):
+            if await result_path.exists():
+                result = json.loads(await result_path.read_text())
+                if result["state"] not in ("claimed", "submitted"):
+                    break
+            await anyio.sleep(0.05)
+        [prompt] = result["prompts"]
+        assert result["state"] == "done", result
+        job = await client.call("jobs.get", {"job_id": prompt["job_id"]})
+    assert job["params"]["prompt"] == "glassy, pads" and job["params"]["duration"] == 0.7
+    assert job["params"]["preset"] == "mine"
+    (out,) = job["outputs"]
+    assert out.endswith(".flac") and out == prompt["output"]
+    assert miniaudio.decode_file(out).duration == pytest.approx(0.7, abs=1e-3)

@@ -57,6 +57,7 @@ from timbred.runtime import check_socket_path, default_socket_path
 from timbred.takes import publish
 from timbred.takes.history import History, audio_sha256, request_export
 from timbred.takes.library import Library, Take
+from timbred.takes.options import ExportOptions
 from timbred.testing import failpoints
 from timbred.worker.audio_io import probe_audio
 from timbred.worker.backend import GenerationOutput
@@ -203,6 +204,7 @@ class Generation:
         if self.stopping:
             raise ShuttingDown()
         key = params.get("idempotency_key")
+        digest = None
         if key is not None:
             # A repeat (a client retrying after a lost reply, the watch folder after a crash
             # inside this call) gets the job its first attempt made, before anything is
@@ -214,8 +216,39 @@ class Generation:
             if found is not None:
                 return found
         model, job_params = await anyio.to_thread.run_sync(self._checked_params, params)
-        priority = params.get("priority", 0)
-        if key is None:
+        return await self._enqueue(model, job_params, params.get("priority", 0), key, digest)
+
+    def resolve(self, params: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+        """What :meth:`submit` would store for ``params``: the model and the job's params,
+        everything refusable refused, the preset applied, defaults filled in and the seed
+        drawn. The watch folder resolves each prompt once, when its file is claimed, and
+        submits the result with :meth:`submit_resolved`. Blocking (it reads files)."""
+        return self._checked_params(params)
+
+    async def submit_resolved(self, model: str, job_params: Mapping[str, Any], *,
+                              idempotency_key: str | None = None) -> Job:
+        """Queue a request :meth:`resolve` made, as it is (nothing resolved again: the same
+        seed, preset and export on every attempt). Its output name, free when it was
+        resolved, is checked again; ``idempotency_key`` works as in :meth:`submit`."""
+        if self.stopping:
+            raise ShuttingDown()
+        job_params = dict(job_params)
+        digest = None
+        if idempotency_key is not None:
+            digest = request_digest({"model": model, "params": job_params})
+            found = await anyio.to_thread.run_sync(self.store.find_submitted, idempotency_key,
+                                                   digest)
+            if found is not None:
+                return found
+        if job_params.get("output") is not None:
+            extension = ExportOptions.from_dict(job_params["export"]).extension
+            await anyio.to_thread.run_sync(lambda: publish.check_output(
+                job_params["output"], job_params["variations"], extensions=[extension]))
+        return await self._enqueue(model, job_params, 0, idempotency_key, digest)
+
+    async def _enqueue(self, model: str, job_params: dict[str, Any], priority: int,
+                       key: str | None, digest: str | None) -> Job:
+        if key is None or digest is None:
             job = await anyio.to_thread.run_sync(
                 lambda: self.store.submit(model, job_params, priority=priority))
             failpoints.hit("queued")

@@ -2,24 +2,21 @@
 
 :class:`~timbred.watch.service.WatchService` knows files; this module gives it the daemon's
 folders (``watch.folders``, default ``inbox/`` in the output directory), submits its prompts
-through the generation service, and resolves each prompt's export options when its file is
-claimed (:func:`resolve_export`), so that outputs are named for the format they will really
-be written in and every submission of the prompt names that format outright.
+through the generation service, and resolves each prompt's whole request (model, preset,
+defaults, seed, export options) when its file is claimed (:func:`resolve`), so that outputs
+are named for the format they will really be written in and every submission of the prompt
+is that very request.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from timbred import presets
 from timbred.config import Settings
 from timbred.errors import TimbreError
 from timbred.events import EventBus
 from timbred.generation import Generation
-from timbred.takes.history import History
 from timbred.watch.promptfile import PromptRequest
 from timbred.watch.service import WatchService
 
@@ -34,23 +31,18 @@ def watch_folders(settings: Settings, output_root: Path) -> list[Path]:
     return [inbox]
 
 
-def resolve_export(history: History, request: PromptRequest) -> dict[str, Any]:
-    """Every export option a prompt's takes will be written with: the prompt file's own, over
-    its preset's ``[export]`` table, over the configuration (as ``generate.submit`` layers
-    them). Normalisation switched off is ``loudness_target_lufs: false``, the request's way of
-    saying so (a ``None`` would let the preset's target through again).
-
-    The preset is read here, once per claim. A missing or broken one is left out: submitting
-    will refuse the prompt, naming it.
-    """
-    layers: list[Mapping[str, Any]] = []
+def resolve(generation: Generation, request: PromptRequest) -> dict[str, Any] | None:
+    """The whole request a prompt's takes will be made from, as :meth:`Generation.resolve`
+    makes it (the preset read once, here; the seed drawn), or None when the daemon would
+    refuse it: submitting the plain request then refuses the prompt, naming why."""
+    params: dict[str, Any] = {**request.params, **request.export}
     if request.preset:
-        with contextlib.suppress(TimbreError):
-            layers.append(presets.load(request.preset).export)
-    export = history.export_options(*layers, request.export).to_dict()
-    if export["loudness_target_lufs"] is None:
-        export["loudness_target_lufs"] = False
-    return export
+        params["preset"] = request.preset
+    try:
+        model, job_params = generation.resolve(params)
+    except TimbreError:
+        return None
+    return {"model": model, "params": job_params}
 
 
 def make_watch_service(settings: Settings, generation: Generation,
@@ -58,9 +50,16 @@ def make_watch_service(settings: Settings, generation: Generation,
     """A WatchService that submits through ``generation`` and publishes on ``bus``."""
 
     async def submit(request: dict[str, Any]) -> str:
-        # generate.submit takes its params flat, as on the wire. The request is the one
-        # resolved when the file was claimed, so a prompt submitted again after a crash is
-        # the very request its first attempt sent.
+        # The request resolved when the file was claimed, so a prompt submitted again after
+        # a crash is the very request its first attempt sent.
+        resolved = request.get("resolved")
+        if resolved is not None:
+            params = {**resolved["params"], "output": request["params"]["output"]}
+            return (await generation.submit_resolved(
+                resolved["model"], params,
+                idempotency_key=request.get("idempotency_key"))).id
+        # Claims from before whole requests were resolved (or one the daemon would refuse):
+        # generate.submit's params, flat as on the wire, with the export resolved at claim.
         params = {**request["params"], **request["export"]}
         if request.get("preset"):
             params["preset"] = request["preset"]
@@ -80,4 +79,4 @@ def make_watch_service(settings: Settings, generation: Generation,
         stable_checks=settings["watch.stable_checks"],
         stable_interval_s=settings["watch.stable_interval_s"],
         outputs=settings["watch.outputs"], max_file_bytes=settings["watch.max_file_bytes"],
-        export_for=lambda request: resolve_export(generation.history, request))
+        resolve_for=lambda request: resolve(generation, request))

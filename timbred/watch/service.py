@@ -140,6 +140,7 @@ __all__ = [
     "REJECTED_DIR",
     "ExportFor",
     "FormatFor",
+    "ResolveFor",
     "WatchService",
 ]
 
@@ -153,6 +154,10 @@ FormatFor = Callable[[PromptRequest], str]
 #: The export options a prompt's takes will be written with, ``format`` always named (asked
 #: once, at claim).
 ExportFor = Callable[[PromptRequest], Mapping[str, Any]]
+#: The whole request as the daemon will queue it, ``{"model", "params"}`` (``params`` holding
+#: the resolved ``export``), or None when it would be refused (then submitting it the plain way
+#: refuses it, naming why). Asked once, at claim.
+ResolveFor = Callable[[PromptRequest], Mapping[str, Any] | None]
 OutputsMode = Literal["outbox", "beside"]
 
 _TERMINAL_JOB_STATES: Final = frozenset({"done", "failed", "cancelled", "interrupted"})
@@ -182,16 +187,20 @@ def _idempotency_key(record: FileRecord, prompt: Mapping[str, Any]) -> str:
 
 
 def _submission(record: FileRecord, prompt: Mapping[str, Any]) -> dict[str, Any]:
-    """What ``submit`` gets for one prompt of a claim: the request as the claim resolved it.
+    """What ``submit`` gets for one prompt of a claim: the request as the claim resolved it
+    (with ``resolved``, the whole request, when the service was given ``resolve_for``).
 
     Claims made before export options were resolved at claim time hold none; theirs are the
     prompt's own, as those versions sent them, so that a resubmission after an upgrade is the
     same request under its idempotency key.
     """
     request = prompt["request"]
-    return {"params": {**request["params"], "output": prompt["output"]},
-            "export": dict(prompt.get("export", request["export"])),
-            "preset": request["preset"], "idempotency_key": _idempotency_key(record, prompt)}
+    out = {"params": {**request["params"], "output": prompt["output"]},
+           "export": dict(prompt.get("export", request["export"])),
+           "preset": request["preset"], "idempotency_key": _idempotency_key(record, prompt)}
+    if prompt.get("resolved") is not None:
+        out["resolved"] = prompt["resolved"]
+    return out
 
 
 def _write_text(path: Path, text: str, *, durable: bool = True) -> None:
@@ -255,6 +264,12 @@ class WatchService:
     crash is the same request even if a preset or the configuration changed in between. The
     other settings are described in the module's docstring; ``max_file_bytes`` caps a
     prompt file's size.
+
+    ``resolve_for(request)``, when given, resolves the whole request at claim (the model,
+    the preset applied, every default, the seed, the export options); what it returns is
+    recorded with the claim and handed to ``submit`` as ``resolved`` (the output path added
+    to its ``params``), and its export options name the output. Where it returns None,
+    ``export_for`` names the output and ``submit`` gets only the plain request.
     """
 
     def __init__(
@@ -275,6 +290,7 @@ class WatchService:
         retry_max_s: float = 30.0,
         format_for: FormatFor | None = None,
         export_for: ExportFor | None = None,
+        resolve_for: ResolveFor | None = None,
     ) -> None:
         if max_inflight_files < 1:
             raise ValueError(f"max_inflight_files must be at least 1, got {max_inflight_files}")
@@ -295,6 +311,7 @@ class WatchService:
         self.retry_max_s = max(retry_max_s, retry_initial_s)
         self._submit = submit
         self._export_for: ExportFor = export_for or _export_naming(format_for or _own_format)
+        self._resolve_for = resolve_for
         self._wait = wait
         self._publish = publish
         self._folders: dict[Path, _Folder] = {}
@@ -615,10 +632,13 @@ class WatchService:
         several = len(requests) > 1
         prompts: builtins.list[dict[str, Any]] = []
         # Resolved once, here, and asked before taking the lock: the daemon's answer reads
-        # the preset file.
-        exports = [dict(self._export_for(req)) for req in requests]
+        # the preset file and the model's directory.
+        resolved = [None if self._resolve_for is None else self._resolve_for(req)
+                    for req in requests]
+        exports = [dict(self._export_for(req)) if r is None else dict(r["params"]["export"])
+                   for req, r in zip(requests, resolved, strict=True)]
         with self._reserved_lock:
-            for req, export in zip(requests, exports, strict=True):
+            for req, export, r in zip(requests, exports, resolved, strict=True):
                 base = req.output or (f"{stem}-{req.index}" if several else stem)
                 ext = EXTENSIONS.get(str(export.get("format")), ".wav")
                 output = self._free_output(out_dir, base, ext,
@@ -626,6 +646,8 @@ class WatchService:
                 prompt: dict[str, Any] = {
                     "request": req.to_dict(), "export": export, "output": str(output),
                     "status": "pending", "job_id": None, "outputs": [], "error": None}
+                if r is not None:
+                    prompt["resolved"] = dict(r)
                 self._reserved.update(_take_paths(prompt))
                 prompts.append(prompt)
         try:
