@@ -12,7 +12,7 @@ import pytest
 from tests.support import RawConnection
 from timbrectl.client import Client, connect
 from timbred import presets
-from timbred.app import Daemon
+from timbred.daemon.app import Daemon
 from timbred.testing.daemon import running_daemon
 from timbred.testing.tiny_musicgen import build_tiny_musicgen
 

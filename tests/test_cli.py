@@ -15,7 +15,7 @@ import pytest
 
 from tests.support import file_lufs
 from timbrectl.client import Client
-from timbred.app import Daemon
+from timbred.daemon.app import Daemon
 from timbred.protocol.schema import rooted
 
 

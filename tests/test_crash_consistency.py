@@ -25,9 +25,9 @@ from tests.test_lifecycle import (
     spawn,  # noqa: F401  (the fixture)
 )
 from tests.test_lifecycle import Daemon as Spawned
-from timbred.events import EventBus
-from timbred.generation import Generation
-from timbred.jobs import JobState, JobStore
+from timbred.daemon.events import EventBus
+from timbred.queue.generation import Generation
+from timbred.queue.jobs import JobState, JobStore
 from timbred.testing.daemon import test_settings as daemon_settings
 from timbred.testing.failpoints import POINTS
 

@@ -11,8 +11,8 @@ import pytest
 
 from tests.support import Raw, RawConnection, check_event, check_result, req
 from timbrectl.client import connect, follow_events
-from timbred.app import Daemon
-from timbred.events import EventBus
+from timbred.daemon.app import Daemon
+from timbred.daemon.events import EventBus
 from timbred.testing.daemon import running_daemon
 
 pytestmark = pytest.mark.anyio

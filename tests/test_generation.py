@@ -22,7 +22,7 @@ import soundfile as sf
 from tests.conftest import FAST
 from tests.support import check_event
 from timbrectl.client import Client, connect
-from timbred.app import Daemon
+from timbred.daemon.app import Daemon
 from timbred.errors import (
     AudioInputError,
     InvalidJobState,
@@ -30,8 +30,8 @@ from timbred.errors import (
     ModelNotFound,
     QueueFull,
 )
-from timbred.jobs import JobState, JobStore
 from timbred.protocol.schema import rooted
+from timbred.queue.jobs import JobState, JobStore
 from timbred.testing.daemon import running_daemon
 
 pytestmark = pytest.mark.anyio

@@ -1,4 +1,4 @@
-"""Tests for timbred.jobs: the durable job queue, on real SQLite files."""
+"""Tests for timbred.queue.jobs: the durable job queue, on real SQLite files."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from timbred.errors import (
     QueueFull,
     StoreError,
 )
-from timbred.jobs import (
+from timbred.queue.jobs import (
     MIGRATIONS,
     SCHEMA_VERSION,
     TERMINAL_STATES,
@@ -101,7 +101,7 @@ class TestDurability:
         """A job submitted by a process that exits without closing anything is on disk."""
         out = run_child(
             "import os, sys\n"
-            "from timbred.jobs import JobStore\n"
+            "from timbred.queue.jobs import JobStore\n"
             "s = JobStore(sys.argv[1])\n"
             "j = s.submit('musicgen-small', {'prompt': 'durable', 'seed': 7})\n"
             "print(j.id, flush=True)\n"
@@ -502,7 +502,7 @@ class TestRecover:
         """A job a dead process left generating is interrupted; its queued jobs remain."""
         out = run_child(
             "import os, sys\n"
-            "from timbred.jobs import JobStore\n"
+            "from timbred.queue.jobs import JobStore\n"
             "s = JobStore(sys.argv[1])\n"
             "ids = [s.submit('m', {'prompt': str(i)}).id for i in range(3)]\n"
             "s.set_state(ids[0], 'loading'); s.set_state(ids[0], 'generating')\n"

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tests.support import Raw, check_error, check_result, req
-from timbred.app import Daemon
+from timbred.daemon.app import Daemon
 
 pytestmark = pytest.mark.anyio
 

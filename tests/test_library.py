@@ -16,8 +16,8 @@ import pytest
 
 import timbred.takes.library as library_module
 from timbred.errors import InvalidParams, StoreError, TakeNotFound
-from timbred.jobs import SCHEMA_VERSION as JOBS_SCHEMA_VERSION
-from timbred.jobs import JobStore
+from timbred.queue.jobs import SCHEMA_VERSION as JOBS_SCHEMA_VERSION
+from timbred.queue.jobs import JobStore
 from timbred.takes.library import (
     MIGRATIONS,
     SCHEMA_VERSION,

@@ -189,7 +189,7 @@ def test_journald_format_under_systemd(short_tmp: Path, spawn: type[Daemon]) -> 
     assert d.wait() == 0
     lines = [line for line in d.stderr.splitlines() if line]
     assert lines and all(line.startswith("<") and line[2] == ">" for line in lines), lines
-    assert any(line.startswith("<6>timbred.app: timbred") for line in lines)
+    assert any(line.startswith("<6>timbred.daemon.app: timbred") for line in lines)
 
 
 def test_shutdown_over_rpc_exits_0(short_tmp: Path, spawn: type[Daemon]) -> None:

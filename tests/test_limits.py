@@ -11,7 +11,7 @@ import anyio
 import pytest
 
 from tests.support import RawConnection, check_error, req
-from timbred.events import Event
+from timbred.daemon.events import Event
 from timbred.testing.daemon import running_daemon
 
 pytestmark = pytest.mark.anyio

@@ -15,8 +15,8 @@ import pytest
 from tests.conftest import FAST
 from tests.test_generation import events_until_done
 from timbrectl.client import Client, connect
-from timbred.app import Daemon
-from timbred.preview import PreviewWriter
+from timbred.daemon.app import Daemon
+from timbred.queue.preview import PreviewWriter
 from timbred.testing.daemon import running_daemon
 
 pytestmark = pytest.mark.anyio

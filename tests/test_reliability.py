@@ -13,7 +13,7 @@ import pytest
 from tests.support import RawConnection, req
 from tests.test_generation import events_until_done
 from timbrectl.client import Client
-from timbred.app import Daemon
+from timbred.daemon.app import Daemon
 from timbred.errors import OutputError
 from timbred.testing.daemon import running_daemon
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from timbrectl.client import connect, resolve_socket_path
-from timbred.runtime import default_runtime_dir
+from timbred.daemon.runtime import default_runtime_dir
 from timbred.testing.daemon import running_daemon
 
 

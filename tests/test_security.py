@@ -13,8 +13,8 @@ import anyio
 import pytest
 
 from tests.support import RawConnection, req
+from timbred.daemon.runtime import check_socket_path, default_runtime_dir, ensure_private_dir
 from timbred.errors import RuntimeDirError
-from timbred.runtime import check_socket_path, default_runtime_dir, ensure_private_dir
 from timbred.testing.daemon import running_daemon
 
 pytestmark = pytest.mark.anyio
@@ -171,7 +171,7 @@ async def test_foreign_uid_is_refused_and_logged(short_tmp: Path,
 
 def test_peer_credentials_of_a_socketpair() -> None:
     """peer_credentials reads our own uid and pid from a connected pair."""
-    from timbred.runtime import peer_credentials
+    from timbred.daemon.runtime import peer_credentials
 
     a, b = socket.socketpair(socket.AF_UNIX)
     with a, b:

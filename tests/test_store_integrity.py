@@ -16,10 +16,10 @@ import pytest
 
 from tests.test_lifecycle import Daemon as Spawned
 from tests.test_lifecycle import spawn  # noqa: F401  (the fixture)
-from timbred.app import serve
+from timbred.daemon.app import serve
+from timbred.daemon.runtime import acquire_lock, ensure_private_dir
 from timbred.errors import AlreadyRunning, StoreError
-from timbred.jobs import MIGRATIONS, JobStore, migrate
-from timbred.runtime import acquire_lock, ensure_private_dir
+from timbred.queue.jobs import MIGRATIONS, JobStore, migrate
 from timbred.testing import daemon as testing_daemon
 
 

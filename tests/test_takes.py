@@ -23,7 +23,7 @@ import soundfile as sf
 from tests.conftest import FAST
 from tests.support import RawConnection, check_error, check_event, check_result, file_lufs, req
 from timbrectl.client import Client, connect
-from timbred.app import Daemon
+from timbred.daemon.app import Daemon
 from timbred.errors import InvalidParams, PresetInvalid, PresetNotFound, TakeNotFound
 from timbred.protocol.schema import load as load_schema
 from timbred.protocol.schema import rooted

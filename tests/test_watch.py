@@ -716,7 +716,7 @@ class TestRealDaemon:
         the watch tables) and the tiny model turn a dropped file into a WAV take."""
         import soundfile as sf
 
-        from timbred.jobs import SCHEMA_VERSION
+        from timbred.queue.jobs import SCHEMA_VERSION
         from timbred.testing.daemon import running_daemon
 
         inbox = short_tmp / "inbox"

@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import FAST
 from tests.support import check_event
 from timbrectl.client import Client, connect
-from timbred.app import Daemon
+from timbred.daemon.app import Daemon
 from timbred.errors import WatchFolderError
 from timbred.testing.daemon import running_daemon
 from timbred.watch.store import WatchStore

@@ -12,7 +12,7 @@ import json
 import pytest
 
 from tests.support import Raw, check_error, req
-from timbred.app import Daemon
+from timbred.daemon.app import Daemon
 from timbred.protocol.jsonrpc import dumps
 
 pytestmark = pytest.mark.anyio

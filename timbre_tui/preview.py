@@ -2,7 +2,7 @@
 
 The studio submits with ``"preview": true``; the daemon then writes the take as short WAV
 chunks while it decodes and announces each with a ``job.preview`` event (``x-events`` in
-``schemas/openrpc.json``; written by :mod:`timbred.preview`). :class:`LivePreview` takes those
+``schemas/openrpc.json``; written by :mod:`timbred.queue.preview`). :class:`LivePreview` takes those
 events and the submits' job ids in order, in one task, and feeds the first variation's chunks
 to the player's stream (:meth:`~timbre_tui.playback.Player.open_stream`):
 

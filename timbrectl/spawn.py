@@ -19,7 +19,7 @@ from pathlib import Path
 
 import platformdirs
 
-#: timbred's exit statuses (see timbred.cli), for messages.
+#: timbred's exit statuses (see timbred.daemon.cli), for messages.
 DAEMON_EXIT = {1: "unexpected error", 2: "bad command line", 3: "already running",
                4: "bad configuration", 5: "unsafe socket directory"}
 

@@ -1,6 +1,6 @@
 """``python -m timbred`` runs the daemon, exactly like the ``timbred`` command."""
 
-from timbred.cli import main
+from timbred.daemon.cli import main
 
 # Guarded: the inference worker is started with multiprocessing's "spawn", which re-imports
 # the parent's __main__ module in the child; unguarded, the child would start a daemon too.

@@ -1,7 +1,7 @@
 """Where the daemon's socket is, computed the same way by the daemon and by every client.
 
 Pure path arithmetic plus ``lstat``: no sockets, locks or binding (those are in
-:mod:`timbred.runtime`, which only the daemon needs). Clients (``timbrectl``, the studio)
+:mod:`timbred.daemon.runtime`, which only the daemon needs). Clients (``timbrectl``, the studio)
 import this module and :mod:`timbred.errors` and the protocol core, nothing else from
 ``timbred``, so that starting a client stays cheap; ``tests/test_client_light.py`` holds them
 to that.

@@ -247,8 +247,8 @@ class TestDaemonUsesTheWorkersReport:
     @staticmethod
     async def _ensure(base: Path, monkeypatch: pytest.MonkeyPatch, gpus: tuple[CudaDevice, ...],
                       **settings: Any) -> Any:
-        from timbred.events import EventBus
-        from timbred.generation import Generation
+        from timbred.daemon.events import EventBus
+        from timbred.queue.generation import Generation
         from timbred.testing.daemon import test_settings
         from timbred.worker.process import WorkerHandle
 

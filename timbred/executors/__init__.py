@@ -1,11 +1,12 @@
 """Where generations run: the seam between the scheduler and whatever decodes.
 
-The scheduler (:mod:`timbred.generation`) talks only to an :class:`Executor`. Today's one is the
-local inference worker process (:class:`timbred.worker.process.WorkerHandle`); a hosted-API
-runner and a Ray cluster implement the same protocol next. An executor holds loaded models by
-id, decodes batches with progress and streaming preview, cancels, and says what it holds;
-every failure is a :mod:`timbred.errors` error (``WorkerCrashed`` when the executor itself was
-lost, which fails only the jobs it was running).
+The scheduler (:mod:`timbred.queue.generation`) talks only to an :class:`Executor`.
+Today's one is the local inference worker process
+(:class:`timbred.worker.process.WorkerHandle`); a hosted-API runner and a Ray cluster
+implement the same protocol next. An executor holds loaded models by id, decodes batches
+with progress and streaming preview, cancels, and says what it holds; every failure is a
+:mod:`timbred.errors` error (``WorkerCrashed`` when the executor itself was lost, which
+fails only the jobs it was running).
 """
 
 from __future__ import annotations

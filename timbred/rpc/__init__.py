@@ -11,7 +11,7 @@ from timbred.protocol.jsonrpc import Handler
 from timbred.rpc import backends, daemon, events, generate, jobs, models, presets, takes, watch
 
 if TYPE_CHECKING:
-    from timbred.app import RequestContext
+    from timbred.daemon.app import RequestContext
 
 
 def handlers() -> dict[str, Handler[RequestContext]]:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from timbred.backends import registry
 
 if TYPE_CHECKING:
-    from timbred.app import RequestContext
+    from timbred.daemon.app import RequestContext
 
 
 async def list_(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:

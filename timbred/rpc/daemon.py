@@ -6,7 +6,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from timbred.app import RequestContext
+    from timbred.daemon.app import RequestContext
 
 
 async def ping(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from timbred.errors import ShuttingDown, SubscriptionNotFound
 
 if TYPE_CHECKING:
-    from timbred.app import RequestContext
+    from timbred.daemon.app import RequestContext
 
 
 async def subscribe(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:

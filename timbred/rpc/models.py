@@ -10,10 +10,10 @@ import anyio.from_thread
 import anyio.to_thread
 
 from timbred import models
-from timbred.generation import to_plain
+from timbred.queue.generation import to_plain
 
 if TYPE_CHECKING:
-    from timbred.app import RequestContext
+    from timbred.daemon.app import RequestContext
 
 #: Pull progress events per second at most (the last one always goes out).
 PULL_EVENTS_PER_S = 5

@@ -9,7 +9,7 @@ import anyio.to_thread
 from timbred import presets
 
 if TYPE_CHECKING:
-    from timbred.app import RequestContext
+    from timbred.daemon.app import RequestContext
 
 
 async def list_(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import anyio.to_thread
 
 if TYPE_CHECKING:
-    from timbred.app import RequestContext
+    from timbred.daemon.app import RequestContext
 
 
 async def search(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:

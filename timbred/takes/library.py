@@ -2,14 +2,14 @@
 
 No RPC, no asyncio and no file deletion live here. The daemon records a take when a job
 writes it and calls :class:`Library` from worker threads (``anyio.to_thread.run_sync``);
-every method is blocking, short and thread-safe, like :class:`timbred.jobs.JobStore`.
+every method is blocking, short and thread-safe, like :class:`timbred.queue.jobs.JobStore`.
 
 One file, two owners. The library lives in the same SQLite file as the job queue
 (``timbre.sqlite3``) but keeps its own schema version in the one-row table
 ``library_schema``; ``PRAGMA user_version`` and ``application_id`` belong to the job store
-and the library never sets them itself. Because :func:`timbred.jobs.migrate` refuses a file
+and the library never sets them itself. Because :func:`timbred.queue.jobs.migrate` refuses a file
 at ``user_version`` 0 that already holds tables (it could be anybody's), the library brings a
-brand-new file through the job store's own :func:`timbred.jobs.migrate` first. Either can
+brand-new file through the job store's own :func:`timbred.queue.jobs.migrate` first. Either can
 therefore open the file first, and both check that it is a Timbre database.
 
 Tables (schema version 2)::
@@ -59,9 +59,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
 
-from timbred import ids, jobs
+from timbred.daemon import ids
+from timbred.daemon.sqlite_store import SQLiteStore
 from timbred.errors import InvalidParams, StoreError, TakeNotFound, map_errors
-from timbred.sqlite_store import SQLiteStore
+from timbred.queue import jobs
 
 __all__ = [
     "MAX_SEARCH_LIMIT",
@@ -250,7 +251,7 @@ def migrate(
     at once cannot both apply a step, and a failure leaves the last good version. ``conn``
     must be in autocommit mode. ``fts`` says whether to make the FTS5 index (default: when
     this SQLite has FTS5). Raises StoreError naming ``path`` for a newer schema or a failed
-    migration. The job store's identity checks are :func:`timbred.jobs.migrate`'s business.
+    migration. The job store's identity checks are :func:`timbred.queue.jobs.migrate`'s business.
     """
     if fts is None:
         fts = _fts5_available(conn)
@@ -473,7 +474,7 @@ _SELECT_TAKES: Final = """
 class Library(SQLiteStore):
     """The history of takes in the Timbre database file.
 
-    Threading and durability as :class:`timbred.jobs.JobStore`: one connection
+    Threading and durability as :class:`timbred.queue.jobs.JobStore`: one connection
     (``check_same_thread=False``) guarded by one lock, WAL journaling, ``synchronous=FULL``
     (a recorded take or rating is fsynced before the method returns), ``BEGIN IMMEDIATE``
     for every read-check-write so other processes on the same file cannot interleave.

@@ -1,6 +1,6 @@
 """An in-process daemon for tests (shipped in the package, like httpcore's mock transport).
 
-``running_daemon(base)`` starts a real :func:`timbred.app.serve` on a real Unix socket under
+``running_daemon(base)`` starts a real :func:`timbred.daemon.app.serve` on a real Unix socket under
 ``base`` (keep it short: socket paths are limited to ~100 bytes) and stops it gracefully.
 """
 
@@ -13,8 +13,8 @@ from typing import Any
 
 import anyio
 
-from timbred.app import Daemon, serve
 from timbred.config import Settings
+from timbred.daemon.app import Daemon, serve
 from timbred.errors import TimbreError
 
 

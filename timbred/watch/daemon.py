@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from timbred.config import Settings
+from timbred.daemon.events import EventBus
 from timbred.errors import TimbreError
-from timbred.events import EventBus
-from timbred.generation import Generation
+from timbred.queue.generation import Generation
 from timbred.watch.promptfile import PromptRequest
 from timbred.watch.service import WatchService
 

@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from timbred.daemon.sqlite_store import SQLiteStore
 from timbred.errors import StoreError
-from timbred.sqlite_store import SQLiteStore
 
 __all__ = ["WATCH_MIGRATIONS", "WATCH_SCHEMA_VERSION", "FileRecord", "WatchStore"]
 

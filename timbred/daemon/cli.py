@@ -67,13 +67,13 @@ def _main(argv: list[str] | None) -> int:
             print(f"{key} = {value!r}")
         return EXIT_OK
 
-    from timbred import app, logs  # deferred: --help and --version stay instant
+    from timbred.daemon import app, logs  # deferred: --help and --version stay instant
 
     logs.setup(settings["daemon.log_level"], logs.log_file_path(settings["daemon.log_file"]))
     # The worker and anything else we spawn must not talk to systemd in our name.
     notify_env = dict(os.environ)
     os.environ.pop("NOTIFY_SOCKET", None)
-    from timbred.notify import Notifier
+    from timbred.daemon.notify import Notifier
 
     try:
         import anyio

@@ -6,7 +6,7 @@ queued → loading → generating → encoding → done | failed | cancelled | i
 Inference runs in an executor (:mod:`timbred.executors`; today the local worker process); the
 event loop only waits on it. A worker crash fails only the job it was running (with the reason)
 and the next job starts a fresh worker. Which models the executor holds, and for how long, is
-:mod:`timbred.residency`'s business; which family loads a model, :mod:`timbred.backends`'.
+:mod:`timbred.queue.residency`'s business; which family loads a model, :mod:`timbred.backends`'.
 """
 
 from __future__ import annotations
@@ -26,9 +26,11 @@ import anyio.abc
 import anyio.to_thread
 import platformdirs
 
-from timbred import __version__, models, presets, preview
+from timbred import __version__, models, presets
 from timbred.backends import BackendSpec, registry
 from timbred.config import Settings
+from timbred.daemon.events import Event, EventBus
+from timbred.daemon.runtime import check_socket_path, default_socket_path
 from timbred.errors import (
     Cancelled,
     InternalError,
@@ -40,9 +42,10 @@ from timbred.errors import (
     TimbreError,
     WorkerCrashed,
 )
-from timbred.events import Event, EventBus
 from timbred.executors import Executor
-from timbred.jobs import (
+from timbred.protocol import schema
+from timbred.queue import preview
+from timbred.queue.jobs import (
     TERMINAL_STATES,
     Job,
     JobState,
@@ -50,10 +53,8 @@ from timbred.jobs import (
     RecoveryReport,
     request_digest,
 )
-from timbred.protocol import schema
+from timbred.queue.residency import Loaded, Residency, spec_of
 from timbred.request import DEFAULT_DURATION_S, DEFAULT_VARIATIONS, Request
-from timbred.residency import Loaded, Residency, spec_of
-from timbred.runtime import check_socket_path, default_socket_path
 from timbred.takes import publish
 from timbred.takes.history import History, audio_sha256, request_export
 from timbred.takes.library import Library, Take

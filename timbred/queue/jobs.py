@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final
 
-from timbred import ids
+from timbred.daemon import ids
+from timbred.daemon.sqlite_store import SQLiteStore
 from timbred.errors import (
     Cancelled,
     Interrupted,
@@ -44,7 +45,6 @@ from timbred.errors import (
     TimbreError,
     map_errors,
 )
-from timbred.sqlite_store import SQLiteStore
 
 __all__ = [
     "MAX_KEY_LENGTH",

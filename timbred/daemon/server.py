@@ -22,6 +22,8 @@ import anyio
 import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from timbred.daemon.events import Event, Subscription
+from timbred.daemon.runtime import PeerCredentials, peer_credentials
 from timbred.errors import (
     InternalError,
     MessageIncomplete,
@@ -29,13 +31,11 @@ from timbred.errors import (
     PeerRefused,
     TimbreError,
 )
-from timbred.events import Event, Subscription
 from timbred.protocol.framing import LineDecoder, encode
 from timbred.protocol.jsonrpc import dumps, error_object, notification
-from timbred.runtime import PeerCredentials, peer_credentials
 
 if TYPE_CHECKING:
-    from timbred.app import Daemon
+    from timbred.daemon.app import Daemon
 
 log = logging.getLogger(__name__)
 READ_CHUNK = 65536

@@ -24,8 +24,8 @@ import anyio.to_thread
 from timbred import models
 from timbred.backends import BackendSpec, registry
 from timbred.config import Settings
+from timbred.daemon.events import EventBus
 from timbred.errors import InvalidJobState, ModelNotFound, WorkerCrashed
-from timbred.events import EventBus
 from timbred.executors import Executor
 from timbred.worker.device import choose_device, choose_dtype, memory_budget_bytes
 from timbred.worker.process import LoadedModel

@@ -22,20 +22,20 @@ import anyio.abc
 
 from timbred import PROTOCOL_VERSION, __version__, models
 from timbred.config import Settings
-from timbred.errors import PeerRefused, TimbreError, TooManyConnections
-from timbred.events import EventBus
-from timbred.generation import Generation
-from timbred.logs import log_file_path
-from timbred.notify import Notifier
-from timbred.protocol.jsonrpc import Dispatcher
-from timbred.runtime import (
+from timbred.daemon.events import EventBus
+from timbred.daemon.logs import log_file_path
+from timbred.daemon.notify import Notifier
+from timbred.daemon.runtime import (
     acquire_lock,
     bind_socket,
     check_socket_path,
     default_socket_path,
     ensure_private_dir,
 )
-from timbred.server import Connection, Limits, check_peer, refuse
+from timbred.daemon.server import Connection, Limits, check_peer, refuse
+from timbred.errors import PeerRefused, TimbreError, TooManyConnections
+from timbred.protocol.jsonrpc import Dispatcher
+from timbred.queue.generation import Generation
 from timbred.watch.daemon import make_watch_service
 
 log = logging.getLogger(__name__)
