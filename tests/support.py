@@ -49,6 +49,17 @@ class RawConnection:
         await self.send_json(obj)
         return await self.recv(timeout)
 
+    async def reply(self, obj: Any, timeout: float = 5.0) -> Any:
+        """Send ``obj`` and return the response to it, passing over event notifications
+        that a subscribed connection may receive first (any event published meanwhile, such
+        as the watch folder attaching just after start-up, is delivered in order)."""
+        await self.send_json(obj)
+        with anyio.fail_after(timeout):
+            while True:
+                message = await self.recv(timeout)
+                if not (isinstance(message, dict) and message.get("method") == "event"):
+                    return message
+
     async def recv_until_closed(self, timeout: float = 5.0) -> list[Any]:
         """Every remaining message until the daemon closes the connection."""
         out: list[Any] = []

@@ -75,8 +75,8 @@ class TestSubscriptions:
     async def test_unsubscribe_stops_delivery(self, daemon: Daemon, raw: Raw) -> None:
         """After events.unsubscribe no more events arrive for it."""
         watcher = await raw()
-        sub = (await watcher.call(req("events.subscribe")))["result"]
-        check_result("events.unsubscribe", await watcher.call(
+        sub = (await watcher.reply(req("events.subscribe")))["result"]
+        check_result("events.unsubscribe", await watcher.reply(
             req("events.unsubscribe", {"subscription": sub["subscription"]})))
         await (await raw()).call(req("daemon.ping"))
         # The next message is the reply to this ping: no event was queued before it.
