@@ -28,6 +28,42 @@ def casefold(value: object) -> str | None:
     return value.casefold() if isinstance(value, str) else None
 
 
+def migrate_in_steps(conn: sqlite3.Connection, *, target: int,
+                     version_of: Callable[[sqlite3.Connection], int],
+                     step: Callable[[sqlite3.Connection, int], None],
+                     error: Callable[[str], StoreError]) -> tuple[int, int]:
+    """Bring a schema from the version ``version_of`` reads up to ``target``, one step at a
+    time; return ``(before, after)``.
+
+    ``step(conn, v)`` takes the schema from ``v`` to ``v + 1``, its version bump included.
+    Each step runs in its own ``BEGIN IMMEDIATE`` transaction, which also re-reads the
+    version: two processes migrating one fresh file at once serialise on the write lock and
+    the second finds the work done (reading the version outside the transaction let both run
+    a step, and one failed with "table ... already exists"). A failure leaves the file at the
+    last good version. ``version_of`` raises the store's StoreError for a file that is not
+    its own or is newer than ``target``; a failing statement becomes ``error(problem)``.
+    ``conn`` must be in autocommit mode (``isolation_level=None``).
+    """
+    before = version = version_of(conn)
+    while True:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            version = version_of(conn)
+            if version >= target:
+                conn.execute("COMMIT")
+                return before, version
+            step(conn, version)
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise error(f"migration to schema version {version + 1} failed: {exc}") from exc
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+
 class SQLiteStore:
     """Base of the stores: subclasses set ``path``, ``_conn``, ``_lock`` and ``_error``."""
 

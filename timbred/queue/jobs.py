@@ -33,7 +33,7 @@ from enum import StrEnum
 from typing import Any, Final
 
 from timbred.daemon import ids
-from timbred.daemon.sqlite_store import SQLiteStore
+from timbred.daemon.sqlite_store import SQLiteStore, migrate_in_steps
 from timbred.errors import (
     Cancelled,
     Interrupted,
@@ -201,39 +201,24 @@ def migrate(
 ) -> tuple[int, int]:
     """Bring the database on ``conn`` up to ``len(migrations)``; return ``(before, after)``.
 
-    Each migration runs in its own ``BEGIN IMMEDIATE`` transaction, which also re-reads the
-    version: two processes migrating one fresh file at once serialise on the write lock and
-    the second finds the work done (reading the version before the transaction let both
-    run migration 1, and one failed with "table jobs already exists"). A failure leaves the
-    file at the last good version. ``conn`` must be in autocommit mode
-    (``isolation_level=None``). Raises StoreError naming ``path`` when the file belongs to
-    another application, was written by a newer Timbre, or a migration fails.
+    One transaction per migration, the version re-read inside it, so two processes
+    migrating one fresh file at once cannot both run migration 1 (see
+    :func:`~timbred.daemon.sqlite_store.migrate_in_steps`). Raises StoreError naming
+    ``path`` when the file belongs to another application, was written by a newer Timbre, or
+    a migration fails.
     """
     target = len(migrations)
-    before = check_identity(conn, path, target)  # before taking any lock: read-only
-    while True:
-        version = before
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            version = check_identity(conn, path, target)
-            if version >= target:
-                conn.execute("COMMIT")
-                return before, target
-            for statement in migrations[version]:
-                conn.execute(statement)
-            # PRAGMA takes no parameters; version is an int we computed.
-            conn.execute(f"PRAGMA user_version = {version + 1}")
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise _store_error(
-                path, f"migration to schema version {version + 1} failed: {exc}"
-            ) from exc
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+
+    def step(conn: sqlite3.Connection, version: int) -> None:
+        for statement in migrations[version]:
+            conn.execute(statement)
+        # PRAGMA takes no parameters; version is an int we computed.
+        conn.execute(f"PRAGMA user_version = {version + 1}")
+
+    # check_identity is read-only: a foreign file is refused before anything is written.
+    return migrate_in_steps(conn, target=target,
+                            version_of=lambda c: check_identity(c, path, target), step=step,
+                            error=lambda problem: _store_error(path, problem))
 
 
 # --- records ----------------------------------------------------------------------------------

@@ -60,7 +60,7 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 from timbred.daemon import ids
-from timbred.daemon.sqlite_store import SQLiteStore
+from timbred.daemon.sqlite_store import SQLiteStore, migrate_in_steps
 from timbred.errors import InvalidParams, StoreError, TakeNotFound, map_errors
 from timbred.queue import jobs
 
@@ -246,45 +246,33 @@ def migrate(
 ) -> tuple[int, int]:
     """Bring the library's tables on ``conn`` up to ``len(migrations)``; return (before, after).
 
-    Each migration runs in its own ``BEGIN IMMEDIATE`` transaction together with its version
-    bump, and the version is read inside that transaction, so two processes opening the file
-    at once cannot both apply a step, and a failure leaves the last good version. ``conn``
-    must be in autocommit mode. ``fts`` says whether to make the FTS5 index (default: when
-    this SQLite has FTS5). Raises StoreError naming ``path`` for a newer schema or a failed
-    migration. The job store's identity checks are :func:`timbred.queue.jobs.migrate`'s business.
+    One transaction per step, the version re-read inside it (see
+    :func:`~timbred.daemon.sqlite_store.migrate_in_steps`). ``fts`` says whether to make the
+    FTS5 index (default: when this SQLite has FTS5). Raises StoreError naming ``path`` for a
+    newer schema or a failed migration. The job store's identity checks are
+    :func:`timbred.queue.jobs.migrate`'s business.
     """
     if fts is None:
         fts = _fts5_available(conn)
-    before = _library_version(conn)
-    version = before
-    while True:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            version = _library_version(conn)
-            if version > len(migrations):
-                raise _store_error(
-                    path,
-                    f"schema version {version} was written by a newer timbred (this one knows "
-                    f"up to {len(migrations)}); upgrade timbred",
-                )
-            if version == len(migrations):
-                conn.execute("COMMIT")
-                return before, version
-            step = migrations[version]
-            for statement in (*step.statements, *(step.fts if fts else ())):
-                conn.execute(statement)
-            conn.execute("UPDATE library_schema SET version = ? WHERE id = 1", (version + 1,))
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+
+    def version_of(conn: sqlite3.Connection) -> int:
+        version = _library_version(conn)
+        if version > len(migrations):
             raise _store_error(
-                path, f"migration to schema version {version + 1} failed: {exc}"
-            ) from exc
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+                path,
+                f"schema version {version} was written by a newer timbred (this one knows "
+                f"up to {len(migrations)}); upgrade timbred",
+            )
+        return version
+
+    def step(conn: sqlite3.Connection, version: int) -> None:
+        migration = migrations[version]
+        for statement in (*migration.statements, *(migration.fts if fts else ())):
+            conn.execute(statement)
+        conn.execute("UPDATE library_schema SET version = ? WHERE id = 1", (version + 1,))
+
+    return migrate_in_steps(conn, target=len(migrations), version_of=version_of, step=step,
+                            error=lambda problem: _store_error(path, problem))
 
 
 # --- records ----------------------------------------------------------------------------------
