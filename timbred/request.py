@@ -1,7 +1,7 @@
 """The one generation request: what decides a take's audio, in one vocabulary.
 
 A :class:`Request` is built once at the edge (``generate.submit``, a prompt file, a replayed
-recipe; :meth:`timbred.queue.generation.Generation.submit` resolves presets and defaults into it),
+recipe; :meth:`timbred.queue.generation.Generation.resolve` applies presets and defaults),
 stored with the job, sent to the executor, decoded by a backend and recorded in the take's
 recipe, from which a replay rebuilds it. Its names are the wire's (``duration``, ``melody``,
 ``continuation``); a model family's own parameters (MusicGen's ``temperature``, ``top_k``,

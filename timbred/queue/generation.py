@@ -213,18 +213,10 @@ class Generation:
             # turn an accepted request into a refused one.
             params = {k: v for k, v in params.items() if k != "idempotency_key"}
             digest = request_digest(params)
-            found = await anyio.to_thread.run_sync(self.store.find_submitted, key, digest)
-            if found is not None:
+            if (found := await self._submitted(key, digest)) is not None:
                 return found
-        model, job_params = await anyio.to_thread.run_sync(self._checked_params, params)
+        model, job_params = await anyio.to_thread.run_sync(self.resolve, params)
         return await self._enqueue(model, job_params, params.get("priority", 0), key, digest)
-
-    def resolve(self, params: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-        """What :meth:`submit` would store for ``params``: the model and the job's params,
-        everything refusable refused, the preset applied, defaults filled in and the seed
-        drawn. The watch folder resolves each prompt once, when its file is claimed, and
-        submits the result with :meth:`submit_resolved`. Blocking (it reads files)."""
-        return self._checked_params(params)
 
     async def submit_resolved(self, model: str, job_params: Mapping[str, Any], *,
                               idempotency_key: str | None = None) -> Job:
@@ -236,16 +228,21 @@ class Generation:
         job_params = dict(job_params)
         digest = None
         if idempotency_key is not None:
+            # First: a repeat whose first attempt already wrote its takes would find its
+            # own output name taken.
             digest = request_digest({"model": model, "params": job_params})
-            found = await anyio.to_thread.run_sync(self.store.find_submitted, idempotency_key,
-                                                   digest)
-            if found is not None:
+            if (found := await self._submitted(idempotency_key, digest)) is not None:
                 return found
         if job_params.get("output") is not None:
             extension = ExportOptions.from_dict(job_params["export"]).extension
             await anyio.to_thread.run_sync(lambda: publish.check_output(
                 job_params["output"], job_params["variations"], extensions=[extension]))
         return await self._enqueue(model, job_params, 0, idempotency_key, digest)
+
+    async def _submitted(self, key: str, digest: str) -> Job | None:
+        """The job an earlier submission under ``key`` made (None: none yet); another
+        request under the key is refused, naming it."""
+        return await anyio.to_thread.run_sync(self.store.find_submitted, key, digest)
 
     async def _enqueue(self, model: str, job_params: dict[str, Any], priority: int,
                        key: str | None, digest: str | None) -> Job:
@@ -263,11 +260,14 @@ class Generation:
         self._wake.set()
         return job
 
-    def _checked_params(self, params: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    def resolve(self, params: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
         """Everything refusable at submit time is refused here, naming the parameter.
 
         Returns the model and the job's stored params: every default filled in (the seed
-        included), the preset applied under explicit values, and the export options resolved.
+        drawn), the preset applied under explicit values, and the export options resolved.
+        :meth:`submit` stores them; the watch folder resolves each prompt once, when its file
+        is claimed, and queues the result with :meth:`submit_resolved`. Blocking (it reads
+        files).
         """
         request = {k: v for k, v in params.items() if v is not None}
         preset_export: dict[str, Any] = {}

@@ -84,10 +84,10 @@ def check_output(output: str, count: int, *,
         raise InvalidParams(f"output {output!r}: the extension must be one of "
                             f"{', '.join(allowed)}", param="output", allowed=allowed)
     # A missing folder is made when the take is written (as for sessions), so `-o
-    # ~/out/pads.flac` works on a fresh machine; only a file where a folder must be is refused.
-    ancestor = path.parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
+    # ~/out/pads.flac` works on a fresh machine; a file where a folder must be, or a folder
+    # we cannot write in, is refused.
+    missing = _missing_folders(path.parent)
+    ancestor = missing[-1].parent if missing else path.parent
     if not ancestor.is_dir():
         raise InvalidParams(f"output {output!r}: {ancestor} is not a directory",
                             param="output")
@@ -204,15 +204,20 @@ def fsync_dir(path: Path) -> None:
         raise OutputError(str(path), f"cannot sync the directory: {os_reason(exc)}") from exc
 
 
+def _missing_folders(directory: Path) -> list[Path]:
+    """``directory`` and its parents that do not exist, innermost first."""
+    missing = []
+    while not directory.exists() and directory != directory.parent:
+        missing.append(directory)
+        directory = directory.parent
+    return missing
+
+
 def ensure_dir(directory: Path) -> None:
     """Create ``directory`` and its parents, each new name fsynced into its parent so the
     folder survives a crash with the take; OutputError naming it when that fails."""
     directory = Path(directory)
-    missing = []
-    probe = directory
-    while not probe.exists() and probe != probe.parent:
-        missing.append(probe)
-        probe = probe.parent
+    missing = _missing_folders(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -10,6 +10,7 @@ is that very request.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +32,20 @@ def watch_folders(settings: Settings, output_root: Path) -> list[Path]:
     return [inbox]
 
 
+def _wire_params(params: Mapping[str, Any], export: Mapping[str, Any],
+                 preset: str | None) -> dict[str, Any]:
+    """A prompt as ``generate.submit`` takes it: its params and export options flat."""
+    out = {**params, **export}
+    if preset:
+        out["preset"] = preset
+    return out
+
+
 def resolve(generation: Generation, request: PromptRequest) -> dict[str, Any] | None:
     """The whole request a prompt's takes will be made from, as :meth:`Generation.resolve`
     makes it (the preset read once, here; the seed drawn), or None when the daemon would
     refuse it: submitting the plain request then refuses the prompt, naming why."""
-    params: dict[str, Any] = {**request.params, **request.export}
-    if request.preset:
-        params["preset"] = request.preset
+    params = _wire_params(request.params, request.export, request.preset)
     try:
         model, job_params = generation.resolve(params)
     except TimbreError:
@@ -60,9 +68,7 @@ def make_watch_service(settings: Settings, generation: Generation,
                 idempotency_key=request.get("idempotency_key"))).id
         # Claims from before whole requests were resolved (or one the daemon would refuse):
         # generate.submit's params, flat as on the wire, with the export resolved at claim.
-        params = {**request["params"], **request["export"]}
-        if request.get("preset"):
-            params["preset"] = request["preset"]
+        params = _wire_params(request["params"], request["export"], request.get("preset"))
         params["idempotency_key"] = request.get("idempotency_key")
         return (await generation.submit(params)).id
 

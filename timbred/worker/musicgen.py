@@ -522,7 +522,9 @@ class MusicgenBackend(Backend):
         tokens = list(cancels) if cancels is not None else [CancelToken() for _ in items]
         if len(tokens) != len(items):
             raise errors.InvalidParams("one cancel token per request", param="cancels")
-        _check_batchable(items)
+        # Each request's own parameters, checked against the family's schema once here.
+        samplings = [Sampling.of(p) for p in items]
+        _check_batchable(items, samplings)
         cancel = _AllCancelled(tokens)
         first = items[0]
         caps = st.capabilities
@@ -553,8 +555,8 @@ class MusicgenBackend(Backend):
             with torch.inference_mode():
                 previewer = None if preview is None else _Previewer(
                     st, preview, rows, target_samples)
-                audio, plan = self._generate(st, items, prompt, melody, target_samples,
-                                             progress, cancel, previewer)
+                audio, plan = self._generate(st, items, samplings, prompt, melody,
+                                             target_samples, progress, cancel, previewer)
                 if previewer is not None:
                     previewer.finish(audio)
         except errors.TimbreError:
@@ -631,6 +633,7 @@ class MusicgenBackend(Backend):
         self,
         st: _Loaded,
         items: Sequence[Request],
+        samplings: Sequence[Sampling],
         prompt: npt.NDArray[np.float32] | None,
         melody: tuple[_ChromaExtractor, list[npt.NDArray[np.float32]]] | None,
         target_samples: int,
@@ -644,7 +647,7 @@ class MusicgenBackend(Backend):
         target_frames = -(-target_samples // st.hop)
         # Every request's randomness comes from its own seeded generator (never the global
         # one), so a re-render with the same batch is bit-identical.
-        sampler = _RowSampler(items, rows, st.device)
+        sampler = _RowSampler(items, samplings, rows, st.device)
         texts = [p.prompt for p in items for _ in range(p.variations)]
         text = st.tokenizer(texts, padding=True, return_tensors="pt")
         text_inputs = {k: v.to(st.device) for k, v in text.items()}
@@ -795,16 +798,15 @@ class _RowSampler(LogitsProcessor):
     that guidance and greedy decoding after it pick exactly that token.
     """
 
-    def __init__(self, items: Sequence[Request], codebooks: int,
+    def __init__(self, items: Sequence[Request], samplings: Sequence[Sampling], codebooks: int,
                  device: torch.device) -> None:
-        self.guided = Sampling.of(items[0]).guidance > 1
+        self.guided = samplings[0].guidance > 1
         self.spans: list[tuple[slice, Sampling, torch.Generator, LogitsProcessorList]] = []
         row = 0
-        for p in items:
+        for p, sampling in zip(items, samplings, strict=True):
             rows = p.variations * codebooks
             generator = torch.Generator(device=device)
             generator.manual_seed(p.seed)
-            sampling = Sampling.of(p)
             self.spans.append((slice(row, row + rows), sampling, generator, _warpers(sampling)))
             row += rows
 
@@ -873,16 +875,14 @@ def _warpers(p: Sampling) -> LogitsProcessorList:
     return warpers
 
 
-def _check_batchable(items: Sequence[Request]) -> None:
+def _check_batchable(items: Sequence[Request], samplings: Sequence[Sampling]) -> None:
     """Requests decoded together share one decoding plan and the guidance rows."""
-    if len(items) == 1:
-        return
-    first = items[0]
-    for p in items[1:]:
+    first, guided = items[0], samplings[0].guidance > 1
+    for p, sampling in zip(items[1:], samplings[1:], strict=True):
         if p.duration != first.duration:
             raise errors.InvalidParams("requests in one batch must have the same duration",
                                        param="duration")
-        if (Sampling.of(p).guidance > 1) != (Sampling.of(first).guidance > 1):
+        if (sampling.guidance > 1) != guided:
             raise errors.InvalidParams(
                 "requests in one batch must all use guidance, or none", param="guidance")
         if (p.melody is None) != (first.melody is None):
