@@ -120,8 +120,10 @@ class FakeHub:
     ``ETag`` headers, ``X-Error-Code`` on 404) for huggingface_hub's unmodified client code.
     """
 
-    def __init__(self, repos: dict[str, dict[str, bytes]]) -> None:
+    def __init__(self, repos: dict[str, dict[str, bytes]], gated: frozenset[str] = frozenset()
+                 ) -> None:
         self.repos = repos
+        self.gated = gated
         self.requests: list[str] = []
         hub = self
 
@@ -162,6 +164,9 @@ class FakeHub:
             info = {"id": repo, "sha": COMMIT, "siblings": siblings, "private": False}
             return self.send(handler, 200, json.dumps(info).encode(), {}, body)
         org, name, _resolve, _commit, *rest = path.lstrip("/").split("/")
+        if f"{org}/{name}" in self.gated:  # as the Hub answers a gated file without a token
+            return self.send(handler, 401, b"", {"X-Error-Code": "GatedRepo",
+                                                 "X-Error-Message": "Access restricted"}, body)
         data = self.repos.get(f"{org}/{name}", {}).get("/".join(rest))
         if data is None:
             return self.send(handler, 404, b"", {"X-Error-Code": "EntryNotFound"}, body)
@@ -184,6 +189,26 @@ class FakeHub:
             handler.wfile.write(data)
 
 
+#: A diffusers Stable Audio layout as stabilityai/stable-audio-open-1.0 has it: one folder per
+#: component, and the stable-audio-tools checkpoint at the root, which no pull should fetch.
+PIPELINE_FILES = {
+    "model_index.json": json.dumps({
+        "_class_name": "StableAudioPipeline",
+        "transformer": ["diffusers", "StableAudioDiTModel"],
+        "scheduler": ["diffusers", "CosineDPMSolverMultistepScheduler"],
+        "tokenizer": ["transformers", "T5TokenizerFast"]}).encode(),
+    "transformer/config.json": b"{}",
+    "transformer/diffusion_pytorch_model.safetensors": WEIGHTS,
+    "scheduler/scheduler_config.json": b"{}",
+    "tokenizer/tokenizer_config.json": b"{}",
+    "tokenizer/spiece.model": b"sp",
+    "model_config.json": b"{}",
+    "model.safetensors": b"W" * 8192,
+    "model.ckpt": b"C" * 8192,
+    "README.md": b"# card",
+}
+
+
 @pytest.fixture
 def fake_hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
     hub = FakeHub(
@@ -196,7 +221,10 @@ def fake_hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
                 "README.md": b"# card",
             },
             "someone/bin-only": {"config.json": CONFIG, "pytorch_model.bin": b"B" * 64},
-        }
+            "someone/sao-pipeline": PIPELINE_FILES,
+            "someone/gated-pipeline": PIPELINE_FILES,
+        },
+        gated=frozenset({"someone/gated-pipeline"}),
     )
     monkeypatch.setenv("HF_ENDPOINT", hub.url)
     yield hub
@@ -206,13 +234,23 @@ def fake_hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
 class TestCatalogue:
     def test_entries_map_to_facebook_repos(self) -> None:
         """Every alias maps to facebook/<alias>, with melody/stereo flags read off the name."""
-        assert len(CATALOGUE) == 10
-        for name, entry in CATALOGUE.items():
-            assert entry.repo == f"facebook/{name}"
+        musicgens = {n: e for n, e in CATALOGUE.items() if e.backend == "musicgen"}
+        assert len(musicgens) == 10
+        for name, entry in musicgens.items():
+            assert entry.repo == f"facebook/{name}" and not entry.gated
+            assert entry.licence == "CC-BY-NC-4.0"
             assert entry.melody == ("melody" in name)
             assert entry.stereo == ("stereo" in name)
             assert entry.approx_bytes == entry.approx_params * 4
         assert CATALOGUE["musicgen-stereo-melody-large"].lm_params == 3_300_000_000
+
+    def test_stable_audio_open_is_listed_gated_with_its_licence(self) -> None:
+        entry = CATALOGUE["stable-audio-open-1.0"]
+        assert (entry.repo, entry.backend) == ("stabilityai/stable-audio-open-1.0",
+                                               "stable-audio")
+        assert entry.gated and entry.stereo and not entry.melody
+        assert entry.licence == "Stability AI Community License"
+        assert entry.approx_bytes == 1_323_000_000 * 4
 
 
 class TestResolve:
@@ -571,6 +609,26 @@ class TestPull:
             "config.json",
             "pytorch_model.bin",
         ]
+
+    def test_a_diffusers_pipeline_gets_its_component_folders_only(
+            self, cache: Path, fake_hub: FakeHub) -> None:
+        """The root's stable-audio-tools checkpoint stays on the Hub; the pipeline is whole."""
+        installed = pull("someone/sao-pipeline")
+        files = sorted(str(p.relative_to(installed.path)) for p in installed.path.rglob("*")
+                       if p.is_file())
+        assert files == ["model_config.json", "model_index.json", "scheduler/scheduler_config.json",
+                         "tokenizer/spiece.model", "tokenizer/tokenizer_config.json",
+                         "transformer/config.json",
+                         "transformer/diffusion_pytorch_model.safetensors"]
+        ref = resolve("someone/sao-pipeline")
+        assert ref.backend == "stable-audio" and ref.ready
+
+    def test_a_gated_model_says_what_to_do(self, cache: Path, fake_hub: FakeHub) -> None:
+        with pytest.raises(ModelNotFound) as caught:
+            pull("someone/gated-pipeline")
+        message = str(caught.value)
+        assert f"accept its licence at {fake_hub.url}/someone/gated-pipeline" in message
+        assert "`hf auth login`" in message and "HF_TOKEN" in message
 
     def test_unknown_repo_on_hub(self, cache: Path, fake_hub: FakeHub) -> None:
         """A repo id the Hub does not know is ModelNotFound, not a network error."""

@@ -35,7 +35,8 @@ class TestRequest:
         """One variation and no audio inputs unless asked; integral floats stored as floats."""
         data = Request(prompt="x", duration=2, seed=1).to_dict()
         assert data == {"prompt": "x", "duration": 2.0, "seed": 1, "variations": 1,
-                        "melody": None, "continuation": None, "options": {}}
+                        "melody": None, "continuation": None, "init": None,
+                        "strength": None, "repaint": None, "options": {}}
         assert isinstance(data["duration"], float)
 
     @pytest.mark.parametrize(("change", "param"), [

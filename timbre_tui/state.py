@@ -438,6 +438,9 @@ class StudioState:
     model_names: list[str] = field(default_factory=list)
     #: Each installed model's family, as ``models.list`` says (None: not recognised).
     model_families: dict[str, str | None] = field(default_factory=dict)
+    #: Each installed model's own defaults where they differ from its family's schema
+    #: (``models.list``: a distilled Stable Audio 3 takes 8 steps, not 100).
+    model_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: The daemon's families by name (``backends.list``); None until it answers, and for
     #: a daemon older than the registry (the panel then offers :data:`FALLBACK_PARAMS`).
     backends: dict[str, dict[str, Any]] | None = None
@@ -507,6 +510,7 @@ class StudioState:
         names = [m["name"] for m in entries]
         self.model_names = names + [n for n in catalogue if n not in names]
         self.model_families = {m["name"]: m.get("backend") for m in entries}
+        self.model_defaults = {m["name"]: dict(m.get("defaults") or {}) for m in entries}
         self.follow_family()
 
     def set_backends(self, backends: Iterable[Mapping[str, Any]] | None) -> None:
@@ -560,18 +564,41 @@ class StudioState:
         self.family = self.family_of(self.params.model) or self.family
         self.params = self.conformed(self.params)
 
-    def conformed(self, params: Params, family: str | None = None) -> Params:
+    def conformed(self, params: Params, family: str | None = None, *,
+                  previous: str | None = None) -> Params:
         """``params`` with the options ``family`` (the panel's) takes: a value kept where
-        the family has a parameter of that name that it fits, else the schema's default."""
+        the family has a parameter of that name that it fits, else the model's default.
+
+        A value still at a default (the schema's, or the ``previous`` model's own) was not
+        chosen, so it follows the model's own default: switching to a distilled model moves
+        steps 100 to its 8, while a step count typed in stays.
+        """
         schema = self.family_params(family)
+        # The previous model's defaults: its family's schema (the panel's family until the
+        # caller moves it), then its own.
+        before = {s.name: s for s in family_specs(self.family_params(
+            self.family_of(previous) or self.family))}
         options: dict[str, ParamValue] = {}
         for spec in family_specs(schema):
             value = params.options.get(spec.name)
+            default = self.model_default(params.model, spec)
+            old = before.get(spec.name)
+            if value is not None and value in (
+                    spec.default, None if old is None else self.model_default(previous, old)):
+                value = default
             if value is not None and valid_value(spec, value):
                 options[spec.name] = value
-            elif spec.default is not None:
-                options[spec.name] = spec.default
+            elif default is not None:
+                options[spec.name] = default
         return params if options == dict(params.options) else replace(params, options=options)
+
+    def model_default(self, model: str | None, spec: ParamSpec) -> ParamValue | None:
+        """``spec``'s default for ``model`` (None: the daemon's default model): its own, as
+        ``models.list`` gave it, else the family schema's."""
+        if model is None:
+            model = ((self.status or {}).get("default_model") or {}).get("name")
+        value = self.model_defaults.get(model or "", {}).get(spec.name, spec.default)
+        return value if isinstance(value, (int, float, str, bool)) else spec.default
 
     def job_options(self, job_params: Mapping[str, Any]) -> list[tuple[str, Any]]:
         """The family parameters a job's params hold, as (label, value), in its schema's
@@ -744,7 +771,7 @@ class StudioState:
             # Another family's panel: its parameters, the values it shares with this one kept.
             new = replace(p, model=value)
             family = self.family_of(value) or self.family
-            new = self.conformed(new, family)
+            new = self.conformed(new, family, previous=p.model)
             self.family = family
         elif spec.name == "seed":
             new = (replace(p, seed_locked=False) if value == "random"

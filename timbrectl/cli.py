@@ -293,6 +293,16 @@ async def cmd_takes(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def cmd_repaint(args: argparse.Namespace) -> int:
+    """takes repaint: generate with the take's audio as init and the span to make anew."""
+    shown = await _call(args, "takes.show", {"take": _take_ref(args.take)})
+    args.init = shown["path"]
+    args.repaint = [args.start, args.end]
+    if args.model is None:
+        args.model = (shown.get("recipe") or {}).get("model") or shown.get("model")
+    return await generate.run(args)
+
+
 async def _confirm(question: str) -> bool:
     """Ask on the terminal whether to delete; without one, refuse (``--yes`` skips asking).
 
@@ -492,6 +502,20 @@ def build_parser() -> argparse.ArgumentParser:
         elif name == "rm":
             tp.add_argument("-y", "--yes", action="store_true", help="do not ask")
         tp.set_defaults(func=cmd_takes)
+
+    rep = tk.add_parser("repaint", parents=[common],
+                        help="a new take with one span of a take made anew (stable-audio 3)",
+                        description="Make a new take from TAKE in which only START..END "
+                        "seconds are generated again from PROMPT; the rest is the take's own "
+                        "audio. Uses the take's model unless -m names another.")
+    rep.add_argument("take", metavar="TAKE", help="take id (t-...) or path")
+    rep.add_argument("--start", type=float, required=True, metavar="S",
+                     help="where the new span starts, in seconds")
+    rep.add_argument("--end", type=float, required=True, metavar="E",
+                     help="where it ends, in seconds")
+    rep.add_argument("prompt", help="what the span should become")
+    generate.add_generation_arguments(rep)
+    rep.set_defaults(func=cmd_repaint)
 
     rp = sub.add_parser("replay", parents=[common],
                         help="re-render a take from its recipe; says if it is bit-identical")

@@ -53,8 +53,12 @@ def submit_params(args: argparse.Namespace) -> dict[str, Any]:
     params: dict[str, Any] = {
         "prompt": args.prompt, "duration": args.duration, "seed": args.seed,
         "model": _model(args.model), "temperature": args.temperature, "top_k": args.top_k,
-        "top_p": args.top_p, "guidance": args.guidance, "variations": args.variations,
-        "melody": _absolute(args.melody), "continuation": _absolute(args.continue_),
+        "top_p": args.top_p, "guidance": args.guidance, "steps": args.steps,
+        "negative": args.negative, "variations": args.variations,
+        "melody": _absolute(getattr(args, "melody", None)),
+        "continuation": _absolute(getattr(args, "continue_", None)),
+        "init": _absolute(getattr(args, "init", None)),
+        "strength": getattr(args, "strength", None), "repaint": getattr(args, "repaint", None),
         "output": _absolute(args.output), "priority": args.priority,
         "keep_alive": args.keep_alive, "preset": args.preset, "session": args.session,
         "format": args.format, "wav_subtype": args.wav_subtype,
@@ -308,6 +312,22 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
                        description="Queue a generation and wait for it, showing progress on "
                        "stderr; the written file paths are printed on stdout, one per line.")
     g.add_argument("prompt")
+    add_generation_arguments(g)
+    g.add_argument("--melody", metavar="FILE", help="follow this audio file's melody")
+    g.add_argument("--continue", dest="continue_", metavar="FILE",
+                   help="continue this audio file (the take includes it)")
+    g.add_argument("--init", metavar="FILE",
+                   help="make a variation of this audio file or take (stable-audio 3); its "
+                   "length is the default duration")
+    g.add_argument("--strength", type=ranged(_SUBMIT, "strength"), metavar="X",
+                   help="with --init: how far to move from it, 0 to 1 (default 0.6; 1 keeps "
+                   "nothing)")
+    g.set_defaults(func=run)
+
+
+def add_generation_arguments(g: argparse.ArgumentParser) -> None:
+    """What ``generate`` and ``takes repaint`` both take: the model, its parameters, the
+    export and how to wait."""
     g.add_argument("-d", "--duration", type=ranged(_SUBMIT, "duration"), metavar="SECONDS",
                    help="length in seconds (default 10; up to 600 by windowed continuation)")
     g.add_argument("--seed", type=ranged(_SUBMIT, "seed"),
@@ -318,14 +338,15 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="N takes of the prompt in one batched pass")
     g.add_argument("-o", "--output", metavar="PATH",
                    help="write here (.wav; variations add -1, -2, ...); never overwrites")
-    g.add_argument("--melody", metavar="FILE", help="follow this audio file's melody")
-    g.add_argument("--continue", dest="continue_", metavar="FILE",
-                   help="continue this audio file (the take includes it)")
     g.add_argument("--temperature", type=ranged(_SUBMIT, "temperature"), metavar="X")
     g.add_argument("--top-k", type=ranged(_SUBMIT, "top_k"), metavar="N")
     g.add_argument("--top-p", type=ranged(_SUBMIT, "top_p"), metavar="X")
     g.add_argument("--guidance", type=ranged(_SUBMIT, "guidance"), metavar="X",
-                   help="classifier-free guidance scale")
+                   help="classifier-free guidance scale (musicgen, stable-audio)")
+    g.add_argument("--steps", type=ranged(_SUBMIT, "steps"), metavar="N",
+                   help="denoising steps (stable-audio)")
+    g.add_argument("--negative", metavar="TEXT",
+                   help="what the take should not have (stable-audio, with guidance > 1)")
     g.add_argument("--param", action="append", type=backend_param, metavar="KEY=VALUE",
                    help="a parameter of the model's backend (repeatable; see "
                         "`timbrectl backends`)")
@@ -345,5 +366,4 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     g.add_argument("--stream", action="store_true",
                    help="write the first take to stdout as WAV while it is made, for a player "
                    "reading a pipe (| ffplay -nodisp -); the paths go to stderr")
-    g.set_defaults(func=run)
 

@@ -124,11 +124,14 @@ def model_rows(installed: list[dict[str, Any]],
     available = [c for c in catalogue or [] if c["name"] not in have]
     if available:
         lines += ["", "available (timbrectl models pull NAME):",
-                  f"{'NAME':<28} {'SIZE':>10}  {'REPOSITORY':<38} KIND"]
+                  f"{'NAME':<28} {'SIZE':>10}  {'REPOSITORY':<38} {'KIND':<14} LICENCE"]
         for c in available:
             kind = ", ".join(k for k in ("melody", "stereo") if c.get(k)) or "text"
+            licence = c.get("licence", "")
+            if c.get("gated"):
+                licence += " (gated: accept it on the Hub, then a token)"
             lines.append(f"{c['name'][:28]:<28} {'~' + size(c['approx_bytes']):>10}  "
-                         f"{c['repo'][:38]:<38} {kind}")
+                         f"{c['repo'][:38]:<38} {kind:<14} {licence}".rstrip())
     return "\n".join(lines)
 
 

@@ -29,7 +29,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final, Literal
@@ -46,7 +46,11 @@ from huggingface_hub.errors import (
 )
 
 from timbred.backends import registry
-from timbred.backends.files import index_shards, transformers_checkpoint_missing
+from timbred.backends.files import (
+    index_shards,
+    pipeline_components,
+    transformers_checkpoint_missing,
+)
 from timbred.backends.spec import BackendSpec
 from timbred.errors import (
     InvalidParams,
@@ -101,10 +105,18 @@ class CatalogueEntry:
     """Whether the model generates two channels."""
     backend: str = "musicgen"
     """The family that loads it (:mod:`timbred.backends`)."""
+    licence: str = "CC-BY-NC-4.0"
+    """The weights' licence, as its model card names it (MusicGen's: non-commercial)."""
+    gated: bool = False
+    """Whether the Hub asks a user to accept the licence (and a token) before downloading."""
+    total_params: int | None = None
+    """Parameters of the whole model when it is not a MusicGen (``lm_params`` is then 0)."""
 
     @property
     def approx_params(self) -> int:
         """Approximate parameters of the whole checkpoint (language model, T5 encoder, EnCodec)."""
+        if self.total_params is not None:
+            return self.total_params
         return self.lm_params + _ENCODER_AND_CODEC_PARAMS
 
     @property
@@ -139,6 +151,13 @@ CATALOGUE: Mapping[str, CatalogueEntry] = MappingProxyType(
             _entry("musicgen-stereo-large", _LARGE),
             _entry("musicgen-stereo-melody", _MEDIUM),
             _entry("musicgen-stereo-melody-large", _LARGE),
+            # Its paper's component sizes: a 1057M DiT, the 109M T5-base encoder and a 157M
+            # autoencoder (Evans et al. 2024, "Stable Audio Open", table 1).
+            CatalogueEntry(name="stable-audio-open-1.0",
+                           repo="stabilityai/stable-audio-open-1.0", lm_params=0, melody=False,
+                           stereo=True, backend="stable-audio",
+                           licence="Stability AI Community License", gated=True,
+                           total_params=1_323_000_000),
         )
     }
 )
@@ -199,6 +218,9 @@ class InstalledModel:
     backend: str | None = None
     """The family that loads it (see :mod:`timbred.backends`); ``None`` when no family
     recognises the files (a pull cut short) and the catalogue does not name one."""
+    defaults: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    """The model's own defaults for its family's parameters, where they differ from the
+    family's schema (:attr:`BackendSpec.model_defaults`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -496,6 +518,7 @@ def list_installed(
                         # As resolve() says it: the files' family, else the catalogue's.
                         backend=spec.name if spec is not None
                         else entry.backend if entry is not None else None,
+                        defaults=_model_defaults(spec, snapshot),
                     )
                 )
     found.sort(key=lambda m: (m.name, -m.last_modified))
@@ -523,7 +546,14 @@ def _installed_local(ref: ModelRef) -> InstalledModel:
         last_modified=mtime,
         missing=ref.missing,
         backend=ref.backend,
+        defaults=_model_defaults(registry.get(ref.backend) if ref.backend else None, ref.path),
     )
+
+
+def _model_defaults(spec: BackendSpec | None, directory: Path) -> Mapping[str, Any]:
+    if spec is None or spec.model_defaults is None:
+        return MappingProxyType({})
+    return MappingProxyType(dict(spec.model_defaults(directory)))
 
 
 def _du(root: Path) -> tuple[int, float]:
@@ -556,24 +586,44 @@ def _installed_hub(cache: Path, repo: str, commit: str) -> InstalledModel:
 
 # --- pull --------------------------------------------------------------------------------
 
-# The files a transformers MusicGen load reads. Weights come as safetensors when the repo has
-# them; pytorch_model*.bin only when it has none (the facebook repos carry both, plus the
+# The files a transformers or diffusers load reads. Weights come as safetensors when the repo
+# has them; ``.bin`` files only when it has none (the facebook repos carry both, plus the
 # audiocraft-format state_dict.bin, which would triple the download).
 _WANTED_PATTERNS = ("*.json", "*.safetensors", "*.model", "*.txt", "tokenizer*", "spiece*")
-_BIN_FALLBACK_PATTERNS = ("pytorch_model*.bin",)
+_BIN_FALLBACK_PATTERNS = ("pytorch_model*.bin", "diffusion_pytorch_model*.bin")
 _PROGRESS_INTERVAL_S = 0.2
 
 
 def _select_files(files: Mapping[str, int]) -> dict[str, int]:
+    """What to download of a repo's files.
+
+    A transformers checkpoint keeps everything at its root. A diffusers pipeline
+    (``model_index.json``) keeps one folder per component, and its root may also hold the
+    original tool's checkpoint (stabilityai/stable-audio-open-1.0 has a 4.8 GB
+    ``model.safetensors`` and ``model.ckpt`` there for stable-audio-tools): only the
+    component folders and root configs are taken. In each folder, weights come as
+    safetensors, or as ``.bin`` only when it has none.
+    """
     from fnmatch import fnmatchcase
 
     def wanted(path: str, patterns: tuple[str, ...]) -> bool:
         base = path.rsplit("/", 1)[-1]
         return any(fnmatchcase(base, p) for p in patterns)
 
-    chosen = {p: s for p, s in files.items() if wanted(p, _WANTED_PATTERNS)}
-    if not any(p.endswith(".safetensors") for p in chosen):
-        chosen.update({p: s for p, s in files.items() if wanted(p, _BIN_FALLBACK_PATTERNS)})
+    pipeline = "model_index.json" in files
+    by_folder: dict[str, dict[str, int]] = {}
+    for path, size in files.items():
+        folder = path.rsplit("/", 1)[0] if "/" in path else ""
+        if pipeline and (folder.count("/") > 0 or (not folder and not path.endswith(".json"))):
+            continue
+        by_folder.setdefault(folder, {})[path] = size
+    chosen: dict[str, int] = {}
+    for listing in by_folder.values():
+        picked = {p: s for p, s in listing.items() if wanted(p, _WANTED_PATTERNS)}
+        if not any(p.endswith(".safetensors") for p in picked):
+            picked.update({p: s for p, s in listing.items()
+                           if wanted(p, _BIN_FALLBACK_PATTERNS)})
+        chosen.update(picked)
     return dict(sorted(chosen.items()))
 
 
@@ -688,7 +738,7 @@ def pull(
     timeout: float = 10.0,
     cache_dir: str | Path | None = None,
 ) -> InstalledModel:
-    """Download the files MusicGen needs for ``name`` into the hub cache and return the result.
+    """Download the files a backend needs for ``name`` into the hub cache and return the result.
 
     A model whose files are all cached is returned without touching the network, unless
     ``refresh`` asks to look for a newer commit of the branch; even then an unreachable Hub falls
@@ -755,8 +805,9 @@ def pull(
 
     listing = {s.rfilename: int(s.size or 0) for s in info.siblings or ()}
     files = _select_files(listing)
-    if "config.json" not in files:
-        raise ModelNotFound(ref.id, f"{repo} has no config.json, so it is not a MusicGen model")
+    if "config.json" not in files and "model_index.json" not in files:
+        raise ModelNotFound(ref.id, f"{repo} has neither config.json nor model_index.json, so "
+                            f"no Timbre backend loads it ({registry.hints()})")
     repo_dir = _repo_folder(cache, repo)
     snapshot = repo_dir / "snapshots" / commit
     tracker.update(
@@ -839,7 +890,9 @@ def _translate_hub_error(
         return ModelNotFound(model, f"{repo} has no revision {revision or 'main'!r} on {where}")
     if isinstance(exc, GatedRepoError):
         return ModelNotFound(
-            model, f"{repo} is gated: accept its terms on {where} and log in (`hf auth login`)"
+            model, f"accept its licence at {where.rstrip('/')}/{repo}, then give Timbre a "
+            "Hugging Face token: `hf auth login` (the daemon reads the token it stores) or "
+            f"HF_TOKEN in the daemon's environment; {repo} is gated"
         )
     if isinstance(exc, RepositoryNotFoundError):
         return ModelNotFound(
@@ -979,28 +1032,40 @@ def estimate_memory(ref: ModelRef, *, dtype: Dtype | None = None) -> int:
     if spec is not None and spec.estimate_memory is not None:
         return spec.estimate_memory(directory, dtype)
 
-    safetensors = _weight_files(directory, "model.safetensors.index.json", "*.safetensors")
-    if safetensors:
-        if dtype is None:
-            return sum(_size(ref.id, f) for f in safetensors)
-        return sum(_safetensors_bytes(ref.id, f, _DTYPE_BYTES[dtype]) for f in safetensors)
-
-    bins = _weight_files(directory, "pytorch_model.bin.index.json", "pytorch_model*.bin")
-    if bins:
-        total = sum(_size(ref.id, f) for f in bins)
-        if dtype is None:
-            return total
-        stored = _read_json(ref.id, directory / "config.json").get("torch_dtype", "float32")
-        return total * _DTYPE_BYTES[dtype] // _DTYPE_BYTES.get(str(stored), 4)
+    # A diffusers pipeline keeps each component's weights in its own folder.
+    folders = [directory / f for f in pipeline_components(directory)] or [directory]
+    total = 0
+    for folder in folders:
+        total += _folder_weight_bytes(ref.id, folder, dtype)
+    if total:
+        return total
     raise ModelLoadFailed(
         ref.id, f"no weights (*.safetensors or pytorch_model*.bin) in {directory}"
     )
 
 
-def _weight_files(directory: Path, index: str, pattern: str) -> list[Path]:
-    shards = index_shards(directory / index)
-    if shards is not None:
-        return [directory / s for s in shards if (directory / s).is_file()]
+def _folder_weight_bytes(model: str, folder: Path, dtype: Dtype | None) -> int:
+    """Bytes of one folder's weights (see :func:`estimate_memory`); 0 when it holds none."""
+    safetensors = _weight_files(folder, ("model.safetensors.index.json",
+                                         "diffusion_pytorch_model.safetensors.index.json"),
+                                "*.safetensors")
+    if safetensors:
+        if dtype is None:
+            return sum(_size(model, f) for f in safetensors)
+        return sum(_safetensors_bytes(model, f, _DTYPE_BYTES[dtype]) for f in safetensors)
+    bins = _weight_files(folder, ("pytorch_model.bin.index.json",), "pytorch_model*.bin")
+    total = sum(_size(model, f) for f in bins)
+    if dtype is None or not total:
+        return total
+    stored = _read_json(model, folder / "config.json").get("torch_dtype", "float32")
+    return total * _DTYPE_BYTES[dtype] // _DTYPE_BYTES.get(str(stored), 4)
+
+
+def _weight_files(directory: Path, indexes: tuple[str, ...], pattern: str) -> list[Path]:
+    for index in indexes:
+        shards = index_shards(directory / index)
+        if shards is not None:
+            return [directory / s for s in shards if (directory / s).is_file()]
     return sorted(p for p in directory.glob(pattern) if p.is_file())
 
 

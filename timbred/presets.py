@@ -78,13 +78,13 @@ Source = Literal["shipped", "user"]
 SCHEMA_FILE: Final = "preset.schema.json"
 #: The generation parameters a preset may set (``[params]``).
 PARAM_KEYS: Final = frozenset(
-    {"model", "duration", "temperature", "top_k", "top_p", "guidance", "variations",
-     "keep_alive"}
+    {"model", "duration", "temperature", "top_k", "top_p", "guidance", "steps", "negative",
+     "variations", "keep_alive"}
 )
 #: The export settings a preset may set (``[export]``): every export option (the names are
 #: written once, in :mod:`timbred.takes.options`); the same names in a request win.
 EXPORT_KEYS: Final = frozenset(options.EXPORT_KEYS)
-_INTEGER_KEYS: Final = frozenset({"top_k", "variations", "mp3_bitrate_kbps"})
+_INTEGER_KEYS: Final = frozenset({"top_k", "steps", "variations", "mp3_bitrate_kbps"})
 _MAX_FILE_BYTES: Final = 64 * 1024
 _PUNCTUATION: Final = ",;:.!?"
 

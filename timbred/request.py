@@ -21,7 +21,8 @@ from typing import Any
 
 from timbred.errors import InvalidParams
 
-__all__ = ["COMMON", "DEFAULT_DURATION_S", "DEFAULT_VARIATIONS", "MAX_SEED", "Request"]
+__all__ = ["COMMON", "DEFAULT_DURATION_S", "DEFAULT_STRENGTH", "DEFAULT_VARIATIONS", "MAX_SEED",
+           "Request"]
 
 #: A request's length when none is given, in seconds; the studio's panel starts there too.
 DEFAULT_DURATION_S = 10.0
@@ -33,7 +34,9 @@ MAX_SEED = (1 << 63) - 1
 #: Every family's fields; a family's own parameter may not take one of these names (its
 #: value travels flat in a job's params beside them).
 COMMON = frozenset({"prompt", "duration", "seed", "variations", "melody", "continuation",
-                    "options"})
+                    "init", "strength", "repaint", "options"})
+#: How far a variation moves from its ``init`` audio when no ``strength`` is given.
+DEFAULT_STRENGTH = 0.6
 
 # Recipes (and the batches inside them) written before this module spoke the wire's names
 # used GenerationParams' own, which carried MusicGen's sampling as fields (every such recipe
@@ -51,7 +54,12 @@ class Request:
 
     ``duration`` is the length of each take in seconds; with ``continuation`` it *includes*
     the continued audio, which the take starts with. ``variations`` takes are sampled in one
-    pass from the same seed's stream. ``melody`` and ``continuation`` are absolute paths.
+    pass from the same seed's stream. ``melody``, ``continuation`` and ``init`` are absolute
+    paths.
+
+    ``init`` is audio the take is made from: a variation of it (``strength`` in (0, 1]: how
+    far the take may move from it, 1 keeping nothing), or, with ``repaint`` (``[start, end]``
+    in seconds), the same audio with only that span made anew.
     """
 
     prompt: str
@@ -60,6 +68,9 @@ class Request:
     variations: int = DEFAULT_VARIATIONS
     melody: str | None = None
     continuation: str | None = None
+    init: str | None = None
+    strength: float | None = None
+    repaint: tuple[float, float] | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
     """The family's own parameters by its schema's names (defaults filled in at the edge)."""
 
@@ -78,21 +89,54 @@ class Request:
         _check_int("variations", self.variations)
         if self.variations < 1:
             raise InvalidParams("variations must be at least 1", param="variations")
-        for name in ("melody", "continuation"):
+        for name in ("melody", "continuation", "init"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value):
                 raise InvalidParams(f"{name} must be a non-empty path", param=name)
+        self._check_init()
         if not isinstance(self.options, Mapping) or not all(
                 isinstance(k, str) for k in self.options):
             raise InvalidParams("options must be an object keyed by parameter names",
                                 param="options")
         object.__setattr__(self, "options", dict(self.options))
 
+    def _check_init(self) -> None:
+        if self.init is None:
+            for name in ("strength", "repaint"):
+                if getattr(self, name) is not None:
+                    raise InvalidParams(f"{name}: needs init (the audio to start from)",
+                                        param=name)
+            return
+        if self.strength is not None:
+            _check_number("strength", self.strength)
+            object.__setattr__(self, "strength", float(self.strength))
+            if not 0 < self.strength <= 1:
+                raise InvalidParams("strength must be in (0, 1]: 1 keeps nothing of init",
+                                    param="strength", allowed={"exclusiveMinimum": 0,
+                                                               "maximum": 1})
+        if self.repaint is None:
+            return
+        span = self.repaint
+        if isinstance(span, (str, bytes)) or not hasattr(span, "__len__") or len(span) != 2:
+            raise InvalidParams("repaint must be [start, end] in seconds", param="repaint")
+        for value in span:
+            _check_number("repaint", value)
+        start, end = float(span[0]), float(span[1])
+        if not 0 <= start < end <= self.duration:
+            raise InvalidParams(
+                f"repaint: [{start:g}, {end:g}] must be a span inside the take's "
+                f"{self.duration:g} s, start before end", param="repaint")
+        if self.strength is not None:
+            raise InvalidParams("strength: a repaint remakes its span whole; leave strength "
+                                "out", param="strength")
+        object.__setattr__(self, "repaint", (start, end))
+
     def to_dict(self) -> dict[str, Any]:
         """Every field as plain JSON types, always the same keys (the recipe's ``params``,
         the worker pipe's request)."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["options"] = dict(self.options)
+        out["repaint"] = None if self.repaint is None else list(self.repaint)
         return out
 
     @classmethod
@@ -136,12 +180,14 @@ class Request:
             prompt=params["prompt"], duration=params["duration"], seed=params["seed"],
             variations=params.get("variations", DEFAULT_VARIATIONS),
             melody=params.get("melody"), continuation=params.get("continuation"),
+            init=params.get("init"), strength=params.get("strength"),
+            repaint=params.get("repaint"),
             options={k: params[k] for k in family_params if k in params})
 
     def job_params(self) -> dict[str, Any]:
         """The inverse of :meth:`from_job` for the fields it covers (the family's own
         parameters flat, as the wire and ``jobs.show`` have always shown them)."""
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "options"}
+        out = {k: v for k, v in self.to_dict().items() if k != "options"}
         return {**out, **self.options}
 
 

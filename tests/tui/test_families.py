@@ -223,3 +223,28 @@ class TestAgainstTheDaemon:
             assert (job["params"]["backend"], job["params"]["top_k"]) == ("musicgen", 40)
             await client.call("jobs.cancel", {"job_id": job["id"]})
             await client.call("jobs.wait", {"job_id": job["id"], "timeout": 60})
+
+
+class TestModelDefaults:
+    def test_a_models_own_defaults_lead_until_a_value_is_chosen(self) -> None:
+        """A distilled Stable Audio 3 (models.list: steps 8, guidance 1) starts the panel
+        there; a value typed in stays across models, one left at a default follows."""
+        from timbred.backends import stable_audio
+
+        st = StudioState()
+        st.set_status({"models": [], "default_model": {"name": "musicgen-small",
+                                                       "backend": "musicgen"}})
+        st.set_backends([backend("musicgen", dict(musicgen.SPEC.params)),
+                         backend("stable-audio", dict(stable_audio.SPEC.params))])
+        st.set_models([{"name": "/m/open", "backend": "stable-audio", "defaults": {}},
+                       {"name": "/m/sa3", "backend": "stable-audio",
+                        "defaults": {"steps": 8, "guidance": 1.0}}], [])
+        st.set_param("model", "/m/open")
+        assert own_rows(st) == ["steps", "negative", "guidance"]
+        assert dict(st.params.options) == {"steps": 100, "negative": "", "guidance": 7.0}
+        st.set_param("model", "/m/sa3")
+        assert dict(st.params.options) == {"steps": 8, "negative": "", "guidance": 1.0}
+        st.set_param("steps", parse_value(st.spec_for("steps"), "20"))
+        st.set_param("model", "/m/open")
+        assert dict(st.params.options) == {"steps": 20, "negative": "", "guidance": 7.0}
+        assert st.params.submit_params("warm pad")["options"] == dict(st.params.options)

@@ -17,6 +17,7 @@ from timbred.errors import InvalidParams
 #: ``module:attribute`` of each built-in family's spec, in the order they are tried.
 BUILTIN: tuple[str, ...] = (
     "timbred.backends.musicgen:SPEC",
+    "timbred.backends.stable_audio:SPEC",
 )
 
 _lock = threading.Lock()

@@ -14,14 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from timbred.request import COMMON
+from timbred.request import COMMON, Request
 
 #: Features a backend (or one of its models) may have; ``backends.list`` reports them.
 FEATURES = frozenset({
     "melody",          # follows a melody file's chroma (``melody``)
     "continuation",    # continues an audio file (``continuation``)
     "lyrics",          # sings given lyrics
-    "inpainting",      # regenerates a span of an audio file
+    "inpainting",      # regenerates a span of an audio file (``init`` with ``repaint``)
+    "variation",       # makes a variation of an audio file (``init`` with ``strength``)
     "batching",        # decodes several requests together
     "streaming",       # hands on audio while it generates (studio preview)
     "seeded",          # the same seed, parameters and settings give bit-identical audio
@@ -82,6 +83,16 @@ class BackendSpec:
     load_options: tuple[str, ...] = ()
     """Configuration keys under ``models.`` it is constructed with (MusicGen's windowing
     and precision); they decide the audio, so recipes record them."""
+    max_duration: Callable[[Path], float | None] | None = None
+    """The longest take one model directory makes, in seconds (a diffusion model's trained
+    length; ``None``: it has no limit of its own, Timbre's 600 s applies). Longer requests are
+    refused at submit with the limit named."""
+    model_defaults: Callable[[Path], Mapping[str, Any]] | None = None
+    """Defaults one model directory sets for some of the family's parameters, over the
+    schema's (a distilled Stable Audio 3 takes 8 steps, its base model 100)."""
+    check_request: Callable[[Path, Request], None] | None = None
+    """Refuse (:class:`timbred.errors.InvalidParams`) a request one model cannot make, at
+    submit, beyond what the schema and the features say."""
     needs: tuple[str, ...] = ("local_weights",)
     """What it needs to run: ``local_weights``, ``api_key``, ``gpu``."""
     model_hint: str = ""

@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import secrets
 import time
 from collections.abc import Mapping
@@ -54,7 +55,7 @@ from timbred.queue.jobs import (
     request_digest,
 )
 from timbred.queue.residency import Loaded, Residency, spec_of
-from timbred.request import DEFAULT_DURATION_S, DEFAULT_VARIATIONS, Request
+from timbred.request import DEFAULT_DURATION_S, DEFAULT_STRENGTH, DEFAULT_VARIATIONS, Request
 from timbred.takes import publish
 from timbred.takes.history import History, audio_sha256, request_export
 from timbred.takes.library import Library, Take
@@ -86,6 +87,8 @@ def to_plain(obj: Any) -> Any:
         return str(obj)
     if isinstance(obj, tuple | list):
         return [to_plain(x) for x in obj]
+    if isinstance(obj, Mapping):
+        return {str(k): to_plain(v) for k, v in obj.items()}
     return obj
 
 
@@ -283,7 +286,15 @@ class Generation:
             raise ModelNotFound(model, f"not downloaded yet{missing}; run "
                                 f"`timbrectl models pull {model}` first")
         spec = spec_of(ref)
-        duration = float(request.get("duration", DEFAULT_DURATION_S))
+        init_s = _init_seconds(request)
+        # A variation or repaint is as long as its init audio unless told otherwise (up to
+        # what the model makes); a repaint keeps it exactly.
+        fallback = DEFAULT_DURATION_S if init_s is None else init_s
+        if init_s is not None and ref.local_path is not None and spec.max_duration is not None:
+            limit = spec.max_duration(ref.local_path)
+            if limit is not None and "duration" not in request:
+                fallback = min(fallback, math.floor(limit * 1000) / 1000)
+        duration = float(request.get("duration", fallback))
         # The schema says the same for requests on the wire; prompts also arrive from presets,
         # prompt files and replays, and nothing impossible may be queued to fail later.
         if not str(request["prompt"]).strip():
@@ -293,6 +304,8 @@ class Generation:
             raise InvalidParams(f"duration: {duration:g} s is too short; at least "
                                 f"{MIN_DURATION_S:g} s", param="duration",
                                 allowed={"minimum": MIN_DURATION_S, "maximum": 600})
+        if ref.local_path is not None:
+            _check_model_limits(spec, model, ref.local_path, duration)
         # The request, built once: everything that decides the audio, in the wire's names,
         # the family's own parameters checked against its schema with its defaults filled in.
         req = Request(
@@ -300,7 +313,10 @@ class Generation:
             seed=request["seed"] if "seed" in request else secrets.randbelow(2**31),
             variations=int(request.get("variations", DEFAULT_VARIATIONS)),
             melody=request.get("melody"), continuation=request.get("continuation"),
-            options=_backend_params(spec, request))
+            init=request.get("init"), repaint=request.get("repaint"),
+            strength=request.get("strength", DEFAULT_STRENGTH if request.get("init")
+                                 and not request.get("repaint") else None),
+            options=_backend_params(spec, request, ref.local_path))
         out: dict[str, Any] = {
             **req.job_params(),
             "output": request.get("output"),
@@ -332,6 +348,22 @@ class Generation:
                     f"duration: {out['duration']:g} s must exceed the continued audio's "
                     f"{length:.2f} s (the result includes it)", param="duration",
                     allowed={"exclusiveMinimum": round(length, 3)})
+        if out["init"] is not None:
+            wanted = "inpainting" if out["repaint"] is not None else "variation"
+            if wanted not in features:
+                what = "repaint a span" if wanted == "inpainting" else "vary audio (init)"
+                raise InvalidParams(
+                    f"{'repaint' if wanted == 'inpainting' else 'init'}: {model} "
+                    f"({spec.name}) cannot {what}; choose a model that can (timbrectl "
+                    "backends lists each family's features)",
+                    param="repaint" if wanted == "inpainting" else "init")
+            if out["repaint"] is not None and init_s is not None and \
+                    abs(out["duration"] - init_s) > 1e-3:
+                raise InvalidParams(
+                    f"duration: a repaint keeps its audio's length ({init_s:.3f} s); leave "
+                    "duration out", param="duration")
+        if spec.check_request is not None and ref.local_path is not None:
+            spec.check_request(ref.local_path, req)
         if out["output"] is not None:
             publish.check_output(out["output"], out["variations"], extensions=[options.extension])
         return model, out
@@ -694,14 +726,35 @@ def _absolute(path: str, param: str) -> str:
     return path
 
 
+def _init_seconds(request: Mapping[str, Any]) -> float | None:
+    """The length of the request's ``init`` audio (checked readable), or None without one."""
+    if request.get("init") is None:
+        return None
+    info = probe_audio(_absolute(str(request["init"]), "init"), param="init")
+    return info.frames / info.sample_rate
+
+
+def _check_model_limits(spec: BackendSpec, model: str, directory: Path,
+                        duration: float) -> None:
+    """Refuse, before anything is queued, a take longer than the model makes."""
+    limit = spec.max_duration(directory) if spec.max_duration is not None else None
+    if limit is not None and duration > limit + 1e-9:
+        raise InvalidParams(
+            f"duration: {duration:g} s is longer than {model} makes ({limit:.2f} s, its "
+            f"trained length); ask for {math.floor(limit * 100) / 100:g} s or less",
+            param="duration", allowed={"minimum": MIN_DURATION_S, "maximum": limit})
+
+
 def _recipe_spec(recipe: Mapping[str, Any]) -> BackendSpec:
     # Recipes written before the registry all came from MusicGen.
     return registry.get(str(recipe.get("backend") or "musicgen"))
 
 
-def _backend_params(spec: BackendSpec, request: Mapping[str, Any]) -> dict[str, Any]:
+def _backend_params(spec: BackendSpec, request: Mapping[str, Any],
+                    directory: Path | None = None) -> dict[str, Any]:
     """The family's own parameters of ``request``, checked against its schema, defaults
-    filled in: given flat (``guidance``) or in ``options`` (the same names)."""
+    filled in (the model's own where it has them: a distilled diffusion model's step
+    count): given flat (``guidance``) or in ``options`` (the same names)."""
     flat = {k: request[k] for k in spec.params if k in request}
     nested = dict(request.get("options") or {})
     for key in flat.keys() & nested.keys():
@@ -716,7 +769,8 @@ def _backend_params(spec: BackendSpec, request: Mapping[str, Any]) -> dict[str, 
             f"{', '.join(spec.params) or 'no parameters of its own'}", param=unknown[0])
     given = {**flat, **nested}
     schema.check(f"{spec.name} parameters", spec.params_schema(), given)
-    return {**spec.defaults(), **given}
+    model = spec.model_defaults(directory) if spec.model_defaults and directory else {}
+    return {**spec.defaults(), **model, **given}
 
 
 def _batch_key(job: Job) -> tuple[Any, ...] | None:

@@ -25,8 +25,10 @@ async def list_(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     loaded = {e.name for e in ctx.daemon.generation.residency.loaded.values()}
     return {
         "installed": [{**to_plain(m), "loaded": m.name in loaded} for m in installed],
-        "catalogue": [{"name": e.name, "repo": e.repo, "melody": e.melody, "stereo": e.stereo,
-                       "approx_bytes": e.approx_bytes} for e in models.CATALOGUE.values()],
+        "catalogue": [{"name": e.name, "repo": e.repo, "backend": e.backend,
+                       "melody": e.melody, "stereo": e.stereo, "licence": e.licence,
+                       "gated": e.gated, "approx_bytes": e.approx_bytes}
+                      for e in models.CATALOGUE.values()],
     }
 
 

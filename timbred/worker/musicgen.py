@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import re
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -91,6 +90,8 @@ from timbred.worker.decodestep import lean_decoder, lean_steps
 from timbred.worker.device import is_oom, oom_reason, release_memory
 from timbred.worker.fastpath import FastPaths, choose
 from timbred.worker.kvcache import preallocated_kv
+from timbred.worker.loading import TORCH_DTYPES, OneModel, load_failure, snapshot_revision
+from timbred.worker.loading import torch_device as resolve_device
 from timbred.worker.precision import (
     int8_activation_bits,
     quantize_decoder,
@@ -100,14 +101,12 @@ from timbred.worker.precision import (
 
 __all__ = ["MusicgenBackend", "plan_windows"]
 
-_TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 #: The dtype a model is loaded in for each concrete precision (int8 quantizes a float32 load).
 _PRECISION_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "int8": "float32"}
 _MODEL_CLASSES: dict[str, Any] = {
     "musicgen": MusicgenForConditionalGeneration,
     "musicgen_melody": MusicgenMelodyForConditionalGeneration,
 }
-_SNAPSHOT_RE = re.compile(r"[/\\]snapshots[/\\]([0-9a-f]{40})(?:[/\\]|$)")
 
 
 def plan_windows(
@@ -301,7 +300,7 @@ class _Loaded:
     """The fast paths this model decodes with (checked against the stock path at load)."""
 
 
-class MusicgenBackend(Backend):
+class MusicgenBackend(OneModel[_Loaded], Backend):
     """MusicGen / MusicGen-Melody checkpoints in the transformers format.
 
     ``window_s`` is the longest clip made in one decoder pass (MusicGen was trained on 30 s);
@@ -355,7 +354,7 @@ class MusicgenBackend(Backend):
         device = validate_device(device)
         dtype = validate_dtype(dtype)
         self.unload()
-        torch_device = _torch_device(source, device)
+        torch_device = resolve_device(source, device)
         precision = None
         if self.precision is not None:
             precision = resolve_precision(self.precision, torch_device)
@@ -367,7 +366,7 @@ class MusicgenBackend(Backend):
             raise errors.ModelLoadFailed(
                 source, f"not a MusicGen checkpoint (model_type {model_type!r})"
             )
-        torch_dtype = _TORCH_DTYPES[dtype]
+        torch_dtype = TORCH_DTYPES[dtype]
         try:
             model = model_class.from_pretrained(
                 source, config=config, dtype=torch_dtype, local_files_only=True
@@ -388,13 +387,7 @@ class MusicgenBackend(Backend):
         except errors.TimbreError:
             raise
         except Exception as exc:
-            release_memory(str(torch_device))
-            if is_oom(exc):
-                raise errors.ModelLoadFailed(
-                    source, f"{oom_reason(exc, str(torch_device))} (try dtype=float16/bfloat16, "
-                    "another device, or unload other models)"
-                ) from exc
-            raise errors.ModelLoadFailed(source, f"{type(exc).__name__}: {exc}") from exc
+            raise load_failure(source, exc, torch_device) from exc
         self._state = self._describe(
             model, tokenizer, source, config, model_type, torch_device, dtype, torch_dtype,
             precision, chroma, fast
@@ -460,24 +453,6 @@ class MusicgenBackend(Backend):
             fast=fast,
         )
 
-    def unload(self) -> None:
-        """Drop the model; on CUDA also return the cached blocks to the driver."""
-        state, self._state = self._state, None
-        if state is not None:
-            device = state.device
-            del state
-            release_memory(str(device))
-
-    @property
-    def loaded(self) -> bool:
-        """Whether a model is loaded."""
-        return self._state is not None
-
-    @property
-    def capabilities(self) -> Capabilities:
-        """What the loaded model can do."""
-        return self._require().capabilities
-
     @property
     def load_warnings(self) -> tuple[str, ...]:
         """Why a fast path was switched off for the loaded model, if one was."""
@@ -485,16 +460,6 @@ class MusicgenBackend(Backend):
         if state is None or state.fast.fallback is None:
             return ()
         return (f"{state.source}: {state.fast.fallback}",)
-
-    def memory_bytes(self) -> int:
-        """Bytes of weights and buffers, computed once at load (safe from any thread)."""
-        state = self._state
-        return 0 if state is None else state.memory_bytes
-
-    def _require(self) -> _Loaded:
-        if self._state is None:
-            raise errors.GenerationFailed("no model is loaded in this backend")
-        return self._state
 
     # --- generation ------------------------------------------------------------------------
 
@@ -988,22 +953,6 @@ def _without_codec_decode(model: Any) -> Iterator[None]:
         del codec.decode  # the class's method shows through again
 
 
-def _torch_device(source: str, device: str) -> torch.device:
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise errors.ModelLoadFailed(
-                source, f"device {device!r} requested but torch sees no CUDA device "
-                f"(torch {torch.__version__}, CUDA build {torch.version.cuda})"
-            )
-        index = int(device.split(":", 1)[1]) if ":" in device else 0
-        if index >= torch.cuda.device_count():
-            raise errors.ModelLoadFailed(
-                source, f"device {device!r} requested but only {torch.cuda.device_count()} "
-                "CUDA device(s) are visible"
-            )
-    return torch.device(device)
-
-
 def _load_config(source: str) -> Any:
     try:
         return AutoConfig.from_pretrained(source, local_files_only=True)
@@ -1019,8 +968,7 @@ def _revision(source: str, config: Any) -> str | None:
     commit = getattr(config, "_commit_hash", None)
     if isinstance(commit, str) and commit:
         return commit
-    match = _SNAPSHOT_RE.search(str(Path(source).resolve()))
-    return match.group(1) if match else None
+    return snapshot_revision(source)
 
 
 def _chroma_extractor(source: str, config: Any) -> _ChromaExtractor:

@@ -44,6 +44,7 @@ __all__ = [
     "int8_activation_bits",
     "int8_available",
     "quantize_decoder",
+    "quantize_linears",
     "quantized_bytes",
     "resolve_precision",
 ]
@@ -186,9 +187,15 @@ def quantize_decoder(model: Any) -> int:
     The text encoder, ``enc_to_dec_proj`` and EnCodec are left as they are. Returns the
     number of layers quantized.
     """
-    before = sum(isinstance(m, torch.nn.Linear) for m in model.decoder.modules())
-    _quantize_dynamic(model.decoder)
-    after = sum(isinstance(m, torch.nn.Linear) for m in model.decoder.modules())
+    return quantize_linears(model.decoder)
+
+
+def quantize_linears(module: torch.nn.Module) -> int:
+    """Quantize every ``nn.Linear`` of ``module`` to dynamic int8, in place (per-channel
+    weights, 8-bit activations where exact: :func:`_quantize_dynamic`); returns how many."""
+    before = sum(isinstance(m, torch.nn.Linear) for m in module.modules())
+    _quantize_dynamic(module)
+    after = sum(isinstance(m, torch.nn.Linear) for m in module.modules())
     return before - after
 
 

@@ -1,0 +1,370 @@
+"""Stable Audio (Stability AI's latent diffusion) through diffusers' maintained pipelines.
+
+Stable Audio Open 1.0 (``StableAudioPipeline``) makes text into audio; Stable Audio 3
+(``StableAudio3Pipeline``) also varies audio (its audio-to-audio pipeline) and repaints a
+span of it (its inpaint pipeline), both built from the loaded pipeline's components with
+``from_pipe`` (no second copy of the weights).
+
+One request at a time: each is one pipeline call that makes all its variations together
+(``num_waveforms_per_prompt``). Every variation draws from its own seeded CPU generator
+(variation 0 from the request's seed itself, the others from seeds derived from it), so a
+take does not depend on how many variations were asked for with it (up to float round-off:
+the transformer's arithmetic differs slightly with the batch size), and the same recipe on
+the same machine gives the same samples bit for bit (the schedulers' re-noising draws from
+those generators too).
+
+Progress is reported after every denoising step and cancel is checked there, so a cancelled
+job stops within one step. A repaint keeps the source outside its span sample for sample: the
+model's new audio is spliced in with short equal-power crossfades just inside the span.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import diffusers
+import numpy as np
+import numpy.typing as npt
+import torch
+import transformers
+from diffusers.utils import logging as diffusers_logging
+
+from timbred import errors
+from timbred.backends.stable_audio import PIPELINES, SA3, Generation
+from timbred.request import MAX_SEED, Request
+from timbred.worker.audio_io import read_audio
+from timbred.worker.backend import (
+    Backend,
+    CancelToken,
+    Capabilities,
+    GenerationOutput,
+    Preview,
+    ProgressCallback,
+    validate_device,
+    validate_dtype,
+    validate_precision,
+)
+from timbred.worker.device import is_oom, oom_reason, release_memory
+from timbred.worker.loading import (
+    TORCH_DTYPES,
+    OneModel,
+    load_failure,
+    snapshot_revision,
+    torch_device,
+)
+from timbred.worker.precision import quantize_linears, quantized_bytes, resolve_precision
+
+__all__ = ["SPLICE_FADE_S", "StableAudioBackend", "quiet", "splice", "variation_seeds"]
+
+
+#: Length of the crossfades that splice a repainted span into its source, in seconds.
+SPLICE_FADE_S = 0.02
+
+
+@dataclass
+class _Loaded:
+    pipe: Any
+    source: str
+    pipeline: str
+    generation: Generation
+    revision: str | None
+    device: torch.device
+    dtype: str
+    precision: str | None
+    """The concrete precision (int8, bf16, fp32), or None when the dtype decided."""
+    capabilities: Capabilities
+    memory_bytes: int
+    variants: dict[str, Any] = field(default_factory=dict)
+    """Stable Audio 3's audio-to-audio and inpaint pipelines, built on first use from the
+    loaded components."""
+
+
+def variation_seeds(seed: int, variations: int) -> list[int]:
+    """The seed of each variation: the request's own for the first (so ``-n 1`` and the
+    first of ``-n 4`` are the same take), then seeds drawn from ``SeedSequence([seed, v])``
+    (distinct streams, never ``seed + v``, which the next seed's first take would share)."""
+    seeds = [seed]
+    for v in range(1, variations):
+        state = np.random.SeedSequence([seed, v]).generate_state(2, dtype=np.uint32)
+        seeds.append(int((int(state[0]) << 32 | int(state[1])) & MAX_SEED))
+    return seeds
+
+
+class StableAudioBackend(OneModel[_Loaded], Backend):
+    """A diffusers Stable Audio pipeline directory (or a cached hub snapshot of one)."""
+
+    name: ClassVar[str] = "stable-audio"
+    _nothing_loaded = "no Stable Audio model is loaded"
+
+    def __init__(self, *, precision: object = None) -> None:
+        # ``precision`` (the ``models.precision`` load option, untyped from the config):
+        # ``int8`` quantizes the DiT's linear layers (CPU; 1.7x faster per step on Stable
+        # Audio Open's shapes here, at a 7.8 % error of one pass on random weights:
+        # bench/RESULTS.md), ``bf16``/``fp32`` set the dtype, ``auto`` is bf16 on CUDA and
+        # fp32 on CPU (int8 stays opt-in until measured on trained weights); None: the dtype
+        # decides.
+        self.precision = None if precision is None else validate_precision(precision)
+        self._state = None
+
+    # --- loading ---------------------------------------------------------------------------
+
+    def load(self, source: str, *, device: str, dtype: str) -> None:
+        device = validate_device(device)
+        dtype = validate_dtype(dtype)
+        self.unload()
+        target = torch_device(source, device)
+        precision = None
+        if self.precision is not None:
+            precision = ("fp32" if self.precision == "auto" and target.type == "cpu"
+                         else resolve_precision(self.precision, target))
+            dtype = {"int8": "float32", "bf16": "bfloat16", "fp32": "float32"}[precision]
+        pipeline = _pipeline_class(source) or ""
+        found = PIPELINES.get(pipeline)
+        if found is None:
+            raise errors.ModelLoadFailed(
+                source, f"{pipeline or 'no pipeline'}: not a pipeline Timbre drives "
+                f"({', '.join(sorted(PIPELINES))})")
+        # The text-to-audio pipeline holds every component; the audio-in ones are built
+        # from it when a request needs them.
+        if found is SA3:
+            pipeline = "StableAudio3Pipeline"
+        cls = getattr(diffusers, pipeline)
+        try:
+            with quiet():
+                pipe = cls.from_pretrained(source, dtype=TORCH_DTYPES[dtype],
+                                           local_files_only=True)
+            pipe.set_progress_bar_config(disable=True)
+            pipe.to(target)
+            if precision == "int8":
+                quantize_linears(pipe.transformer)
+        except errors.TimbreError:
+            raise
+        except Exception as exc:
+            raise load_failure(source, exc, target) from exc
+        vae = pipe.vae.config
+        rate = int(vae.sampling_rate)
+        channels = int(vae.audio_channels)
+        if found is SA3:
+            hop = int(pipe.vae.downsampling_ratio)
+            longest = min(float(pipe.duration_embedder.config.max_val), 600.0)
+        else:
+            hop = math.prod(int(r) for r in vae.downsampling_ratios)
+            longest = int(pipe.transformer.config.sample_size) * hop / rate
+        parts = [p for p in pipe.components.values() if isinstance(p, torch.nn.Module)]
+        memory = sum(t.numel() * t.element_size()
+                     for part in parts for t in (*part.parameters(), *part.buffers()))
+        memory += sum(quantized_bytes(part) for part in parts)
+        self._state = _Loaded(
+            pipe=pipe, source=source, pipeline=pipeline, generation=found,
+            revision=snapshot_revision(source), device=target, dtype=dtype,
+            precision=precision, memory_bytes=memory,
+            capabilities=Capabilities(
+                melody=False, continuation=False, stereo=channels == 2,
+                max_native_duration_s=longest, sample_rate=rate, frame_rate=rate / hop,
+                channels=channels))
+
+    # --- generation ------------------------------------------------------------------------
+
+    def generate_batch(
+        self,
+        items: Sequence[Request],
+        progress: ProgressCallback | None = None,
+        cancels: Sequence[CancelToken] | None = None,
+        preview: Preview | None = None,
+    ) -> list[GenerationOutput]:
+        """Each request in turn (the family does not batch requests); ``progress`` counts the
+        denoising steps of all of them. The call raises :class:`errors.Cancelled` within one
+        step once every request's token is cancelled."""
+        st = self._require()
+        caps = st.capabilities
+        for p in items:
+            if p.melody is not None or p.continuation is not None:
+                raise errors.InvalidParams(
+                    f"{'melody' if p.melody else 'continuation'}: Stable Audio takes no "
+                    "melody and continues nothing (vary audio with init instead)",
+                    param="melody" if p.melody else "continuation")
+            wanted = None if p.init is None else (
+                "inpainting" if p.repaint is not None else "variation")
+            if wanted is not None and wanted not in st.generation.features:
+                raise errors.InvalidParams(
+                    f"init: {st.pipeline} cannot {'repaint' if p.repaint else 'vary'} audio "
+                    "(Stable Audio 3 can)", param="init")
+            if p.duration > caps.max_native_duration_s + 1e-9:
+                raise errors.InvalidParams(
+                    f"duration: {p.duration:g} s is longer than this model makes "
+                    f"({caps.max_native_duration_s:.2f} s)", param="duration")
+        tokens = list(cancels) if cancels is not None else [CancelToken() for _ in items]
+        total = sum(int(p.options["steps"]) for p in items)
+        done = 0
+        outputs: list[GenerationOutput] = []
+        for p in items:
+            if all(t.cancelled for t in tokens):
+                raise errors.Cancelled()
+
+            def step(index: int, timestep: Any, latents: Any, base: int = done) -> None:
+                if all(t.cancelled for t in tokens):
+                    raise errors.Cancelled()
+                if progress is not None:
+                    progress(base + index + 1, total)
+
+            outputs.append(self._one(st, p, step))
+            done += int(p.options["steps"])
+        return outputs
+
+    def _one(self, st: _Loaded, p: Request, step: Any) -> GenerationOutput:
+        caps = st.capabilities
+        samples = round(p.duration * caps.sample_rate)
+        steps = int(p.options["steps"])
+        seeds = variation_seeds(p.seed, p.variations)
+        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        source = None if p.init is None else _fit(read_audio(
+            p.init, param="init", sample_rate=caps.sample_rate, channels=caps.channels,
+            max_duration_s=p.duration + 1), samples)
+        started = time.perf_counter()
+        try:
+            with quiet(), torch.inference_mode():
+                if st.generation is SA3:
+                    audio = self._stable_audio_3(st, p, steps, generators, source, step)
+                else:
+                    audio = st.pipe(
+                        prompt=p.prompt, negative_prompt=_negative(p),
+                        audio_start_in_s=0.0, audio_end_in_s=p.duration,
+                        num_inference_steps=steps, guidance_scale=float(p.options["guidance"]),
+                        num_waveforms_per_prompt=p.variations, generator=generators,
+                        callback=step, callback_steps=1, output_type="pt").audios
+        except errors.TimbreError:
+            raise
+        except Exception as exc:
+            release_memory(str(st.device))
+            if is_oom(exc):
+                raise errors.GenerationFailed(
+                    f"{oom_reason(exc, str(st.device))}, making {p.variations} x "
+                    f"{p.duration:g} s (try fewer variations or dtype=float16)") from exc
+            raise errors.GenerationFailed(f"Stable Audio failed: {type(exc).__name__}: "
+                                          f"{exc}") from exc
+        out = audio.detach().to("cpu", torch.float32).numpy()[:, :, :samples]
+        if out.shape[-1] < samples:  # the pipeline cuts at int(), the take rounds
+            out = np.pad(out, ((0, 0), (0, 0), (0, samples - out.shape[-1])))
+        if not np.isfinite(out).all():
+            raise errors.GenerationFailed(
+                "Stable Audio produced non-finite samples (try dtype=float32)")
+        if source is not None and p.repaint is not None:
+            out = splice(source, out, p.repaint, caps.sample_rate)
+        info = {"backend": self.name, "source": st.source, "revision": st.revision,
+                "device": str(st.device), "dtype": st.dtype, "precision": st.precision,
+                "pipeline": st.pipeline,
+                "diffusers": diffusers.__version__,
+                "scheduler": type(st.pipe.scheduler).__name__, "variation_seeds": seeds,
+                "seconds_per_step": round((time.perf_counter() - started) / steps, 4)}
+        if p.repaint is not None:
+            info["splice_fade_s"] = SPLICE_FADE_S
+        return GenerationOutput(audio=np.ascontiguousarray(out, dtype=np.float32),
+                                sample_rate=caps.sample_rate, info=info)
+
+    @staticmethod
+    def _stable_audio_3(st: _Loaded, p: Request, steps: int, generators: list[torch.Generator],
+                        source: npt.NDArray[np.float32] | None, step: Any) -> torch.Tensor:
+        def on_step_end(pipe: Any, index: int, timestep: Any,
+                        tensors: dict[str, Any]) -> dict[str, Any]:
+            step(index, timestep, None)
+            return tensors
+
+        common: dict[str, Any] = {
+            "prompt": p.prompt, "duration": p.duration, "num_inference_steps": steps,
+            "num_waveforms_per_prompt": p.variations, "generator": generators,
+            "callback_on_step_end": on_step_end, "output_type": "pt"}
+        if source is None:
+            return st.pipe(guidance_scale=float(p.options["guidance"]),  # type: ignore[no-any-return]
+                           negative_prompt=_negative(p), **common).audios
+        audio = torch.from_numpy(source[None]).to(st.device, st.pipe.vae.dtype)
+        if p.repaint is not None:
+            inpaint = _variant(st, "StableAudio3InpaintPipeline")
+            return inpaint(audio=audio, mask_start_seconds=p.repaint[0],  # type: ignore[no-any-return]
+                           mask_end_seconds=p.repaint[1], **common).audios
+        vary = _variant(st, "StableAudio3AudioToAudioPipeline")
+        return vary(audio=audio, init_noise_level=float(p.strength or 1.0),  # type: ignore[no-any-return]
+                    **common).audios
+
+
+def splice(source: npt.NDArray[np.float32], made: npt.NDArray[np.float32],
+           span: tuple[float, float], sample_rate: int) -> npt.NDArray[np.float32]:
+    """``made``'s rows (``(variations, channels, samples)``) with ``source`` (``(channels,
+    samples)``) everywhere outside ``span``: equal-power crossfades of :data:`SPLICE_FADE_S`
+    (shorter for a short span) just inside its ends, so outside it every sample is the
+    source's."""
+    start = round(span[0] * sample_rate)
+    end = min(round(span[1] * sample_rate), source.shape[-1])
+    fade = max(1, min(round(SPLICE_FADE_S * sample_rate), (end - start) // 2))
+    weight = np.zeros(source.shape[-1], dtype=np.float64)  # 1 = made, 0 = source
+    weight[start:end] = 1.0
+    ramp = np.sin(0.5 * np.pi * (np.arange(1, fade + 1) / (fade + 1))) ** 2
+    weight[start:start + fade] = ramp
+    weight[end - fade:end] = ramp[::-1]
+    # Equal power: the two gains' squares sum to one.
+    gain_made, gain_source = np.sqrt(weight), np.sqrt(1.0 - weight)
+    out = made.astype(np.float64) * gain_made + source.astype(np.float64)[None] * gain_source
+    out[..., :start] = source[None, :, :start]
+    out[..., end:] = source[None, :, end:]
+    return out.astype(np.float32)
+
+
+def _fit(audio: npt.NDArray[np.float32], samples: int) -> npt.NDArray[np.float32]:
+    """``audio`` cut or padded with silence to ``samples``."""
+    if audio.shape[-1] >= samples:
+        return np.ascontiguousarray(audio[:, :samples])
+    return np.pad(audio, ((0, 0), (0, samples - audio.shape[-1])))
+
+
+def _negative(p: Request) -> str | None:
+    return str(p.options.get("negative") or "") or None
+
+
+def _variant(st: _Loaded, name: str) -> Any:
+    if name not in st.variants:
+        st.variants[name] = getattr(diffusers, name).from_pipe(st.pipe)
+        st.variants[name].set_progress_bar_config(disable=True)
+    return st.variants[name]
+
+
+def _pipeline_class(source: str) -> str | None:
+    """The class ``model_index.json`` names, for a directory or a cached hub snapshot."""
+    from timbred.backends.files import pipeline_class
+
+    directory = Path(source)
+    if not directory.is_dir():
+        try:
+            from huggingface_hub import snapshot_download
+
+            directory = Path(snapshot_download(source, local_files_only=True))
+        except Exception as exc:
+            raise errors.ModelNotFound(
+                source, "not a local directory and not in the Hugging Face cache (pull it "
+                "first)") from exc
+    return pipeline_class(directory)
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """diffusers' and torchsde's chatter (the accelerate hint, float round-off warnings from
+    the Brownian tree at the schedule's ends) stays out of the daemon's log."""
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    # Loading bars (diffusers' components, transformers' weights) would fill stderr.
+    diffusers_logging.disable_progress_bar()
+    transformers.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module=r"torchsde(\.|$)")
+            # diffusers' Oobleck autoencoder still builds with the old weight_norm API.
+            warnings.filterwarnings("ignore", message=r"`torch\.nn\.utils\.weight_norm` is "
+                                    "deprecated", category=FutureWarning)
+            yield
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
