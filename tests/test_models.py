@@ -251,6 +251,10 @@ class TestCatalogue:
         assert entry.gated and entry.stereo and not entry.melody
         assert entry.licence == "Stability AI Community License"
         assert entry.approx_bytes == 1_323_000_000 * 4
+        for name in ("stable-audio-3-medium", "stable-audio-3-medium-base"):
+            sa3 = CATALOGUE[name]
+            assert sa3.repo == f"stabilityai/{name}" and sa3.backend == "stable-audio"
+            assert sa3.gated and "Gemma" in sa3.licence
 
 
 class TestResolve:

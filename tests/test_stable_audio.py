@@ -31,7 +31,7 @@ from timbred.testing.tiny_stable_audio import (
     build_tiny_stable_audio,
     build_tiny_stable_audio_3,
 )
-from timbred.worker.backend import CancelToken
+from timbred.worker.backend import CancelToken, Preview
 from timbred.worker.stable_audio import SPLICE_FADE_S, StableAudioBackend, splice, variation_seeds
 
 SPEC = registry.get("stable-audio")
@@ -115,7 +115,8 @@ class TestSpec:
         assert SPEC.model_defaults(sa3_dir) == {"steps": 8, "guidance": 1.0}
         assert SPEC.model_defaults(pipeline_dir) == {"steps": 100, "guidance": 7.0}
         assert SPEC.max_duration(sa3_dir) == SA3_MAX_DURATION_S
-        assert SPEC.model_features(sa3_dir) == {"seeded", "variation", "inpainting"}
+        assert SPEC.model_features(sa3_dir) == {"seeded", "variation", "inpainting",
+                                                "streaming"}
         assert SPEC.model_features(pipeline_dir) == {"seeded"}
 
     def test_variation_seeds_start_with_the_seed_and_never_repeat_a_neighbour(self) -> None:
@@ -191,6 +192,23 @@ class TestStableAudio3:
         assert steps == list(range(1, 9)) and out.info["pipeline"] == "StableAudio3Pipeline"
         again = sa3.generate(_request(base={"steps": 8, "guidance": 1.0}, variations=2))
         assert np.array_equal(out.audio, again.audio)
+
+    def test_a_preview_is_one_draft_of_the_whole_take(self, sa3: StableAudioBackend) -> None:
+        chunks: list[tuple[int, np.ndarray]] = []
+        order: list[str] = []
+
+        def send(start: int, audio: np.ndarray) -> None:
+            chunks.append((start, audio))
+            order.append("draft")
+
+        out = sa3.generate(_request(base={"steps": 8, "guidance": 1.0}, variations=2),
+                           progress=lambda s, t: order.append(f"step {s}"),
+                           preview=Preview(0.5, send))
+        assert [start for start, _ in chunks] == [0]
+        draft = chunks[0][1]
+        assert draft.shape == out.audio.shape and np.isfinite(draft).all()
+        assert not np.array_equal(draft, out.audio)  # a draft, not the take
+        assert order.index("draft") == order.index("step 6") + 1  # after 6 of 8 steps
 
     def test_a_variation_depends_on_its_init_audio_and_strength(
             self, sa3: StableAudioBackend, source_wav: Path, tmp_path: Path) -> None:
@@ -294,6 +312,8 @@ class TestThroughTheDaemon:
                         ({"model": str(sa3_dir), "strength": 0.5}, "strength: needs init"),
                         ({"model": str(sa3_dir), "init": str(source_wav), "guidance": 3},
                          "without guidance"),
+                        ({"model": str(sa3_dir), "negative": "drums"},
+                         "negative: set guidance above 1 too"),
                         ({"model": str(sa3_dir), "init": str(source_wav),
                           "repaint": [1.5, 1.0]}, "start before end"),
                         ({"model": str(sa3_dir), "init": str(source_wav), "duration": 1.5,

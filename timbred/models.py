@@ -158,6 +158,15 @@ CATALOGUE: Mapping[str, CatalogueEntry] = MappingProxyType(
                            stereo=True, backend="stable-audio",
                            licence="Stability AI Community License", gated=True,
                            total_params=1_323_000_000),
+            # The two Stable Audio 3 checkpoints diffusers' pipelines name: the distilled
+            # Medium (8 steps) and its base model (100 steps); "2B" on their Hub pages, the
+            # T5Gemma text encoder included (hence Gemma's terms too). diffusers names no Small
+            # model, so they are not listed.
+            *(CatalogueEntry(name=name, repo=f"stabilityai/{name}", lm_params=0,
+                             melody=False, stereo=True, backend="stable-audio",
+                             licence="Stability AI Community License + Gemma Terms of Use",
+                             gated=True, total_params=2_000_000_000)
+              for name in ("stable-audio-3-medium", "stable-audio-3-medium-base")),
         )
     }
 )

@@ -46,8 +46,8 @@ class Generation:
 
 
 OPEN = Generation("stable-audio-open", frozenset({"seeded"}), guidance=7.0)
-SA3 = Generation("stable-audio-3", frozenset({"seeded", "variation", "inpainting"}),
-                 guidance=1.0)
+SA3 = Generation("stable-audio-3",
+                 frozenset({"seeded", "variation", "inpainting", "streaming"}), guidance=1.0)
 
 #: The pipeline classes a ``model_index.json`` may name, and the generation each belongs to.
 PIPELINES: Mapping[str, Generation] = MappingProxyType({
@@ -111,15 +111,21 @@ def model_defaults(directory: Path) -> dict[str, Any]:
 
 
 def check_request(directory: Path, request: Request) -> None:
-    """diffusers' Stable Audio 3 audio-to-audio and inpaint pipelines take no guidance (nor
-    a negative prompt): asking for it would be silently ignored, so it is refused."""
-    if request.init is None or generation(directory) is not SA3:
-        return
-    if float(request.options.get("guidance", 1.0)) > 1 or request.options.get("negative"):
+    """What the pipelines would silently ignore is refused instead: a negative prompt
+    without guidance (the pipelines use it only for guidance's unconditional half), and
+    guidance or a negative prompt on Stable Audio 3's audio-to-audio and inpaint pipelines,
+    which take neither."""
+    guided = float(request.options.get("guidance", 1.0)) > 1
+    negative = bool(request.options.get("negative"))
+    if request.init is not None and generation(directory) is SA3 and (guided or negative):
         raise InvalidParams(
             "guidance: Stable Audio 3 varies and repaints audio without guidance or a "
             "negative prompt; leave guidance at 1 or below and negative empty",
             param="guidance", allowed={"maximum": 1})
+    if negative and not guided:
+        raise InvalidParams(
+            "negative: set guidance above 1 too (--guidance 3, say); a negative prompt "
+            "steers only guided steps, and this model's guidance is off", param="negative")
 
 
 SPEC = BackendSpec(
@@ -131,7 +137,7 @@ SPEC = BackendSpec(
     missing=diffusers_pipeline_missing,
     capabilities=BackendCapabilities(
         sample_rates=(44100,), channels=(2,), max_native_duration_s=384.0,
-        features=frozenset({"seeded", "variation", "inpainting"})),
+        features=frozenset({"seeded", "variation", "inpainting", "streaming"})),
     model_features=model_features,
     params=MappingProxyType({
         "steps": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100,
