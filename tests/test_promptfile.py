@@ -89,6 +89,16 @@ class TestForms:
         assert based.params["continuation"] == "/music/inbox/clips/a.wav"
         assert based.params["melody"] == "/abs/m.wav"
 
+    def test_a_variation_names_its_init_audio_and_strength(self) -> None:
+        """init resolves like the other audio inputs; strength is read as a number and
+        checked against the schema's range."""
+        [req] = parse("a.txt", b"init: takes/groove.flac\nstrength: 0.4\n\nbrighter")
+        based = req.with_base(PurePath("/music/inbox"))
+        assert based.params["init"] == "/music/inbox/takes/groove.flac"
+        assert based.params["strength"] == 0.4
+        with pytest.raises(InvalidParams, match="strength"):
+            parse("a.txt", b"init: a.wav\nstrength: 1.5\n\nx")
+
     def test_round_trip(self) -> None:
         """to_dict/from_dict keep a request intact (it is stored as JSON)."""
         [req] = parse("a.txt", b"duration: 2\noutput: x.ogg\nogg_quality: 0.5\n\nhi")

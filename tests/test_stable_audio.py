@@ -19,7 +19,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from tests.conftest import FAST
 from tests.support import RawConnection, req
+from timbrectl.client import connect
 from timbred import errors, models
 from timbred.backends import registry
 from timbred.protocol.schema import load as load_schema
@@ -381,3 +383,29 @@ class TestThroughTheDaemon:
                     _ctl, env, "history", "bright strings", "--json")).stdout)["takes"][0]["id"])
             assert replay.returncode == 0, replay.stderr
             assert replay.stdout.splitlines()[-1] == "bit-identical: yes"
+
+
+class TestWatchFolder:
+    async def test_a_prompt_file_varies_audio_beside_it(
+            self, short_tmp: Path, sa3_dir: Path, source_wav: Path) -> None:
+        """A dropped prompt file's init is relative to its folder; the take varies it."""
+        async with running_daemon(short_tmp, models__default=str(sa3_dir), **FAST) as d, \
+                connect(d.socket_path) as client:
+            await client.subscribe(["*"])
+            inbox = d.generation.output_root / "inbox"
+            await anyio.Path(inbox / "clips").mkdir(parents=True, exist_ok=True)
+            shutil.copy(source_wav, inbox / "clips" / "chord.wav")
+            await anyio.Path(inbox / "vary.txt").write_text(
+                "init: clips/chord.wav\nstrength: 0.5\nseed: 3\n\nbrighter chord\n")
+            with anyio.fail_after(180):
+                while True:
+                    event = await client.next_event()
+                    if event["type"] == "watch.file" and event["data"]["status"] in (
+                            "done", "failed", "rejected"):
+                        break
+            assert event["data"]["status"] == "done", event
+            job = await client.call("jobs.get", {"job_id": event["data"]["jobs"][0]})
+            assert job["params"]["init"] == str(inbox / "clips" / "chord.wav")
+            assert (job["params"]["strength"], job["params"]["duration"]) == (0.5, 2.0)
+            decoded = miniaudio.wav_read_file_f32(job["outputs"][0])
+            assert (decoded.sample_rate, decoded.num_frames) == (44100, 88200)

@@ -77,7 +77,7 @@ PROMPT_SUFFIXES: Final[Mapping[str, str]] = {".txt": "txt", ".toml": "toml", ".j
 #: The generate.submit parameters a prompt file may set (``output`` is a name, handled apart).
 GENERATION_KEYS: Final = ("prompt", "duration", "seed", "model", "temperature", "top_k",
                           "top_p", "guidance", "steps", "negative", "variations", "priority",
-                          "keep_alive", "melody", "continuation")
+                          "keep_alive", "melody", "continuation", "init", "strength")
 #: Export options that only mean something for one format.
 _FORMAT_OF_OPTION: Final[Mapping[str, str]] = {"wav_subtype": "wav", "mp3_bitrate_kbps": "mp3",
                                                "ogg_quality": "ogg"}
@@ -119,9 +119,10 @@ class PromptRequest:
                    preset=d.get("preset"), output=d.get("output"), line=d.get("line"))
 
     def with_base(self, base: PurePath) -> PromptRequest:
-        """Relative ``melody``/``continuation`` paths made absolute against ``base`` (lexically)."""
+        """Relative ``melody``/``continuation``/``init`` paths made absolute against ``base``
+        (lexically)."""
         params = dict(self.params)
-        for key in ("melody", "continuation"):
+        for key in ("melody", "continuation", "init"):
             value = params.get(key)
             if isinstance(value, str) and not PurePath(value).is_absolute():
                 params[key] = str(base / value)
