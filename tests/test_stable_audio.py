@@ -37,6 +37,8 @@ from timbred.worker.backend import CancelToken, Preview
 from timbred.worker.stable_audio import SPLICE_FADE_S, StableAudioBackend, splice, variation_seeds
 
 SPEC = registry.get("stable-audio")
+#: A distilled Stable Audio 3's own defaults (the tiny fixture's scheduler is stochastic).
+SA3_BASE = {"steps": 8, "sampler": "ping-pong", "guidance": 1.0}
 
 pytestmark = pytest.mark.anyio
 
@@ -114,8 +116,9 @@ class TestSpec:
                                                                       pipeline_dir: Path) -> None:
         assert models.resolve(str(sa3_dir)).backend == "stable-audio"
         assert SPEC.model_defaults is not None and SPEC.max_duration is not None
-        assert SPEC.model_defaults(sa3_dir) == {"steps": 8, "guidance": 1.0}
-        assert SPEC.model_defaults(pipeline_dir) == {"steps": 100, "guidance": 7.0}
+        assert SPEC.model_defaults(sa3_dir) == SA3_BASE
+        assert SPEC.model_defaults(pipeline_dir) == {"steps": 100, "sampler": "dpm-sde",
+                                                     "guidance": 7.0}
         assert SPEC.max_duration(sa3_dir) == SA3_MAX_DURATION_S
         assert SPEC.model_features(sa3_dir) == {"seeded", "variation", "inpainting",
                                                 "streaming"}
@@ -188,12 +191,22 @@ class TestBackend:
 class TestStableAudio3:
     def test_text_to_audio_in_its_eight_distilled_steps(self, sa3: StableAudioBackend) -> None:
         steps: list[int] = []
-        out = sa3.generate(_request(base={"steps": 8, "guidance": 1.0}, variations=2),
+        out = sa3.generate(_request(base=SA3_BASE, variations=2),
                            progress=lambda s, t: steps.append(s))
         assert out.audio.shape == (2, 2, round(1.5 * 44100)) and np.isfinite(out.audio).all()
         assert steps == list(range(1, 9)) and out.info["pipeline"] == "StableAudio3Pipeline"
-        again = sa3.generate(_request(base={"steps": 8, "guidance": 1.0}, variations=2))
+        again = sa3.generate(_request(base=SA3_BASE, variations=2))
         assert np.array_equal(out.audio, again.audio)
+
+    def test_euler_and_ping_pong_are_its_two_samplers(self, sa3: StableAudioBackend) -> None:
+        ping = sa3.generate(_request(base=SA3_BASE)).audio
+        euler = sa3.generate(_request(base={**SA3_BASE, "sampler": "euler"})).audio
+        assert not np.array_equal(ping, euler)
+        assert np.array_equal(euler, sa3.generate(
+            _request(base={**SA3_BASE, "sampler": "euler"})).audio)
+        assert np.array_equal(ping, sa3.generate(_request(base=SA3_BASE)).audio)
+        with pytest.raises(errors.InvalidParams, match="samples with ping-pong or euler"):
+            sa3.generate(_request(base={**SA3_BASE, "sampler": "dpm-sde"}))
 
     def test_a_preview_is_one_draft_of_the_whole_take(self, sa3: StableAudioBackend) -> None:
         chunks: list[tuple[int, np.ndarray]] = []
@@ -203,7 +216,7 @@ class TestStableAudio3:
             chunks.append((start, audio))
             order.append("draft")
 
-        out = sa3.generate(_request(base={"steps": 8, "guidance": 1.0}, variations=2),
+        out = sa3.generate(_request(base=SA3_BASE, variations=2),
                            progress=lambda s, t: order.append(f"step {s}"),
                            preview=Preview(0.5, send))
         assert [start for start, _ in chunks] == [0]
@@ -218,7 +231,7 @@ class TestStableAudio3:
         sf.write(quiet, np.zeros((88200, 2), dtype=np.float32), 44100)
 
         def vary(init: Path, strength: float) -> np.ndarray:
-            return sa3.generate(_request(base={"steps": 8, "guidance": 1.0}, duration=2.0,
+            return sa3.generate(_request(base=SA3_BASE, duration=2.0,
                                          init=str(init), strength=strength)).audio
 
         first = vary(source_wav, 0.5)
@@ -230,7 +243,7 @@ class TestStableAudio3:
     def test_a_repaint_keeps_the_source_outside_its_span(
             self, sa3: StableAudioBackend, source_wav: Path) -> None:
         source = sf.read(source_wav, dtype="float32", always_2d=True)[0].T
-        out = sa3.generate(_request(base={"steps": 8, "guidance": 1.0}, duration=2.0,
+        out = sa3.generate(_request(base=SA3_BASE, duration=2.0,
                                     init=str(source_wav), repaint=(0.5, 1.25))).audio[0]
         start, end = round(0.5 * 44100), round(1.25 * 44100)
         assert np.array_equal(out[:, :start], source[:, :start])
@@ -276,7 +289,7 @@ class TestThroughTheDaemon:
             recipe = job["recipe"]
             assert recipe["backend"] == "stable-audio" and recipe["sample_rate"] == 44100
             assert recipe["params"]["options"] == {"steps": 8, "negative": "drums",
-                                                   "guidance": 7.0}
+                                                   "sampler": "dpm-sde", "guidance": 7.0}
             assert "window_s" not in recipe  # MusicGen's windowing is not Stable Audio's
             path = job["outputs"][0]
             decoded = miniaudio.wav_read_file_f32(path)  # a second decoder reads it back
@@ -308,7 +321,8 @@ class TestThroughTheDaemon:
             try:
                 for params, words in (
                         ({"duration": 10}, f"longer than {pipeline_dir} makes (2.97 s"),
-                        ({"top_k": 5}, "it takes steps, negative, guidance"),
+                        ({"top_k": 5}, "it takes steps, negative, sampler, guidance"),
+                        ({"sampler": "euler"}, "samples with dpm-sde, not euler"),
                         ({"steps": 0}, "steps"),
                         ({"init": str(source_wav)}, "cannot vary audio (init)"),
                         ({"model": str(sa3_dir), "strength": 0.5}, "strength: needs init"),
@@ -350,7 +364,8 @@ class TestThroughTheDaemon:
             params = job["recipe"]["params"]
             assert (params["init"], params["strength"], params["duration"]) == \
                 (str(source_wav), 0.4, 2.0)  # the init's length
-            assert params["options"] == {"steps": 8, "negative": "", "guidance": 1.0}
+            assert params["options"] == {"steps": 8, "negative": "", "sampler": "ping-pong",
+                                         "guidance": 1.0}
             take = json.loads((await anyio.to_thread.run_sync(
                 _ctl, env, "history", "--json")).stdout)["takes"][0]
 

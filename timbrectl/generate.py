@@ -54,7 +54,7 @@ def submit_params(args: argparse.Namespace) -> dict[str, Any]:
         "prompt": args.prompt, "duration": args.duration, "seed": args.seed,
         "model": _model(args.model), "temperature": args.temperature, "top_k": args.top_k,
         "top_p": args.top_p, "guidance": args.guidance, "steps": args.steps,
-        "negative": args.negative, "variations": args.variations,
+        "negative": args.negative, "sampler": args.sampler, "variations": args.variations,
         "melody": _absolute(getattr(args, "melody", None)),
         "continuation": _absolute(getattr(args, "continue_", None)),
         "init": _absolute(getattr(args, "init", None)),
@@ -347,6 +347,9 @@ def add_generation_arguments(g: argparse.ArgumentParser) -> None:
                    help="denoising steps (stable-audio)")
     g.add_argument("--negative", metavar="TEXT",
                    help="what the take should not have (stable-audio, with guidance > 1)")
+    g.add_argument("--sampler", choices=["dpm-sde", "ping-pong", "euler"],
+                   help="how the denoising steps sample (stable-audio; default: the model's "
+                   "own)")
     g.add_argument("--param", action="append", type=backend_param, metavar="KEY=VALUE",
                    help="a parameter of the model's backend (repeatable; see "
                         "`timbrectl backends`)")

@@ -79,7 +79,7 @@ SCHEMA_FILE: Final = "preset.schema.json"
 #: The generation parameters a preset may set (``[params]``).
 PARAM_KEYS: Final = frozenset(
     {"model", "duration", "temperature", "top_k", "top_p", "guidance", "steps", "negative",
-     "variations", "keep_alive"}
+     "sampler", "variations", "keep_alive"}
 )
 #: The export settings a preset may set (``[export]``): every export option (the names are
 #: written once, in :mod:`timbred.takes.options`); the same names in a request win.

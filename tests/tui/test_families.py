@@ -238,13 +238,17 @@ class TestModelDefaults:
                          backend("stable-audio", dict(stable_audio.SPEC.params))])
         st.set_models([{"name": "/m/open", "backend": "stable-audio", "defaults": {}},
                        {"name": "/m/sa3", "backend": "stable-audio",
-                        "defaults": {"steps": 8, "guidance": 1.0}}], [])
+                        "defaults": {"steps": 8, "sampler": "ping-pong", "guidance": 1.0}}],
+                      [])
         st.set_param("model", "/m/open")
-        assert own_rows(st) == ["steps", "negative", "guidance"]
-        assert dict(st.params.options) == {"steps": 100, "negative": "", "guidance": 7.0}
+        assert own_rows(st) == ["steps", "negative", "sampler", "guidance"]
+        assert dict(st.params.options) == {"steps": 100, "negative": "", "sampler": "dpm-sde",
+                                           "guidance": 7.0}
         st.set_param("model", "/m/sa3")
-        assert dict(st.params.options) == {"steps": 8, "negative": "", "guidance": 1.0}
+        assert dict(st.params.options) == {"steps": 8, "negative": "", "sampler": "ping-pong",
+                                           "guidance": 1.0}
         st.set_param("steps", parse_value(st.spec_for("steps"), "20"))
         st.set_param("model", "/m/open")
-        assert dict(st.params.options) == {"steps": 20, "negative": "", "guidance": 7.0}
+        assert dict(st.params.options) == {"steps": 20, "negative": "", "sampler": "dpm-sde",
+                                           "guidance": 7.0}
         assert st.params.submit_params("warm pad")["options"] == dict(st.params.options)

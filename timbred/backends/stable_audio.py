@@ -35,6 +35,10 @@ from timbred.request import Request
 _MAX_TAKE_S = 600.0
 
 
+#: The samplers, and the generation each belongs to.
+SAMPLERS = ("dpm-sde", "ping-pong", "euler")
+
+
 @dataclass(frozen=True)
 class Generation:
     """What one pipeline generation of the family does, read by spec and worker alike."""
@@ -43,11 +47,15 @@ class Generation:
     features: frozenset[str]
     guidance: float
     """Default classifier-free guidance scale."""
+    samplers: tuple[str, ...]
+    """The samplers it takes (:data:`SAMPLERS`)."""
 
 
-OPEN = Generation("stable-audio-open", frozenset({"seeded"}), guidance=7.0)
+OPEN = Generation("stable-audio-open", frozenset({"seeded"}), guidance=7.0,
+                  samplers=("dpm-sde",))
 SA3 = Generation("stable-audio-3",
-                 frozenset({"seeded", "variation", "inpainting", "streaming"}), guidance=1.0)
+                 frozenset({"seeded", "variation", "inpainting", "streaming"}), guidance=1.0,
+                 samplers=("ping-pong", "euler"))
 
 #: The pipeline classes a ``model_index.json`` may name, and the generation each belongs to.
 PIPELINES: Mapping[str, Generation] = MappingProxyType({
@@ -103,21 +111,29 @@ def model_defaults(directory: Path) -> dict[str, Any]:
     found = generation(directory)
     if found is None:
         return {}
-    steps = 100
+    steps, sampler = 100, "dpm-sde"
     if found is SA3:
         scheduler = read_json(directory / "scheduler" / "scheduler_config.json")
-        steps = 8 if scheduler.get("stochastic_sampling") else 100
-    return {"steps": steps, "guidance": found.guidance}
+        distilled = bool(scheduler.get("stochastic_sampling"))
+        steps, sampler = (8, "ping-pong") if distilled else (100, "euler")
+    return {"steps": steps, "sampler": sampler, "guidance": found.guidance}
 
 
 def check_request(directory: Path, request: Request) -> None:
-    """What the pipelines would silently ignore is refused instead: a negative prompt
+    """A sampler the model's generation does not have is refused, and so is what the
+    pipelines would silently ignore: a negative prompt
     without guidance (the pipelines use it only for guidance's unconditional half), and
     guidance or a negative prompt on Stable Audio 3's audio-to-audio and inpaint pipelines,
     which take neither."""
+    found = generation(directory)
+    sampler = request.options.get("sampler")
+    if found is not None and sampler is not None and sampler not in found.samplers:
+        raise InvalidParams(
+            f"sampler: {found.name} samples with {' or '.join(found.samplers)}, not "
+            f"{sampler}", param="sampler", allowed={"enum": list(found.samplers)})
     guided = float(request.options.get("guidance", 1.0)) > 1
     negative = bool(request.options.get("negative"))
-    if request.init is not None and generation(directory) is SA3 and (guided or negative):
+    if request.init is not None and found is SA3 and (guided or negative):
         raise InvalidParams(
             "guidance: Stable Audio 3 varies and repaints audio without guidance or a "
             "negative prompt; leave guidance at 1 or below and negative empty",
@@ -145,6 +161,11 @@ SPEC = BackendSpec(
                                  "Stable Audio 3, else 100)."},
         "negative": {"type": "string", "maxLength": 2000, "default": "",
                      "description": "What the take should not have (needs guidance > 1)."},
+        "sampler": {"enum": list(SAMPLERS), "default": "dpm-sde",
+                    "description": "How the steps sample (default: the model's own): "
+                                   "dpm-sde is Stable Audio Open's (its only one); Stable "
+                                   "Audio 3 takes ping-pong (stochastic, its distilled "
+                                   "models') or euler (deterministic, its base model's)."},
         "guidance": {"type": "number", "minimum": 0, "maximum": 30, "default": 7.0,
                      "description": "Classifier-free guidance scale, <= 1 off (default: the "
                                     "model's, 7 for Stable Audio Open, 1 for Stable Audio 3, "

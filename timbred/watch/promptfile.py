@@ -76,7 +76,8 @@ SCHEMA_NAME: Final = "promptfile.schema.json"
 PROMPT_SUFFIXES: Final[Mapping[str, str]] = {".txt": "txt", ".toml": "toml", ".json": "json"}
 #: The generate.submit parameters a prompt file may set (``output`` is a name, handled apart).
 GENERATION_KEYS: Final = ("prompt", "duration", "seed", "model", "temperature", "top_k",
-                          "top_p", "guidance", "steps", "negative", "variations", "priority",
+                          "top_p", "guidance", "steps", "negative", "sampler", "variations",
+                          "priority",
                           "keep_alive", "melody", "continuation", "init", "strength")
 #: Export options that only mean something for one format.
 _FORMAT_OF_OPTION: Final[Mapping[str, str]] = {"wav_subtype": "wav", "mp3_bitrate_kbps": "mp3",

@@ -84,6 +84,10 @@ class _Loaded:
     """The concrete precision (int8, bf16, fp32), or None when the dtype decided."""
     capabilities: Capabilities
     memory_bytes: int
+    scheduler_config: Any = None
+    """The scheduler configuration the model shipped with (samplers are built from it)."""
+    schedulers: dict[str, Any] = field(default_factory=dict)
+    """Stable Audio 3's scheduler per sampler, built on first use."""
     variants: dict[str, Any] = field(default_factory=dict)
     """Stable Audio 3's audio-to-audio and inpaint pipelines, built on first use from the
     loaded components."""
@@ -167,7 +171,7 @@ class StableAudioBackend(OneModel[_Loaded], Backend):
         self._state = _Loaded(
             pipe=pipe, source=source, pipeline=pipeline, generation=found,
             revision=snapshot_revision(source), device=target, dtype=dtype,
-            precision=precision, memory_bytes=memory,
+            precision=precision, memory_bytes=memory, scheduler_config=pipe.scheduler.config,
             capabilities=Capabilities(
                 melody=False, continuation=False, stereo=channels == 2,
                 max_native_duration_s=longest, sample_rate=rate, frame_rate=rate / hop,
@@ -199,6 +203,11 @@ class StableAudioBackend(OneModel[_Loaded], Backend):
                 raise errors.InvalidParams(
                     f"init: {st.pipeline} cannot {'repaint' if p.repaint else 'vary'} audio "
                     "(Stable Audio 3 can)", param="init")
+            sampler = p.options.get("sampler", st.generation.samplers[0])
+            if sampler not in st.generation.samplers:
+                raise errors.InvalidParams(
+                    f"sampler: {st.pipeline} samples with "
+                    f"{' or '.join(st.generation.samplers)}, not {sampler}", param="sampler")
             if p.duration > caps.max_native_duration_s + 1e-9:
                 raise errors.InvalidParams(
                     f"duration: {p.duration:g} s is longer than this model makes "
@@ -294,19 +303,28 @@ class StableAudioBackend(OneModel[_Loaded], Backend):
                 preview.send(0, np.ascontiguousarray(rows))
             return tensors
 
+        # The sampler: Stable Audio 3's flow-matching scheduler, stochastic (ping-pong) or
+        # not (Euler); set on whichever pipeline runs, since from_pipe shares the object.
+        sampler = str(p.options.get("sampler") or "")
+        if sampler not in st.schedulers:
+            st.schedulers[sampler] = type(st.pipe.scheduler).from_config(
+                st.scheduler_config, stochastic_sampling=sampler == "ping-pong")
         common: dict[str, Any] = {
             "prompt": p.prompt, "duration": p.duration, "num_inference_steps": steps,
             "num_waveforms_per_prompt": p.variations, "generator": generators,
             "callback_on_step_end": on_step_end, "output_type": "pt"}
         if source is None:
+            st.pipe.scheduler = st.schedulers[sampler]
             return st.pipe(guidance_scale=float(p.options["guidance"]),  # type: ignore[no-any-return]
                            negative_prompt=_negative(p), **common).audios
         audio = torch.from_numpy(source[None]).to(st.device, st.pipe.vae.dtype)
         if p.repaint is not None:
             inpaint = _variant(st, "StableAudio3InpaintPipeline")
+            inpaint.scheduler = st.schedulers[sampler]
             return inpaint(audio=audio, mask_start_seconds=p.repaint[0],  # type: ignore[no-any-return]
                            mask_end_seconds=p.repaint[1], **common).audios
         vary = _variant(st, "StableAudio3AudioToAudioPipeline")
+        vary.scheduler = st.schedulers[sampler]
         return vary(audio=audio, init_noise_level=float(p.strength or 1.0),  # type: ignore[no-any-return]
                     **common).audios
 
