@@ -287,13 +287,13 @@ class Generation:
                                 f"`timbrectl models pull {model}` first")
         spec = spec_of(ref)
         init_s = _init_seconds(request)
+        limit = (spec.max_duration(ref.local_path)
+                 if spec.max_duration is not None and ref.local_path is not None else None)
         # A variation or repaint is as long as its init audio unless told otherwise (up to
         # what the model makes); a repaint keeps it exactly.
         fallback = DEFAULT_DURATION_S if init_s is None else init_s
-        if init_s is not None and ref.local_path is not None and spec.max_duration is not None:
-            limit = spec.max_duration(ref.local_path)
-            if limit is not None and "duration" not in request:
-                fallback = min(fallback, math.floor(limit * 1000) / 1000)
+        if init_s is not None and limit is not None:
+            fallback = min(fallback, math.floor(limit * 1000) / 1000)
         duration = float(request.get("duration", fallback))
         # The schema says the same for requests on the wire; prompts also arrive from presets,
         # prompt files and replays, and nothing impossible may be queued to fail later.
@@ -304,8 +304,11 @@ class Generation:
             raise InvalidParams(f"duration: {duration:g} s is too short; at least "
                                 f"{MIN_DURATION_S:g} s", param="duration",
                                 allowed={"minimum": MIN_DURATION_S, "maximum": 600})
-        if ref.local_path is not None:
-            _check_model_limits(spec, model, ref.local_path, duration)
+        if limit is not None and duration > limit + 1e-9:
+            raise InvalidParams(
+                f"duration: {duration:g} s is longer than {model} makes ({limit:.2f} s, its "
+                f"trained length); ask for {math.floor(limit * 100) / 100:g} s or less",
+                param="duration", allowed={"minimum": MIN_DURATION_S, "maximum": limit})
         # The request, built once: everything that decides the audio, in the wire's names,
         # the family's own parameters checked against its schema with its defaults filled in.
         req = Request(
@@ -732,17 +735,6 @@ def _init_seconds(request: Mapping[str, Any]) -> float | None:
         return None
     info = probe_audio(_absolute(str(request["init"]), "init"), param="init")
     return info.frames / info.sample_rate
-
-
-def _check_model_limits(spec: BackendSpec, model: str, directory: Path,
-                        duration: float) -> None:
-    """Refuse, before anything is queued, a take longer than the model makes."""
-    limit = spec.max_duration(directory) if spec.max_duration is not None else None
-    if limit is not None and duration > limit + 1e-9:
-        raise InvalidParams(
-            f"duration: {duration:g} s is longer than {model} makes ({limit:.2f} s, its "
-            f"trained length); ask for {math.floor(limit * 100) / 100:g} s or less",
-            param="duration", allowed={"minimum": MIN_DURATION_S, "maximum": limit})
 
 
 def _recipe_spec(recipe: Mapping[str, Any]) -> BackendSpec:

@@ -40,6 +40,7 @@ import transformers
 from diffusers.utils import logging as diffusers_logging
 
 from timbred import errors
+from timbred.backends.files import pipeline_class
 from timbred.backends.stable_audio import PIPELINES, SA3, Generation
 from timbred.request import MAX_SEED, Request
 from timbred.worker.audio_io import read_audio
@@ -118,7 +119,6 @@ class StableAudioBackend(OneModel[_Loaded], Backend):
         # fp32 on CPU (int8 stays opt-in until measured on trained weights); None: the dtype
         # decides.
         self.precision = None if precision is None else validate_precision(precision)
-        self._state = None
 
     # --- loading ---------------------------------------------------------------------------
 
@@ -371,8 +371,6 @@ def _variant(st: _Loaded, name: str) -> Any:
 
 def _pipeline_class(source: str) -> str | None:
     """The class ``model_index.json`` names, for a directory or a cached hub snapshot."""
-    from timbred.backends.files import pipeline_class
-
     directory = Path(source)
     if not directory.is_dir():
         try:
