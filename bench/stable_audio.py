@@ -83,7 +83,7 @@ def child_sao(measure_steps: int, int8: bool = False) -> dict[str, Any]:
     from transformers import T5Config, T5EncoderModel
 
     from timbred.testing.checkpoint import t5_tokenizer
-    from timbred.worker.stable_audio import quiet
+    from timbred.worker.diffusion import quiet
 
     threads = _threads()
     t0 = time.perf_counter()
@@ -168,7 +168,7 @@ def child_sa3(duration: float) -> dict[str, Any]:
     from transformers import T5GemmaConfig, T5GemmaEncoderModel, T5GemmaModuleConfig
 
     from timbred.testing.tiny_stable_audio import _gemma_tokenizer
-    from timbred.worker.stable_audio import quiet
+    from timbred.worker.diffusion import quiet
 
     threads = _threads()
     t0 = time.perf_counter()

@@ -153,6 +153,7 @@ if hasattr(tags, "version"):
     out["COMM"] = [str(c.text[0]) for c in tags.getall("COMM")]
     out["TDRC"] = str(tags["TDRC"].text[0])
     out["TXXX"] = {fr.desc: str(fr.text[0]) for fr in tags.getall("TXXX")}
+    out["USLT"] = [[fr.lang, str(fr.text)] for fr in tags.getall("USLT")]
 else:
     out["vorbis"] = {k.upper(): v for k, v in tags.as_dict().items()}
 print(json.dumps(out))
@@ -387,6 +388,26 @@ class TestTags:
         assert float(fields["TIMBRE_LOUDNESS_BEFORE_LUFS"]) == pytest.approx(loud.before_lufs,
                                                                             abs=0.006)
         assert float(fields["TIMBRE_LOUDNESS_AFTER_LUFS"]) == pytest.approx(-14.0, abs=0.5)
+
+    @pytest.mark.parametrize("fmt", ALL_FORMATS)
+    def test_lyrics_are_in_the_frame_players_show(self, tmp_path: Path, fmt: str) -> None:
+        """A song's words: USLT (with its language) in ID3, LYRICS in Vorbis comments, read
+        back by a fresh mutagen and by read_tags; not repeated as a TIMBRE_PARAM_ field."""
+        words = "[verse]\nÇa va, 東京\n\n[chorus]\nla la"
+        md = metadata(params={"duration": 2.0, "lyrics": words, "language": "ja"})
+        path = export.write_take(tmp_path / f"t.{fmt}", noise(0.5), SR,
+                                 ExportOptions(format=fmt), md).path
+        got = fresh_tags(path)
+        if fmt in ("mp3", "wav"):
+            assert got["USLT"] == [["jpn", words]]
+            assert "TIMBRE_PARAM_LYRICS" not in got["TXXX"]
+        else:
+            assert got["vorbis"]["LYRICS"] == [words]
+            assert "TIMBRE_PARAM_LYRICS" not in got["vorbis"]
+        assert export.read_tags(path)["LYRICS"] == words
+        unsung = export.write_take(tmp_path / f"u.{fmt}", noise(0.5), SR,
+                                   ExportOptions(format=fmt), metadata()).path
+        assert "LYRICS" not in export.read_tags(unsung)
 
     def test_read_tags_is_the_same_for_every_format(self, tmp_path: Path) -> None:
         """read_tags gives one normalised dictionary whatever the container."""

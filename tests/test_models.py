@@ -256,6 +256,12 @@ class TestCatalogue:
             assert sa3.repo == f"stabilityai/{name}" and sa3.backend == "stable-audio"
             assert sa3.gated and "Gemma" in sa3.licence
 
+    def test_ace_step_is_listed_open_under_mit(self) -> None:
+        entry = CATALOGUE["ace-step-1.5-xl-turbo"]
+        assert (entry.repo, entry.backend) == ("ACE-Step/acestep-v15-xl-turbo-diffusers",
+                                               "ace-step")
+        assert not entry.gated and entry.stereo and entry.licence == "MIT"
+
 
 class TestResolve:
     def test_alias_not_downloaded(self, cache: Path) -> None:

@@ -99,6 +99,25 @@ class TestForms:
         with pytest.raises(InvalidParams, match="strength"):
             parse("a.txt", b"init: a.wav\nstrength: 1.5\n\nx")
 
+    def test_a_song_has_its_lyrics_after_the_prompt(self) -> None:
+        """In a .txt block a line holding only "lyrics:" ends the prompt; the rest of the
+        block is sung, its blank lines and section tags kept. TOML and JSON take a string."""
+        text = ("model: /m/ace\nlanguage: ja\nbpm: 92\nkey: A minor\n\nwarm rhodes ballad\n"
+                "Lyrics:\n[verse]\n東京の夜\n\n[chorus]\nla la\n---\nno words here\n")
+        song, plain = parse("a.txt", text.encode())
+        assert song.params["prompt"] == "warm rhodes ballad"
+        assert song.params["lyrics"] == "[verse]\n東京の夜\n\n[chorus]\nla la"
+        assert (song.params["language"], song.params["bpm"], song.params["key"]) == \
+            ("ja", 92, "A minor")
+        assert "lyrics" not in plain.params
+        [toml] = parse("a.toml", b'prompt = "ballad"\nlyrics = """\n[verse]\nhello\n"""\n')
+        assert toml.params["lyrics"] == "[verse]\nhello\n"
+        with pytest.raises(InvalidParams, match=r"line 4: lyrics is given twice \(first on "
+                           r"line 1\)"):
+            parse("a.txt", b"lyrics: one line\n\nprompt\nlyrics:\nmore")
+        with pytest.raises(InvalidParams, match="key"):
+            parse("a.txt", b"key: H major\n\nballad")
+
     def test_round_trip(self) -> None:
         """to_dict/from_dict keep a request intact (it is stored as JSON)."""
         [req] = parse("a.txt", b"duration: 2\noutput: x.ogg\nogg_quality: 0.5\n\nhi")

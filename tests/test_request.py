@@ -31,12 +31,24 @@ class TestRequest:
         assert Request.from_dict(data) == full()
         assert set(Request(prompt="x", duration=2, seed=1).to_dict()) == set(data)
 
+    def test_lyrics_are_stored_in_one_spelling(self) -> None:
+        """Line ends and trailing blanks decide nothing, so they are normalised (a replay of
+        the same words is the same request); blank lines and tags inside are kept; words
+        that are only whitespace are none."""
+        sung = Request(prompt="x", duration=2, seed=1,
+                       lyrics="\r\n[verse]  \r\nÇa va, 東京\r\n\r\n[chorus]\rla la \n\n")
+        assert sung.lyrics == "[verse]\nÇa va, 東京\n\n[chorus]\nla la"
+        assert Request(prompt="x", duration=2, seed=1, lyrics=" \n\t\n").lyrics is None
+        assert Request.from_dict(sung.to_dict()) == sung
+        assert Request.from_job(sung.job_params(), {}).lyrics == sung.lyrics
+
     def test_defaults_and_float_normalisation(self) -> None:
         """One variation and no audio inputs unless asked; integral floats stored as floats."""
         data = Request(prompt="x", duration=2, seed=1).to_dict()
         assert data == {"prompt": "x", "duration": 2.0, "seed": 1, "variations": 1,
                         "melody": None, "continuation": None, "init": None,
-                        "strength": None, "repaint": None, "options": {}}
+                        "strength": None, "repaint": None, "lyrics": None,
+                        "options": {}}
         assert isinstance(data["duration"], float)
 
     @pytest.mark.parametrize(("change", "param"), [
@@ -51,6 +63,9 @@ class TestRequest:
         ({"melody": ""}, "melody"),
         ({"continuation": 3}, "continuation"),
         ({"options": {1: 2}}, "options"),
+        ({"lyrics": 3}, "lyrics"),
+        ({"lyrics": "la\x00la"}, "lyrics"),
+        ({"lyrics": "x" * 8001}, "lyrics"),
         ({"bogus": 1}, "bogus"),
         # The old names are not this type's: they are read only through from_recipe.
         ({"duration_s": 1.0}, "duration_s"),

@@ -27,13 +27,15 @@ import anyio
 from timbrectl import generate, render, spawn
 from timbrectl.client import Client, connect, resolve_socket_path
 from timbrectl.generate import Progress
-from timbrectl.ranges import positive_seconds, ranged
+from timbrectl.ranges import one_of, positive_seconds, ranged
 from timbred import __version__
 from timbred.errors import (
     ConfigError,
     DaemonUnavailable,
+    InvalidParams,
     NoAnswer,
     RuntimeDirError,
+    TakeNotFound,
     TimbreError,
 )
 from timbred.stdio import quiet_on_broken_pipe
@@ -293,11 +295,29 @@ async def cmd_takes(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def cmd_repaint(args: argparse.Namespace) -> int:
-    """takes repaint: generate with the take's audio as init and the span to make anew."""
-    shown = await _call(args, "takes.show", {"take": _take_ref(args.take)})
+async def cmd_edit(args: argparse.Namespace) -> int:
+    """takes repaint / cover / extract / add: a generation with the take's audio (or any
+    audio file's) as init; the take's model unless -m names another."""
+    try:
+        shown = await _call(args, "takes.show", {"take": _take_ref(args.take)})
+    except TakeNotFound:
+        # Any audio file will do as a source; the daemon checks it is one.
+        path = await anyio.Path(args.take).expanduser()
+        if args.take.startswith("t-") or not await path.is_file():
+            raise
+        shown = {"path": str(await path.absolute())}
     args.init = shown["path"]
-    args.repaint = [args.start, args.end]
+    edit = args.edit
+    if edit in ("repaint", "add") and args.start is not None:
+        if args.end is None:
+            raise InvalidParams("--end: give the span's end with its start", param="repaint")
+        args.repaint = [args.start, args.end]
+    elif edit == "repaint" or (edit == "add" and args.end is not None):
+        raise InvalidParams("--start: give the span's start and end", param="repaint")
+    if edit in ("extract", "add"):
+        args.task = edit
+    if args.prompt is None:  # extract: the caption the source was made from, or the track
+        args.prompt = shown.get("prompt") or args.track
     if args.model is None:
         args.model = (shown.get("recipe") or {}).get("model") or shown.get("model")
     return await generate.run(args)
@@ -503,19 +523,48 @@ def build_parser() -> argparse.ArgumentParser:
             tp.add_argument("-y", "--yes", action="store_true", help="do not ask")
         tp.set_defaults(func=cmd_takes)
 
-    rep = tk.add_parser("repaint", parents=[common],
-                        help="a new take with one span of a take made anew (stable-audio 3)",
-                        description="Make a new take from TAKE in which only START..END "
-                        "seconds are generated again from PROMPT; the rest is the take's own "
-                        "audio. Uses the take's model unless -m names another.")
-    rep.add_argument("take", metavar="TAKE", help="take id (t-...) or path")
-    rep.add_argument("--start", type=float, required=True, metavar="S",
-                     help="where the new span starts, in seconds")
-    rep.add_argument("--end", type=float, required=True, metavar="E",
-                     help="where it ends, in seconds")
-    rep.add_argument("prompt", help="what the span should become")
-    generate.add_generation_arguments(rep)
-    rep.set_defaults(func=cmd_repaint)
+    edits = {
+        "repaint": ("a new take with one span of a take made anew (stable-audio 3, ace-step)",
+                    "Make a new take from TAKE in which only START..END seconds are generated "
+                    "again from PROMPT; the rest is the take's own audio."),
+        "cover": ("a new take covering a take in PROMPT's style (ace-step)",
+                  "Make a new take that keeps TAKE's structure (melody, rhythm, words) in the "
+                  "style PROMPT describes; --strength says how far it may move (default 0.6)."),
+        "extract": ("a new take holding one track of a take (ace-step)",
+                    "Make a new take holding only TRACK of TAKE (its vocals, say)."),
+        "add": ("a new take with a track added to a take (ace-step)",
+                "Make a new take of TAKE with TRACK added as PROMPT describes, over the "
+                "whole take or START..END."),
+    }
+    for edit, (summary, what) in edits.items():
+        ep = tk.add_parser(edit, parents=[common], help=summary,
+                           description=f"{what} TAKE is a take id (t-...), a take's path or any "
+                           "audio file. Uses the take's model unless -m names another.")
+        ep.add_argument("take", metavar="TAKE", help="take id (t-...), or path of a take or "
+                        "any audio file")
+        if edit in ("extract", "add"):
+            ep.add_argument("--track", required=True, metavar="TRACK",
+                            type=one_of("generate.submit", "track"),
+                            help=("the track to pull out" if edit == "extract"
+                                  else "the track to add") + ": vocals, backing_vocals, "
+                            "drums, bass, guitar, keyboard, percussion, strings, synth, fx, "
+                            "brass or woodwinds")
+        if edit in ("repaint", "add"):
+            ep.add_argument("--start", type=float, required=edit == "repaint", metavar="S",
+                            help="where the new span starts, in seconds")
+            ep.add_argument("--end", type=float, required=edit == "repaint", metavar="E",
+                            help="where it ends, in seconds")
+        if edit == "cover":
+            ep.add_argument("--strength", type=ranged("generate.submit", "strength"),
+                            metavar="X", help="how far from the take, 0 to 1 (default 0.6; "
+                            "1 keeps nothing)")
+        ep.add_argument("prompt", nargs="?" if edit == "extract" else None,
+                        help="what the span should become" if edit == "repaint"
+                        else "the take's new style" if edit == "cover"
+                        else "a caption (default: the take's prompt)" if edit == "extract"
+                        else "what the added track should play")
+        generate.add_generation_arguments(ep)
+        ep.set_defaults(func=cmd_edit, edit=edit)
 
     rp = sub.add_parser("replay", parents=[common],
                         help="re-render a take from its recipe; says if it is bit-identical")

@@ -28,7 +28,7 @@ import anyio.to_thread
 
 from timbrectl import render
 from timbrectl.client import Client, connect
-from timbrectl.ranges import ranged
+from timbrectl.ranges import ranged, text_file
 
 _SUBMIT = "generate.submit"
 TERMINAL = {"done", "failed", "cancelled", "interrupted"}
@@ -55,6 +55,8 @@ def submit_params(args: argparse.Namespace) -> dict[str, Any]:
         "model": _model(args.model), "temperature": args.temperature, "top_k": args.top_k,
         "top_p": args.top_p, "guidance": args.guidance, "steps": args.steps,
         "negative": args.negative, "sampler": args.sampler, "variations": args.variations,
+        "lyrics": args.lyrics, "language": args.language, "shift": args.shift,
+        "task": getattr(args, "task", None), "track": getattr(args, "track", None),
         "melody": _absolute(getattr(args, "melody", None)),
         "continuation": _absolute(getattr(args, "continue_", None)),
         "init": _absolute(getattr(args, "init", None)),
@@ -317,8 +319,8 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     g.add_argument("--continue", dest="continue_", metavar="FILE",
                    help="continue this audio file (the take includes it)")
     g.add_argument("--init", metavar="FILE",
-                   help="make a variation of this audio file or take (stable-audio 3); its "
-                   "length is the default duration")
+                   help="make a variation of this audio file or take (stable-audio 3; "
+                   "ace-step covers it); its length is the default duration")
     g.add_argument("--strength", type=ranged(_SUBMIT, "strength"), metavar="X",
                    help="with --init: how far to move from it, 0 to 1 (default 0.6; 1 keeps "
                    "nothing)")
@@ -342,14 +344,23 @@ def add_generation_arguments(g: argparse.ArgumentParser) -> None:
     g.add_argument("--top-k", type=ranged(_SUBMIT, "top_k"), metavar="N")
     g.add_argument("--top-p", type=ranged(_SUBMIT, "top_p"), metavar="X")
     g.add_argument("--guidance", type=ranged(_SUBMIT, "guidance"), metavar="X",
-                   help="classifier-free guidance scale (musicgen, stable-audio)")
+                   help="classifier-free guidance scale (musicgen, stable-audio, ace-step "
+                   "base models)")
     g.add_argument("--steps", type=ranged(_SUBMIT, "steps"), metavar="N",
-                   help="denoising steps (stable-audio)")
+                   help="denoising steps (stable-audio, ace-step; default: the model's own)")
     g.add_argument("--negative", metavar="TEXT",
                    help="what the take should not have (stable-audio, with guidance > 1)")
     g.add_argument("--sampler", choices=["dpm-sde", "ping-pong", "euler"],
                    help="how the denoising steps sample (stable-audio; default: the model's "
                    "own)")
+    g.add_argument("--lyrics", type=text_file(_SUBMIT, "lyrics"), metavar="FILE",
+                   help="sing the words in FILE (- reads standard input; [verse], [chorus] "
+                   "... on their own lines; ace-step)")
+    g.add_argument("--language", metavar="CODE",
+                   help="the lyrics' language, an ISO 639 code such as en, ja, es (ace-step; "
+                   "default en)")
+    g.add_argument("--shift", type=ranged(_SUBMIT, "shift"), metavar="X",
+                   help="timestep shift (ace-step; default 3)")
     g.add_argument("--param", action="append", type=backend_param, metavar="KEY=VALUE",
                    help="a parameter of the model's backend (repeatable; see "
                         "`timbrectl backends`)")

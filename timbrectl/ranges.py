@@ -92,3 +92,48 @@ def positive_seconds(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be more than 0 seconds (got {text})")
     return value
+
+
+def text_file(method: str, param: str) -> Callable[[str], str]:
+    """An argparse ``type`` reading an option's text from a file (``-``: standard input):
+    UTF-8 (a byte-order mark dropped), no NUL bytes, at most the schema's ``maxLength``
+    characters, each problem one line naming the file."""
+    def read(value: str) -> str:
+        import sys
+        from pathlib import Path
+
+        limit = int(_param_schema(method, param).get("maxLength", 1 << 16))
+        where = "standard input" if value == "-" else value
+        try:
+            if value == "-":
+                data = sys.stdin.buffer.read(4 * limit + 4)
+            else:
+                with Path(value).expanduser().open("rb") as f:
+                    data = f.read(4 * limit + 4)  # UTF-8 takes at most 4 bytes a character
+        except OSError as exc:
+            raise argparse.ArgumentTypeError(
+                f"cannot read {where}: {exc.strerror or exc}") from exc
+        if b"\0" in data:
+            raise argparse.ArgumentTypeError(f"{where} holds NUL bytes; give a text file")
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise argparse.ArgumentTypeError(
+                f"{where} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from exc
+        if len(text) > limit:
+            raise argparse.ArgumentTypeError(
+                f"{where} is too long for {param}: at most {limit} characters")
+        return text
+    return read
+
+
+def one_of(method: str, param: str) -> Callable[[str], str]:
+    """An argparse ``type`` taking one of the schema's ``enum`` values (read on use, like the
+    ranges), refusing anything else with the list."""
+    def check(value: str) -> str:
+        allowed = [v for v in _param_schema(method, param).get("enum", []) if v]
+        if value not in allowed:
+            raise argparse.ArgumentTypeError(
+                f"{value!r} is not one of {', '.join(allowed)}")
+        return value
+    return check

@@ -167,6 +167,14 @@ CATALOGUE: Mapping[str, CatalogueEntry] = MappingProxyType(
                              licence="Stability AI Community License + Gemma Terms of Use",
                              gated=True, total_params=2_000_000_000)
               for name in ("stable-audio-3-medium", "stable-audio-3-medium-base")),
+            # The ACE-Step 1.5 checkpoint diffusers' documentation names in its own format:
+            # the XL turbo, a ~4.7B DiT with its condition encoder and audio tokenizer (about
+            # 9 GB in bf16, ACE-Step's model zoo), the 0.6B Qwen3-Embedding text encoder and
+            # the 0.17B autoencoder. MIT-licensed, not gated.
+            CatalogueEntry(name="ace-step-1.5-xl-turbo",
+                           repo="ACE-Step/acestep-v15-xl-turbo-diffusers", lm_params=0,
+                           melody=False, stereo=True, backend="ace-step", licence="MIT",
+                           gated=False, total_params=5_500_000_000),
         )
     }
 )

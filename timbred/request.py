@@ -21,8 +21,8 @@ from typing import Any
 
 from timbred.errors import InvalidParams
 
-__all__ = ["COMMON", "DEFAULT_DURATION_S", "DEFAULT_STRENGTH", "DEFAULT_VARIATIONS", "MAX_SEED",
-           "Request"]
+__all__ = ["COMMON", "DEFAULT_DURATION_S", "DEFAULT_STRENGTH", "DEFAULT_VARIATIONS",
+           "MAX_LYRICS_CHARS", "MAX_SEED", "Request"]
 
 #: A request's length when none is given, in seconds; the studio's panel starts there too.
 DEFAULT_DURATION_S = 10.0
@@ -34,7 +34,10 @@ MAX_SEED = (1 << 63) - 1
 #: Every family's fields; a family's own parameter may not take one of these names (its
 #: value travels flat in a job's params beside them).
 COMMON = frozenset({"prompt", "duration", "seed", "variations", "melody", "continuation",
-                    "init", "strength", "repaint", "options"})
+                    "init", "strength", "repaint", "lyrics", "options"})
+#: The longest lyrics a request takes, in characters (a ten-minute song's words fit many
+#: times over; ACE-Step reads up to 2048 tokens of them).
+MAX_LYRICS_CHARS = 8000
 #: How far a variation moves from its ``init`` audio when no ``strength`` is given.
 DEFAULT_STRENGTH = 0.6
 
@@ -57,6 +60,10 @@ class Request:
     pass from the same seed's stream. ``melody``, ``continuation`` and ``init`` are absolute
     paths.
 
+    ``lyrics`` are words to sing (section tags such as ``[verse]`` on their own lines), for a
+    family with the ``lyrics`` feature; ``None`` when there are none (an empty or
+    whitespace-only text is stored as ``None``: it sings nothing either way).
+
     ``init`` is audio the take is made from: a variation of it (``strength`` in (0, 1]: how
     far the take may move from it, 1 keeping nothing), or, with ``repaint`` (``[start, end]``
     in seconds), the same audio with only that span made anew.
@@ -71,6 +78,7 @@ class Request:
     init: str | None = None
     strength: float | None = None
     repaint: tuple[float, float] | None = None
+    lyrics: str | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
     """The family's own parameters by its schema's names (defaults filled in at the edge)."""
 
@@ -94,6 +102,7 @@ class Request:
             if value is not None and (not isinstance(value, str) or not value):
                 raise InvalidParams(f"{name} must be a non-empty path", param=name)
         self._check_init()
+        self._check_lyrics()
         if not isinstance(self.options, Mapping) or not all(
                 isinstance(k, str) for k in self.options):
             raise InvalidParams("options must be an object keyed by parameter names",
@@ -130,6 +139,24 @@ class Request:
             raise InvalidParams("strength: a repaint remakes its span whole; leave strength "
                                 "out", param="strength")
         object.__setattr__(self, "repaint", (start, end))
+
+    def _check_lyrics(self) -> None:
+        if self.lyrics is None:
+            return
+        if not isinstance(self.lyrics, str):
+            raise InvalidParams(f"lyrics must be text, got {type(self.lyrics).__name__}",
+                                param="lyrics")
+        if len(self.lyrics) > MAX_LYRICS_CHARS:
+            raise InvalidParams(
+                f"lyrics: {len(self.lyrics)} characters is too long; at most "
+                f"{MAX_LYRICS_CHARS}", param="lyrics", allowed={"maxLength": MAX_LYRICS_CHARS})
+        if "\x00" in self.lyrics:
+            raise InvalidParams("lyrics: holds a NUL byte; is it a text file?", param="lyrics")
+        # Windows line ends and trailing blanks decide nothing; one spelling keeps recipes
+        # (and replays) identical however the words arrived.
+        text = "\n".join(line.rstrip() for line in self.lyrics.replace("\r\n", "\n")
+                         .replace("\r", "\n").split("\n")).strip("\n")
+        object.__setattr__(self, "lyrics", text if text.strip() else None)
 
     def to_dict(self) -> dict[str, Any]:
         """Every field as plain JSON types, always the same keys (the recipe's ``params``,
@@ -181,7 +208,7 @@ class Request:
             variations=params.get("variations", DEFAULT_VARIATIONS),
             melody=params.get("melody"), continuation=params.get("continuation"),
             init=params.get("init"), strength=params.get("strength"),
-            repaint=params.get("repaint"),
+            repaint=params.get("repaint"), lyrics=params.get("lyrics"),
             options={k: params[k] for k in family_params if k in params})
 
     def job_params(self) -> dict[str, Any]:

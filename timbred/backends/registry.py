@@ -18,6 +18,7 @@ from timbred.errors import InvalidParams
 BUILTIN: tuple[str, ...] = (
     "timbred.backends.musicgen:SPEC",
     "timbred.backends.stable_audio:SPEC",
+    "timbred.backends.ace_step:SPEC",
 )
 
 _lock = threading.Lock()

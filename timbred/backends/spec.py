@@ -93,6 +93,11 @@ class BackendSpec:
     check_request: Callable[[Path, Request], None] | None = None
     """Refuse (:class:`timbred.errors.InvalidParams`) a request one model cannot make, at
     submit, beyond what the schema and the features say."""
+    edits_init: Callable[[Mapping[str, Any]], bool] | None = None
+    """Given a request's own parameters, whether its ``init`` is *edited* as the common
+    fields say (varied by ``strength``, or with ``repaint`` a span made anew); ``False`` for a
+    task of the family's own (ACE-Step extracting a track), which then takes no default
+    strength and is checked by :attr:`check_request` alone. ``None``: always."""
     needs: tuple[str, ...] = ("local_weights",)
     """What it needs to run: ``local_weights``, ``api_key``, ``gpu``."""
     model_hint: str = ""

@@ -311,15 +311,20 @@ class Generation:
                 param="duration", allowed={"minimum": MIN_DURATION_S, "maximum": limit})
         # The request, built once: everything that decides the audio, in the wire's names,
         # the family's own parameters checked against its schema with its defaults filled in.
+        family_params = _backend_params(spec, request, ref.local_path)
+        # A family's own task on init audio (ACE-Step extracting a track) is not a variation:
+        # no default strength, and its own check_request says what it needs.
+        edits = spec.edits_init is None or spec.edits_init(family_params)
         req = Request(
             prompt=request["prompt"], duration=duration,
             seed=request["seed"] if "seed" in request else secrets.randbelow(2**31),
             variations=int(request.get("variations", DEFAULT_VARIATIONS)),
             melody=request.get("melody"), continuation=request.get("continuation"),
             init=request.get("init"), repaint=request.get("repaint"),
+            lyrics=request.get("lyrics"),
             strength=request.get("strength", DEFAULT_STRENGTH if request.get("init")
-                                 and not request.get("repaint") else None),
-            options=_backend_params(spec, request, ref.local_path))
+                                 and not request.get("repaint") and edits else None),
+            options=family_params)
         out: dict[str, Any] = {
             **req.job_params(),
             "output": request.get("output"),
@@ -351,7 +356,7 @@ class Generation:
                     f"duration: {out['duration']:g} s must exceed the continued audio's "
                     f"{length:.2f} s (the result includes it)", param="duration",
                     allowed={"exclusiveMinimum": round(length, 3)})
-        if out["init"] is not None:
+        if out["init"] is not None and edits:
             wanted = "inpainting" if out["repaint"] is not None else "variation"
             if wanted not in features:
                 what = "repaint a span" if wanted == "inpainting" else "vary audio (init)"
@@ -360,11 +365,16 @@ class Generation:
                     f"({spec.name}) cannot {what}; choose a model that can (timbrectl "
                     "backends lists each family's features)",
                     param="repaint" if wanted == "inpainting" else "init")
-            if out["repaint"] is not None and init_s is not None and \
-                    abs(out["duration"] - init_s) > 1e-3:
-                raise InvalidParams(
-                    f"duration: a repaint keeps its audio's length ({init_s:.3f} s); leave "
-                    "duration out", param="duration")
+        if out["init"] is not None and out["repaint"] is not None and init_s is not None \
+                and abs(out["duration"] - init_s) > 1e-3:
+            raise InvalidParams(
+                f"duration: a repaint keeps its audio's length ({init_s:.3f} s); leave "
+                "duration out", param="duration")
+        if out["lyrics"] is not None and "lyrics" not in features:
+            raise InvalidParams(
+                f"lyrics: {model} ({spec.name}) does not sing; choose a model that does "
+                "(an ace-step model: timbrectl backends lists each family's features)",
+                param="lyrics")
         if spec.check_request is not None and ref.local_path is not None:
             spec.check_request(ref.local_path, req)
         if out["output"] is not None:

@@ -1,9 +1,10 @@
 """Tags (mutagen): a take's metadata inside the audio file, written and read back.
 
 MP3 and WAV get an ID3v2.4 tag (WAV in an ``id3 `` chunk): TIT2 (title), COMM (the prompt),
-TDRC (creation time), TSSE (encoder) and a ``TXXX:TIMBRE_*`` frame per field, including
-``TXXX:TIMBRE_RECIPE`` with the JSON recipe. FLAC and Ogg Vorbis get Vorbis comments with the
-same names: TITLE, DESCRIPTION and COMMENT (the prompt), DATE, ENCODER and ``TIMBRE_*``.
+TDRC (creation time), TSSE (encoder), USLT (the lyrics sung, if any) and a
+``TXXX:TIMBRE_*`` frame per field, including ``TXXX:TIMBRE_RECIPE`` with the JSON recipe. FLAC
+and Ogg Vorbis get Vorbis comments with the same names: TITLE, DESCRIPTION and COMMENT (the
+prompt), DATE, ENCODER, LYRICS and ``TIMBRE_*``.
 :func:`read_tags` maps both back to one flat dictionary.
 """
 
@@ -65,8 +66,12 @@ def tag_items(metadata: TakeMetadata) -> list[tuple[str, str]]:
         ("TIMBRE_JOB_ID", metadata.job_id),
         ("TIMBRE_TAKE_INDEX", None if metadata.take_index is None else str(metadata.take_index)),
     ]
+    lyrics = metadata.params.get("lyrics")
+    if isinstance(lyrics, str) and lyrics:
+        # The standard frame players show (USLT, LYRICS), not a TIMBRE_PARAM_ one too.
+        items.append(("LYRICS", lyrics))
     for name, value in sorted(metadata.params.items()):
-        if value is not None:
+        if value is not None and name != "lyrics":
             items.append((_param_key(name), value if isinstance(value, str)
                           else json.dumps(value, sort_keys=True)))
     if loud is not None:
@@ -88,10 +93,21 @@ _OPENERS: dict[str, Any] = {"wav": mutagen.wave.WAVE, "mp3": mutagen.mp3.MP3,
                             "flac": mutagen.flac.FLAC, "ogg": mutagen.oggvorbis.OggVorbis}
 
 
-def _id3_frames(items: Sequence[tuple[str, str]]) -> list[Any]:
+#: ISO 639-2 codes (USLT's language field) of the lyrics languages the studio offers; others
+#: are written as "XXX", ID3's "unknown".
+_ISO_639_2: Final = {"en": "eng", "zh": "zho", "ja": "jpn", "ko": "kor", "es": "spa",
+                     "fr": "fra", "de": "deu", "it": "ita", "pt": "por", "ru": "rus",
+                     "ar": "ara", "hi": "hin", "nl": "nld", "sv": "swe", "pl": "pol",
+                     "tr": "tur", "vi": "vie", "id": "ind", "th": "tha", "uk": "ukr"}
+
+
+def _id3_frames(items: Sequence[tuple[str, str]], language: str | None = None) -> list[Any]:
     frames: list[Any] = []
     for key, value in items:
-        if key == "COMMENT":
+        if key == "LYRICS":
+            frames.append(_ID3.USLT(encoding=3, lang=_ISO_639_2.get(language or "", "XXX"),
+                                    desc="", text=value))
+        elif key == "COMMENT":
             frames.append(_ID3.COMM(encoding=3, lang="eng", desc="", text=[value]))
         elif key in _ID3_FRAMES:
             frames.append(getattr(_ID3, _ID3_FRAMES[key])(encoding=3, text=[value]))
@@ -108,7 +124,8 @@ def tag_bytes(data: bytes, fmt: str, metadata: TakeMetadata) -> bytes:
     if audio.tags is None:
         audio.add_tags()
     if fmt in ("wav", "mp3"):
-        for frame in _id3_frames(items):
+        language = metadata.params.get("language")
+        for frame in _id3_frames(items, language if isinstance(language, str) else None):
             audio.tags.add(frame)
         buf.seek(0)
         audio.save(buf, v2_version=4)
@@ -126,10 +143,10 @@ def read_tags(path: str | os.PathLike[str]) -> dict[str, str]:
     """The tags of an audio file, normalised across containers.
 
     ID3 (MP3, WAV): TIT2 -> ``TITLE``, COMM (empty description) -> ``COMMENT``, TDRC ->
-    ``DATE``, TSSE -> ``ENCODER``, ``TXXX:<desc>`` -> ``<desc>``. Vorbis comments (FLAC, Ogg):
-    names upper-cased, DESCRIPTION -> ``COMMENT`` when there is no COMMENT. Several values
-    are joined with a newline. TakeNotFound if the file does not exist, AudioInputError
-    (``param`` ``path``) if it is not an audio file mutagen knows.
+    ``DATE``, TSSE -> ``ENCODER``, USLT -> ``LYRICS``, ``TXXX:<desc>`` -> ``<desc>``. Vorbis
+    comments (FLAC, Ogg): names upper-cased, DESCRIPTION -> ``COMMENT`` when there is no
+    COMMENT. Several values are joined with a newline. TakeNotFound if the file does not
+    exist, AudioInputError (``param`` ``path``) if it is not an audio file mutagen knows.
     """
     p = Path(path)
     if not p.is_file():
@@ -147,6 +164,9 @@ def read_tags(path: str | os.PathLike[str]) -> dict[str, str]:
     if isinstance(tags, _ID3.ID3):
         names = {v: k for k, v in _ID3_FRAMES.items()}
         for frame in tags.values():
+            if frame.FrameID == "USLT":  # one text, not a list of them
+                out["LYRICS"] = str(frame.text)
+                continue
             text = "\n".join(str(t) for t in getattr(frame, "text", []))
             if frame.FrameID == "TXXX":
                 out[frame.desc] = text

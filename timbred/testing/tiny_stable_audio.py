@@ -53,7 +53,7 @@ from transformers import (
 )
 
 from timbred.testing.checkpoint import build_once, t5_tokenizer
-from timbred.worker.stable_audio import quiet
+from timbred.worker.diffusion import quiet
 
 __all__ = ["BUILDER_VERSION", "MAX_DURATION_S", "SA3_MAX_DURATION_S", "SAMPLE_RATE",
            "build_tiny_stable_audio", "build_tiny_stable_audio_3"]

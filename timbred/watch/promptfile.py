@@ -18,7 +18,9 @@ Three forms, chosen by the file's suffix (case-insensitive):
     line looks like ``Style: lo-fi``). A first paragraph is read as headers when its first line
     names a known key, or when every line of it is ``key: value`` and a prompt follows after a
     blank line; unknown keys in headers are refused (``durration: 10`` is a typo, not prose).
-    Keys are case-insensitive and ``-`` may stand for ``_``; values may be quoted.
+    Keys are case-insensitive and ``-`` may stand for ``_``; values may be quoted. A line
+    holding only ``lyrics:`` after the prompt starts the block's lyrics (to its end; blank
+    lines and ``[verse]`` tags kept).
 ``.json`` / ``.toml``
     One request object, or ``{"prompts": [...]}`` (``[[prompts]]`` tables in TOML), described by
     ``schemas/promptfile.schema.json``.
@@ -77,8 +79,9 @@ PROMPT_SUFFIXES: Final[Mapping[str, str]] = {".txt": "txt", ".toml": "toml", ".j
 #: The generate.submit parameters a prompt file may set (``output`` is a name, handled apart).
 GENERATION_KEYS: Final = ("prompt", "duration", "seed", "model", "temperature", "top_k",
                           "top_p", "guidance", "steps", "negative", "sampler", "variations",
-                          "priority",
-                          "keep_alive", "melody", "continuation", "init", "strength")
+                          "priority", "keep_alive", "melody", "continuation", "init",
+                          "strength", "lyrics", "language", "shift", "bpm", "key",
+                          "time_signature")
 #: Export options that only mean something for one format.
 _FORMAT_OF_OPTION: Final[Mapping[str, str]] = {"wav_subtype": "wav", "mp3_bitrate_kbps": "mp3",
                                                "ogg_quality": "ogg"}
@@ -364,6 +367,18 @@ def _parse_block(name: str, block: _Block, several: bool) -> PromptRequest:
     else:
         body_lines = lines
         body_start = block.first_line
+    # A line holding only "lyrics:" ends the prompt: the rest of the block is the words to
+    # sing, blank lines and section tags kept.
+    marker = next((i for i, line in enumerate(body_lines)
+                   if line.strip().lower() == "lyrics:"), None)
+    if marker is not None:
+        if "lyrics" in headers:
+            raise _error(name, f"line {body_start + marker}: {where}lyrics is given twice "
+                         f"(first on line {key_lines['lyrics']})", param="lyrics",
+                         line=body_start + marker)
+        headers["lyrics"] = "\n".join(body_lines[marker + 1:]).strip("\n")
+        key_lines["lyrics"] = body_start + marker
+        body_lines = body_lines[:marker]
     prompt = "\n".join(body_lines).strip()
     prompt_line = body_start + next(
         (i for i, line in enumerate(body_lines) if line.strip()), 0)

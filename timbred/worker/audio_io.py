@@ -23,7 +23,8 @@ import soundfile as sf
 
 from timbred import errors
 
-__all__ = ["AudioFileInfo", "convert_channels", "probe_audio", "read_audio", "resample"]
+__all__ = ["AudioFileInfo", "convert_channels", "fit_length", "probe_audio", "read_audio",
+           "resample"]
 
 
 @dataclass(frozen=True)
@@ -146,3 +147,10 @@ def _check_readable_file(path: str, param: str) -> None:
 def _soundfile_reason(exc: BaseException) -> str:
     detail = str(exc).strip() or type(exc).__name__
     return f"not a readable audio file ({detail})"
+
+
+def fit_length(audio: npt.NDArray[np.float32], samples: int) -> npt.NDArray[np.float32]:
+    """``audio`` (``(channels, frames)``) cut or padded with silence to ``samples`` frames."""
+    if audio.shape[-1] >= samples:
+        return np.ascontiguousarray(audio[:, :samples])
+    return np.pad(audio, ((0, 0), (0, samples - audio.shape[-1])))

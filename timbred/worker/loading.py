@@ -11,11 +11,12 @@ from typing import Generic, Protocol, TypeVar
 import torch
 
 from timbred import errors
+from timbred.backends.files import pipeline_class
 from timbred.worker.backend import Capabilities
 from timbred.worker.device import is_oom, oom_reason, release_memory
 
 __all__ = ["TORCH_DTYPES", "LoadedState", "OneModel", "load_failure", "snapshot_revision",
-           "torch_device"]
+           "source_pipeline_class", "torch_device"]
 
 #: torch's dtype for each name in :data:`timbred.worker.backend.DTYPES`.
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -44,6 +45,21 @@ def snapshot_revision(source: str) -> str | None:
     """The commit of a Hugging Face cache snapshot ``source`` lies in, or ``None``."""
     match = _SNAPSHOT_RE.search(str(Path(source).resolve()))
     return match.group(1) if match else None
+
+
+def source_pipeline_class(source: str) -> str | None:
+    """The class ``model_index.json`` names, for a directory or a cached hub snapshot."""
+    directory = Path(source)
+    if not directory.is_dir():
+        try:
+            from huggingface_hub import snapshot_download
+
+            directory = Path(snapshot_download(source, local_files_only=True))
+        except Exception as exc:
+            raise errors.ModelNotFound(
+                source, "not a local directory and not in the Hugging Face cache (pull it "
+                "first)") from exc
+    return pipeline_class(directory)
 
 
 def load_failure(source: str, exc: BaseException, device: torch.device) -> errors.TimbreError:

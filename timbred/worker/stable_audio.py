@@ -23,27 +23,21 @@ short equal-power crossfades just inside the span.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
 
 import diffusers
 import numpy as np
 import numpy.typing as npt
 import torch
-import transformers
-from diffusers.utils import logging as diffusers_logging
 
 from timbred import errors
-from timbred.backends.files import pipeline_class
 from timbred.backends.stable_audio import PIPELINES, SA3, Generation
 from timbred.request import MAX_SEED, Request
-from timbred.worker.audio_io import read_audio
+from timbred.worker.audio_io import fit_length, read_audio
 from timbred.worker.backend import (
     Backend,
     CancelToken,
@@ -51,21 +45,17 @@ from timbred.worker.backend import (
     GenerationOutput,
     Preview,
     ProgressCallback,
-    validate_device,
-    validate_dtype,
     validate_precision,
 )
 from timbred.worker.device import is_oom, oom_reason, release_memory
+from timbred.worker.diffusion import load_pipeline, load_settings, pipeline_memory, quiet
 from timbred.worker.loading import (
-    TORCH_DTYPES,
     OneModel,
-    load_failure,
     snapshot_revision,
-    torch_device,
+    source_pipeline_class,
 )
-from timbred.worker.precision import quantize_linears, quantized_bytes, resolve_precision
 
-__all__ = ["SPLICE_FADE_S", "StableAudioBackend", "quiet", "splice", "variation_seeds"]
+__all__ = ["SPLICE_FADE_S", "StableAudioBackend", "splice", "variation_seeds"]
 
 
 #: Length of the crossfades that splice a repainted span into its source, in seconds.
@@ -123,16 +113,9 @@ class StableAudioBackend(OneModel[_Loaded], Backend):
     # --- loading ---------------------------------------------------------------------------
 
     def load(self, source: str, *, device: str, dtype: str) -> None:
-        device = validate_device(device)
-        dtype = validate_dtype(dtype)
         self.unload()
-        target = torch_device(source, device)
-        precision = None
-        if self.precision is not None:
-            precision = ("fp32" if self.precision == "auto" and target.type == "cpu"
-                         else resolve_precision(self.precision, target))
-            dtype = {"int8": "float32", "bf16": "bfloat16", "fp32": "float32"}[precision]
-        pipeline = _pipeline_class(source) or ""
+        target, dtype, precision = load_settings(source, device, dtype, self.precision)
+        pipeline = source_pipeline_class(source) or ""
         found = PIPELINES.get(pipeline)
         if found is None:
             raise errors.ModelLoadFailed(
@@ -142,19 +125,7 @@ class StableAudioBackend(OneModel[_Loaded], Backend):
         # from it when a request needs them.
         if found is SA3:
             pipeline = "StableAudio3Pipeline"
-        cls = getattr(diffusers, pipeline)
-        try:
-            with quiet():
-                pipe = cls.from_pretrained(source, dtype=TORCH_DTYPES[dtype],
-                                           local_files_only=True)
-            pipe.set_progress_bar_config(disable=True)
-            pipe.to(target)
-            if precision == "int8":
-                quantize_linears(pipe.transformer)
-        except errors.TimbreError:
-            raise
-        except Exception as exc:
-            raise load_failure(source, exc, target) from exc
+        pipe = load_pipeline(getattr(diffusers, pipeline), source, target, dtype, precision)
         vae = pipe.vae.config
         rate = int(vae.sampling_rate)
         channels = int(vae.audio_channels)
@@ -164,14 +135,11 @@ class StableAudioBackend(OneModel[_Loaded], Backend):
         else:
             hop = math.prod(int(r) for r in vae.downsampling_ratios)
             longest = int(pipe.transformer.config.sample_size) * hop / rate
-        parts = [p for p in pipe.components.values() if isinstance(p, torch.nn.Module)]
-        memory = sum(t.numel() * t.element_size()
-                     for part in parts for t in (*part.parameters(), *part.buffers()))
-        memory += sum(quantized_bytes(part) for part in parts)
         self._state = _Loaded(
             pipe=pipe, source=source, pipeline=pipeline, generation=found,
             revision=snapshot_revision(source), device=target, dtype=dtype,
-            precision=precision, memory_bytes=memory, scheduler_config=pipe.scheduler.config,
+            precision=precision, memory_bytes=pipeline_memory(pipe),
+            scheduler_config=pipe.scheduler.config,
             capabilities=Capabilities(
                 melody=False, continuation=False, stereo=channels == 2,
                 max_native_duration_s=longest, sample_rate=rate, frame_rate=rate / hop,
@@ -239,7 +207,7 @@ class StableAudioBackend(OneModel[_Loaded], Backend):
         steps = int(p.options["steps"])
         seeds = variation_seeds(p.seed, p.variations)
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-        source = None if p.init is None else _fit(read_audio(
+        source = None if p.init is None else fit_length(read_audio(
             p.init, param="init", sample_rate=caps.sample_rate, channels=caps.channels,
             max_duration_s=p.duration + 1), samples)
         started = time.perf_counter()
@@ -351,13 +319,6 @@ def splice(source: npt.NDArray[np.float32], made: npt.NDArray[np.float32],
     return out.astype(np.float32)
 
 
-def _fit(audio: npt.NDArray[np.float32], samples: int) -> npt.NDArray[np.float32]:
-    """``audio`` cut or padded with silence to ``samples``."""
-    if audio.shape[-1] >= samples:
-        return np.ascontiguousarray(audio[:, :samples])
-    return np.pad(audio, ((0, 0), (0, samples - audio.shape[-1])))
-
-
 def _negative(p: Request) -> str | None:
     return str(p.options.get("negative") or "") or None
 
@@ -367,38 +328,3 @@ def _variant(st: _Loaded, name: str) -> Any:
         st.variants[name] = getattr(diffusers, name).from_pipe(st.pipe)
         st.variants[name].set_progress_bar_config(disable=True)
     return st.variants[name]
-
-
-def _pipeline_class(source: str) -> str | None:
-    """The class ``model_index.json`` names, for a directory or a cached hub snapshot."""
-    directory = Path(source)
-    if not directory.is_dir():
-        try:
-            from huggingface_hub import snapshot_download
-
-            directory = Path(snapshot_download(source, local_files_only=True))
-        except Exception as exc:
-            raise errors.ModelNotFound(
-                source, "not a local directory and not in the Hugging Face cache (pull it "
-                "first)") from exc
-    return pipeline_class(directory)
-
-
-@contextlib.contextmanager
-def quiet() -> Iterator[None]:
-    """diffusers' and torchsde's chatter (the accelerate hint, float round-off warnings from
-    the Brownian tree at the schedule's ends) stays out of the daemon's log."""
-    verbosity = diffusers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()
-    # Loading bars (diffusers' components, transformers' weights) would fill stderr.
-    diffusers_logging.disable_progress_bar()
-    transformers.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", module=r"torchsde(\.|$)")
-            # diffusers' Oobleck autoencoder still builds with the old weight_norm API.
-            warnings.filterwarnings("ignore", message=r"`torch\.nn\.utils\.weight_norm` is "
-                                    "deprecated", category=FutureWarning)
-            yield
-    finally:
-        diffusers_logging.set_verbosity(verbosity)
