@@ -147,6 +147,15 @@ class TestBackend:
         # The first variation is the -n 1 take (up to the DiT's batch round-off).
         np.testing.assert_allclose(_audio(backend, _request())[0], audio[0], atol=1e-4)
 
+    def test_a_long_song_decodes_in_tiles(self, backend: AceStepBackend) -> None:
+        """Past 512 latent frames (20.5 s) the autoencoder decodes in overlapping tiles, so a
+        long song's memory stays bounded; the take is whole and repeatable."""
+        [out] = backend.generate_batch([_request(duration=24.0, options={"steps": 1})])
+        assert out.audio.shape == (1, 2, 24 * SAMPLE_RATE) and out.info["vae_tiling"]
+        assert np.isfinite(out.audio).all() and np.abs(out.audio[..., -SAMPLE_RATE:]).max() > 0
+        [again] = backend.generate_batch([_request(duration=24.0, options={"steps": 1})])
+        assert np.array_equal(again.audio, out.audio)
+
     def test_the_words_and_their_language_decide_the_audio(
             self, backend: AceStepBackend) -> None:
         sung = _audio(backend, _request())

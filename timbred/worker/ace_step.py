@@ -111,6 +111,11 @@ class AceStepBackend(OneModel[_Loaded], Backend):
             raise errors.ModelLoadFailed(
                 source, f"{pipeline or 'no pipeline'}: not an ACE-Step pipeline ({PIPELINE})")
         pipe = load_pipeline(diffusers.AceStepPipeline, source, target, dtype, precision)
+        # Songs are long: an untiled decode of 120 s at 48 kHz holds ~17 GiB of activations on
+        # top of the weights (bench/RESULTS.md, session 11), so the autoencoder decodes in
+        # its own overlapping tiles (512 latent frames, 20.5 s) and encodes sources over 30 s
+        # the same way. Always on, so a recipe's audio does not depend on the machine.
+        pipe.vae.enable_tiling()
         rate = int(pipe.sample_rate)
         channels = int(pipe.vae.config.audio_channels)
         self._state = _Loaded(
@@ -242,7 +247,7 @@ class AceStepBackend(OneModel[_Loaded], Backend):
             "backend": self.name, "source": st.source, "revision": st.revision,
             "device": str(st.device), "dtype": st.dtype, "precision": st.precision,
             "pipeline": PIPELINE, "diffusers": diffusers.__version__, "task": task,
-            "turbo": st.turbo, "variation_seeds": seeds,
+            "turbo": st.turbo, "vae_tiling": True, "variation_seeds": seeds,
             "seconds_per_step": round((time.perf_counter() - started) / steps, 4)}
         if task == "cover":
             info["audio_cover_strength"] = kwargs["audio_cover_strength"]
