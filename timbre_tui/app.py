@@ -229,6 +229,39 @@ class Studio:
         if shown and self.app.layout.has_focus(self.widgets.panel):
             self.focus_composer()
 
+    # --- lyrics -----------------------------------------------------------------------------
+
+    def toggle_lyrics(self) -> None:
+        """Show and focus the lyrics editor; from inside it, hide it (the words are kept)."""
+        if self.state.lyrics_open and self.app.layout.has_focus(self.widgets.lyrics):
+            self.hide_lyrics()
+        else:
+            self.open_lyrics()
+
+    def hide_lyrics(self) -> None:
+        """Hide the editor; its words are kept, and still sent with the next prompt."""
+        self.state.lyrics_open = False
+        if self.app.layout.has_focus(self.widgets.lyrics):
+            self.focus_composer()
+
+    def open_lyrics(self) -> None:
+        self.state.lyrics_open = True
+        self.close_overlays()
+        self.app.layout.focus(self.widgets.lyrics)
+        note = self.state.lyrics_note()
+        if note is not None:
+            self.say(note)
+
+    def set_lyrics(self, text: str) -> None:
+        """Replace the editor's words (the state follows through :meth:`lyrics_changed`)."""
+        buf = self.widgets.lyrics.buffer
+        buf.text = text
+        buf.cursor_position = len(text)
+
+    def lyrics_changed(self) -> None:
+        self.state.lyrics = self.widgets.lyrics.text
+        self.invalidate()
+
     def toggle_library(self) -> None:
         if self.state.view == "library":
             self.state.view = "timeline"

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion
 from prompt_toolkit.document import Document
 
 from timbre_tui.data import describe_error
+from timbre_tui.edits import ABOUT, USAGE, EditKind, edit_family, edit_request, parse_edit
 from timbre_tui.key_bindings import describe_keys, keys_for
 from timbre_tui.state import (
     ACTIVE_STATES,
@@ -77,6 +78,7 @@ def build_actions(studio: Studio) -> dict[str, Action]:
         ("prev_take", "Select the previous take", lambda: s.select_take(-1)),
         ("next_take", "Select the next take", lambda: s.select_take(+1)),
         ("params", "Edit parameters (the panel)", s.focus_params),
+        ("lyrics", "Lyrics editor: show and focus / hide", s.toggle_lyrics),
         ("undo", "Undo a parameter change", lambda: undo(s)),
         ("redo", "Redo a parameter change", lambda: redo(s)),
         ("seed_lock", "Lock / unlock the seed", lambda: s.say(s.state.toggle_seed_lock())),
@@ -173,10 +175,20 @@ def reload(studio: Studio) -> None:
 
 
 def submit(studio: Studio, prompt: str) -> None:
-    """Queue ``prompt`` with the panel's parameters (and a live preview when enabled)."""
+    """Queue ``prompt`` with the panel's parameters and the lyrics (and a live preview when
+    enabled)."""
     state = studio.state
-    # A daemon that lists no families predates options: it takes MusicGen's four flat.
-    params = state.params.submit_params(prompt, flat=state.backends is None)
+    params = state.request(prompt)
+    # The editor already says the model does not sing; the words are kept for one that does.
+    note = " (lyrics not sent: the model does not sing)" \
+        if state.lyrics.strip() and "lyrics" not in params else ""
+    queue(studio, params, what="submit", note=note, give_back=prompt)
+
+
+def queue(studio: Studio, params: dict[str, Any], *, what: str, note: str = "",
+          give_back: str | None = None) -> None:
+    """Send ``generate.submit`` with ``params`` and follow the new job; a failure is one
+    line, and ``give_back`` goes back into an empty composer (the words are not lost)."""
     if studio.preview.enabled:
         params["preview"] = True
 
@@ -184,15 +196,63 @@ def submit(studio: Studio, prompt: str) -> None:
         try:
             result = await studio.link.call("generate.submit", params)
         except BaseException:
-            if not studio.widgets.composer.text:
-                studio.widgets.composer.text = prompt  # give the words back
+            if give_back is not None and not studio.widgets.composer.text:
+                studio.widgets.composer.text = give_back
             raise
         studio.state.follow_newest()  # the timeline shows the prompt just sent
         studio.state.upsert_job(result["job"])
         studio.preview.claim(result["job_id"])
-        studio.say(f"queued {result['job_id']}")
+        studio.say(f"queued {result['job_id']}{note}")
 
-    studio.spawn(go, what="submit")
+    studio.spawn(go, what=what)
+
+
+def edit(studio: Studio, kind: EditKind, arg: str) -> None:
+    """``/repaint``, ``/cover``, ``/extract``, ``/add`` on the selected take: a new take
+    made from its file. Bad arguments, or a model that cannot, are one line; nothing is
+    sent."""
+    state = studio.state
+    take = state.selected()
+    if take is None:
+        studio.say(f"select a take to {kind} (Alt-↑/↓ or the timeline)", "error")
+        return
+    try:
+        found = parse_edit(kind, arg, state.tracks(edit_family(state, take)),
+                           take.duration_s or None)
+        params = edit_request(state, take, found)
+    except ValueError as exc:
+        studio.say(str(exc), "error")
+        return
+    queue(studio, params, what=kind)
+
+
+def lyrics_command(studio: Studio, arg: str) -> None:
+    """``/lyrics``: show and focus the editor, or hide it when shown (it is typed in the
+    composer, so it cannot mean "focus it" as the key can); ``clear`` empties it; ``take``
+    fills it with the selected take's words (to sing them again, or edit them)."""
+    word = arg.strip()
+    if not word:
+        if studio.state.lyrics_open:
+            studio.hide_lyrics()
+        else:
+            studio.open_lyrics()
+        return
+    if word == "clear":
+        studio.set_lyrics("")
+        studio.say("lyrics cleared")
+        return
+    if word == "take":
+        take = studio.state.selected()
+        if take is None or not take.lyrics:
+            studio.say("the selected take has no lyrics" if take is not None
+                       else "select a take to copy its lyrics", "error")
+            return
+        studio.set_lyrics(take.lyrics)
+        studio.open_lyrics()
+        studio.say(f"lyrics from {take.name}")
+        return
+    studio.say(f"lyrics: {word!r} is not one of clear, take (/lyrics alone shows the "
+               "editor)", "error")
 
 
 def _job_for(studio: Studio, job_id: str | None, states: tuple[str, ...]) -> str | None:
@@ -370,6 +430,12 @@ def build_commands(studio: Studio) -> dict[str, SlashCommand]:
         SlashCommand("rate", "/rate up|down", "rate the selected take",
                      lambda a: rate(s, a.strip()),
                      lambda: [("up", "keep it"), ("down", "not this one")]),
+        SlashCommand("lyrics", "/lyrics [clear|take]",
+                     "show / hide the lyrics; clear them; take the selected take's",
+                     lambda a: lyrics_command(s, a),
+                     lambda: [("clear", "empty the editor"),
+                              ("take", "the selected take's words")]),
+        *(_edit_command(s, kind) for kind in USAGE),
         SlashCommand("undo", "/undo", "undo a parameter change", lambda a: undo(s)),
         SlashCommand("redo", "/redo", "redo a parameter change", lambda a: redo(s)),
         SlashCommand("library", "/library [QUERY]", "search past takes",
@@ -381,6 +447,15 @@ def build_commands(studio: Studio) -> dict[str, SlashCommand]:
                      lambda a: s.quit()),
     ]
     return {c.name: c for c in cmds}
+
+
+def _edit_command(studio: Studio, kind: EditKind) -> SlashCommand:
+    def complete() -> Iterable[tuple[str, str]]:
+        state = studio.state
+        return [(t, "track") for t in state.tracks(edit_family(state, state.selected()))]
+
+    return SlashCommand(kind, USAGE[kind], ABOUT[kind], lambda a: edit(studio, kind, a),
+                        complete if kind in ("extract", "add") else None)
 
 
 def run_line(studio: Studio, text: str) -> bool:
@@ -447,6 +522,9 @@ def palette_entries(studio: Studio) -> list[PaletteEntry]:
                                 _prefill(studio, f"/{spec.label} ")))
     out.append(PaletteEntry("Export the selected take as…", "/export",
                             _prefill(studio, "/export ")))
+    for kind, about in ABOUT.items():
+        out.append(PaletteEntry(f"{about[:1].upper()}{about[1:]}…", f"/{kind}",
+                                _prefill(studio, f"/{kind} ")))
     out.append(PaletteEntry("Search the library…", "/library", lambda: studio.open_library("")))
     return out
 
@@ -490,13 +568,24 @@ def help_text(studio: Studio) -> str:
         "  tui.toml: [preview] enabled = false turns it off.",
         "Composer: Up on the first line recalls older prompts, Down on",
         "  the last newer ones; Tab completes /commands.",
+        f"Lyrics ({keys_for(studio, 'lyrics') or '/lyrics'}): words to sing, sent with the "
+        "prompt",
+        "  when the model sings (ace-step). A line starting with [ is a",
+        "  section tag: Tab or Enter completes it ([ch -> [chorus]);",
+        f"  Enter makes a new line, {keys_for(studio, 'undo') or 'undo'} undoes, Esc back "
+        "to the composer.",
+        "  The selected take's sections show under it on the timeline,",
+        "  placed by their share of its lines (an estimate).",
+        "Edits of the selected take, each a new take: /repaint, /cover,",
+        "  /extract and /add (Tab completes tracks).",
         "Quitting: Ctrl-Q at once; Ctrl-C clears the composer, and on an",
         "  empty composer quits when pressed twice. timbred keeps running.",
         "",
         "Commands",
     ]
     for cmd in studio.commands.values():
-        lines.append(f"  {cmd.usage:<27} {fit_text(cmd.help, 42)}")
+        usage = f"{cmd.usage:<27}"  # a longer usage (/add's) leaves less room for its help
+        lines.append(f"  {usage} {fit_text(cmd.help, 69 - len(usage))}")
     lines += ["", "Library search: words match the prompt; rating:up|down and",
               "tag:NAME filter once the daemon records ratings and tags.", "",
               "Esc closes this help."]

@@ -253,8 +253,12 @@ class DaemonLink:
 def take_from_history(record: Mapping[str, Any]) -> Take:
     """A ``history.search`` take record as the studio's Take."""
     recipe = record.get("recipe") or {}
+    made = recipe.get("params") or {}
+    lyrics, backend = made.get("lyrics"), recipe.get("backend")
     return Take(job_id=record["job_id"], index=record["take_index"], path=record["path"],
                 duration_s=record["duration_s"], prompt=record["prompt"],
-                seed=(recipe.get("params") or {}).get("seed"), model=str(recipe.get("model", "")),
+                seed=made.get("seed"), model=str(recipe.get("model", "")),
                 created_at=record["created_at"], loudness=record["loudness_after_lufs"],
-                rating=record["rating"], tags=tuple(record["tags"]))
+                rating=record["rating"], tags=tuple(record["tags"]),
+                lyrics=lyrics if isinstance(lyrics, str) and lyrics else None,
+                backend=backend if isinstance(backend, str) else None)

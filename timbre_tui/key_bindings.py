@@ -10,11 +10,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from prompt_toolkit.application.current import get_app
+from prompt_toolkit.completion import CompleteEvent
 from prompt_toolkit.filters import Condition, Filter
 from prompt_toolkit.key_binding import KeyBindings, KeyBindingsBase, merge_key_bindings
 from prompt_toolkit.key_binding.bindings.completion import generate_completions
 from prompt_toolkit.key_binding.key_processor import KeyPressEvent
 from prompt_toolkit.keys import KEY_ALIASES, Keys
+
+from timbre_tui.lyrics import SectionCompleter
 
 if TYPE_CHECKING:
     from timbre_tui.app import Studio
@@ -32,6 +35,7 @@ DEFAULT_KEYS: KeyMap = {
     "library": ("f2",),
     "panel": ("f3",),
     "params": ("f4",),
+    "lyrics": ("f12",),
     "play_pause": ("f5",),
     "stop": ("f6",),
     "seek_back": ("f7",),
@@ -216,6 +220,60 @@ def load_composer_bindings(studio: Studio) -> KeyBindingsBase:
     def _(event: KeyPressEvent) -> None:
         """Close the completion menu."""
         event.current_buffer.cancel_completion()
+
+    return kb
+
+
+def on_section_tag(studio: Studio) -> Filter:
+    """The lyrics editor's cursor is in a section tag being typed (``[ch``)."""
+    def typing_tag() -> bool:
+        typed = studio.widgets.lyrics.document.current_line_before_cursor.lstrip()
+        return typed.startswith("[") and "]" not in typed
+    return Condition(typing_tag)
+
+
+def load_lyrics_bindings(studio: Studio) -> KeyBindingsBase:
+    """Keys of the lyrics editor: Enter is a new line (or finishes a section tag), Tab
+    completes a tag, the undo and redo keys undo its text, Esc goes back to the composer."""
+    kb = KeyBindings()
+
+    @kb.add("c-m", filter=on_section_tag(studio))
+    def _(event: KeyPressEvent) -> None:
+        """Finish the section tag being typed with the highlighted (or first) tag."""
+        buf = event.current_buffer
+        state = buf.complete_state
+        chosen = state.current_completion if state is not None else None
+        if chosen is None:  # asked here: the menu may not have been filled yet
+            chosen = next(iter(SectionCompleter().get_completions(
+                buf.document, CompleteEvent(completion_requested=True))), None)
+        if chosen is not None:
+            buf.apply_completion(chosen)
+        else:
+            buf.newline(copy_margin=False)
+
+    kb.add("c-i", filter=on_section_tag(studio))(generate_completions)
+
+    # The lyrics' own history, not the panel's: the text being typed is what Ctrl-Z means
+    # here. Only the keys the user's map gives undo and redo, so a rebinding follows.
+    for sequence in studio.keymap.get("undo", ()):
+        @kb.add(*sequence.split(), save_before=lambda e: False)
+        def _(event: KeyPressEvent) -> None:
+            """Undo the last change to the lyrics."""
+            event.current_buffer.undo()
+
+    for sequence in studio.keymap.get("redo", ()):
+        @kb.add(*sequence.split(), save_before=lambda e: False)
+        def _(event: KeyPressEvent) -> None:
+            """Redo a change to the lyrics."""
+            event.current_buffer.redo()
+
+    @kb.add("escape")
+    def _(event: KeyPressEvent) -> None:
+        """Close the completion menu, else back to the composer (the lyrics stay shown)."""
+        if event.current_buffer.complete_state is not None:
+            event.current_buffer.cancel_completion()
+        else:
+            studio.focus_composer()
 
     return kb
 

@@ -7,7 +7,7 @@
 │   ▶ take 1  0:10  ▁▂▃▅▇█▇▅▃▂▁▂▃▅▇                  │ j-… ▕████░░▏ 45%  │
 ├ message line ──────────────────────────────────────┴───────────────────┤
 ├ parameter summary (when the side panel is hidden) ─────────────────────┤
-│ > composer (grows to 6 lines)                                          │
+│ > composer (grows to 6 lines)            │ lyrics (F12: shown or not)  │
 └ status bar: connection · device · models · queue · audio · keys ───────┘
 ```
 
@@ -54,10 +54,12 @@ from timbre_tui.key_bindings import (
     load_help_bindings,
     load_library_list_bindings,
     load_library_search_bindings,
+    load_lyrics_bindings,
     load_palette_bindings,
     load_panel_bindings,
     load_timeline_bindings,
 )
+from timbre_tui.lyrics import SectionCompleter, section_at, sections, sung_lines
 from timbre_tui.state import (
     ACTIVE_STATES,
     StudioState,
@@ -76,6 +78,8 @@ TIMES = "\u00d7"  # the multiplication sign of "x2 variations"
 WIDE_COLUMNS = 100
 TALL_ROWS = 30
 SIDE_WIDTH = 36
+#: The lyrics editor's most lines: a third of the screen, up to this.
+LYRICS_ROWS = 12
 Lines = list[StyleAndTextTuples]
 
 
@@ -246,6 +250,7 @@ class Widgets:
     library_list: Window
     palette_filter: TextArea
     help: TextArea
+    lyrics: TextArea
 
 
 def create_widgets(studio: Studio) -> Widgets:
@@ -278,8 +283,16 @@ def create_widgets(studio: Studio) -> Widgets:
                           always_hide_cursor=True)
     help_area = TextArea(text="", read_only=True, scrollbar=True, focusable=True,
                          style="class:palette")
+    lyrics = TextArea(
+        text=studio.state.lyrics, multiline=True, wrap_lines=True,
+        completer=SectionCompleter(), complete_while_typing=True,
+        height=lambda: Dimension(min=2, max=max(2, min(LYRICS_ROWS, _rows() // 3))),
+        dont_extend_height=True,
+        style="class:composer", focus_on_click=True,
+        get_line_prefix=lambda line, wrapped: [("", " ")])
+    lyrics.buffer.on_text_changed += lambda _: studio.lyrics_changed()
     return Widgets(composer, timeline, panel, library_search, library_list, palette_filter,
-                   help_area)
+                   help_area, lyrics)
 
 
 def _reset_palette(studio: Studio) -> None:
@@ -395,9 +408,12 @@ def _job_state_lines(studio: Studio, job: dict[str, Any],
         out: Lines = []
         sel = None
         for take in takes_of(job):
-            if st.selected_take == take.key:
-                sel = len(out)
             out.append(take_line(studio, take, width))
+            if st.selected_take == take.key:
+                sel = len(out) - 1
+                sung = section_line(studio, take, width)
+                if sung is not None:
+                    out.append(sung)
         if not out:
             out.append([("class:timeline.meta", "  done (no files)")])
         return out, sel
@@ -430,30 +446,46 @@ def _job_state_lines(studio: Studio, job: dict[str, Any],
     return lines, None
 
 
+def _take_head(studio: Studio, take: Take, label: str | None) -> StyleAndTextTuples:
+    """``  ▶ take 1  0:01/0:10  ``: the part of a take's line before its waveform."""
+    st, player = studio.state, studio.player
+    playing_this = player.is_on(take.key, take.path)  # its live preview counts
+    env = studio.waveforms.get(take.path)
+    duration = env.duration_s if env is not None else take.duration_s
+    marker = ("▶" if player.state == "playing" else "‖") if playing_this else \
+        ("•" if st.selected_take == take.key else " ")
+    name = label if label is not None else f"take {take.index}"
+    time_text = (f"{clock(player.position())}/{clock(duration)}" if playing_this
+                 else clock(duration))
+    return [("class:take.playing" if playing_this else "class:take", f"  {marker} {name}"),
+            ("class:take.meta", f" {time_text:>9}  ")]
+
+
+def _take_tail(take: Take) -> str:
+    """``  -14.0 LUFS  👍``: what follows a take's waveform."""
+    parts = []
+    if take.loudness is not None:
+        parts.append(f"{take.loudness:.1f} LUFS")
+    if take.rating:
+        parts.append("👍" if take.rating == "up" else "👎")
+    return "  " + "  ".join(parts) if parts else ""
+
+
+def _wave_width(head: StyleAndTextTuples, tail: str, width: int) -> int:
+    return max(8, min(64, width - fragment_list_width(head) - get_cwidth(tail) - 2))
+
+
 def take_line(studio: Studio, take: Take, width: int, *, label: str | None = None) -> \
         StyleAndTextTuples:
     """``▶ take 1  0:10  ▁▂▃▅▇█  -14 LUFS  name.wav``, with the playhead when playing."""
     st, player = studio.state, studio.player
     selected = st.selected_take == take.key
-    playing_this = player.is_on(take.key, take.path)  # its live preview counts
+    playing_this = player.is_on(take.key, take.path)
     env = studio.waveforms.get(take.path)
     duration = env.duration_s if env is not None else take.duration_s
-    marker = ("▶" if player.state == "playing" else "‖") if playing_this else \
-        ("•" if selected else " ")
-    name = label if label is not None else f"take {take.index}"
-    time_text = (f"{clock(player.position())}/{clock(duration)}" if playing_this
-                 else clock(duration))
-    head: StyleAndTextTuples = [
-        ("class:take.playing" if playing_this else "class:take", f"  {marker} {name}"),
-        ("class:take.meta", f" {time_text:>9}  ")]
-    tail_parts = []
-    if take.loudness is not None:
-        tail_parts.append(f"{take.loudness:.1f} LUFS")
-    if take.rating:
-        tail_parts.append("👍" if take.rating == "up" else "👎")
-    tail = "  " + "  ".join(tail_parts) if tail_parts else ""
-    room = width - fragment_list_width(head) - get_cwidth(tail)
-    wave_w = max(8, min(64, room - 2))
+    head = _take_head(studio, take, label)
+    tail = _take_tail(take)
+    wave_w = _wave_width(head, tail, width)
     wave: StyleAndTextTuples
     error = studio.waveforms.error(take.path)
     if env is None:
@@ -479,6 +511,44 @@ def take_line(studio: Studio, take: Take, width: int, *, label: str | None = Non
         studio.click_take(take)
     handler = _on_click(click)
     return [(s, t, handler) for s, t, *_ in out]
+
+
+def section_line(studio: Studio, take: Take, width: int) -> StyleAndTextTuples | None:
+    """The take's song sections under its waveform, each tag where its section starts
+    (``[verse]    [chorus]  [bridge]``); None when its lyrics have no section tags.
+
+    The positions are an estimate (:func:`timbre_tui.lyrics.sections`): ACE-Step says
+    nothing of when each section is sung, so each gets a share of the take by its lines.
+    The section under the playhead is lit while the take plays.
+    """
+    found = sections(take.lyrics)
+    if not found:
+        return None
+    player = studio.player
+    head = _take_head(studio, take, None)
+    x0 = fragment_list_width(head)
+    wave_w = _wave_width(head, _take_tail(take), width)
+    now = None
+    if player.is_on(take.key, take.path) and player.duration > 0:
+        now = section_at(found, player.position() / player.duration)
+    out: StyleAndTextTuples = [("", " " * x0)]
+    used = x0
+    for i, section in enumerate(found):
+        if not section.label:
+            continue  # words before the first tag: their share of the take, no name
+        start = x0 + round(section.start * wave_w)
+        end = x0 + round(section.end * wave_w) if i + 1 < len(found) else width
+        if start > used:
+            out.append(("", " " * (start - used)))
+            used = start
+        room = min(end, width) - used - 1  # a space before the next tag
+        if room < 1:
+            continue  # a short section after a long label: no room to name it
+        style = "class:take.playing" if section is now else "class:lyrics.section"
+        text = fit(section.label, room)
+        out.append((style, text))
+        used += get_cwidth(text)
+    return out
 
 
 # --- the side panel: parameters and queue ---------------------------------------------------
@@ -632,16 +702,71 @@ def param_summary(studio: Studio) -> Window:
 
 
 def composer(studio: Studio) -> AnyContainer:
-    """The prompt composer under a rule."""
+    """The prompt composer under a rule, and the lyrics editor beside it when shown."""
     def rule(width: int, height: int) -> Rendered:
-        running, queued = studio.state.queue_depth()
+        st = studio.state
+        running, queued = st.queue_depth()
         label = ""
         if running or queued:
             label = f" {running} running · {queued} queued "
+        if st.lyrics.strip() and not st.lyrics_open:  # words that go with the next prompt
+            lines = sung_lines(st.lyrics)
+            label = (f" ♪ lyrics, {lines} line{'' if lines == 1 else 's'}"
+                     f"{'' if st.sings() else ' (not sung by this model)'} ·") + label
         return Rendered([[("class:composer.frame", "─" * max(0, width - len(label) - 2)),
                           ("class:summary", label), ("class:composer.frame", "──")]])
-    return HSplit([Window(RenderedControl(rule), height=1), studio.widgets.composer],
-                  key_bindings=load_composer_bindings(studio))
+    shown = Condition(lambda: studio.state.lyrics_open)
+    return HSplit([
+        Window(RenderedControl(rule), height=1),
+        VSplit([
+            HSplit([studio.widgets.composer], key_bindings=load_composer_bindings(studio)),
+            ConditionalContainer(
+                VSplit([Window(width=1, char="│", style="class:separator"),
+                        lyrics_pane(studio)]),
+                filter=shown),
+        ]),
+    ])
+
+
+def lyrics_width() -> int:
+    """The lyrics editor takes up to half the screen, the composer the rest."""
+    return max(24, min(60, _columns() // 2))
+
+
+def lyrics_note(studio: Studio, width: int) -> list[str]:
+    """The editor's note: that the model cannot sing (so the words are not sent), else what
+    the words hold, else how to start."""
+    st = studio.state
+    warning = st.lyrics_note()
+    if warning is not None:
+        return textwrap.wrap(warning, max(10, width - 1)) or [""]
+    found = sections(st.lyrics)
+    lines = sung_lines(st.lyrics)
+    if lines or found:
+        tags = ", ".join(s.tag for s in found if s.tag)
+        counted = f"{lines} line{'' if lines == 1 else 's'}"
+        return [fit(f"{counted}{' · ' + tags if tags else ''}; sent with the next prompt",
+                    width - 1)]
+    return [fit("words to sing; a line starting with [ is a section tag", width - 1)]
+
+
+def lyrics_pane(studio: Studio) -> AnyContainer:
+    """The lyrics editor: a title, one note (a warning when the model does not sing), the
+    words."""
+    def title() -> str:
+        key = keys_for(studio, "lyrics")
+        return "Lyrics" + (f" ({key})" if key else "")
+
+    def note(width: int, height: int) -> Rendered:
+        style = "class:lyrics.warning" if studio.state.lyrics_note() else "class:timeline.hint"
+        return Rendered([[(style, " " + line)] for line in lyrics_note(studio, width)])
+
+    return HSplit([
+        section_title(title),
+        Window(RenderedControl(note), wrap_lines=False,
+               height=lambda: Dimension.exact(len(lyrics_note(studio, lyrics_width())))),
+        studio.widgets.lyrics,
+    ], key_bindings=load_lyrics_bindings(studio), width=lambda: Dimension.exact(lyrics_width()))
 
 
 def status_segments(studio: Studio) -> list[tuple[int, StyleAndTextTuples]]:

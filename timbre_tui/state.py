@@ -3,8 +3,9 @@
 Everything the studio shows about the daemon (jobs, takes, progress, models, device, queue) is a
 copy of what the daemon said, loaded by RPC and kept current by events; nothing here is
 persisted. The only state of the studio's own is the editing state of this window: the
-parameters for the next prompt (with undo and redo), the selection, the open view and the
-message line. Mutators are plain methods so the whole object can be tested without a terminal.
+parameters for the next prompt (with undo and redo), the lyrics to sing with it, the
+selection, the open view and the message line. Mutators are plain methods so the whole
+object can be tested without a terminal.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from timbred.backends import musicgen
+from timbred.backends import ace_step, musicgen
 from timbred.request import DEFAULT_DURATION_S, DEFAULT_VARIATIONS
 
 JOB_RANK = {"queued": 0, "loading": 1, "generating": 2, "encoding": 3,
@@ -44,6 +45,10 @@ ParamSchema = Mapping[str, Mapping[str, Any]]
 #: declared (the daemon's torch-free spec), never written out again here.
 FALLBACK_FAMILY = musicgen.SPEC.name
 FALLBACK_PARAMS: ParamSchema = musicgen.SPEC.params
+#: What that family can do, by the same rule (it does not sing).
+FALLBACK_FEATURES: frozenset[str] = musicgen.SPEC.capabilities.features
+#: The tracks /extract and /add offer when the family's schema does not list its own.
+TRACKS: tuple[str, ...] = ace_step.TRACKS
 
 #: The common :class:`Params` fields a daemon preset's ``[params]`` table can fill; the
 #: family's own parameters are filled by their schema (:func:`apply_preset`). The table's
@@ -367,6 +372,11 @@ class Take:
     loudness: float | None = None
     rating: str | None = None
     tags: tuple[str, ...] = ()
+    #: The words it sang (its recipe's ``params.lyrics``), None when it has none.
+    lyrics: str | None = None
+    #: The model family that made it (None: not recorded; jobs before the registry were
+    #: MusicGen's).
+    backend: str | None = None
 
     @property
     def key(self) -> tuple[str, int]:
@@ -385,6 +395,11 @@ def takes_of(job: dict[str, Any]) -> list[Take]:
     """
     params = job.get("params") or {}
     extra: list[dict[str, Any]] = [t for t in job.get("takes") or [] if isinstance(t, dict)]
+    # The recipe is what the take was made from; the job's params say the same before it
+    # is written (and for a daemon that records no recipe).
+    made = (job.get("recipe") or {}).get("params") or params
+    lyrics = made.get("lyrics") if isinstance(made.get("lyrics"), str) else None
+    backend = params.get("backend") or (job.get("recipe") or {}).get("backend")
     out: list[Take] = []
     for i, path in enumerate(job.get("outputs") or []):
         more = extra[i] if i < len(extra) else {}
@@ -395,7 +410,8 @@ def takes_of(job: dict[str, Any]) -> list[Take]:
             prompt=str(params.get("prompt", "")), seed=params.get("seed"),
             model=str(job.get("model", "")), created_at=float(job.get("created_at") or 0.0),
             loudness=float(loud) if isinstance(loud, int | float) else None,
-            rating=more.get("rating"), tags=tuple(more.get("tags") or ())))
+            rating=more.get("rating"), tags=tuple(more.get("tags") or ()),
+            lyrics=lyrics or None, backend=backend if isinstance(backend, str) else None))
     return out
 
 
@@ -465,6 +481,10 @@ class StudioState:
     #: The latest messages, oldest first (for a message log; also handy in test failures).
     message_log: list[Message] = field(default_factory=list)
     library: LibraryState = field(default_factory=LibraryState)
+    #: The lyrics editor's words, sent with the next prompt when the model sings. They stay
+    #: after a prompt is sent (a song is tried again with the same words), unlike the prompt.
+    lyrics: str = ""
+    lyrics_open: bool = False
     recall_index: int | None = None
     recall_draft: str = ""
     quit_armed_at: float = 0.0
@@ -550,6 +570,56 @@ class StudioState:
             return spec_for(name_or_label, specs)
         except KeyError:
             raise ValueError(self.not_taken(name_or_label)) from None
+
+    def family_features(self, family: str | None = None) -> frozenset[str]:
+        """What ``family`` (the panel's by default) can do, as ``backends.list`` says (a
+        daemon older than it drives MusicGen alone)."""
+        name = self.family if family is None else family
+        if self.backends is None:
+            return FALLBACK_FEATURES if name == FALLBACK_FAMILY else frozenset()
+        caps = (self.backends.get(name) or {}).get("capabilities") or {}
+        return frozenset(str(f) for f in caps.get("features") or ())
+
+    def families_that(self, feature: str) -> list[str]:
+        """The daemon's families with ``feature``, in its order."""
+        return [name for name in self.backends or {} if feature in self.family_features(name)]
+
+    def sings(self) -> bool:
+        """Whether the chosen model's family takes lyrics (the daemon refuses them from
+        the others, naming ``lyrics``)."""
+        return "lyrics" in self.family_features()
+
+    def model_label(self) -> str:
+        """The chosen model with its family, for messages: ``tiny (musicgen)``."""
+        model = short_model(self.params.model) if self.params.model else "the default model"
+        return f"{model} ({self.family})"
+
+    def lyrics_note(self) -> str | None:
+        """The one line the lyrics editor shows when the chosen model cannot sing (its
+        words are then not sent); None when it can."""
+        if self.sings():
+            return None
+        singers = self.families_that("lyrics")
+        if not singers:
+            return (f"{self.model_label()} does not sing lyrics, and this timbred has no "
+                    "model that does")
+        return f"{self.model_label()} does not sing lyrics; pick {_a(singers)} model"
+
+    def tracks(self, family: str | None = None) -> tuple[str, ...]:
+        """The tracks ``family`` extracts and adds: its schema's ``track`` choices, else
+        ACE-Step's (so /extract completes before the daemon has listed its families)."""
+        members = (self.family_params(family).get("track") or {}).get("enum") or ()
+        named = tuple(str(m) for m in members if m)
+        return named or TRACKS
+
+    def request(self, prompt: str) -> dict[str, Any]:
+        """The ``generate.submit`` params for ``prompt``: the panel's, and the editor's
+        lyrics when there are any and the model sings them."""
+        # A daemon that lists no families predates options: it takes MusicGen's four flat.
+        out = self.params.submit_params(prompt, flat=self.backends is None)
+        if self.lyrics.strip() and self.sings():
+            out["lyrics"] = self.lyrics
+        return out
 
     def not_taken(self, name_or_label: str) -> str:
         """The line for a parameter the current model's family does not take."""
@@ -876,6 +946,12 @@ class StudioState:
         self.params = self.param_history.redo.pop()
         self.follow_family()
         return True
+
+
+def _a(families: list[str]) -> str:
+    """``an ace-step`` / ``a musicgen or tone``: the families a model may come from."""
+    names = " or ".join(families)
+    return ("an " if names[:1] in ("a", "e", "i", "o", "u") else "a ") + names
 
 
 def _coerced(spec: ParamSpec, value: Any) -> Any:

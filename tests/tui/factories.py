@@ -10,7 +10,13 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
+from timbre_tui.state import StudioState
+from timbred.backends import ace_step, musicgen
+
 SR = 32_000
+#: A model of each family the lyrics and the edits care about, as models.list names them.
+ACE_MODEL = "/m/ace-base"
+MUSICGEN_MODEL = "/m/musicgen"
 
 
 def job(job_id: str, state: str, prompt: str, *, outputs: Sequence[str] = (),
@@ -27,6 +33,32 @@ def job(job_id: str, state: str, prompt: str, *, outputs: Sequence[str] = (),
         "progress": progress, "error": error, "outputs": list(outputs), "attempts": 1,
         "retry_of": None, "recipe": None, "cancel_requested": False,
     }
+
+
+def song(job_id: str, take: Path, lyrics: str | None, *, prompt: str = "a ballad",
+         duration: float = 2.0, created_at: float = 1_800_000_000.0) -> dict[str, Any]:
+    """A done ACE-Step job whose recipe holds ``lyrics`` (as the daemon records a take)."""
+    record = job(job_id, "done", prompt, outputs=[str(take)], duration=duration,
+                 created_at=created_at)
+    record["model"] = ACE_MODEL
+    record["params"] = {"prompt": prompt, "duration": duration, "seed": 7, "variations": 1,
+                        "lyrics": lyrics, "backend": "ace-step", **ace_step.SPEC.defaults()}
+    record["recipe"] = {"model": ACE_MODEL, "backend": "ace-step", "params": {
+        "prompt": prompt, "duration": duration, "seed": 7, "variations": 1, "init": None,
+        "strength": None, "repaint": None, "lyrics": lyrics,
+        "options": ace_step.SPEC.defaults()}}
+    return record
+
+
+def with_families(st: StudioState) -> StudioState:
+    """``st`` as a daemon driving MusicGen (its default model's family) and ACE-Step would
+    leave it: their real ``backends.list`` entries and one installed model of each."""
+    st.set_status({"models": [], "default_model": {"name": MUSICGEN_MODEL,
+                                                   "backend": "musicgen"}})
+    st.set_backends([musicgen.SPEC.to_dict(), ace_step.SPEC.to_dict()])
+    st.set_models([{"name": MUSICGEN_MODEL, "backend": "musicgen"},
+                   {"name": ACE_MODEL, "backend": "ace-step", "defaults": {"steps": 50}}], [])
+    return st
 
 
 def swell(path: Path, seconds: float = 2.0) -> Path:

@@ -3,7 +3,7 @@ screen as text (rendered from the live layout at any size)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -19,8 +19,10 @@ from prompt_toolkit.layout.mouse_handlers import MouseHandlers
 from prompt_toolkit.layout.screen import Screen, WritePosition
 from prompt_toolkit.output import DummyOutput
 
+from tests.tui.factories import job
 from timbre_tui.app import Studio
 from timbre_tui.playback import NullBackend
+from timbred.protocol.schema import params_specs
 
 #: Daemon settings: windowed generation with a 2 s window keeps the tiny model's takes quick.
 WINDOW: dict[str, Any] = {"models__window_s": 2.0, "models__stride_s": 1.0}
@@ -32,7 +34,7 @@ KEYS = {
     "alt-down": "\x1b\x1b[B", "c-p": "\x10", "c-z": "\x1a", "c-y": "\x19", "c-q": "\x11",
     "c-c": "\x03", "c-j": "\n", "f1": "\x1bOP", "f2": "\x1bOQ", "f3": "\x1bOR", "f4": "\x1bOS",
     "f5": "\x1b[15~", "f6": "\x1b[17~", "f7": "\x1b[18~", "f8": "\x1b[19~",
-    "f9": "\x1b[20~", "f10": "\x1b[21~",
+    "f9": "\x1b[20~", "f10": "\x1b[21~", "f12": "\x1b[24~",
 }
 
 
@@ -143,3 +145,22 @@ async def running_studio(socket_path: Path, *, columns: int = 120, rows: int = 4
                 yield harness
             finally:
                 studio.quit()
+
+
+class RecordingDaemon:
+    """Stands in for :meth:`DaemonLink.call` where only ``generate.submit`` matters: each
+    request is checked against the daemon's own params check (schemas/openrpc.json), kept in
+    ``sent``, and answered with a queued job as timbred answers."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    async def call(self, method: str, params: Mapping[str, Any] | None = None) -> Any:
+        if method != "generate.submit":
+            raise AssertionError(f"the test expected only generate.submit, not {method}")
+        sent = dict(params or {})
+        params_specs()["generate.submit"].normalise(sent)
+        self.sent.append(sent)
+        job_id = f"j-sent-{len(self.sent)}"
+        return {"job_id": job_id, "job": job(job_id, "queued", sent["prompt"],
+                                             created_at=1_900_000_000.0 + len(self.sent))}
