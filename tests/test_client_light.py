@@ -83,10 +83,11 @@ class TestTimbrectl:
 
 
 #: The studio also reads the torch-free backend specs (MusicGen's parameters are its panel's
-#: fallback until the daemon has answered backends.list) and the request's defaults.
+#: fallback until the daemon has answered backends.list; ACE-Step's track names complete
+#: /extract and /add) and the request's defaults.
 STUDIO_ALLOWED = ALLOWED | {"timbred.backends", "timbred.backends.spec",
                             "timbred.backends.files", "timbred.backends.musicgen",
-                            "timbred.request"}
+                            "timbred.backends.ace_step", "timbred.request"}
 
 
 class TestStudio:
