@@ -33,7 +33,7 @@ from timbred.backends.spec import BackendCapabilities, BackendSpec
 from timbred.errors import InvalidParams
 from timbred.request import Request
 
-__all__ = ["LANGUAGES", "SPEC", "TASKS", "TRACKS", "is_turbo", "variant"]
+__all__ = ["SPEC", "TASKS", "TRACKS", "variant"]
 
 PIPELINE = "AceStepPipeline"
 
@@ -48,11 +48,6 @@ TRACKS = ("vocals", "backing_vocals", "drums", "bass", "guitar", "keyboard", "pe
 #: ``init`` and ``repaint``, the fields every family shares).
 TASKS = ("generate", "extract", "add", "complete")
 
-#: The vocal languages ACE-Step 1.5 lists first; any code of two or three letters is taken
-#: (the model reads it as text), these are the ones the studio completes.
-LANGUAGES = ("en", "zh", "ja", "ko", "es", "fr", "de", "it", "pt", "ru", "ar", "hi", "nl",
-             "sv", "pl", "tr", "vi", "id", "th", "uk")
-
 #: Time signatures ACE-Step's metadata names (beats per bar); 0 lets the model choose.
 TIME_SIGNATURES = (0, 2, 3, 4, 6)
 
@@ -63,7 +58,8 @@ def recognises(directory: Path) -> bool:
 
 def variant(directory: Path) -> str:
     """``turbo``, ``sft``, ``base`` or ``""`` (not said), from the transformer's config (the
-    pipeline reads the same two keys)."""
+    pipeline reads the same two keys). A turbo model is guidance-distilled: 8 steps, no
+    guidance."""
     config = read_json(directory / "transformer" / "config.json")
     if config.get("is_turbo"):
         return "turbo"
@@ -71,18 +67,15 @@ def variant(directory: Path) -> str:
     return version if version in ("turbo", "sft", "base") else ""
 
 
-def is_turbo(directory: Path) -> bool:
-    """A guidance-distilled checkpoint: 8 steps, guidance off."""
-    return variant(directory) == "turbo"
+# The registry asks these of its own family's directories only (spec_of), so none of them
+# reads model_index.json again to check.
 
 
 def max_duration(directory: Path) -> float | None:
-    return MAX_DURATION_S if recognises(directory) else None
+    return MAX_DURATION_S
 
 
 def model_features(directory: Path) -> frozenset[str]:
-    if not recognises(directory):
-        return frozenset()
     features = {"seeded", "lyrics", "inpainting"}
     # A cover re-tokenizes the source; checkpoints converted without the tokenizer pair
     # cannot (the pipeline refuses mid-job, so the feature is told from the files).
@@ -100,9 +93,7 @@ def _component(entry: object) -> bool:
 def model_defaults(directory: Path) -> dict[str, Any]:
     """Turbo: 8 steps, guidance off (distilled into it), shift 3. Base and SFT: guidance 7
     (APG) and 50 steps, since an undistilled flow model needs far more than 8."""
-    if not recognises(directory):
-        return {}
-    if is_turbo(directory):
+    if variant(directory) == "turbo":
         return {"steps": 8, "guidance": 1.0, "shift": 3.0}
     return {"steps": 50, "guidance": 7.0, "shift": 3.0}
 
@@ -112,6 +103,7 @@ def check_request(directory: Path, request: Request) -> None:
     track where none is taken, and guidance a turbo model would ignore."""
     task = request.options.get("task", "generate")
     track = request.options.get("track", "")
+    kind = variant(directory)
     if task != "generate" and request.init is None:
         raise InvalidParams(f"task: {task} works on audio; give init (the take or file to "
                             f"{task} from)", param="init")
@@ -121,11 +113,11 @@ def check_request(directory: Path, request: Request) -> None:
     if task == "generate" and track:
         raise InvalidParams("track: only extract, add and complete take a track; leave it "
                             "out", param="track")
-    if task != "generate" and variant(directory) in ("turbo", "sft"):
+    if task != "generate" and kind in ("turbo", "sft"):
         # ACE-Step 1.5 trained extract, lego and complete into its base models only; its
         # turbo and SFT models make text to music, covers and repaints.
         raise InvalidParams(
-            f"task: this is an ACE-Step {variant(directory)} model, which was not trained to "
+            f"task: this is an ACE-Step {kind} model, which was not trained to "
             f"{task} tracks; use a base model (acestep-v15-base or -xl-base in diffusers' "
             "format) with -m", param="task")
     if task in ("extract", "complete") and request.repaint is not None:
@@ -134,7 +126,7 @@ def check_request(directory: Path, request: Request) -> None:
     if task != "generate" and request.strength is not None:
         raise InvalidParams(f"strength: {task} takes no strength (a cover does: leave task "
                             "out)", param="strength")
-    if float(request.options.get("guidance", 1.0)) > 1 and is_turbo(directory):
+    if float(request.options.get("guidance", 1.0)) > 1 and kind == "turbo":
         raise InvalidParams(
             "guidance: this is a turbo model, its guidance distilled into it, so guidance "
             "would be ignored; leave it at 1, or use a base or SFT model for guidance",

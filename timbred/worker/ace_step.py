@@ -30,7 +30,7 @@ decoded mid-way (a draft would cost an autoencoder pass at 48 kHz).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -52,8 +52,14 @@ from timbred.worker.backend import (
     ProgressCallback,
     validate_precision,
 )
-from timbred.worker.device import is_oom, oom_reason, release_memory
-from timbred.worker.diffusion import load_pipeline, load_settings, pipeline_memory, quiet
+from timbred.worker.diffusion import (
+    each_request,
+    load_pipeline,
+    load_settings,
+    pipeline_call,
+    pipeline_memory,
+    take_rows,
+)
 from timbred.worker.loading import (
     OneModel,
     snapshot_revision,
@@ -140,22 +146,7 @@ class AceStepBackend(OneModel[_Loaded], Backend):
         st = self._require()
         for p in items:
             self._check(st, p)
-        tokens = list(cancels) if cancels is not None else [CancelToken() for _ in items]
-        total = sum(int(p.options["steps"]) for p in items)
-        outputs: list[GenerationOutput] = []
-        done = 0
-        for p in items:
-            def step(index: int, base: int = done) -> None:
-                if all(t.cancelled for t in tokens):
-                    raise errors.Cancelled()
-                if progress is not None:
-                    progress(base + index + 1, total)
-
-            if all(t.cancelled for t in tokens):
-                raise errors.Cancelled()
-            outputs.append(self._one(st, p, step))
-            done += int(p.options["steps"])
-        return outputs
+        return each_request(items, progress, cancels, lambda p, step: self._one(st, p, step))
 
     def _check(self, st: _Loaded, p: Request) -> None:
         """What the daemon checked at submit, again (a replayed recipe, another model)."""
@@ -179,7 +170,7 @@ class AceStepBackend(OneModel[_Loaded], Backend):
             raise errors.InvalidParams(f"track: {track!r} is not one of {', '.join(TRACKS)}",
                                        param="track", allowed={"enum": list(TRACKS)})
 
-    def _one(self, st: _Loaded, p: Request, step: Any) -> GenerationOutput:
+    def _one(self, st: _Loaded, p: Request, step: Callable[[int], None]) -> GenerationOutput:
         caps = st.capabilities
         samples = round(p.duration * caps.sample_rate)
         steps = int(p.options["steps"])
@@ -218,28 +209,13 @@ class AceStepBackend(OneModel[_Loaded], Backend):
             kwargs["repainting_start"], kwargs["repainting_end"] = p.repaint
         started = time.perf_counter()
         devices = [st.device.index or 0] if st.device.type == "cuda" else []
-        try:
-            # The autoencoder samples its latents of init audio from torch's global
-            # generator; seeded here (and restored after), an edit repeats bit for bit.
-            with quiet(), torch.inference_mode(), torch.random.fork_rng(devices=devices):
-                torch.manual_seed(p.seed)
-                audio = st.pipe(**kwargs).audios
-        except errors.TimbreError:
-            raise
-        except Exception as exc:
-            release_memory(str(st.device))
-            if is_oom(exc):
-                raise errors.GenerationFailed(
-                    f"{oom_reason(exc, str(st.device))}, making {p.variations} x "
-                    f"{p.duration:g} s (try fewer variations or a shorter take)") from exc
-            raise errors.GenerationFailed(f"ACE-Step failed: {type(exc).__name__}: "
-                                          f"{exc}") from exc
-        out = audio.detach().to("cpu", torch.float32).numpy()[:, :, :samples]
-        if out.shape[-1] < samples:
-            out = np.pad(out, ((0, 0), (0, 0), (0, samples - out.shape[-1])))
-        if not np.isfinite(out).all():
-            raise errors.GenerationFailed(
-                "ACE-Step produced non-finite samples (try dtype=float32)")
+        # The autoencoder samples its latents of init audio from torch's global generator;
+        # seeded here (and restored after), an edit repeats bit for bit.
+        with pipeline_call("ACE-Step", p, st.device, "try fewer variations or a shorter "
+                           "take"), torch.random.fork_rng(devices=devices):
+            torch.manual_seed(p.seed)
+            audio = st.pipe(**kwargs).audios
+        out = take_rows(audio, samples, "ACE-Step")
         if source is not None and task == "repaint" and p.repaint is not None:
             out = splice(source, _match_level(out, source, p.repaint, caps.sample_rate),
                          p.repaint, caps.sample_rate)

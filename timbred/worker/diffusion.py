@@ -11,19 +11,30 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import torch
 import transformers
 from diffusers.utils import logging as diffusers_logging
 
 from timbred import errors
-from timbred.worker.backend import validate_device, validate_dtype
+from timbred.request import Request
+from timbred.worker.backend import (
+    CancelToken,
+    GenerationOutput,
+    ProgressCallback,
+    validate_device,
+    validate_dtype,
+)
+from timbred.worker.device import is_oom, oom_reason, release_memory
 from timbred.worker.loading import TORCH_DTYPES, load_failure, torch_device
 from timbred.worker.precision import quantize_linears, quantized_bytes, resolve_precision
 
-__all__ = ["load_pipeline", "load_settings", "pipeline_memory", "quiet"]
+__all__ = ["each_request", "load_pipeline", "load_settings", "pipeline_call", "pipeline_memory",
+           "quiet", "take_rows"]
 
 
 def load_settings(source: str, device: str, dtype: str, precision: str | None
@@ -65,6 +76,66 @@ def pipeline_memory(pipe: Any) -> int:
     memory = sum(t.numel() * t.element_size()
                  for part in parts for t in (*part.parameters(), *part.buffers()))
     return int(memory + sum(quantized_bytes(part) for part in parts))
+
+
+def each_request(items: Sequence[Request], progress: ProgressCallback | None,
+                 cancels: Sequence[CancelToken] | None,
+                 make: Callable[[Request, Callable[[int], None]], GenerationOutput]
+                 ) -> list[GenerationOutput]:
+    """``make(request, step)`` for each request in turn (the diffusion families decode one
+    request at a time). ``step(index)``, called after each denoising step, reports progress
+    counted over every request's ``steps`` and raises :class:`errors.Cancelled` once every
+    token is cancelled, so a cancel stops within one step."""
+    tokens = list(cancels) if cancels is not None else [CancelToken() for _ in items]
+    total = sum(int(p.options["steps"]) for p in items)
+    outputs: list[GenerationOutput] = []
+    done = 0
+    for p in items:
+        if all(t.cancelled for t in tokens):
+            raise errors.Cancelled()
+
+        def step(index: int, base: int = done) -> None:
+            if all(t.cancelled for t in tokens):
+                raise errors.Cancelled()
+            if progress is not None:
+                progress(base + index + 1, total)
+
+        outputs.append(make(p, step))
+        done += int(p.options["steps"])
+    return outputs
+
+
+@contextlib.contextmanager
+def pipeline_call(family: str, p: Request, device: torch.device, oom_hint: str
+                  ) -> Iterator[None]:
+    """Around one pipeline call: diffusers quiet, inference mode, and every foreign failure
+    as :class:`errors.GenerationFailed` naming ``family`` (memory released; out of memory
+    said so, with ``oom_hint``)."""
+    try:
+        with quiet(), torch.inference_mode():
+            yield
+    except errors.TimbreError:
+        raise
+    except Exception as exc:
+        release_memory(str(device))
+        if is_oom(exc):
+            raise errors.GenerationFailed(
+                f"{oom_reason(exc, str(device))}, making {p.variations} x {p.duration:g} s "
+                f"({oom_hint})") from exc
+        raise errors.GenerationFailed(f"{family} failed: {type(exc).__name__}: "
+                                      f"{exc}") from exc
+
+
+def take_rows(audio: torch.Tensor, samples: int, family: str) -> npt.NDArray[np.float32]:
+    """A pipeline's ``(rows, channels, n)`` audio as float32 on the CPU, exactly ``samples``
+    long (pipelines cut at whole latent frames, a take rounds), refused if not finite."""
+    out = audio.detach().to("cpu", torch.float32).numpy()[:, :, :samples]
+    if out.shape[-1] < samples:
+        out = np.pad(out, ((0, 0), (0, 0), (0, samples - out.shape[-1])))
+    if not np.isfinite(out).all():
+        raise errors.GenerationFailed(
+            f"{family} produced non-finite samples (try dtype=float32)")
+    return np.ascontiguousarray(out, dtype=np.float32)
 
 
 @contextlib.contextmanager

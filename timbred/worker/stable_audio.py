@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -47,8 +47,14 @@ from timbred.worker.backend import (
     ProgressCallback,
     validate_precision,
 )
-from timbred.worker.device import is_oom, oom_reason, release_memory
-from timbred.worker.diffusion import load_pipeline, load_settings, pipeline_memory, quiet
+from timbred.worker.diffusion import (
+    each_request,
+    load_pipeline,
+    load_settings,
+    pipeline_call,
+    pipeline_memory,
+    take_rows,
+)
 from timbred.worker.loading import (
     OneModel,
     snapshot_revision,
@@ -180,27 +186,13 @@ class StableAudioBackend(OneModel[_Loaded], Backend):
                 raise errors.InvalidParams(
                     f"duration: {p.duration:g} s is longer than this model makes "
                     f"({caps.max_native_duration_s:.2f} s)", param="duration")
-        tokens = list(cancels) if cancels is not None else [CancelToken() for _ in items]
-        total = sum(int(p.options["steps"]) for p in items)
-        done = 0
-        outputs: list[GenerationOutput] = []
-        for p in items:
-            if all(t.cancelled for t in tokens):
-                raise errors.Cancelled()
+        # A draft is one chunk holding every row of the batch, so only a batch of one request
+        # (every Stable Audio batch the scheduler makes) can have one.
+        draft = preview if len(items) == 1 else None
+        return each_request(items, progress, cancels,
+                            lambda p, step: self._one(st, p, step, draft))
 
-            def step(index: int, timestep: Any, latents: Any, base: int = done) -> None:
-                if all(t.cancelled for t in tokens):
-                    raise errors.Cancelled()
-                if progress is not None:
-                    progress(base + index + 1, total)
-
-            # A draft is one chunk holding every row of the batch, so only a batch of one
-            # request (every Stable Audio batch the scheduler makes) can have one.
-            outputs.append(self._one(st, p, step, preview if len(items) == 1 else None))
-            done += int(p.options["steps"])
-        return outputs
-
-    def _one(self, st: _Loaded, p: Request, step: Any,
+    def _one(self, st: _Loaded, p: Request, step: Callable[[int], None],
              preview: Preview | None = None) -> GenerationOutput:
         caps = st.capabilities
         samples = round(p.duration * caps.sample_rate)
@@ -211,34 +203,19 @@ class StableAudioBackend(OneModel[_Loaded], Backend):
             p.init, param="init", sample_rate=caps.sample_rate, channels=caps.channels,
             max_duration_s=p.duration + 1), samples)
         started = time.perf_counter()
-        try:
-            with quiet(), torch.inference_mode():
-                if st.generation is SA3:
-                    audio = self._stable_audio_3(st, p, steps, generators, source, step,
-                                                 preview)
-                else:
-                    audio = st.pipe(
-                        prompt=p.prompt, negative_prompt=_negative(p),
-                        audio_start_in_s=0.0, audio_end_in_s=p.duration,
-                        num_inference_steps=steps, guidance_scale=float(p.options["guidance"]),
-                        num_waveforms_per_prompt=p.variations, generator=generators,
-                        callback=step, callback_steps=1, output_type="pt").audios
-        except errors.TimbreError:
-            raise
-        except Exception as exc:
-            release_memory(str(st.device))
-            if is_oom(exc):
-                raise errors.GenerationFailed(
-                    f"{oom_reason(exc, str(st.device))}, making {p.variations} x "
-                    f"{p.duration:g} s (try fewer variations or dtype=float16)") from exc
-            raise errors.GenerationFailed(f"Stable Audio failed: {type(exc).__name__}: "
-                                          f"{exc}") from exc
-        out = audio.detach().to("cpu", torch.float32).numpy()[:, :, :samples]
-        if out.shape[-1] < samples:  # the pipeline cuts at int(), the take rounds
-            out = np.pad(out, ((0, 0), (0, 0), (0, samples - out.shape[-1])))
-        if not np.isfinite(out).all():
-            raise errors.GenerationFailed(
-                "Stable Audio produced non-finite samples (try dtype=float32)")
+        with pipeline_call("Stable Audio", p, st.device, "try fewer variations or "
+                           "dtype=float16"):
+            if st.generation is SA3:
+                audio = self._stable_audio_3(st, p, steps, generators, source, step, preview)
+            else:
+                audio = st.pipe(
+                    prompt=p.prompt, negative_prompt=_negative(p),
+                    audio_start_in_s=0.0, audio_end_in_s=p.duration,
+                    num_inference_steps=steps, guidance_scale=float(p.options["guidance"]),
+                    num_waveforms_per_prompt=p.variations, generator=generators,
+                    callback=lambda index, timestep, latents: step(index), callback_steps=1,
+                    output_type="pt").audios
+        out = take_rows(audio, samples, "Stable Audio")
         if source is not None and p.repaint is not None:
             out = splice(source, out, p.repaint, caps.sample_rate)
         info = {"backend": self.name, "source": st.source, "revision": st.revision,
@@ -254,7 +231,8 @@ class StableAudioBackend(OneModel[_Loaded], Backend):
 
     @staticmethod
     def _stable_audio_3(st: _Loaded, p: Request, steps: int, generators: list[torch.Generator],
-                        source: npt.NDArray[np.float32] | None, step: Any,
+                        source: npt.NDArray[np.float32] | None,
+                        step: Callable[[int], None],
                         preview: Preview | None) -> torch.Tensor:
         samples = round(p.duration * st.capabilities.sample_rate)
         # The preview: the latents three quarters of the way through, decoded once (one
@@ -264,7 +242,7 @@ class StableAudioBackend(OneModel[_Loaded], Backend):
 
         def on_step_end(pipe: Any, index: int, timestep: Any,
                         tensors: dict[str, Any]) -> dict[str, Any]:
-            step(index, timestep, None)
+            step(index)
             if index == draft and preview is not None:
                 audio = pipe.vae.decode(tensors["latents"]).sample[:, :, :samples]
                 rows = audio.clamp(-1.0, 1.0).to("cpu", torch.float32).numpy()
