@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -15,6 +16,13 @@ from timbred import presets
 from timbred.daemon.app import Daemon
 from timbred.testing.daemon import running_daemon
 from timbred.testing.tiny_musicgen import build_tiny_musicgen
+
+# No test may reach the real OS keyring of whoever runs the suite (an unlock dialog, or a
+# real key read into a test): keyring's own "fail" backend, here and in every child process,
+# unless a test chooses a backend itself (tests/hosted/test_keys.py: a file one).
+os.environ["PYTHON_KEYRING_BACKEND"] = "keyring.backends.fail.Keyring"
+for _provider_key in ("REPLICATE_API_TOKEN", "STABILITY_API_KEY", "ELEVENLABS_API_KEY"):
+    os.environ.pop(_provider_key, None)  # a developer's own keys must not leak into tests
 
 
 @pytest.fixture

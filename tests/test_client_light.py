@@ -17,22 +17,27 @@ import sys
 import pytest
 
 #: Everything a client may load from ``timbred``: the package itself, the error tree, the
-#: socket path arithmetic, the sans-IO framing and the stdlib-only broken-pipe guard that all
-#: three entry points wrap ``main`` in.
+#: socket path arithmetic, the sans-IO framing, the stdlib-only broken-pipe guard that all
+#: three entry points wrap ``main`` in, and the hosted providers' names and key lookup
+#: (``timbrectl auth``; keyring itself is imported only when a key is read or stored).
 ALLOWED = frozenset({
     "timbred",
     "timbred.errors",
+    "timbred.hosted",
+    "timbred.hosted.keys",
+    "timbred.hosted.names",
     "timbred.paths",
     "timbred.protocol",
     "timbred.protocol.framing",
     "timbred.stdio",
 })
 
-#: Never imported by a client: inference, audio, the stores, and the daemon's request
+#: Never imported by a client: inference, audio, the stores, the daemon's request
 #: validation (jsonschema is a third of timbrectl's start-up; ranged options read the schema
-#: on first use instead).
+#: on first use instead), the hosted providers' HTTP client, and keyring (its backends load
+#: D-Bus libraries; ``timbrectl auth`` imports it when it runs).
 HEAVY = ("torch", "torchaudio", "transformers", "huggingface_hub", "audiocraft", "diffusers",
-         "numpy", "soundfile", "sqlite3", "jsonschema", "jsonrpcserver")
+         "numpy", "soundfile", "sqlite3", "jsonschema", "jsonrpcserver", "httpx", "keyring")
 
 _PROBE = """
 import json, sys

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -24,7 +25,7 @@ from typing import Any
 
 import anyio
 
-from timbrectl import generate, render, spawn
+from timbrectl import auth, generate, render, spawn
 from timbrectl.client import Client, connect, resolve_socket_path
 from timbrectl.generate import Progress
 from timbrectl.ranges import one_of, positive_seconds, ranged
@@ -38,6 +39,7 @@ from timbred.errors import (
     TakeNotFound,
     TimbreError,
 )
+from timbred.hosted.names import PROVIDERS
 from timbred.stdio import quiet_on_broken_pipe
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_TIMEOUT, EXIT_CONFIG = 0, 1, 2, 3, 4, 5
@@ -183,7 +185,13 @@ async def cmd_models(args: argparse.Namespace) -> int:
     action = args.models_command
     if action == "list":
         result = await _call(args, "models.list")
-        args.out.result(result, render.model_rows(result["installed"], result["catalogue"]))
+        # A hosted model whose key the daemon lacks still runs when timbrectl sends the key
+        # from its own environment (generate.submit's credentials).
+        sent = frozenset(p.name for p in PROVIDERS.values()
+                         if os.environ.get(p.env_var, "").strip())
+        hosted = render.hosted_rows(result.get("hosted") or [], sent)
+        args.out.result(result, render.model_rows(result["installed"], result["catalogue"])
+                        + (f"\n\n{hosted}" if hosted else ""))
     elif action == "ps":
         result = await _call(args, "models.ps")
         args.out.result(result, render.ps_rows(result["models"], time.time()))
@@ -206,6 +214,15 @@ async def cmd_models(args: argparse.Namespace) -> int:
         result = await _call(args, "models.remove", {"model": args.model})
         args.out.result(result, f"removed {result['name']}, freed "
                         f"{render.size(result['bytes_freed'])}")
+    return EXIT_OK
+
+
+async def cmd_costs(args: argparse.Namespace) -> int:
+    """costs: what hosted jobs cost since --since (default: the daemon's 30 days), per
+    provider, with this month's spend against each monthly budget."""
+    params: dict[str, Any] = {} if args.since is None else {"since": args.since}
+    result = await _call(args, "costs.summary", params)
+    args.out.result(result, render.costs_table(result))
     return EXIT_OK
 
 
@@ -361,8 +378,11 @@ async def cmd_replay(args: argparse.Namespace) -> int:
         reason = (job.get("error") or {}).get("message", job["state"])
         print(f"timbrectl: replay {job['id']} {job['state']}: {reason}", file=sys.stderr)
         return EXIT_FAILED
-    same = job["recipe"]["replay"]["bit_identical"]
-    args.out.result(job, f"{job['outputs'][0]}\nbit-identical: {'yes' if same else 'no'}")
+    replay = job["recipe"]["replay"]
+    same = "yes" if replay["bit_identical"] else "no"
+    # A hosted provider that promises nothing for a seed says so beside the answer.
+    note = f" ({replay['note']})" if replay.get("note") else ""
+    args.out.result(job, f"{job['outputs'][0]}\nbit-identical: {same}{note}")
     return EXIT_OK if same else EXIT_FAILED
 
 
@@ -469,7 +489,8 @@ def build_parser() -> argparse.ArgumentParser:
     mods = sub.add_parser("models", parents=[common],
                         help="install, load and inspect models").add_subparsers(
         dest="models_command", required=True, metavar="ACTION")
-    mods.add_parser("list", parents=[common], help="installed models").set_defaults(
+    mods.add_parser("list", parents=[common],
+                    help="installed models, the catalogue and hosted models").set_defaults(
         func=cmd_models)
     mods.add_parser("ps", parents=[common], help="loaded models").set_defaults(func=cmd_models)
     mp = mods.add_parser("pull", parents=[common], help="download a model (resumable)")
@@ -485,6 +506,13 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "rm":
             mx.add_argument("-y", "--yes", action="store_true", help="do not ask")
         mx.set_defaults(func=cmd_models)
+
+    auth.add_parser(sub, common)
+    costs = sub.add_parser("costs", parents=[common],
+                           help="what hosted jobs cost, per provider, against the budgets")
+    costs.add_argument("--since", type=_when, metavar="WHEN",
+                       help="YYYY-MM-DD[THH:MM] or 12h/7d/30d ago (default 30d)")
+    costs.set_defaults(func=cmd_costs)
 
     hist = sub.add_parser("history", parents=[common], help="search past takes")
     hist.add_argument("text", nargs="?", help="words the prompt contains")

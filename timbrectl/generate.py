@@ -29,6 +29,7 @@ import anyio.to_thread
 from timbrectl import render
 from timbrectl.client import Client, connect
 from timbrectl.ranges import ranged, text_file
+from timbred.hosted.keys import client_credentials
 
 _SUBMIT = "generate.submit"
 TERMINAL = {"done", "failed", "cancelled", "interrupted"}
@@ -71,6 +72,14 @@ def submit_params(args: argparse.Namespace) -> dict[str, Any]:
         "options": dict(args.param) if getattr(args, "param", None) else None,
     }
     return {k: v for k, v in params.items() if v is not None}
+
+
+def with_credentials(params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` plus ``credentials`` when the model is hosted and this process's environment
+    has its provider's key (``$REPLICATE_API_TOKEN``): the daemon uses it for this job when its
+    own environment and the keyring have none, and keeps it in memory only."""
+    credentials = client_credentials(params.get("model"))
+    return {**params, "credentials": credentials} if credentials else params
 
 
 def backend_param(text: str) -> tuple[str, Any]:
@@ -246,7 +255,7 @@ async def run(args: argparse.Namespace) -> int:
     progress = Progress()
     async with connect(args.socket, timeout=args.timeout) as client:
         await client.subscribe(["job.*"])
-        submitted = await client.call("generate.submit", submit_params(args))
+        submitted = await client.call("generate.submit", with_credentials(submit_params(args)))
         job_id: str = submitted["job_id"]
         if args.no_wait:
             args.out.result(submitted["job"], job_id)

@@ -245,3 +245,80 @@ def take_detail(take: dict[str, Any]) -> str:
         ("tags", ", ".join(take["tags"]) or "none"),
     ]
     return "\n".join([take["id"], *(f"  {k:<8} {v}" for k, v in rows)])
+
+
+def auth_rows(rows: list[dict[str, Any]], backend: str, available: bool) -> str:
+    """``timbrectl auth list``: each provider, its variable and where its key is found
+    (never the key)."""
+    lines = [f"{'PROVIDER':<12} {'ENV VAR':<22} KEY"]
+    for r in rows:
+        lines.append(f"{r['provider']:<12} {r['env_var']:<22} {r['key'] or 'none'}")
+    lines.append(f"keyring: {backend}" if available else
+                 f"keyring: none usable here ({backend}); set the variables in timbred's "
+                 "environment instead")
+    return "\n".join(lines)
+
+
+def money(usd: float, *, estimate: bool = False) -> str:
+    """``$1.25``, ``<$0.01``; ``~$1.25`` for an estimate."""
+    text = f"${usd:.2f}" if usd == 0 or usd >= 0.005 else "<$0.01"
+    return ("~" + text) if estimate else text
+
+
+def costs_table(summary: dict[str, Any]) -> str:
+    """``timbrectl costs``: each provider's jobs and spend since ``since``, this month's spend
+    against its monthly budget, and the total."""
+    import datetime as dt
+
+    def day(ts: float) -> str:
+        return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M")
+
+    head = f"hosted spend since {day(summary['since'])}"
+    providers = summary["providers"]
+    if not providers:
+        return f"{head}: no hosted jobs"
+    lines = [head, f"{'PROVIDER':<12} {'JOBS':>5} {'SPENT':>10}  {'THIS MONTH':>10}  BUDGET"]
+    for p in providers:
+        budget = p["monthly_budget"]
+        if budget is None:
+            of_budget = "none"
+        else:
+            share = f" ({p['month_usd'] / budget:.0%})" if budget > 0 else ""
+            of_budget = money(budget) + share
+        lines.append(f"{p['provider']:<12} {p['jobs']:>5} "
+                     f"{money(p['usd'], estimate=p['estimated']):>10}  "
+                     f"{money(p['month_usd']):>10}  {of_budget}")
+    estimated = any(p["estimated"] for p in providers)
+    jobs = sum(p["jobs"] for p in providers)
+    lines.append(f"{'total':<12} {jobs:>5} "
+                 f"{money(summary['total_usd'], estimate=estimated):>10}")
+    lines.append(f"this month from {day(summary['month_start'])}")
+    if estimated:
+        lines.append("~ estimate: worked out from the published price, not the provider's "
+                     "own figure")
+    return "\n".join(lines)
+
+
+def hosted_rows(hosted: list[dict[str, Any]], sent: frozenset[str] = frozenset()) -> str:
+    """The ``Hosted`` section of ``timbrectl models list``: each hosted model, where the
+    daemon finds its provider's key (``sent``: the providers whose key timbrectl sends from its
+    own environment), what it is and its price."""
+    if not hosted:
+        return ""
+    lines = ["Hosted (runs at the provider, for a fee; timbrectl generate -m NAME):",
+             f"{'NAME':<30} {'KEY':<12} {'ABOUT':<40} PRICE"]
+    for m in hosted:
+        if not m["needs_key"]:
+            key = m["key"]
+        elif m["provider"] in sent:
+            key = "sent"
+        else:
+            key = "needs a key"
+        lines.append(f"{m['name'][:30]:<30} {key:<12} {one_line(m['summary']):<40} "
+                     f"{one_line(m['price'], 80)}")
+    needing = sorted({m["provider"] for m in hosted if m["needs_key"]} - sent)
+    if needing:
+        lines.append("needs a key: " + "; ".join(f"timbrectl auth set {p}" for p in needing))
+    if any(m["needs_key"] and m["provider"] in sent for m in hosted):
+        lines.append("sent: timbrectl sends the key in its own environment with each job")
+    return "\n".join(lines)

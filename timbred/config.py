@@ -21,6 +21,7 @@ from typing import Any
 import platformdirs
 
 from timbred.errors import ConfigError, map_errors
+from timbred.hosted.names import PROVIDERS
 
 APP = "timbre"
 CONFIG_FILE_NAME = "timbred.toml"
@@ -45,7 +46,7 @@ class Key:
 
     @property
     def env(self) -> str:
-        return f"TIMBRE_{self.section.upper()}_{self.name.upper()}"
+        return f"TIMBRE_{self.section.upper().replace('.', '_')}_{self.name.upper()}"
 
     def expected(self) -> str:
         """What a valid value looks like, for error messages."""
@@ -220,6 +221,32 @@ KEYS: tuple[Key, ...] = (
     Key("output", "true_peak_ceiling_dbtp", float, -1.0,
         "No take's true peak exceeds this; a transparent limiter holds it when needed.",
         minimum=-20, maximum=0),
+    Key("providers", "max_concurrent", int, 4,
+        "Hosted jobs (provider:model) running at once; they run beside local ones, which "
+        "keep their own one-at-a-time worker.", minimum=1, maximum=64),
+    Key("providers", "timeout_s", float, 60.0,
+        "Seconds each HTTP call to a provider may take (connect, each read, each write).",
+        minimum=1, maximum=3600),
+    Key("providers", "retry_s", float, 120.0,
+        "How long a call answered with 429 or a 5xx (or not answered) is retried, with "
+        "exponential backoff and jitter, honouring Retry-After; then the job fails.",
+        minimum=0, maximum=86_400),
+    Key("providers", "offline", str, "fail",
+        "When a provider cannot be reached at all: fail the job (after retry_s of quick "
+        "retries), or wait (keep retrying for retry_s before failing).",
+        choices=("fail", "wait")),
+    Key("providers", "max_wait_s", float, 1800.0,
+        "Longest a hosted take may take at the provider (queued and running) before its job "
+        "fails and the prediction is cancelled.", minimum=10, maximum=86_400),
+    *(key for p in PROVIDERS.values() for key in (
+        Key(f"providers.{p.name}", "base_url", str, p.default_base_url,
+            f"Base URL of the {p.title} API (a proxy or gateway in front of it works too). "
+            "Its key is sent only to this origin."),
+        Key(f"providers.{p.name}", "monthly_budget", float, 0.0,
+            f"US dollars {p.title} may cost in a calendar month (local time); a job that "
+            "would pass it (what was spent, what is queued, and its own estimate) is "
+            "refused at submit. 0: no budget.", minimum=0, maximum=1e9),
+    )),
 )
 
 SECTIONS: dict[str, dict[str, Key]] = {}
@@ -252,7 +279,7 @@ class Settings:
 
 
 def _lookup(dotted: str, source: str) -> Key:
-    section, _, name = dotted.partition(".")
+    section, _, name = dotted.rpartition(".")
     try:
         return SECTIONS[section][name]
     except KeyError:
@@ -276,15 +303,26 @@ def _from_file(path: Path) -> dict[str, Any]:
         raise ConfigError(source, "(file)", f"a readable file ({exc.strerror})") from exc
     values: dict[str, Any] = {}
     for section, table in doc.items():
-        if section not in SECTIONS:
-            raise ConfigError(source, section,
-                              f"a known section ({', '.join(sorted(SECTIONS))})")
-        if not isinstance(table, dict):
-            raise ConfigError(source, section, "a table ([section])", table)
-        for name, value in table.items():
-            key = _lookup(f"{section}.{name}", source)
-            values[key.dotted] = key.check(value, source)
+        _read_table(section, table, source, values)
     return values
+
+
+def _read_table(section: str, table: Any, source: str, values: dict[str, Any]) -> None:
+    """One ``[section]`` of a config file into ``values``; a sub-table inside it is a
+    section of its own (``[providers.replicate]`` inside ``[providers]``)."""
+    if section not in SECTIONS and not any(s.startswith(section + ".") for s in SECTIONS):
+        top = sorted({s.partition(".")[0] for s in SECTIONS} if "." not in section
+                     else SECTIONS)
+        raise ConfigError(source, section, f"a known section ({', '.join(top)})")
+    if not isinstance(table, dict):
+        raise ConfigError(source, section, "a table ([section])", table)
+    for name, value in table.items():
+        if isinstance(value, dict) and f"{section}.{name}" not in (
+                f"{k.section}.{k.name}" for k in KEYS):
+            _read_table(f"{section}.{name}", value, source, values)
+            continue
+        key = _lookup(f"{section}.{name}", source)
+        values[key.dotted] = key.check(value, source)
 
 
 def load(
@@ -379,8 +417,14 @@ def json_schema() -> dict[str, Any]:
             if key.maximum is not None:
                 schema["maximum"] = key.maximum
             section_props[key.name] = schema
-        props[section] = {"type": "object", "additionalProperties": False,
-                          "properties": section_props}
+        # A dotted section ([providers.replicate]) is a table inside its parent's.
+        *parents, leaf = section.split(".")
+        into = props
+        for parent in parents:
+            into = into.setdefault(parent, {"type": "object", "additionalProperties": False,
+                                            "properties": {}})["properties"]
+        into.setdefault(leaf, {"type": "object", "additionalProperties": False,
+                               "properties": {}})["properties"].update(section_props)
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": "https://timbre.invalid/schemas/config.schema.json",

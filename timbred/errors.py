@@ -454,6 +454,74 @@ class Interrupted(Conflict):
             "(retry it with `timbrectl jobs retry`)", state=state)
 
 
+# --- hosted providers (codes -32070..-32079) ----------------------------------------------------
+
+
+class ProviderError(Unavailable):
+    """A hosted provider refused or failed a request (after any retries): an HTTP error
+    status, a malformed or oversized body, audio that does not decode, a prediction that
+    failed. ``status`` is the HTTP status when there was one."""
+
+    code = -32070
+    kind = "provider_error"
+
+    def __init__(self, provider: str, reason: str, *, status: int | None = None,
+                 retryable: bool = False) -> None:
+        super().__init__(f"{provider}: {reason}", provider=provider, reason=reason,
+                         status=status, retryable=retryable)
+
+
+class ProviderUnreachable(Unavailable, ConnectionError):
+    """No answer from a provider's host: no network, DNS, refused, timed out."""
+
+    code = -32071
+    kind = "provider_unreachable"
+
+    def __init__(self, provider: str, host: str, reason: str) -> None:
+        super().__init__(
+            f"check the network (or [providers.{provider}] base_url); cannot reach {host}: "
+            f"{reason}", provider=provider, host=host, reason=reason)
+
+
+class KeyMissing(Unavailable):
+    """A hosted model was asked for and no key for its provider is set anywhere."""
+
+    code = -32072
+    kind = "key_missing"
+
+    def __init__(self, provider: str, env_var: str) -> None:
+        super().__init__(
+            f"set a {provider} key with `timbrectl auth set {provider}` (or ${env_var}); "
+            f"none is set", provider=provider, env_var=env_var)
+
+
+class KeyRejected(Unavailable):
+    """The provider refused the key (401 or 403)."""
+
+    code = -32073
+    kind = "key_rejected"
+
+    def __init__(self, provider: str, status: int, reason: str) -> None:
+        super().__init__(
+            f"replace the {provider} key with `timbrectl auth set {provider}`; the provider "
+            f"refused it ({status}: {reason})", provider=provider, status=status,
+            reason=reason)
+
+
+class BudgetExceeded(Conflict):
+    """A hosted job would take a provider's spend this month past its monthly budget."""
+
+    code = -32074
+    kind = "budget_exceeded"
+
+    def __init__(self, provider: str, budget: float, spent: float, estimate: float) -> None:
+        super().__init__(
+            f"raise [providers.{provider}] monthly_budget or wait for next month; this job "
+            f"(about ${estimate:.2f}) would take {provider}'s spend this month (${spent:.2f}) "
+            f"past its budget of ${budget:.2f}", provider=provider, budget=budget,
+            spent=round(spent, 6), estimate=round(estimate, 6))
+
+
 # --- local errors (raised before or outside the socket; never sent as replies) --------------
 
 

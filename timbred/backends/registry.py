@@ -19,6 +19,10 @@ BUILTIN: tuple[str, ...] = (
     "timbred.backends.musicgen:SPEC",
     "timbred.backends.stable_audio:SPEC",
     "timbred.backends.ace_step:SPEC",
+    # Hosted providers: models named provider:model, run by the daemon's hosted executor.
+    "timbred.hosted.specs:REPLICATE",
+    "timbred.hosted.specs:STABILITY",
+    "timbred.hosted.specs:ELEVENLABS",
 )
 
 _lock = threading.Lock()

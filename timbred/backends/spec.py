@@ -102,6 +102,10 @@ class BackendSpec:
     """What it needs to run: ``local_weights``, ``api_key``, ``gpu``."""
     model_hint: str = ""
     """How a user recognises its model directories, for a refusal's message."""
+    hosted: bool = False
+    """Its models run at a provider (``provider:model``), through the daemon's hosted
+    executor, not in the inference worker; ``implementation`` then names the
+    :class:`timbred.hosted.base.Provider`."""
 
     def __post_init__(self) -> None:
         # Its parameters travel flat beside the common fields in a job's params (and on the
@@ -125,4 +129,4 @@ class BackendSpec:
         return {"name": self.name, "summary": self.summary,
                 "capabilities": self.capabilities.to_dict(),
                 "params": self.params_schema(), "load_options": list(self.load_options),
-                "needs": list(self.needs)}
+                "needs": list(self.needs), "hosted": self.hosted}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime as dt
 import json
 import logging
 import math
@@ -33,6 +34,7 @@ from timbred.config import Settings
 from timbred.daemon.events import Event, EventBus
 from timbred.daemon.runtime import check_socket_path, default_socket_path
 from timbred.errors import (
+    BudgetExceeded,
     Cancelled,
     InternalError,
     Interrupted,
@@ -44,8 +46,13 @@ from timbred.errors import (
     WorkerCrashed,
 )
 from timbred.executors import Executor
+from timbred.hosted import provider as load_provider
+from timbred.hosted.base import Provider
+from timbred.hosted.names import split as split_hosted
 from timbred.protocol import schema
 from timbred.queue import preview
+from timbred.queue.hosted import HostedLane
+from timbred.queue.hosted import resumable as hosted_resumable
 from timbred.queue.jobs import (
     TERMINAL_STATES,
     Job,
@@ -112,6 +119,8 @@ class Generation:
         self.worker = WorkerHandle(threads=settings["daemon.threads"])
         self.executor: Executor = self.worker
         self.residency = Residency(settings, bus, self.executor)
+        #: Jobs for hosted models (provider:model) run in their own lane, beside the worker.
+        self.hosted = HostedLane(self)
         runtime_dir = check_socket_path(settings["daemon.socket"] or default_socket_path()).parent
         self.preview_root = preview.preview_root(runtime_dir)
         self.running: list[Job] = []  # the job(s) decoding now, in batch order
@@ -133,17 +142,19 @@ class Generation:
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
                   ) -> None:
         """Repair the queue, then schedule jobs and expire models until cancelled."""
-        await self.recover()
+        report = await self.recover()
         async with anyio.create_task_group() as tg:
             self._tg = tg
             tg.start_soon(self._schedule)
+            tg.start_soon(self.hosted.schedule, tg, report.resumed)
             tg.start_soon(self.residency.expire)
             task_status.started()
 
     async def recover(self) -> RecoveryReport:
         """Repair what the last run left: job records agree with the takes written, partial
         files and previews are swept. Called by :meth:`run`; on its own by tests."""
-        report = await anyio.to_thread.run_sync(self.store.recover, self._published)
+        report = await anyio.to_thread.run_sync(self.store.recover, self._published,
+                                                hosted_resumable)
         if report.done:
             log.info("jobs stopped after writing all their takes, recorded as done: %s",
                      ", ".join(report.done))
@@ -156,6 +167,9 @@ class Generation:
                      self.output_root)
         if report.queued:
             log.info("%d queued job(s) resume", report.queued_count)
+        if report.resumed:
+            log.info("hosted jobs still running at their providers, resumed: %s",
+                     ", ".join(report.resumed))
         await anyio.to_thread.run_sync(preview.sweep, self.preview_root)
         return report
 
@@ -168,6 +182,8 @@ class Generation:
         """Stop taking jobs; interrupt the running one (recorded, never silently re-run)."""
         self.stopping = True
         self._wake.set()
+        self.hosted.wake()
+        await self.hosted.close()
         if self.running:
             idle = self._idle = anyio.Event()
             await self.executor.cancel()
@@ -195,7 +211,8 @@ class Generation:
         self.bus.publish("job.state", {"job": job.to_dict()})
 
     def queue(self) -> dict[str, int]:
-        return {"queued": self.store.queue_depth(), "running": len(self.running)}
+        return {"queued": self.store.queue_depth(),
+                "running": len(self.running) + len(self.hosted.running)}
 
     # --- submit and control -------------------------------------------------------------
 
@@ -261,6 +278,7 @@ class Generation:
                 return job
         self._announce(job)
         self._wake.set()
+        self.hosted.wake()
         return job
 
     def resolve(self, params: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -280,15 +298,27 @@ class Generation:
         options = self.history.export_options(preset_export,
                                               request_export(request, preset_export))
         model = request.get("model") or self.settings["models.default"]
-        ref = models.resolve(model)
-        if not ref.ready:
-            missing = f" (missing {', '.join(ref.missing)})" if ref.missing else ""
-            raise ModelNotFound(model, f"not downloaded yet{missing}; run "
-                                f"`timbrectl models pull {model}` first")
-        spec = spec_of(ref)
+        hosted = split_hosted(model)
+        ref: models.ModelRef | None = None
+        provider: Provider | None = None
+        if hosted is not None:
+            # provider:model: no weights here; the provider's own checks stand in for the
+            # model directory's, and a key is looked for only when the job runs.
+            provider = load_provider(hosted[0])
+            provider.check_model(hosted[1])
+            spec = registry.get(hosted[0])
+            limit: float | None = getattr(provider, "max_duration_s", None)
+        else:
+            ref = models.resolve(model)
+            if not ref.ready:
+                missing = f" (missing {', '.join(ref.missing)})" if ref.missing else ""
+                raise ModelNotFound(model, f"not downloaded yet{missing}; run "
+                                    f"`timbrectl models pull {model}` first")
+            spec = spec_of(ref)
+            limit = (spec.max_duration(ref.local_path)
+                     if spec.max_duration is not None and ref.local_path is not None else None)
+        directory = ref.local_path if ref is not None else None
         init_s = _init_seconds(request)
-        limit = (spec.max_duration(ref.local_path)
-                 if spec.max_duration is not None and ref.local_path is not None else None)
         # A variation or repaint is as long as its init audio unless told otherwise (up to
         # what the model makes); a repaint keeps it exactly.
         fallback = DEFAULT_DURATION_S if init_s is None else init_s
@@ -304,6 +334,11 @@ class Generation:
             raise InvalidParams(f"duration: {duration:g} s is too short; at least "
                                 f"{MIN_DURATION_S:g} s", param="duration",
                                 allowed={"minimum": MIN_DURATION_S, "maximum": 600})
+        shortest = getattr(provider, "min_duration_s", None)
+        if shortest is not None and duration < shortest:
+            raise InvalidParams(f"duration: {model} makes takes of at least {shortest:g} s; "
+                                f"ask for {shortest:g} s or more", param="duration",
+                                allowed={"minimum": shortest, "maximum": limit})
         if limit is not None and duration > limit + 1e-9:
             raise InvalidParams(
                 f"duration: {duration:g} s is longer than {model} makes ({limit:.2f} s, its "
@@ -311,7 +346,7 @@ class Generation:
                 param="duration", allowed={"minimum": MIN_DURATION_S, "maximum": limit})
         # The request, built once: everything that decides the audio, in the wire's names,
         # the family's own parameters checked against its schema with its defaults filled in.
-        family_params = _backend_params(spec, request, ref.local_path)
+        family_params = _backend_params(spec, request, directory)
         # A family's own task on init audio (ACE-Step extracting a track) is not a variation:
         # no default strength, and its own check_request says what it needs.
         edits = spec.edits_init is None or spec.edits_init(family_params)
@@ -337,7 +372,7 @@ class Generation:
         }
         if "replay" in params:
             out["replay"] = dict(params["replay"])
-        features = spec.model_features(ref.local_path) if ref.local_path else frozenset()
+        features = spec.model_features(directory) if directory else frozenset()
         if out["melody"] is not None:
             if "melody" not in features:
                 raise InvalidParams(f"melody: {model} cannot follow a melody; use a melody "
@@ -375,8 +410,13 @@ class Generation:
                 f"lyrics: {model} ({spec.name}) does not sing; choose a model that does "
                 "(an ace-step model: timbrectl backends lists each family's features)",
                 param="lyrics")
-        if spec.check_request is not None and ref.local_path is not None:
-            spec.check_request(ref.local_path, req)
+        if spec.check_request is not None and directory is not None:
+            spec.check_request(directory, req)
+        if provider is not None and hosted is not None:
+            check = getattr(provider, "check_request", None)
+            if check is not None:  # what only the provider can refuse (its steps' range)
+                check(hosted[1], req)
+            out["hosted"] = self._hosted_job(provider, hosted[1], req)
         if out["output"] is not None:
             publish.check_output(out["output"], out["variations"], extensions=[options.extension])
         return model, out
@@ -388,6 +428,9 @@ class Generation:
         job = await anyio.to_thread.run_sync(self.store.cancel, job_id)
         if job.state is JobState.CANCELLED:
             self._announce(job)
+        elif await self.hosted.cancel(job_id):
+            # Its predictions are cancelled at the provider, then the job (see HostedLane).
+            self.bus.publish("job.state", {"job": job.to_dict()})
         elif job_id in (running := {j.id: i for i, j in enumerate(self.running)}):
             # Remembered as well as sent: a cancel that reaches the worker before its
             # generate request would be lost, so the progress callback repeats it.
@@ -443,7 +486,9 @@ class Generation:
         try:
             while not self.stopping:
                 self._wake = anyio.Event()
-                job = await anyio.to_thread.run_sync(self.store.next_queued)
+                # Hosted jobs are the hosted lane's; this one feeds the worker.
+                job = await anyio.to_thread.run_sync(self.store.next_queued,
+                                                     self.hosted.backends)
                 if job is None:
                     await self._wake.wait()
                     continue
@@ -570,18 +615,22 @@ class Generation:
             if entry is not None:
                 await self.residency.release(entry)
 
-    async def _encode(self, job: Job, entry: Loaded, output: GenerationOutput,
+    async def _encode(self, job: Job, entry: Loaded | None, output: GenerationOutput,
                       requests: list[Request], index: int, *, began: float,
-                      load_s: float) -> None:
+                      load_s: float, recipe: dict[str, Any] | None = None) -> None:
         """Export one job's takes and finish it; a failure here fails only this job.
 
         ``began`` (monotonic, when the job started loading) and ``load_s`` feed the job's
-        ``timings`` (see the Job schema).
+        ``timings`` (see the Job schema). ``recipe``: made by the caller (a hosted job has
+        no loaded model to make it from).
         """
         try:
-            job = await self._transition(job, JobState.ENCODING)
+            if job.state is not JobState.ENCODING:  # a resumed hosted job may be there
+                job = await self._transition(job, JobState.ENCODING)
             failpoints.hit("encoding")
-            recipe = self._recipe(job, entry, output)
+            if recipe is None:
+                assert entry is not None  # a local job's recipe comes from its model
+                recipe = self._recipe(job, entry, output)
             if len(requests) > 1:
                 # Decoded with others: a bit-identical re-render repeats the whole batch
                 # (on some devices and precisions a row's numbers depend on its neighbours).
@@ -614,13 +663,16 @@ class Generation:
                 return await self._transition(current, state, error=error)
         return None  # not reached; a shielded scope cannot be cancelled
 
-    def _progress_callback(self, jobs: list[Job], started: float) -> Any:
-        """One decoding's progress, published for each job in it (throttled per job)."""
+    def _progress_callback(self, jobs: list[Job], started: float, *, cancels: bool = True
+                           ) -> Any:
+        """One decoding's progress, published for each job in it (throttled per job).
+
+        ``cancels``: it is the worker's decoding, whose progress repeats pending cancels."""
         last_event = dict.fromkeys((job.id for job in jobs), 0.0)
         last_saved = dict.fromkeys((job.id for job in jobs), 0.0)
 
         def on_progress(step: int, total: int) -> None:
-            if self._tg is not None and self._cancel_repeats:
+            if cancels and self._tg is not None and self._cancel_repeats:
                 # Progress means the worker holds the generate request, so a cancel sent now
                 # reaches it; once each is enough (not at every step of a long batch).
                 for index in self._cancel_repeats.values():
@@ -680,6 +732,12 @@ class Generation:
                 "of": replay["take_id"],
                 "bit_identical": audio_sha256(output.audio[index - 1]) == replay["audio_sha256"],
             }
+            hosted = job.params.get("hosted")
+            if hosted is not None and not hosted.get("deterministic"):
+                # Said with the answer, not left for the user to guess from a "no".
+                recipe["replay"]["note"] = (
+                    f"{hosted['provider']} does not promise the same audio for the same seed "
+                    "and parameters, so a replay there is a new take in the same recipe")
         return self.history.write(job_id=job.id, params=job.params, recipe=recipe,
                                   audio=output.audio, sample_rate=output.sample_rate,
                                   indices=indices)
@@ -689,11 +747,20 @@ class Generation:
         take = await anyio.to_thread.run_sync(self.history.show, take_id)
         recipe = take.recipe
         req = Request.from_recipe(recipe.get("params", {}))
+        take_index = take.take_index
+        calls = (recipe.get("hosted") or {}).get("calls") or []
+        if calls and take_index is not None and 0 < take_index <= len(calls):
+            # A hosted take was one call of its own: make only that one again, on its seed.
+            req = dataclasses.replace(req, seed=int(calls[take_index - 1]["seed"]),
+                                      variations=1)
+            take_index = 1
         decoding = _decoding(recipe, _recipe_spec(recipe))
+        # A hosted take replays on the model version that made it, where the provider pins one.
+        model = (recipe.get("hosted") or {}).get("pinned_model") or recipe.get("model")
         request = {
-            **req.to_dict(), "model": recipe.get("model"),
+            **req.to_dict(), "model": model,
             "session": take.session, **recipe.get("export", {}),
-            "replay": {"take_id": take.id, "take_index": take.take_index,
+            "replay": {"take_id": take.id, "take_index": take_index,
                        "audio_sha256": recipe.get("audio_sha256"),
                        "batch": recipe.get("batch"), "decoding": decoding},
         }
@@ -720,6 +787,46 @@ class Generation:
             recipe[option] = output.info.get(option, settings[option])
         return recipe
 
+    def _hosted_job(self, provider: Provider, model: str, req: Request) -> dict[str, Any]:
+        """What a hosted job carries besides its request: the provider's model, its cost
+        estimate (checked against the provider's monthly budget here, before anything is
+        sent) and whether its audio is reproducible. Blocking (reads the store)."""
+        estimate = provider.estimate(model, req)
+        usd = estimate.usd * req.variations
+        budget = float(self.settings[f"providers.{provider.name}.monthly_budget"])
+        if budget > 0:
+            spent = sum(cost for backend, cost, _ in self.store.costs(month_start())
+                        if backend == provider.name)
+            spent += self.store.pending_estimates(provider.name)
+            if spent + usd > budget + 1e-9:
+                raise BudgetExceeded(provider.name, budget, spent, usd)
+        return {"provider": provider.name, "model": model, "estimate_usd": round(usd, 6),
+                "estimate_basis": estimate.basis,
+                "deterministic": provider.deterministic(model)}
+
+    def costs(self, since: float) -> dict[str, Any]:
+        """What hosted jobs created since ``since`` cost, per provider (``costs.summary``).
+        Blocking."""
+        start = month_start()
+        recent = self.store.costs(since)
+        month = self.store.costs(start)
+        budgets = {name: float(self.settings[f"providers.{name}.monthly_budget"])
+                   for name in self.hosted.backends}
+        names = {backend for backend, _, _ in recent + month} | {
+            name for name, budget in budgets.items() if budget > 0}
+        providers: list[dict[str, Any]] = []
+        for name in sorted(names):
+            mine = [(usd, est) for backend, usd, est in recent if backend == name]
+            providers.append({
+                "provider": name, "jobs": len(mine),
+                "usd": round(sum(usd for usd, _ in mine), 6),
+                "estimated": any(est for _, est in mine),
+                "month_usd": round(sum(usd for backend, usd, _ in month if backend == name), 6),
+                "monthly_budget": budgets.get(name) or None})
+        total = sum(float(p["usd"]) for p in providers)
+        return {"since": since, "month_start": start, "providers": providers,
+                "total_usd": round(total, 6)}
+
     async def unload_model(self, model: str) -> bool:
         """Unload ``model`` unless a running job uses it (then say which)."""
         def busy() -> InvalidJobState | None:
@@ -730,6 +837,12 @@ class Generation:
                                    f"{model} is in use; unload it once the job finishes")
 
         return await self.residency.unload_model(model, busy=busy)
+
+
+def month_start(now: float | None = None) -> float:
+    """When this calendar month began, local time (budgets are monthly)."""
+    today = dt.datetime.fromtimestamp(time.time() if now is None else now)
+    return today.replace(day=1, hour=0, minute=0, second=0, microsecond=0).timestamp()
 
 
 def _absolute(path: str, param: str) -> str:

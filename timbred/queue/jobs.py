@@ -155,6 +155,12 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "CREATE UNIQUE INDEX jobs_by_idempotency_key ON jobs (idempotency_key) "
         "WHERE idempotency_key IS NOT NULL",
     ),
+    # 4: a hosted job's handles at its provider (JSON: the prediction of each take, so a
+    # restart resumes them instead of paying again), and what it cost (JSON, Job.cost).
+    (
+        "ALTER TABLE jobs ADD COLUMN remote TEXT",
+        "ALTER TABLE jobs ADD COLUMN cost TEXT",
+    ),
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
@@ -252,6 +258,11 @@ class Job:
     timings: dict[str, float] | None = None
     #: The client's key when it was submitted with one (:meth:`JobStore.submit_once`).
     idempotency_key: str | None = None
+    #: A hosted job's handles at its provider (``{"provider", "calls": [...]}``), recorded
+    #: before it waits on them; opaque to the store.
+    remote: dict[str, Any] | None = None
+    #: What a hosted job cost (``{"usd", "estimate", "basis", "provider"}``); opaque too.
+    cost: dict[str, Any] | None = None
 
     @property
     def terminal(self) -> bool:
@@ -282,6 +293,8 @@ class Job:
             "cancel_requested": self.cancel_requested,
             "timings": copy.deepcopy(self.timings),
             "idempotency_key": self.idempotency_key,
+            "remote": copy.deepcopy(self.remote),
+            "cost": copy.deepcopy(self.cost),
         }
 
 
@@ -297,6 +310,9 @@ class RecoveryReport:
     queued: tuple[str, ...] = ()
     #: Jobs stopped while encoding whose takes had all been written; now ``done``.
     done: tuple[str, ...] = ()
+    #: Hosted jobs left running at their provider (their handles recorded): still running,
+    #: to be resumed, not interrupted.
+    resumed: tuple[str, ...] = ()
 
     @property
     def queued_count(self) -> int:
@@ -390,7 +406,7 @@ def _error_dict(error: TimbreError | Mapping[str, Any]) -> dict[str, Any]:
 _SELECT_JOBS: Final = (
     "SELECT id, state, priority, model, params, created_at, started_at, finished_at, "
     "progress_step, progress_total, error, outputs, attempts, retry_of, recipe, "
-    "cancel_requested, timings, idempotency_key FROM jobs"
+    "cancel_requested, timings, idempotency_key, remote, cost FROM jobs"
 )
 _SELECT_SEQ_AND_JOBS: Final = _SELECT_JOBS.replace("SELECT ", "SELECT seq, ", 1)
 _SELECT_JOBS_AND_DIGEST: Final = _SELECT_JOBS.replace(" FROM jobs", ", request_digest FROM jobs")
@@ -449,7 +465,7 @@ class JobStore(SQLiteStore):
     def _row_to_job(self, row: Sequence[Any]) -> Job:
         (job_id, state, priority, model, params, created_at, started_at, finished_at, step,
          total, error, outputs, attempts, retry_of, recipe, cancel_requested, timings,
-         idempotency_key) = row
+         idempotency_key, remote, cost) = row
         with map_errors((ValueError, TypeError),
                         lambda exc: self._error(f"job {job_id} is unreadable: {exc}")):
             return Job(
@@ -470,6 +486,8 @@ class JobStore(SQLiteStore):
                 cancel_requested=bool(cancel_requested),
                 timings=None if timings is None else json.loads(timings),
                 idempotency_key=idempotency_key,
+                remote=None if remote is None else json.loads(remote),
+                cost=None if cost is None else json.loads(cost),
             )
 
     def _fetch(self, conn: sqlite3.Connection, job_id: str) -> Job:
@@ -626,16 +644,27 @@ class JobStore(SQLiteStore):
         next_cursor = str(rows[limit - 1][0]) if len(rows) > limit else None
         return jobs, next_cursor
 
-    def next_queued(self) -> Job | None:
+    def next_queued(self, backends: Iterable[str] = (), *, among: bool = False
+                    ) -> Job | None:
         """The job that should run next (highest priority, then oldest), or None.
 
-        This only looks; the worker claims the job with ``set_state(id, LOADING)``, which
-        raises InvalidJobState if someone else (a cancel) got there first.
+        ``backends`` (the ``backend`` of a job's params) splits the queue into lanes: with
+        ``among`` only jobs of those backends, without it only jobs of others (hosted jobs
+        run beside the local worker's, each lane in its own order). This only looks; the
+        worker claims the job with ``set_state(id, LOADING)``, which raises InvalidJobState
+        if someone else (a cancel) got there first.
         """
+        names = sorted(backends)
+        marks = ", ".join("?" * len(names))
+        lane = (f" AND coalesce(json_extract(params, '$.backend'), '') "
+                f"{'IN' if among else 'NOT IN'} ({marks})") if names else ""
+        if among and not names:
+            return None
         with self._read() as conn:
             row = conn.execute(
-                _SELECT_JOBS + " WHERE state = ? ORDER BY priority DESC, seq LIMIT 1",
-                (_S.QUEUED.value,),
+                _SELECT_JOBS + " WHERE state = ?" + lane
+                + " ORDER BY priority DESC, seq LIMIT 1",
+                (_S.QUEUED.value, *names),
             ).fetchone()
             return None if row is None else self._row_to_job(row)
 
@@ -749,6 +778,51 @@ class JobStore(SQLiteStore):
             )
             return self._fetch(conn, job_id)
 
+    def set_remote(self, job_id: str, remote: Mapping[str, Any]) -> Job:
+        """Record a running job's handles at its provider, committed (``synchronous=FULL``)
+        before returning: once a prediction exists, a restart must find it."""
+        remote_json = to_json(dict(remote), "remote")
+        with self._write() as conn:
+            job = self._fetch(conn, job_id)
+            if job.state not in RUNNING_STATES:
+                raise InvalidJobState(job_id, job.state.value, "only a running job has handles")
+            conn.execute("UPDATE jobs SET remote = ? WHERE id = ?", (remote_json, job_id))
+            return self._fetch(conn, job_id)
+
+    def set_cost(self, job_id: str, cost: Mapping[str, Any]) -> Job:
+        """Record what a job cost at its provider (``{"usd", "estimate", "basis", ...}``)."""
+        usd = cost.get("usd")
+        if not isinstance(usd, int | float) or isinstance(usd, bool) or not usd >= 0:
+            raise InvalidParams("cost.usd must be a number of at least 0", param="cost")
+        cost_json = to_json(dict(cost), "cost")
+        with self._write() as conn:
+            self._fetch(conn, job_id)
+            conn.execute("UPDATE jobs SET cost = ? WHERE id = ?", (cost_json, job_id))
+            return self._fetch(conn, job_id)
+
+    def costs(self, since: float) -> builtins.list[tuple[str, float, bool]]:
+        """``(backend, usd, estimate)`` of every job that recorded a cost and was created at
+        or after ``since``, oldest first."""
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT coalesce(json_extract(params, '$.backend'), ''), "
+                "json_extract(cost, '$.usd'), json_extract(cost, '$.estimate') FROM jobs "
+                "WHERE cost IS NOT NULL AND created_at >= ? ORDER BY seq", (since,),
+            ).fetchall()
+        return [(str(b), float(usd or 0.0), bool(est)) for b, usd, est in rows]
+
+    def pending_estimates(self, backend: str) -> float:
+        """The estimated cost (``params.hosted.estimate_usd``) of ``backend``'s jobs that
+        have not finished and recorded no cost yet: what they will probably spend."""
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT total(json_extract(params, '$.hosted.estimate_usd')) FROM jobs "
+                "WHERE cost IS NULL AND json_extract(params, '$.backend') = ? "
+                "AND state IN (?, ?, ?, ?)",
+                (backend, _S.QUEUED.value, *(s.value for s in RUNNING_STATES)),
+            ).fetchone()
+        return float(row[0] or 0.0)
+
     def set_progress(self, job_id: str, step: int, total: int) -> None:
         """Record generation progress for a running job.
 
@@ -816,8 +890,8 @@ class JobStore(SQLiteStore):
 
     # --- restart ----------------------------------------------------------------------------
 
-    def recover(self, written: Callable[[Job], Sequence[str]] | None = None
-                ) -> RecoveryReport:
+    def recover(self, written: Callable[[Job], Sequence[str]] | None = None,
+                resumable: Callable[[Job], bool] | None = None) -> RecoveryReport:
         """Repair the queue at daemon start; call once, before the worker starts.
 
         Jobs left loading, generating or encoding by a daemon that stopped become
@@ -830,6 +904,10 @@ class JobStore(SQLiteStore):
         written some or all of them. They become the job's ``outputs``, so its record and
         its takes agree, and a job whose takes were all written is ``done``, not
         interrupted (retrying it would only duplicate them).
+
+        ``resumable(job)`` says whether a job with no takes written can pick up where it
+        was (a hosted job whose predictions are recorded and still run at the provider):
+        such jobs keep their state, to be resumed, and are reported as ``resumed``.
         """
         with self._write() as conn:
             rows = conn.execute(
@@ -840,9 +918,14 @@ class JobStore(SQLiteStore):
             interrupted: builtins.list[str] = []
             cancelled: builtins.list[str] = []
             done: builtins.list[str] = []
+            resumed: builtins.list[str] = []
             for row in rows:
                 job = self._row_to_job(row)
                 outputs = list(written(job)) if written is not None else []
+                if (not outputs and not job.cancel_requested and resumable is not None
+                        and resumable(job)):
+                    resumed.append(job.id)
+                    continue
                 expected = 1 if job.params.get("replay") else job.params.get("variations", 1)
                 err: dict[str, Any] | None
                 if outputs and len(outputs) >= expected and not job.cancel_requested:
@@ -874,5 +957,5 @@ class JobStore(SQLiteStore):
             ]
         return RecoveryReport(
             interrupted=tuple(interrupted), cancelled=tuple(cancelled), queued=tuple(queued),
-            done=tuple(done),
+            done=tuple(done), resumed=tuple(resumed),
         )

@@ -8,7 +8,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from timbred.protocol.jsonrpc import Handler
-from timbred.rpc import backends, daemon, events, generate, jobs, models, presets, takes, watch
+from timbred.rpc import (
+    backends,
+    daemon,
+    events,
+    generate,
+    hosted,
+    jobs,
+    models,
+    presets,
+    takes,
+    watch,
+)
 
 if TYPE_CHECKING:
     from timbred.daemon.app import RequestContext
@@ -47,4 +58,6 @@ def handlers() -> dict[str, Handler[RequestContext]]:
         "watch.add": watch.add,
         "watch.rm": watch.remove,
         "watch.list": watch.list_,
+        "costs.summary": hosted.costs,
+        "auth.status": hosted.auth_status,
     }

@@ -10,10 +10,16 @@ import anyio.from_thread
 import anyio.to_thread
 
 from timbred import models
+from timbred.hosted import provider as load_provider
+from timbred.hosted.names import PROVIDERS
 from timbred.queue.generation import to_plain
+from timbred.request import Request
 
 if TYPE_CHECKING:
     from timbred.daemon.app import RequestContext
+
+#: The request a hosted model's price is quoted for in ``models.list``.
+EXAMPLE = Request(prompt="example", duration=30.0, seed=0)
 
 #: Pull progress events per second at most (the last one always goes out).
 PULL_EVENTS_PER_S = 5
@@ -29,7 +35,26 @@ async def list_(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
                        "melody": e.melody, "stereo": e.stereo, "licence": e.licence,
                        "gated": e.gated, "approx_bytes": e.approx_bytes}
                       for e in models.CATALOGUE.values()],
+        "hosted": await _hosted(ctx),
     }
+
+
+async def _hosted(ctx: RequestContext) -> list[dict[str, Any]]:
+    """The models each provider suggests, with where the daemon finds its key."""
+    executor = ctx.daemon.generation.hosted.executor
+    out = []
+    for name in PROVIDERS:
+        provider = load_provider(name)
+        source = await anyio.to_thread.run_sync(executor.key_source, name)
+        for model, summary in provider.models.items():
+            estimate = provider.estimate(model, EXAMPLE)
+            out.append({
+                "name": f"{name}:{model}", "provider": name, "summary": summary,
+                "key": source, "needs_key": source is None,
+                "deterministic": provider.deterministic(model),
+                "price": f"~${estimate.usd:.2f} for {EXAMPLE.duration:g} s "
+                         f"({'estimate: ' if estimate.estimate else ''}{estimate.basis})"})
+    return out
 
 
 async def pull(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:

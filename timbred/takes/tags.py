@@ -66,6 +66,17 @@ def tag_items(metadata: TakeMetadata) -> list[tuple[str, str]]:
         ("TIMBRE_JOB_ID", metadata.job_id),
         ("TIMBRE_TAKE_INDEX", None if metadata.take_index is None else str(metadata.take_index)),
     ]
+    hosted = metadata.recipe.get("hosted")
+    if isinstance(hosted, dict):
+        # Where a hosted take was made: the provider, the model as it ran there (a
+        # Replicate version pinned) and this take's own prediction or request id.
+        calls = hosted.get("calls") or []
+        index = (metadata.take_index or 1) - 1
+        call = calls[index] if 0 <= index < len(calls) and isinstance(calls[index], dict) \
+            else {}
+        items += [("TIMBRE_PROVIDER", hosted.get("provider")),
+                  ("TIMBRE_PROVIDER_MODEL", hosted.get("pinned_model") or hosted.get("model")),
+                  ("TIMBRE_PROVIDER_ID", None if call.get("id") is None else str(call["id"]))]
     lyrics = metadata.params.get("lyrics")
     if isinstance(lyrics, str) and lyrics:
         # The standard frame players show (USLT, LYRICS), not a TIMBRE_PARAM_ one too.
