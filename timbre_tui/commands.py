@@ -27,6 +27,7 @@ from timbre_tui.state import (
     format_value,
     parse_value,
 )
+from timbred.hosted.keys import client_credentials
 
 if TYPE_CHECKING:
     from timbre_tui.app import Studio
@@ -191,6 +192,13 @@ def queue(studio: Studio, params: dict[str, Any], *, what: str, note: str = "",
     line, and ``give_back`` goes back into an empty composer (the words are not lost)."""
     if studio.preview.enabled:
         params["preview"] = True
+    # A hosted model's key in the studio's environment goes with the job, as timbrectl
+    # sends it; the daemon keeps it in memory only. Never kept here or shown.
+    hosted = studio.state.hosted_model(params.get("model"))  # None: the daemon's default
+    credentials = client_credentials(hosted.name if hosted else None,
+                                     environ=studio.state.environ)
+    if credentials:
+        params["credentials"] = credentials
 
     async def go() -> None:
         try:
@@ -376,7 +384,14 @@ def _param_command(studio: Studio, spec: ParamSpec) -> SlashCommand:
         if spec.name == "model":
             loaded = {m["model"] for m in state.loaded_models}
             names = list(dict.fromkeys([*loaded, *state.model_names]))
-            return [(n, "loaded" if n in loaded else "") for n in names]
+
+            def about(name: str) -> str:
+                hosted = state.hosted.get(name)
+                if hosted is not None:  # where it runs, its key, its price
+                    return hosted.about(state.environ)
+                return "loaded" if name in loaded else ""
+
+            return [(n, about(n)) for n in names]
         if spec.name == "preset":
             return [("none", "no preset"),
                     *((p.name, p.summary()) for p in state.presets.values())]
@@ -576,6 +591,10 @@ def help_text(studio: Studio) -> str:
         "to the composer.",
         "  The selected take's sections show under it on the timeline,",
         "  placed by their share of its lines (an estimate).",
+        "Hosted models (provider:model, such as replicate:meta/musicgen)",
+        "  run at their provider, for a fee: /model completes them with",
+        "  their price. A key: `timbrectl auth set PROVIDER`, or its",
+        "  variable ($REPLICATE_API_TOKEN) where you start the studio.",
         "Edits of the selected take, each a new take: /repaint, /cover,",
         "  /extract and /add (Tab completes tracks).",
         "Quitting: Ctrl-Q at once; Ctrl-C clears the composer, and on an",

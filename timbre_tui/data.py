@@ -19,7 +19,7 @@ from typing import Any, cast
 import anyio
 import anyio.abc
 
-from timbre_tui.state import Preset, StudioState, Take
+from timbre_tui.state import Cost, Preset, StudioState, Take, hosted_provider
 from timbrectl.client import Client, connect, follow_events
 from timbred.errors import DaemonUnavailable, InvalidParams, MethodNotFound, TimbreError
 
@@ -146,8 +146,10 @@ class DaemonLink:
     async def _refresh_models(self) -> None:
         with contextlib.suppress(TimbreError, TimeoutError):
             listing = await self.call("models.list")
+            # A daemon older than the hosted providers lists none.
             self.state.set_models(listing["installed"],
-                                  [m["name"] for m in listing["catalogue"]])
+                                  [m["name"] for m in listing["catalogue"]],
+                                  listing.get("hosted") or ())
             self._on_change()
 
     async def _refresh_backends(self) -> None:
@@ -255,10 +257,14 @@ def take_from_history(record: Mapping[str, Any]) -> Take:
     recipe = record.get("recipe") or {}
     made = recipe.get("params") or {}
     lyrics, backend = made.get("lyrics"), recipe.get("backend")
+    model = str(recipe.get("model", ""))
+    takes = made.get("variations")
     return Take(job_id=record["job_id"], index=record["take_index"], path=record["path"],
                 duration_s=record["duration_s"], prompt=record["prompt"],
-                seed=made.get("seed"), model=str(recipe.get("model", "")),
+                seed=made.get("seed"), model=model,
                 created_at=record["created_at"], loudness=record["loudness_after_lufs"],
                 rating=record["rating"], tags=tuple(record["tags"]),
                 lyrics=lyrics if isinstance(lyrics, str) and lyrics else None,
-                backend=backend if isinstance(backend, str) else None)
+                backend=backend if isinstance(backend, str) else None,
+                provider=hosted_provider(model, recipe), cost=Cost.from_record(recipe.get("cost")),
+                job_takes=takes if isinstance(takes, int) and takes > 0 else 1)

@@ -62,9 +62,12 @@ from timbre_tui.key_bindings import (
 from timbre_tui.lyrics import SectionCompleter, section_at, sections, sung_lines
 from timbre_tui.state import (
     ACTIVE_STATES,
+    Cost,
     StudioState,
     Take,
     format_value,
+    hosted_provider,
+    provider_title,
     short_model,
     takes_of,
 )
@@ -216,14 +219,35 @@ def eta_text(eta_s: float | None) -> str:
 
 
 def params_line(state: StudioState, job: dict[str, Any]) -> str:
-    """A job's parameters in one line: the common ones, then its family's own it holds."""
+    """A job's parameters in one line: the common ones, then its family's own it holds; a
+    hosted job's provider after them, and its cost once its takes came back."""
     p = job.get("params") or {}
     parts = [short_model(str(job.get("model", "?"))), f"{p.get('duration', 0):g}s",
              f"seed {p.get('seed', '?')}",
              *(f"{label} {_shown(value)}" for label, value in state.job_options(p))]
     if (p.get("variations") or 1) > 1:
         parts.append(f"{TIMES}{p['variations']}")
+    recipe = job.get("recipe") or {}
+    provider = hosted_provider(str(job.get("model") or ""), recipe)
+    if provider is not None:
+        parts.append(f"at {provider_title(provider)}")
+        cost = Cost.from_record(recipe.get("cost")) or Cost.from_record(job.get("cost"))
+        if cost is not None:
+            parts.append(cost.text())
     return " · ".join(parts)
+
+
+def hosted_text(take: Take) -> str:
+    """``Replicate $0.05 (estimate)`` for a hosted take (its job's cost, ``for 2 takes``
+    when the job made more); empty for a local one."""
+    if take.provider is None:
+        return ""
+    text = provider_title(take.provider)
+    if take.cost is not None:
+        text += f" {take.cost.text()}"
+        if take.job_takes > 1:
+            text += f" for {take.job_takes} takes"
+    return text
 
 
 def _shown(value: Any) -> str:
@@ -274,7 +298,8 @@ def create_widgets(studio: Studio) -> Widgets:
                       wrap_lines=False, always_hide_cursor=True)
     panel = Window(RenderedControl(lambda w, h: render_panel(studio, w),
                                    focusable=True, key_bindings=load_panel_bindings(studio)),
-                   height=lambda: Dimension.exact(len(studio.state.param_specs())),
+                   height=lambda: Dimension.exact(len(studio.state.param_specs()) + len(
+                       hosted_notes(studio.state, SIDE_WIDTH))),
                    always_hide_cursor=True)
     library_list = Window(RenderedControl(lambda w, h: render_library(studio, w),
                                           focusable=True,
@@ -417,8 +442,12 @@ def _job_state_lines(studio: Studio, job: dict[str, Any],
         if not out:
             out.append([("class:timeline.meta", "  done (no files)")])
         return out, sel
+    provider = hosted_provider(str(job.get("model") or ""))
+    at = f" at {provider_title(provider)}" if provider is not None else ""
     if state in ("queued", "loading", "encoding"):
-        label = {"queued": "queued", "loading": "loading the model…",
+        label = {"queued": "queued",
+                 "loading": f"sending it to {provider_title(provider)}…" if provider
+                 else "loading the model…",
                  "encoding": "writing the take…"}[state]
         if job.get("cancel_requested"):
             label += " (cancelling)"
@@ -433,6 +462,11 @@ def _job_state_lines(studio: Studio, job: dict[str, Any],
         line += progress_fragments(step, total, bar_w)
         line.append(("class:progress.text",
                      f" {100 * step // max(1, total):3d}%  {eta_text(prog.get('eta_s'))}"))
+        if at:  # the provider's own word for where it is (job.remote)
+            remote = st.remote_status.get(job["id"])
+            line.append(("class:timeline.meta",
+                         fit(f"{at}{': ' + remote if remote else ''}",
+                             max(0, width - fragment_list_width(line)))))
         return [line], None
     err = job.get("error") or {}
     if state == "cancelled":
@@ -461,13 +495,16 @@ def _take_head(studio: Studio, take: Take, label: str | None) -> StyleAndTextTup
             ("class:take.meta", f" {time_text:>9}  ")]
 
 
-def _take_tail(take: Take) -> str:
-    """``  -14.0 LUFS  👍``: what follows a take's waveform."""
+def _take_tail(take: Take, *, hosted: bool = False) -> str:
+    """``  -14.0 LUFS  👍``: what follows a take's waveform (and with ``hosted``, where a
+    hosted take was made and what it cost: the library's rows, where no job line says)."""
     parts = []
     if take.loudness is not None:
         parts.append(f"{take.loudness:.1f} LUFS")
     if take.rating:
         parts.append("👍" if take.rating == "up" else "👎")
+    if hosted and take.provider is not None:
+        parts.append(hosted_text(take))
     return "  " + "  ".join(parts) if parts else ""
 
 
@@ -477,14 +514,15 @@ def _wave_width(head: StyleAndTextTuples, tail: str, width: int) -> int:
 
 def take_line(studio: Studio, take: Take, width: int, *, label: str | None = None) -> \
         StyleAndTextTuples:
-    """``▶ take 1  0:10  ▁▂▃▅▇█  -14 LUFS  name.wav``, with the playhead when playing."""
+    """``▶ take 1  0:10  ▁▂▃▅▇█  -14 LUFS  name.wav``, with the playhead when playing; a
+    library row (``label``: its date and prompt) adds a hosted take's provider and cost."""
     st, player = studio.state, studio.player
     selected = st.selected_take == take.key
     playing_this = player.is_on(take.key, take.path)
     env = studio.waveforms.get(take.path)
     duration = env.duration_s if env is not None else take.duration_s
     head = _take_head(studio, take, label)
-    tail = _take_tail(take)
+    tail = _take_tail(take, hosted=label is not None)
     wave_w = _wave_width(head, tail, width)
     wave: StyleAndTextTuples
     error = studio.waveforms.error(take.path)
@@ -561,7 +599,8 @@ def render_panel(studio: Studio, width: int) -> Rendered:
     last_seed = st.last_seed()
     for i, spec in enumerate(st.param_specs()):
         value = format_value(st.params, spec, last_seed)
-        line: StyleAndTextTuples = [("class:panel.label", f" {spec.label:<12}"),
+        # a long label (a provider's model-version) is cut rather than run into its value
+        line: StyleAndTextTuples = [("class:panel.label", f" {fit(spec.label, 11):<11} "),
                                     ("class:panel.value", fit(value, width - 14))]
         if i == st.selected_param and focused:
             line = pad([(f"{s} class:panel.focused", t) for s, t, *_ in line], width,
@@ -572,7 +611,28 @@ def render_panel(studio: Studio, width: int) -> Rendered:
             get_app().layout.focus(studio.widgets.panel)
         handler = _on_click(select)
         lines.append([(s, t, handler) for s, t, *_ in line])
+    lines.extend([(style, text)] for style, text in hosted_notes(st, width))
     return Rendered(lines, st.selected_param)
+
+
+def hosted_notes(st: StudioState, width: int) -> list[tuple[str, str]]:
+    """(style, line)s under the panel's rows when the chosen model is hosted: that it runs
+    at the provider (so no local memory or residency applies), its price, and the key it
+    needs; none for a local model."""
+    hosted = st.chosen_hosted()
+    if hosted is None:
+        return []
+    wrap = max(10, width - 2)
+    out = [("class:panel.note", f" {ln}") for ln in textwrap.wrap(
+        f"hosted: runs at {hosted.title}, nothing loads here", wrap)]
+    out += [("class:panel.note", f" {ln}") for ln in textwrap.wrap(hosted.price, wrap)]
+    key = hosted.key_note(st.environ)
+    if key is not None:
+        style = "class:panel.warning" if hosted.key_missing(st.environ) else "class:panel.note"
+        # "needs a key —" over the command, rather than the command cut in two
+        pieces = [key] if len(key) <= wrap else key.replace(" — ", " —\n").splitlines()
+        out += [(style, f" {ln}") for piece in pieces for ln in textwrap.wrap(piece, wrap)]
+    return out
 
 
 def render_queue(studio: Studio, width: int) -> Rendered:
@@ -687,7 +747,12 @@ def param_summary(studio: Studio) -> Window:
         st = studio.state
         p = st.params
         seed = str(p.seed) + "🔒" if p.seed_locked else "random"
-        parts = [short_model(p.model) if p.model else "default model", f"{p.duration:g}s",
+        hosted = st.chosen_hosted()
+        model = short_model(p.model) if p.model else "default model"
+        if hosted is not None:
+            model += " (hosted, needs a key)" if hosted.key_missing(st.environ) \
+                else " (hosted)"
+        parts = [model, f"{p.duration:g}s",
                  f"seed {seed}",
                  *(f"{spec.label} {format_value(p, spec)}" for spec in st.param_specs()
                    if spec.option),
@@ -782,11 +847,18 @@ def status_segments(studio: Studio) -> list[tuple[int, StyleAndTextTuples]]:
         segs.append((8, [("class:status-bar.disconnected",
                           " start one: timbrectl daemon start ")]))
     else:
-        device = st.device_text()
-        if device:
-            segs.append((5, [("class:status-bar", f"│ {device} ")]))
-        models = ", ".join(short_model(m["model"]) for m in st.loaded_models) or "none"
-        segs.append((4, [("class:status-bar", f"│ loaded: {fit(models, 24)} ")]))
+        hosted = st.chosen_hosted()
+        if hosted is not None:  # no device, memory or residency: nothing of it runs here
+            segs.append((5, [("class:status-bar.hosted", f"│ runs at {hosted.title} ")]))
+            if hosted.key_missing(st.environ):
+                segs.append((4, [("class:status-bar.warning",
+                                  f"│ {hosted.key_note(st.environ)} ")]))
+        else:
+            device = st.device_text()
+            if device:
+                segs.append((5, [("class:status-bar", f"│ {device} ")]))
+            models = ", ".join(short_model(m["model"]) for m in st.loaded_models) or "none"
+            segs.append((4, [("class:status-bar", f"│ loaded: {fit(models, 24)} ")]))
         running, queued = st.queue_depth()
         segs.append((7, [("class:status-bar", f"│ {running} running · {queued} queued ")]))
     player = studio.player

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import re
 import time
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from timbred.backends import ace_step, musicgen
+from timbred.hosted.names import PROVIDERS, split
 from timbred.request import DEFAULT_DURATION_S, DEFAULT_VARIATIONS
 
 JOB_RANK = {"queued": 0, "loading": 1, "generating": 2, "encoding": 3,
@@ -77,6 +79,113 @@ class Preset:
         if self.problem:
             return f"broken: {self.problem}"
         return self.description or ", ".join(f"{k} {v}" for k, v in self.params.items())
+
+
+@dataclass(frozen=True)
+class HostedModel:
+    """A model that runs at a hosted provider, as ``models.list``'s ``hosted`` names it.
+
+    ``key`` is where the daemon finds the provider's key (``env``, ``client``, ``keyring``;
+    None: nowhere, so ``needs_key``); ``price`` is the daemon's one line for people. A hosted
+    name the daemon did not list (a pinned Replicate version typed in) is described by its
+    provider alone (:meth:`StudioState.hosted_model`): no summary, no price.
+    """
+
+    name: str
+    provider: str
+    summary: str = ""
+    key: str | None = None
+    needs_key: bool = False
+    deterministic: bool = False
+    price: str = ""
+
+    @classmethod
+    def from_listing(cls, entry: Mapping[str, Any]) -> HostedModel:
+        key = entry.get("key")
+        return cls(name=str(entry["name"]), provider=str(entry["provider"]),
+                   summary=str(entry.get("summary") or ""),
+                   key=key if isinstance(key, str) else None,
+                   needs_key=bool(entry.get("needs_key")),
+                   deterministic=bool(entry.get("deterministic")),
+                   price=str(entry.get("price") or ""))
+
+    @property
+    def title(self) -> str:
+        """The provider as people name it: ``Replicate``."""
+        known = PROVIDERS.get(self.provider)
+        return known.title if known is not None else self.provider
+
+    @property
+    def env_var(self) -> str:
+        known = PROVIDERS.get(self.provider)
+        return known.env_var if known is not None else ""
+
+    def sends_key(self, environ: Mapping[str, str]) -> bool:
+        """Whether the daemon has no key but ``environ`` (the studio's) does, so the studio
+        sends it with each job (``generate.submit``'s ``credentials``)."""
+        return self.needs_key and bool(self.env_var and environ.get(self.env_var, "").strip())
+
+    def key_missing(self, environ: Mapping[str, str]) -> bool:
+        """Whether neither the daemon nor the studio has a key: its jobs would fail."""
+        return self.needs_key and not self.sends_key(environ)
+
+    def key_note(self, environ: Mapping[str, str]) -> str | None:
+        """What is in the way of using it (``needs a key — timbrectl auth set replicate``),
+        or where its key comes from when the studio sends it; None when the daemon has
+        one."""
+        if self.sends_key(environ):
+            return f"key sent from your ${self.env_var}"
+        if self.needs_key:
+            return f"needs a key — timbrectl auth set {self.provider}"
+        return None
+
+    def about(self, environ: Mapping[str, str]) -> str:
+        """One line for completion menus and messages: where it runs, the key, the price."""
+        parts = [f"hosted at {self.title}", self.key_note(environ), self.price or None]
+        return " · ".join(p for p in parts if p)
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What a hosted job cost (its recipe's ``cost``): the provider's own figure, or an
+    estimate from its published price."""
+
+    usd: float
+    estimate: bool = False
+    basis: str = ""
+
+    @classmethod
+    def from_record(cls, record: Any) -> Cost | None:
+        """A recipe's or job's ``cost`` (``{"usd", "estimate", "basis"}``); None for a local
+        job's (null) or one that does not read."""
+        if not isinstance(record, Mapping):
+            return None
+        usd = record.get("usd")
+        if isinstance(usd, bool) or not isinstance(usd, int | float) or not math.isfinite(usd):
+            return None
+        return cls(float(usd), bool(record.get("estimate")), str(record.get("basis") or ""))
+
+    def text(self) -> str:
+        """``$0.05``, ``<$0.01``, ``$0.05 (estimate)``."""
+        amount = f"${self.usd:.2f}" if self.usd == 0 or self.usd >= 0.005 else "<$0.01"
+        return amount + (" (estimate)" if self.estimate else "")
+
+
+def provider_title(provider: str) -> str:
+    """``Replicate`` for ``replicate``; an unknown provider's name as it is."""
+    known = PROVIDERS.get(provider)
+    return known.title if known is not None else provider
+
+
+def hosted_provider(model: str | None, recipe: Mapping[str, Any] | None = None) -> str | None:
+    """The provider a take or job was made at: its recipe's word (``provider``, or its
+    ``hosted`` or ``cost`` table's), else the model's name (``replicate:meta/musicgen``);
+    None for a local one."""
+    for table in (recipe or {}, (recipe or {}).get("hosted"), (recipe or {}).get("cost")):
+        if isinstance(table, Mapping) and isinstance(table.get("provider"), str):
+            return str(table["provider"])
+    named = split(model) if model else None
+    return named[0] if named is not None else None
 
 
 def schema_defaults(schema: ParamSchema) -> dict[str, ParamValue]:
@@ -353,7 +462,14 @@ def format_value(params: Params, spec: ParamSpec, last_seed: int | None = None) 
 
 
 def short_model(model: str) -> str:
-    """A model as the user thinks of it: a catalogue name or the last part of a path/repo."""
+    """A model as the user thinks of it: a catalogue name or the last part of a path/repo; a
+    hosted one whole (``replicate:meta/musicgen``: its owner is part of its name), a pinned
+    version cut to its first 8 characters."""
+    hosted = split(model)
+    if hosted is not None:
+        provider, rest = hosted
+        name, sep, version = rest.partition(":")
+        return f"{provider}:{name}{sep}{version[:8]}{'…' if len(version) > 8 else ''}"
     return model.rstrip("/").rsplit("/", 1)[-1] if "/" in model else model
 
 
@@ -377,6 +493,12 @@ class Take:
     #: The model family that made it (None: not recorded; jobs before the registry were
     #: MusicGen's).
     backend: str | None = None
+    #: The hosted provider that made it (None: made here).
+    provider: str | None = None
+    #: What the job that made it cost at its provider (all its takes together).
+    cost: Cost | None = None
+    #: How many takes the job made (its cost is for them all).
+    job_takes: int = 1
 
     @property
     def key(self) -> tuple[str, int]:
@@ -397,11 +519,15 @@ def takes_of(job: dict[str, Any]) -> list[Take]:
     extra: list[dict[str, Any]] = [t for t in job.get("takes") or [] if isinstance(t, dict)]
     # The recipe is what the take was made from; the job's params say the same before it
     # is written (and for a daemon that records no recipe).
-    made = (job.get("recipe") or {}).get("params") or params
+    recipe = job.get("recipe") or {}
+    made = recipe.get("params") or params
     lyrics = made.get("lyrics") if isinstance(made.get("lyrics"), str) else None
-    backend = params.get("backend") or (job.get("recipe") or {}).get("backend")
+    backend = params.get("backend") or recipe.get("backend")
+    provider = hosted_provider(str(job.get("model") or ""), recipe)
+    cost = Cost.from_record(recipe.get("cost")) or Cost.from_record(job.get("cost"))
+    outputs = job.get("outputs") or []
     out: list[Take] = []
-    for i, path in enumerate(job.get("outputs") or []):
+    for i, path in enumerate(outputs):
         more = extra[i] if i < len(extra) else {}
         loud = more.get("loudness_lufs", more.get("loudness"))
         out.append(Take(
@@ -411,7 +537,8 @@ def takes_of(job: dict[str, Any]) -> list[Take]:
             model=str(job.get("model", "")), created_at=float(job.get("created_at") or 0.0),
             loudness=float(loud) if isinstance(loud, int | float) else None,
             rating=more.get("rating"), tags=tuple(more.get("tags") or ()),
-            lyrics=lyrics or None, backend=backend if isinstance(backend, str) else None))
+            lyrics=lyrics or None, backend=backend if isinstance(backend, str) else None,
+            provider=provider, cost=cost, job_takes=max(1, len(outputs))))
     return out
 
 
@@ -457,6 +584,11 @@ class StudioState:
     #: Each installed model's own defaults where they differ from its family's schema
     #: (``models.list``: a distilled Stable Audio 3 takes 8 steps, not 100).
     model_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: The hosted models ``models.list`` suggests, by name (they are in ``model_names`` too).
+    hosted: dict[str, HostedModel] = field(default_factory=dict)
+    #: What each running hosted job's provider last said of it (``job.remote``: its own
+    #: word, such as ``processing``), by job id.
+    remote_status: dict[str, str] = field(default_factory=dict)
     #: The daemon's families by name (``backends.list``); None until it answers, and for
     #: a daemon older than the registry (the panel then offers :data:`FALLBACK_PARAMS`).
     backends: dict[str, dict[str, Any]] | None = None
@@ -489,6 +621,10 @@ class StudioState:
     recall_draft: str = ""
     quit_armed_at: float = 0.0
     clock: Callable[[], float] = time.monotonic
+    #: The studio's environment: a hosted provider's key in it (``$REPLICATE_API_TOKEN``) is
+    #: sent with that provider's jobs, as timbrectl sends it. Never in a repr (keys).
+    environ: Mapping[str, str] = field(default_factory=lambda: os.environ, repr=False,
+                                       compare=False)
 
     # --- messages -------------------------------------------------------------------------
 
@@ -510,6 +646,7 @@ class StudioState:
         """Replace every job with a fresh listing (after connecting or missing events)."""
         self.jobs = {}
         self.progress = {}
+        self.remote_status = {}
         for job in sorted(jobs, key=lambda j: j["created_at"]):
             self.jobs[job["id"]] = job
             if job["state"] in ACTIVE_STATES and job.get("progress"):
@@ -524,14 +661,46 @@ class StudioState:
         self.loaded_models = list(status.get("models") or [])
         self.follow_family()
 
-    def set_models(self, installed: Iterable[Mapping[str, Any]], catalogue: Iterable[str]) -> None:
-        """Take a ``models.list`` answer: the names to offer and each installed one's family."""
+    def set_models(self, installed: Iterable[Mapping[str, Any]], catalogue: Iterable[str],
+                   hosted: Iterable[Mapping[str, Any]] = ()) -> None:
+        """Take a ``models.list`` answer: the names to offer (installed, then the catalogue's,
+        then the hosted ones) and each one's family (a hosted model's is its provider's)."""
         entries = list(installed)
         names = [m["name"] for m in entries]
-        self.model_names = names + [n for n in catalogue if n not in names]
+        self.hosted = {h.name: h for h in map(HostedModel.from_listing, hosted)}
+        local = names + [n for n in catalogue if n not in names]
+        self.model_names = local + [n for n in self.hosted if n not in local]
         self.model_families = {m["name"]: m.get("backend") for m in entries}
+        self.model_families.update({h.name: h.provider for h in self.hosted.values()})
         self.model_defaults = {m["name"]: dict(m.get("defaults") or {}) for m in entries}
         self.follow_family()
+
+    def hosted_model(self, model: str | None) -> HostedModel | None:
+        """``model`` (None: the daemon's default) as a hosted model, None for a local one.
+
+        One the daemon did not list (``replicate:meta/musicgen:VERSION``) borrows the listed
+        entry it pins (its price), else its provider's key state from any listed model of
+        the provider (keys are per provider).
+        """
+        if model is None:
+            model = ((self.status or {}).get("default_model") or {}).get("name")
+        named = split(model) if isinstance(model, str) else None
+        if named is None or model is None:
+            return None
+        found = self.hosted.get(model)
+        if found is not None:
+            return found
+        provider, rest = named
+        pinned = self.hosted.get(f"{provider}:{rest.partition(':')[0]}")
+        if pinned is not None:
+            return replace(pinned, name=model)
+        sibling = next((h for h in self.hosted.values() if h.provider == provider), None)
+        return HostedModel(model, provider, key=sibling.key if sibling else None,
+                           needs_key=sibling.needs_key if sibling else False)
+
+    def chosen_hosted(self) -> HostedModel | None:
+        """The panel's model as a hosted model (the default model's when none is chosen)."""
+        return self.hosted_model(self.params.model)
 
     def set_backends(self, backends: Iterable[Mapping[str, Any]] | None) -> None:
         """Take a ``backends.list`` answer (None: this daemon has none to give)."""
@@ -547,6 +716,9 @@ class StudioState:
             family = default.get("backend")
         else:
             family = self.model_families.get(model)
+            named = split(model)
+            if family is None and named is not None:  # provider:model, listed or not
+                family = named[0]
         return family if isinstance(family, str) else None
 
     def family_params(self, family: str | None = None) -> ParamSchema:
@@ -690,6 +862,12 @@ class StudioState:
                 return False  # a late progress event for a finished job
             self.progress[data["job_id"]] = data
             return True
+        if kind == "job.remote":
+            job = self.jobs.get(data["job_id"])
+            if job is not None and job["state"] not in ACTIVE_STATES:
+                return False
+            self.remote_status[data["job_id"]] = str(data.get("status") or "")
+            return True
         if kind == "model.loaded":
             self.loaded_models = [m for m in self.loaded_models if m["model"] != data["model"]]
             self.loaded_models.append({**data, "in_use": False})
@@ -714,6 +892,7 @@ class StudioState:
         self.jobs[job["id"]] = job
         if job["state"] not in ACTIVE_STATES:
             self.progress.pop(job["id"], None)
+            self.remote_status.pop(job["id"], None)
         if job["state"] == "done" and (old is None or old["state"] != "done") and was_following:
             takes = takes_of(job)
             if takes:
@@ -737,6 +916,7 @@ class StudioState:
             oldest = next(iter(self.jobs))
             del self.jobs[oldest]
             self.progress.pop(oldest, None)
+            self.remote_status.pop(oldest, None)
 
     # --- derived views --------------------------------------------------------------------
 
@@ -856,7 +1036,11 @@ class StudioState:
             # wrapping and export settings still apply.
             new = replace(p, **{spec.name: value})
         self.set_params(new)
-        return f"{spec.label}: {format_value(self.params, spec, self.last_seed())}"
+        line = f"{spec.label}: {format_value(self.params, spec, self.last_seed())}"
+        hosted = self.chosen_hosted() if spec.name == "model" else None
+        if hosted is not None:
+            line += f" — {hosted.about(self.environ)}"
+        return line
 
     def apply_preset(self, params: Params, preset: Preset) -> Params:
         """``params`` with ``preset``'s values in the panel and its name chosen: its model

@@ -50,6 +50,78 @@ def song(job_id: str, take: Path, lyrics: str | None, *, prompt: str = "a ballad
     return record
 
 
+#: Hosted models as the daemon's models.list names them (the first one is listed).
+HOSTED_MODEL = "replicate:meta/musicgen"
+STABILITY_MODEL = "stability:stable-audio-2.5"
+#: What the daemon says a hosted take costs (its one line for people).
+HOSTED_PRICE = "~$0.05 for 30 s (estimate: $0.001525/s of Nvidia L40S, published price)"
+#: A hosted family's own parameters as backends.list gives them (a test's, not Replicate's).
+HOSTED_PARAMS: dict[str, Any] = {
+    "model_version": {"enum": ["stereo-large", "melody-large"], "default": "stereo-large"},
+    "output_format": {"enum": ["wav", "mp3"], "default": "wav"},
+}
+
+
+def hosted_entry(name: str, *, key: str | None = None, price: str = HOSTED_PRICE,
+                 summary: str = "MusicGen, hosted on Replicate") -> dict[str, Any]:
+    """One ``models.list`` ``hosted`` entry (``key`` None: the daemon has none)."""
+    return {"name": name, "provider": name.partition(":")[0], "summary": summary, "key": key,
+            "needs_key": key is None, "deterministic": False, "price": price}
+
+
+def models_listing(*, replicate_key: str | None = None) -> dict[str, Any]:
+    """A whole ``models.list`` answer: one installed MusicGen, no catalogue, and hosted
+    models at Replicate (``replicate_key``: where the daemon finds its key) and Stability
+    (whose key it has in its environment)."""
+    return {
+        "installed": [{"name": MUSICGEN_MODEL, "kind": "local", "repo": None, "revision": None,
+                       "refs": [], "path": MUSICGEN_MODEL, "size_bytes": 1024,
+                       "last_modified": 1_800_000_000.0, "missing": [],
+                       "backend": "musicgen"}],
+        "catalogue": [],
+        "hosted": [hosted_entry(HOSTED_MODEL, key=replicate_key),
+                   hosted_entry(STABILITY_MODEL, key="env", price="~$0.20 a take (published "
+                                "price)", summary="Stable Audio 2.5, from Stability AI")],
+    }
+
+
+def hosted_backends() -> list[dict[str, Any]]:
+    """``backends.list`` entries for MusicGen and the Replicate and Stability families,
+    reduced to what the studio reads."""
+    return [musicgen.SPEC.to_dict(),
+            *({"name": name, "params": {"type": "object", "additionalProperties": False,
+                                        "properties": HOSTED_PARAMS}, "hosted": True,
+               "capabilities": {"features": []}} for name in ("replicate", "stability"))]
+
+
+def hosted_job(job_id: str, state: str, prompt: str, *, outputs: Sequence[str] = (),
+               created_at: float = 1_800_000_000.0, usd: float = 0.0475,
+               estimate: bool = True, error: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A job of :data:`HOSTED_MODEL`, as the daemon records one: the provider's family in
+    its params, and once done a recipe naming the provider with the job's cost."""
+    record = job(job_id, state, prompt, outputs=outputs, created_at=created_at, error=error)
+    record["model"] = HOSTED_MODEL
+    record["params"] = {"prompt": prompt, "duration": 2.0, "seed": 7,
+                        "variations": max(1, len(outputs)), "backend": "replicate",
+                        "model_version": "stereo-large", "output_format": "wav"}
+    record["remote"] = {"provider": "replicate", "calls": [None] * max(1, len(outputs))}
+    record["cost"] = None
+    if state == "done":
+        cost = {"provider": "replicate", "usd": usd, "estimate": estimate,
+                "basis": "$0.001525/s of Nvidia L40S (published price)"}
+        record["cost"] = cost
+        record["recipe"] = {
+            "model": HOSTED_MODEL, "backend": "replicate", "device": "hosted:replicate",
+            "params": {"prompt": prompt, "duration": 2.0, "seed": 7,
+                       "variations": max(1, len(outputs)),
+                       "options": {"model_version": "stereo-large", "output_format": "wav"}},
+            "hosted": {"provider": "replicate", "model": "meta/musicgen",
+                       "pinned_model": f"{HOSTED_MODEL}:671ac645ce5e552cc63a54a2bbff63fc",
+                       "deterministic": False, "calls": [{"seed": 7, "id": "p-1"}]},
+            "cost": cost}
+    return record
+
+
 def with_families(st: StudioState) -> StudioState:
     """``st`` as a daemon driving MusicGen (its default model's family) and ACE-Step would
     leave it: their real ``backends.list`` entries and one installed model of each."""

@@ -3,6 +3,7 @@ screen as text (rendered from the live layout at any size)."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -22,7 +23,8 @@ from prompt_toolkit.output import DummyOutput
 from tests.tui.factories import job
 from timbre_tui.app import Studio
 from timbre_tui.playback import NullBackend
-from timbred.protocol.schema import params_specs
+from timbred.errors import TimbreError
+from timbred.protocol.schema import check, openrpc, params_specs, rooted
 
 #: Daemon settings: windowed generation with a 2 s window keeps the tiny model's takes quick.
 WINDOW: dict[str, Any] = {"models__window_s": 2.0, "models__stride_s": 1.0}
@@ -147,20 +149,40 @@ async def running_studio(socket_path: Path, *, columns: int = 120, rows: int = 4
                 studio.quit()
 
 
-class RecordingDaemon:
-    """Stands in for :meth:`DaemonLink.call` where only ``generate.submit`` matters: each
-    request is checked against the daemon's own params check (schemas/openrpc.json), kept in
-    ``sent``, and answered with a queued job as timbred answers."""
+def check_result(method: str, result: Any) -> None:
+    """Fail unless ``result`` is what schemas/openrpc.json says ``method`` answers (so a
+    fake's answers cannot drift from the daemon's contract)."""
+    (spec,) = (m for m in openrpc()["methods"] if m["name"] == method)
+    check(f"{method} result", rooted(spec["result"]["schema"]), result)
 
-    def __init__(self) -> None:
+
+class RecordingDaemon:
+    """Stands in for :meth:`DaemonLink.call` where ``generate.submit`` matters: each request
+    is checked against the daemon's own params check (schemas/openrpc.json), kept in
+    ``sent``, and answered with a queued job as timbred answers, or refused with ``refuse``
+    (an error as the client raises it).
+
+    ``answers`` are other methods' results (``models.list``), each checked against the
+    method's result schema first."""
+
+    def __init__(self, answers: Mapping[str, Any] | None = None, *,
+                 refuse: TimbreError | None = None) -> None:
         self.sent: list[dict[str, Any]] = []
+        self.answers = dict(answers or {})
+        for method, result in self.answers.items():
+            check_result(method, result)
+        self.refuse = refuse
 
     async def call(self, method: str, params: Mapping[str, Any] | None = None) -> Any:
+        if method in self.answers:
+            return copy.deepcopy(self.answers[method])
         if method != "generate.submit":
             raise AssertionError(f"the test expected only generate.submit, not {method}")
         sent = dict(params or {})
         params_specs()["generate.submit"].normalise(sent)
         self.sent.append(sent)
+        if self.refuse is not None:
+            raise self.refuse
         job_id = f"j-sent-{len(self.sent)}"
         return {"job_id": job_id, "job": job(job_id, "queued", sent["prompt"],
                                              created_at=1_900_000_000.0 + len(self.sent))}
