@@ -656,7 +656,11 @@ class JobStore(SQLiteStore):
         """
         names = sorted(backends)
         marks = ", ".join("?" * len(names))
-        lane = (f" AND coalesce(json_extract(params, '$.backend'), '') "
+        # A row whose params are not JSON belongs to the local lane, where reading it raises
+        # the StoreError that names it; json_extract on it would fail both lanes' queries
+        # with a bare "malformed JSON" (and two errors instead of the one timbred reports).
+        lane = (f" AND coalesce(CASE WHEN json_valid(params) THEN"
+                f" json_extract(params, '$.backend') END, '') "
                 f"{'IN' if among else 'NOT IN'} ({marks})") if names else ""
         if among and not names:
             return None
