@@ -7,7 +7,7 @@ set -euo pipefail
 
 usage() {
 	cat <<'EOF'
-Usage: ./install.sh [--editable] [--no-service]
+Usage: ./install.sh [--editable] [--no-service] [--with ray]
        ./install.sh --uninstall
        ./install.sh --help
 
@@ -21,6 +21,9 @@ Options:
   --editable     install Timbre in editable mode (for developers; keep the
                  clone where it is)
   --no-service   do not install or start the user service
+  --with ray     also install Ray (the optional ray extra, pinned in
+                 requirements/ray.txt), for [executor] kind = "ray" and
+                 for Ray worker nodes
   --uninstall    stop and remove the service, the links and the virtual
                  environment; your music, history, config and model cache
                  are left alone
@@ -67,9 +70,19 @@ usage_error() {
 mode=install
 editable=0
 service=1
+with_ray=0
 while [[ $# -gt 0 ]]; do
 	case $1 in
 	--editable) editable=1 ;;
+	--with)
+		[[ $# -ge 2 ]] || usage_error "--with needs an extra's name (ray)"
+		case $2 in
+		ray) with_ray=1 ;;
+		*) usage_error "--with $2: the one optional extra is ray" ;;
+		esac
+		shift
+		;;
+	--with=ray) with_ray=1 ;;
 	--no-service) service=0 ;;
 	--uninstall) mode=uninstall ;;
 	-h | --help)
@@ -264,6 +277,8 @@ pip_install() {
 
 install_packages() {
 	local torch_spec=${TIMBRE_TORCH_SPEC:-torch==2.13.0} index=() lock=$repo_dir/requirements/app.txt
+	# The ray lock is the app lock plus Ray and its own requirements, resolved together.
+	[[ $with_ray == 1 ]] && lock=$repo_dir/requirements/ray.txt
 	# Exactly the tested versions, hash-checked, nothing resolved: a release upstream made
 	# last night cannot reach this install (scripts/lock.sh moves the lock, on purpose).
 	info "installing the locked dependencies ($lock)"

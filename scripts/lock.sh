@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Refresh the committed lock, requirements/app.txt and requirements/dev.txt, from the ranges
+# Refresh the committed lock, requirements/app.txt, ray.txt and dev.txt, from the ranges
 # in pyproject.toml, and print what moved. Needs uv (`python3 -m pip install uv`).
 #
 #   ./scripts/lock.sh          every package to its newest release inside the ranges
@@ -53,7 +53,7 @@ for req in meta.get("requires_dist", []):
         print(req)
 PY
 
-for name in app dev; do
+for name in app ray dev; do
 	[[ -f requirements/$name.txt ]] && cp "requirements/$name.txt" "$tmp/$name.before"
 done
 compile() {
@@ -65,19 +65,22 @@ compile() {
 		--custom-compile-command "./scripts/lock.sh" \
 		--output-file "$out" pyproject.toml requirements/torch.in requirements/build.in "$@"
 }
-echo "==> resolving requirements/app.txt (the application) and requirements/dev.txt (+ tests)" >&2
+echo "==> resolving requirements/app.txt (the application), ray.txt (+ the ray extra) and dev.txt (+ tests, which run a real Ray cluster)" >&2
 compile requirements/app.txt
-compile requirements/dev.txt --extra dev
+# A new ray.txt starts from app.txt's pins, so the two differ only by the ray extra.
+[[ -f requirements/ray.txt ]] || cp requirements/app.txt requirements/ray.txt
+compile requirements/ray.txt --extra ray
+compile requirements/dev.txt --extra dev --extra ray
 # What the lock was resolved from, so a test notices a pyproject.toml changed without a re-lock.
 inputs=$("$python" scripts/lock_inputs.py)
-for name in app dev; do
+for name in app ray dev; do
 	sed -i.bak "2a # inputs: $inputs (scripts/lock_inputs.py)" "requirements/$name.txt"
 	rm -f "requirements/$name.txt.bak"
 done
 
 # What moved: one line per package whose pins changed, in either file.
 pins() { grep -hoE '^[A-Za-z0-9._-]+==[^ ;\\]+( ;[^\\]*)?' "$@" 2>/dev/null | sed 's/ *$//' | sort -u; }
-moved=$(diff <(pins "$tmp"/*.before) <(pins requirements/app.txt requirements/dev.txt) |
+moved=$(diff <(pins "$tmp"/*.before) <(pins requirements/app.txt requirements/ray.txt requirements/dev.txt) |
 	sed -n 's/^</  -/p; s/^>/  +/p' || true)
 if [[ -z $moved ]]; then
 	echo "==> nothing moved" >&2
