@@ -314,8 +314,9 @@ class TestTransitions:
                                    JobState.CANCELLED, JobState.INTERRUPTED)
         documented: dict[JobState, set[JobState]] = {
             q: {lo, c},
-            lo: {g, f, c, i},
-            g: {e, f, c, i},
+            # Back to queued only when the executor was lost mid-job (requeue()).
+            lo: {g, f, c, i, q},
+            g: {e, f, c, i, q},
             e: {d, f, c, i},
             d: set(), f: set(), c: set(), i: set(),
         }

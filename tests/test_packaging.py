@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import plistlib
+import re
 import shutil
 import subprocess
 import sys
@@ -192,10 +193,11 @@ class TestInstallScript:
         """--help prints the usage, with every option, to stdout and exits 0."""
         result = run_script("--help")
         assert result.returncode == 0, result.stderr
-        for option in ("--editable", "--no-service", "--uninstall", "--help"):
+        for option in ("--editable", "--no-service", "--with ray", "--uninstall", "--help"):
             assert option in result.stdout
 
-    @pytest.mark.parametrize("args", [("--bogus",), ("extra",), ("--uninstall", "--editable")])
+    @pytest.mark.parametrize("args", [("--bogus",), ("extra",), ("--uninstall", "--editable"),
+                                      ("--with", "bogus"), ("--with",)])
     def test_bad_arguments_are_usage_errors(self, args: tuple[str, ...]) -> None:
         """Unknown flags, positional arguments and contradictory flags exit 2
         before anything is installed."""
@@ -283,7 +285,7 @@ class TestInstallScript:
 
 
 class TestLock:
-    @pytest.mark.parametrize("name", ["app", "dev"])
+    @pytest.mark.parametrize("name", ["app", "dev", "ray"])
     def test_lock_was_resolved_from_todays_inputs(self, name: str) -> None:
         """The lock's ``# inputs:`` digest is that of pyproject.toml's dependencies and
         requirements/*.in as they are now: a dependency changed without ./scripts/lock.sh
@@ -293,3 +295,56 @@ class TestLock:
         lines = (REPO / "requirements" / f"{name}.txt").read_text(encoding="utf-8").splitlines()
         stamps = [line.split()[2] for line in lines if line.startswith("# inputs: ")]
         assert stamps == [want], "run ./scripts/lock.sh --keep and commit the lock"
+
+    @pytest.mark.parametrize("name", ["ray", "dev"])
+    def test_the_ray_and_dev_locks_pin_the_apps_versions(self, name: str) -> None:
+        """``install.sh --with ray`` gets exactly the app's tested versions plus Ray's own
+        packages, and the tests run what users install: each package of the app lock has
+        the same pin in the ray and dev locks."""
+        def pins(lock: str) -> dict[str, str]:
+            text = (REPO / "requirements" / f"{lock}.txt").read_text(encoding="utf-8")
+            found = re.findall(r"^([A-Za-z0-9_.\-]+)==(\S+)", text, flags=re.MULTILINE)
+            return {pkg.lower(): version for pkg, version in found}
+
+        app, other = pins("app"), pins(name)
+        assert {p: v for p, v in app.items() if other.get(p) != v} == {}
+        assert "ray" in other and "ray" not in app
+
+
+class TestRayUnit:
+    UNIT = REPO / "packaging" / "systemd" / "timbre-ray.service"
+
+    def test_runs_ray_start_in_the_foreground_from_timbres_venv(self) -> None:
+        """--block keeps the node's processes under systemd; the arguments come from the
+        user's ray.env; no usage statistics are sent."""
+        service = read_unit(self.UNIT)["Service"]
+        (start,) = service["ExecStart"]
+        assert start.startswith("%h/.local/share/timbre/venv/bin/ray start ")
+        assert "--block" in start and "--disable-usage-stats" in start
+        assert start.endswith("$RAY_START_ARGS")
+        assert service["EnvironmentFile"] == ["%h/.config/timbre/ray.env"]
+        assert "PrivateDevices" not in service
+
+    @pytest.mark.skipif(
+        shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed"
+    )
+    def test_passes_systemd_analyze_verify(self, tmp_path: Path) -> None:
+        home = tmp_path / "home"
+        bin_dir = home / ".local" / "share" / "timbre" / "venv" / "bin"
+        bin_dir.mkdir(parents=True)
+        (bin_dir / "ray").symlink_to(sys.executable)
+        (home / ".config" / "timbre").mkdir(parents=True)
+        (home / ".config" / "timbre" / "ray.env").write_text(
+            "RAY_START_ARGS=--address=10.0.0.5:6379\n")
+        runtime = tmp_path / "run"
+        runtime.mkdir(mode=0o700)
+        unit_copy = tmp_path / "timbre-ray.service"
+        shutil.copyfile(self.UNIT, unit_copy)
+        result = subprocess.run(
+            ["systemd-analyze", "--user", "verify", str(unit_copy)],
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home),
+                 "XDG_RUNTIME_DIR": str(runtime)},
+            capture_output=True, text=True, timeout=60, check=False)
+        output = result.stdout + result.stderr
+        assert result.returncode == 0, output
+        assert "timbre-ray.service" not in output, output

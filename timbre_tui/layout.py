@@ -857,6 +857,11 @@ def status_segments(studio: Studio) -> list[tuple[int, StyleAndTextTuples]]:
             device = st.device_text()
             if device:
                 segs.append((5, [("class:status-bar", f"│ {device} ")]))
+            where = st.executor_text()
+            if where:
+                style = ("class:status-bar.warning" if "unreachable" in where
+                         else "class:status-bar")
+                segs.append((5, [(style, f"│ {where} ")]))
             models = ", ".join(short_model(m["model"]) for m in st.loaded_models) or "none"
             segs.append((4, [("class:status-bar", f"│ loaded: {fit(models, 24)} ")]))
         running, queued = st.queue_depth()

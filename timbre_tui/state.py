@@ -982,6 +982,23 @@ class StudioState:
             return f"{m.get('device', '?')} {m.get('dtype', '')}".strip()
         return f"{dev.get('requested', '?')} (idle)"
 
+    def executor_text(self) -> str:
+        """Where jobs run, when it is more than the one local worker: ``ray 2 nodes · 1/2
+        busy``, ``2 workers · 0/2 busy``, or that the cluster could not be reached."""
+        ex = (self.status or {}).get("executor") or {}
+        if ex.get("error"):
+            return "cluster unreachable: jobs fail"
+        workers = [w for w in ex.get("workers") or [] if not w.get("down")]
+        busy = sum(1 for w in workers if w.get("jobs"))
+        if ex.get("kind") == "ray":
+            nodes = sum(1 for n in ex.get("nodes") or [] if n.get("alive"))
+            return f"ray {nodes} node{'s' * (nodes != 1)} · {busy}/{len(workers)} busy"
+        if ex.get("fallback"):
+            return "cluster unreachable: running here"
+        if len(workers) > 1:
+            return f"{len(workers)} workers · {busy}/{len(workers)} busy"
+        return ""
+
     # --- selection ------------------------------------------------------------------------
 
     def move_take(self, delta: int) -> Take | None:

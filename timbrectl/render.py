@@ -48,9 +48,57 @@ def status(st: dict[str, Any]) -> str:
         ("queue", f"{st['queue']['queued']} queued, {st['queue']['running']} running"),
         ("clients", str(st["connections"])),
     ]
+    rows += executor_rows(st["executor"])
     head = (f"timbred {st['version']} (protocol {st['protocol_version']}), pid {st['pid']}, "
             f"up {duration(st['uptime_s'])}")
     return "\n".join([head, *(f"  {k:<8} {v}" for k, v in rows)])
+
+
+def executor_rows(ex: dict[str, Any]) -> list[tuple[str, str]]:
+    """Where jobs run (``daemon.status``' ``executor``): the cluster and each worker with
+    what it holds warm. Nothing for the one local worker of a default setup (the device and
+    models rows say it all)."""
+    rows: list[tuple[str, str]] = []
+    if ex["error"]:
+        rows.append(("cluster", f"{ex['error']} (jobs fail until it is reachable)"))
+    elif ex["fallback"]:
+        rows.append(("cluster", f"{ex['fallback']}; running on this machine instead"))
+    if ex["kind"] == "ray":
+        alive = [n for n in ex["nodes"] if n["alive"]]
+        gpus = sum(n["gpus"] for n in alive)
+        lost = len(ex["nodes"]) - len(alive)
+        rows.append(("cluster", f"Ray at {ex['address']}: {len(alive)} node(s) up"
+                                + (f", {lost} gone" if lost else "") + f", {gpus} GPU(s)"))
+    if ex["kind"] == "ray" or len(ex["workers"]) > 1:
+        rows += [("worker", worker_line(w)) for w in ex["workers"]]
+    return rows
+
+
+def where(place: dict[str, Any]) -> str:
+    """A worker or a job's placement in words: ``ray-1a2b3c4d-cpu0 on node 1a2b3c4d
+    (10.0.0.5), actor 0f1e2d3c4b5a, pid 4242`` or ``local-0, pid 4242``."""
+    parts = [str(place.get("worker") or place.get("name") or place.get("executor"))]
+    if place.get("executor") == "ray":
+        parts[0] += f" on node {str(place['node'])[:8]} ({place['node_ip']})"
+        if place.get("actor"):
+            parts.append(f"actor {str(place['actor'])[:12]}")
+    if place.get("pid"):
+        parts.append(f"pid {place['pid']}")
+    if place.get("device"):
+        parts.append(str(place["device"]))
+    return ", ".join(parts)
+
+
+def worker_line(w: dict[str, Any]) -> str:
+    """One worker of ``timbrectl status``: where, whether it runs, what it holds warm."""
+    if w["down"]:
+        state = f"down: {w['down']}"
+    elif w["jobs"]:
+        state = "running " + ", ".join(w["jobs"])
+    else:
+        state = "idle" if w["alive"] else "not started"
+    models = ", ".join(w["models"]) or "nothing warm"
+    return f"{where(w)}: {state}; {models}"
 
 
 def progress_bar(step: int, total: int, eta_s: float | None, width: int = 30) -> str:
@@ -105,6 +153,12 @@ def job_detail(job: dict[str, Any]) -> str:
         t = job["timings"]
         rows.append(("time", f"load {t['load_s']:.2f}s, decode {t['decode_s']:.2f}s, "
                              f"export {t['export_s']:.2f}s, other {t['other_s']:.3f}s"))
+    place = job.get("placement") or {}
+    if place.get("executor"):
+        rows.append(("ran on", where(place)))
+    for lost in place.get("interruptions") or []:
+        rows.append(("lost", f"{where(lost)} while {lost['state']}: "
+                             f"{lost['error']['message']}"))
     rows += [("output", path) for path in job["outputs"]]
     return "\n".join([job["id"], *(f"  {k:<9} {v}" for k, v in rows)])
 

@@ -118,6 +118,32 @@ KEYS: tuple[Key, ...] = (
         "cuda or cuda:N."),
     Key("daemon", "threads", int, 0, "CPU threads for inference; 0 lets torch decide.",
         minimum=0, maximum=1024),
+    Key("executor", "kind", str, "local",
+        "Where local models run: local (inference worker processes on this machine) or ray "
+        "(actors on a Ray cluster; needs the ray extra: install.sh --with ray).",
+        choices=("local", "ray")),
+    Key("executor", "devices", list, [],
+        "Local workers: one worker process per entry, each on that device with its own warm "
+        "models (\"cuda:0\", \"cuda:1\", \"cpu\"). Empty: executor.workers workers on "
+        "daemon.device."),
+    Key("executor", "workers", int, 1,
+        "Local worker processes when executor.devices is empty (CPU workers share the cores: "
+        "each gets its share of them unless daemon.threads says otherwise).",
+        minimum=1, maximum=64),
+    Key("executor", "address", str, "auto",
+        "The Ray cluster: auto (the one `ray start` runs on this machine), HOST:PORT (its GCS "
+        "port, 6379 by default) or ray://HOST:10001 (Ray Client)."),
+    Key("executor", "namespace", str, "timbre",
+        "The Ray namespace Timbre's actors live in."),
+    Key("executor", "cpu_actors", int, 1,
+        "Ray actors on each node that has no GPU (a node with GPUs gets one per GPU); each "
+        "takes one CPU of the node. 0: only GPU nodes run jobs.", minimum=0, maximum=64),
+    Key("executor", "retries", int, 1,
+        "How often a job whose Ray actor or node was lost mid-job is queued again (on another "
+        "actor); 0 leaves it interrupted.", minimum=0, maximum=10),
+    Key("executor", "fallback", str, "local",
+        "When the Ray cluster cannot be reached at start: run on the local worker (local) or "
+        "fail each job saying why (fail).", choices=("local", "fail")),
     Key("limits", "max_message_bytes", int, MiB,
         "Largest accepted message, enforced while reading.", minimum=1024, maximum=64 * MiB),
     Key("limits", "max_batch", int, 64, "Most requests in one JSON-RPC batch.",

@@ -357,6 +357,32 @@ class WorkerCrashed(Unavailable):
         super().__init__(f"the inference worker died: {reason}", reason=reason, exitcode=exitcode)
 
 
+class ExecutorLost(WorkerCrashed):
+    """Raised for the jobs a lost executor was running that the machine itself did not
+    cause: a Ray actor or its node gone mid-job. Unlike a local worker's crash (often the
+    job's own doing: out of memory, a fault in a backend), such a job is worth running
+    again elsewhere, so the scheduler requeues it up to ``executor.retries`` times."""
+
+    code = -32055
+    kind = "executor_lost"
+
+    def __init__(self, where: str, reason: str) -> None:
+        TimbreError.__init__(self, f"lost {where}: {reason}", reason=reason, where=where,
+                             exitcode=None)
+
+
+class ClusterUnavailable(Unavailable, ConnectionError):
+    """Raised when the Ray cluster named in ``[executor] address`` cannot be reached (or
+    Ray is not installed)."""
+
+    code = -32056
+    kind = "cluster_unavailable"
+
+    def __init__(self, address: str, reason: str) -> None:
+        super().__init__(f"cannot reach the Ray cluster at {address}: {reason}",
+                         address=address, reason=reason)
+
+
 class GenerationFailed(Internal):
     """Raised when generation itself fails (out of memory, a backend error)."""
 

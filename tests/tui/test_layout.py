@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -81,6 +82,46 @@ class TestSizes:
         assert "default model" not in screen  # the summary line gives way to the panel
         studio.toggle_panel()
         assert "Parameters" not in resize(studio, 160, 48)
+
+
+class TestWhereJobsRun:
+    """The status bar names the workers when there is more than the one local worker."""
+
+    @staticmethod
+    def worker(name: str, jobs: list[str], down: str | None = None) -> dict[str, object]:
+        return {"name": name, "executor": "ray", "worker": name, "node": "n", "alive": True,
+                "busy": bool(jobs), "down": down, "jobs": jobs, "models": ["tiny"]}
+
+    async def test_a_ray_cluster_with_its_nodes_and_busy_workers(self, studio: Studio) -> None:
+        st = studio.state
+        assert st.status is not None
+        st.set_status({**st.status, "executor": {
+            "kind": "ray", "address": "10.0.0.5:6379", "fallback": None, "error": None,
+            "nodes": [{"node_id": "a", "alive": True}, {"node_id": "b", "alive": True},
+                      {"node_id": "c", "alive": False}],
+            "workers": [self.worker("ray-a-gpu0", ["j-2"]), self.worker("ray-b-gpu0", []),
+                        self.worker("ray-c-gpu0", [], down="node c is gone")]}})
+        bar = resize(studio, 160, 48).splitlines()[-1]
+        assert "│ cpu float32 │ ray 2 nodes · 1/2 busy │" in bar
+
+    async def test_two_local_workers_and_an_unreachable_cluster(self, studio: Studio) -> None:
+        st = studio.state
+        base = dict(st.status or {})
+        two = [{**self.worker("local-0", []), "executor": "local"},
+               {**self.worker("local-1", []), "executor": "local"}]
+        local: dict[str, Any] = {"kind": "local", "address": None, "fallback": None, "error": None,
+                 "nodes": [], "workers": two}
+        st.set_status({**base, "executor": local})
+        assert "│ 2 workers · 0/2 busy │" in resize(studio, 160, 48).splitlines()[-1]
+        st.set_status({**base, "executor": {**local, "workers": two[:1],
+                                            "fallback": "cannot reach the Ray cluster"}})
+        assert "│ cluster unreachable: running here │" in resize(studio, 160, 48)
+        st.set_status({**base, "executor": {**local, "workers": [], "error": "x"}})
+        assert "│ cluster unreachable: jobs fail │" in resize(studio, 160, 48)
+        # One local worker, the default: nothing to say.
+        st.set_status({**base, "executor": {**local, "workers": two[:1]}})
+        bar = resize(studio, 160, 48).splitlines()[-1]
+        assert "worker" not in bar and "cluster" not in bar and "ray" not in bar
 
 
 class TestPlayhead:

@@ -262,31 +262,32 @@ class TestDaemonUsesTheWorkersReport:
         monkeypatch.setattr(WorkerHandle, "start", start)
         monkeypatch.setattr(WorkerHandle, "alive", property(lambda self: bool(started)))
         gen = Generation(test_settings(base, **settings), EventBus())
+        residency = gen.pool.workers[0].residency
         try:
-            await gen.residency.ensure_executor()
+            await residency.ensure_executor()
         finally:
             gen.store.close()
             gen.history.library.close()
-        return gen
+        return residency
 
     @pytest.mark.anyio
     async def test_gpu_memory_is_the_budget(self, short_tmp: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
         """On a bf16 GPU: cuda, bfloat16, and 75% of the card's memory as the budget."""
-        gen = await self._ensure(short_tmp, monkeypatch, (H200,))
-        assert gen.residency.device is not None
-        assert (gen.residency.device["device"],
-                gen.residency.device["dtype"]) == ("cuda", "bfloat16")
-        assert gen.residency.device["name"] == "NVIDIA H200"
-        assert gen.residency.memory_budget == int(140 * GiB * 0.75)
+        res = await self._ensure(short_tmp, monkeypatch, (H200,))
+        assert res.device is not None
+        assert (res.device["device"],
+                res.device["dtype"]) == ("cuda", "bfloat16")
+        assert res.device["name"] == "NVIDIA H200"
+        assert res.memory_budget == int(140 * GiB * 0.75)
 
     @pytest.mark.anyio
     async def test_older_gpu_gets_float16_and_a_capped_budget(
             self, short_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         """Without bf16: float16; a configured budget beyond the card is capped at the card."""
-        gen = await self._ensure(short_tmp, monkeypatch, (T4,), models__memory_budget_mb=65536)
-        assert gen.residency.device is not None and gen.residency.device["dtype"] == "float16"
-        assert gen.residency.memory_budget == 15 * GiB
+        res = await self._ensure(short_tmp, monkeypatch, (T4,), models__memory_budget_mb=65536)
+        assert res.device is not None and res.device["dtype"] == "float16"
+        assert res.memory_budget == 15 * GiB
 
     @pytest.mark.anyio
     async def test_configured_cuda_without_a_gpu_is_a_clear_error(

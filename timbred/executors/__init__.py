@@ -1,9 +1,10 @@
 """Where generations run: the seam between the scheduler and whatever decodes.
 
 The scheduler (:mod:`timbred.queue.generation`) talks only to an :class:`Executor`.
-Today's one is the local inference worker process
-(:class:`timbred.worker.process.WorkerHandle`); a hosted-API runner and a Ray cluster
-implement the same protocol next. An executor holds loaded models by id, decodes batches
+The local inference worker process (:class:`timbred.worker.process.WorkerHandle`) and a Ray
+actor on a cluster node (:class:`timbred.executors.ray.RayActorExecutor`) implement it; the
+pool (:mod:`timbred.queue.pool`) holds one or more of them. Hosted providers run in their
+own lane (:mod:`timbred.executors.hosted`). An executor holds loaded models by id, decodes batches
 with progress and streaming preview, cancels, and says what it holds; every failure is a
 :mod:`timbred.errors` error (``WorkerCrashed`` when the executor itself was lost, which
 fails only the jobs it was running).
@@ -38,8 +39,16 @@ class Executor(Protocol):
         """Whether it is running and usable (a lost one is started again by :meth:`start`)."""
 
     @property
+    def pid(self) -> int | None:
+        """Its process id, where it has one it knows."""
+
+    @property
     def info(self) -> WorkerInfo | None:
         """What it reported when it started: its devices, threads and versions."""
+
+    def where(self) -> dict[str, Any]:
+        """Where it runs, for the job record: ``executor`` (local, ray), and the node,
+        actor and process as far as it knows them."""
 
     async def start(self) -> None:
         """Start (or restart after a loss) and wait until ready; a no-op when running."""

@@ -1,12 +1,15 @@
-"""The generation service: the durable queue and the scheduler that feeds the executor.
+"""The generation service: the durable queue and the scheduler that feeds the workers.
 
 One scheduler task takes queued jobs in priority order and runs each through
 queued → loading → generating → encoding → done | failed | cancelled | interrupted, publishing a
 ``job.state`` event at every transition and throttled ``job.progress`` events while decoding.
-Inference runs in an executor (:mod:`timbred.executors`; today the local worker process); the
-event loop only waits on it. A worker crash fails only the job it was running (with the reason)
-and the next job starts a fresh worker. Which models the executor holds, and for how long, is
-:mod:`timbred.queue.residency`'s business; which family loads a model, :mod:`timbred.backends`'.
+Inference runs on the workers of a :class:`~timbred.queue.pool.Pool` (executors: local worker
+processes, one per device, or Ray actors on a cluster), one batch per worker at a time, so
+several batches decode at once; the event loop only waits on them. A worker crash fails only
+the jobs it was running (with the reason) and the next job starts a fresh worker; a Ray actor
+or node that is lost requeues its jobs on another worker (``executor.retries``). Which models
+a worker holds, and for how long, is :mod:`timbred.queue.residency`'s business; which family
+loads a model, :mod:`timbred.backends`'.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from timbred.daemon.runtime import check_socket_path, default_socket_path
 from timbred.errors import (
     BudgetExceeded,
     Cancelled,
+    ExecutorLost,
     InternalError,
     Interrupted,
     InvalidJobState,
@@ -61,7 +65,8 @@ from timbred.queue.jobs import (
     RecoveryReport,
     request_digest,
 )
-from timbred.queue.residency import Loaded, Residency, spec_of
+from timbred.queue.pool import REFRESH_S, Pool, Worker
+from timbred.queue.residency import Loaded, spec_of
 from timbred.request import DEFAULT_DURATION_S, DEFAULT_STRENGTH, DEFAULT_VARIATIONS, Request
 from timbred.takes import publish
 from timbred.takes.history import History, audio_sha256, request_export
@@ -70,7 +75,6 @@ from timbred.takes.options import ExportOptions
 from timbred.testing import failpoints
 from timbred.worker.audio_io import probe_audio
 from timbred.worker.backend import GenerationOutput
-from timbred.worker.process import WorkerHandle
 
 log = logging.getLogger(__name__)
 
@@ -115,24 +119,20 @@ class Generation:
         self.store = JobStore(db, max_queued=settings["jobs.max_queued"])
         self.output_root = Path(settings["output.dir"] or default_output_dir()).expanduser()
         self.history = History(settings, Library(db), self.output_root)
-        #: The local inference worker; the scheduler reaches it only as ``executor``.
-        self.worker = WorkerHandle(threads=settings["daemon.threads"])
-        self.executor: Executor = self.worker
-        self.residency = Residency(settings, bus, self.executor)
+        #: The workers local models run on (one or more worker processes, or Ray actors),
+        #: each decoding one batch at a time with its own warm models.
+        self.pool = Pool(settings, bus)
         #: Jobs for hosted models (provider:model) run in their own lane, beside the worker.
         self.hosted = HostedLane(self)
         runtime_dir = check_socket_path(settings["daemon.socket"] or default_socket_path()).parent
         self.preview_root = preview.preview_root(runtime_dir)
-        self.running: list[Job] = []  # the job(s) decoding now, in batch order
         self.stopping = False
         self._wake = anyio.Event()
-        self._idle = anyio.Event()  # set whenever a job finishes running
+        self._idle = anyio.Event()  # set whenever a batch finishes running
         self._scheduler_done = anyio.Event()
         self._tg: anyio.abc.TaskGroup | None = None
-        # Running jobs a cancel was asked for -> their request index in the batch.
-        self._cancel_jobs: dict[str, int] = {}
-        # Of those, the cancels still to be sent again once the worker reports progress.
-        self._cancel_repeats: dict[str, int] = {}
+        #: Jobs requeued after their executor was lost -> the workers they were lost on.
+        self._avoid: dict[str, set[str]] = {}
         # _finish is check-then-move; a cancel and the end of its batch may both finish one
         # job at the same moment, and the second must see the first's result.
         self._finishing = anyio.Lock()
@@ -143,12 +143,23 @@ class Generation:
                   ) -> None:
         """Repair the queue, then schedule jobs and expire models until cancelled."""
         report = await self.recover()
+        await self.pool.start()
         async with anyio.create_task_group() as tg:
             self._tg = tg
             tg.start_soon(self._schedule)
             tg.start_soon(self.hosted.schedule, tg, report.resumed)
-            tg.start_soon(self.residency.expire)
+            tg.start_soon(self.pool.expire)
             task_status.started()
+
+    @property
+    def running(self) -> list[Job]:
+        """The jobs decoding now on every worker (each worker's in batch order)."""
+        return self.pool.running()
+
+    @property
+    def worker(self) -> Executor:
+        """The first worker's executor (the only one with one local worker)."""
+        return self.pool.workers[0].executor
 
     async def recover(self) -> RecoveryReport:
         """Repair what the last run left: job records agree with the takes written, partial
@@ -184,10 +195,12 @@ class Generation:
         self._wake.set()
         self.hosted.wake()
         await self.hosted.close()
-        if self.running:
-            idle = self._idle = anyio.Event()
-            await self.executor.cancel()
-            with anyio.move_on_after(10):
+        with anyio.move_on_after(10):
+            while self.running:
+                idle = self._idle = anyio.Event()
+                for worker in self.pool.workers:
+                    if worker.running:
+                        await worker.executor.cancel()
                 await idle.wait()
         if self._tg is not None and not self.running:
             # The scheduler may be mid-read (gathering a batch in a thread, which no cancel
@@ -195,7 +208,7 @@ class Generation:
             with anyio.move_on_after(10):
                 await self._scheduler_done.wait()
         with anyio.CancelScope(shield=True):
-            await self.executor.stop()
+            await self.pool.stop()
             await anyio.to_thread.run_sync(self.store.close)
             await anyio.to_thread.run_sync(self.history.library.close)
 
@@ -431,17 +444,18 @@ class Generation:
         elif await self.hosted.cancel(job_id):
             # Its predictions are cancelled at the provider, then the job (see HostedLane).
             self.bus.publish("job.state", {"job": job.to_dict()})
-        elif job_id in (running := {j.id: i for i, j in enumerate(self.running)}):
+        elif (worker := self.pool.worker_of(job_id)) is not None:
+            running = {j.id: i for i, j in enumerate(worker.running)}
             # Remembered as well as sent: a cancel that reaches the worker before its
             # generate request would be lost, so the progress callback repeats it.
-            index = self._cancel_jobs[job_id] = self._cancel_repeats[job_id] = running[job_id]
+            index = worker.cancel_jobs[job_id] = worker.cancel_repeats[job_id] = running[job_id]
             if len(running) == 1:
-                await self.executor.cancel()  # generate() raises Cancelled within a few steps
+                await worker.executor.cancel()  # generate() raises Cancelled within a few steps
                 self.bus.publish("job.state", {"job": job.to_dict()})
             else:
                 # Its rows keep being decoded for the others' sake (their numbers must not
                 # depend on when it left), but the job is over for its owner now.
-                await self.executor.cancel(item=index)
+                await worker.executor.cancel(item=index)
                 # None: the batch ended meanwhile (this was its last request) and finished it.
                 job = await self._finish(job, JobState.CANCELLED, None) or await self.get(job_id)
         return job
@@ -483,21 +497,50 @@ class Generation:
     # --- scheduling ---------------------------------------------------------------------
 
     async def _schedule(self) -> None:
+        """Feed the pool's workers: the next queued job goes, with what can be batched with
+        it, to a free worker (one holding its model warm if any), and the loop goes on to
+        the next while that batch decodes."""
+        assert self._tg is not None  # started by run()
         try:
             while not self.stopping:
                 self._wake = anyio.Event()
-                # Hosted jobs are the hosted lane's; this one feeds the worker.
+                if self.pool.error is not None:
+                    await self._fail_queued(self.pool.error)
+                    await self._wake.wait()
+                    continue
+                if not any(not w.busy for w in self.pool.usable()):
+                    with anyio.move_on_after(REFRESH_S if self.pool.cluster else None):
+                        await self._wake.wait()  # set when a batch ends or a job arrives
+                    await self.pool.refresh()
+                    continue
+                # Hosted jobs are the hosted lane's; this one feeds the workers.
                 job = await anyio.to_thread.run_sync(self.store.next_queued,
                                                      self.hosted.backends)
                 if job is None:
                     await self._wake.wait()
                     continue
-                batch = await self._gather(job)
-                if self.stopping:
-                    break  # gathered while the daemon began to stop: they stay queued
-                await self._run(batch)
+                worker = self.pool.choose(job.model, self._avoid.get(job.id, ()))
+                if worker is None:  # it waits for a worker other than the one it was lost on
+                    with anyio.move_on_after(REFRESH_S):
+                        await self._wake.wait()
+                    continue
+                worker.claimed = True
+                try:
+                    batch = await self._gather(job)
+                    if self.stopping:
+                        break  # gathered while the daemon began to stop: they stay queued
+                    await self._tg.start(self._run, batch, worker)
+                finally:
+                    worker.claimed = False
         finally:
             self._scheduler_done.set()
+
+    async def _fail_queued(self, error: TimbreError) -> None:
+        """Nowhere to run local jobs (the cluster unreachable, no fallback): each fails
+        saying so, rather than waiting forever."""
+        while (job := await anyio.to_thread.run_sync(self.store.next_queued,
+                                                     self.hosted.backends)) is not None:
+            await self._finish(job, JobState.FAILED, error)
 
     async def _gather(self, head: Job) -> list[Job]:
         """``head`` and the queued jobs that can be decoded with it, in queue order.
@@ -522,28 +565,37 @@ class Generation:
             takes += job.params["variations"]
         return batch or [found[0]]
 
-    async def _run(self, batch: list[Job]) -> None:
-        """Decode ``batch`` (one job, or several decoded together) and write their takes."""
-        self.running = list(batch)
-        self._cancel_jobs, self._cancel_repeats = {}, {}
+    async def _run(self, batch: list[Job], worker: Worker, *,
+                   task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+                   ) -> None:
+        """Decode ``batch`` (one job, or several decoded together) on ``worker`` and write
+        their takes. Started once its jobs are loading (the scheduler may then look for
+        the next)."""
+        worker.running = list(batch)
+        worker.cancel_jobs, worker.cancel_repeats = {}, {}
+        worker.batches += 1
+        residency, executor = worker.residency, worker.executor
         entry: Loaded | None = None
         writers: dict[str, preview.PreviewWriter] = {}
         keep_alive = batch[0].params.get("keep_alive")
         jobs: list[Job] = []
         try:
-            for job in batch:
-                with contextlib.suppress(TimbreError):  # cancelled since it was picked
-                    jobs.append(await self._transition(job, JobState.LOADING))
-            self.running = jobs
+            try:
+                for job in batch:
+                    with contextlib.suppress(TimbreError):  # cancelled since it was picked
+                        jobs.append(await self._transition(job, JobState.LOADING))
+                worker.running = jobs
+            finally:
+                task_status.started()
             if not jobs:
                 return
             failpoints.hit("loading")
             began = time.monotonic()  # with started_at (the loading transition)
             # Replays go alone; theirs are the recipe's settings, never the daemon's current.
             replay = jobs[0].params.get("replay") or {}
-            entry = await self.residency.acquire(jobs[0].model, keep_alive,
-                                                 replay.get("decoding"))
+            entry = await residency.acquire(jobs[0].model, keep_alive, replay.get("decoding"))
             load_s = time.monotonic() - began
+            await self._place(jobs, worker)
             for job in list(jobs):
                 if (await self.get(job.id)).cancel_requested:
                     await self._finish(job, JobState.CANCELLED, None)
@@ -551,7 +603,7 @@ class Generation:
             if not jobs:
                 return
             jobs = [await self._transition(job, JobState.GENERATING) for job in jobs]
-            self.running = jobs
+            worker.running = jobs
             failpoints.hit("generating")
             requests, own = _requests(jobs)
             for job in jobs:
@@ -565,8 +617,9 @@ class Generation:
                     writer.put(start, audio)
 
             try:
-                outputs = await self.executor.generate_batch(
-                    entry.model_id, requests, self._progress_callback(jobs, time.monotonic()),
+                outputs = await executor.generate_batch(
+                    entry.model_id, requests,
+                    self._progress_callback(jobs, time.monotonic(), worker=worker),
                     on_preview=on_preview if writers else None,
                     preview_chunk_s=self.settings["preview.chunk_s"])
             finally:
@@ -590,7 +643,10 @@ class Generation:
                 return
             names = ", ".join(job.id for job in jobs)
             log.error("job %s: %s", names, exc)
-            self.residency.forget()  # whatever the worker held died with it
+            residency.forget()  # whatever the worker held died with it
+            if isinstance(exc, ExecutorLost):
+                await self._lost(jobs, worker, exc)
+                return
             for job in jobs:
                 self.bus.publish("worker.crashed", {
                     "job_id": job.id, "reason": exc.data["reason"],
@@ -606,14 +662,48 @@ class Generation:
                 await self._finish(job, JobState.FAILED,
                                    InternalError(f"{type(exc).__name__}: {exc}"))
         finally:
-            self.running = []
-            self._cancel_jobs, self._cancel_repeats = {}, {}
+            worker.running = []
+            worker.cancel_jobs, worker.cancel_repeats = {}, {}
             self._idle.set()
+            self._wake.set()  # a worker is free
             if self._tg is not None:
                 for job_id in writers:
                     self._tg.start_soon(self._expire_previews, job_id)
             if entry is not None:
-                await self.residency.release(entry)
+                await residency.release(entry)
+
+    async def _place(self, jobs: list[Job], worker: Worker) -> None:
+        """Record where ``jobs`` run (``Job.placement``), once their model is loaded there."""
+        placement = worker.placement()
+        for job in jobs:
+            # Not announced: the next transition's job.state carries it.
+            with contextlib.suppress(TimbreError):  # finished meanwhile (a cancel)
+                await anyio.to_thread.run_sync(self.store.set_placement, job.id, placement)
+
+    async def _lost(self, jobs: list[Job], worker: Worker, exc: ExecutorLost) -> None:
+        """The executor under ``jobs`` was lost (a Ray actor or its node, not the job's
+        doing): each job is interrupted with the reason, and queued again to run on another
+        worker while it has retries left. Nothing of it was written, so it can never make
+        two takes."""
+        retries = int(self.settings["executor.retries"])
+        for job in jobs:
+            current = await self.get(job.id)
+            if current.terminal:
+                continue
+            lost_before = len((current.placement or {}).get("interruptions") or [])
+            if current.cancel_requested or lost_before >= retries:
+                await self._finish(job, JobState.INTERRUPTED, exc)
+                continue
+            requeued = await anyio.to_thread.run_sync(self.store.requeue, job.id, exc,
+                                                      worker.placement())
+            self._avoid.setdefault(job.id, set()).add(worker.name)
+            log.warning("job %s: %s; queued again (attempt %d), on another worker",
+                        job.id, exc, requeued.attempts)
+            self.bus.publish("job.requeued", {"job_id": job.id, "reason": exc.message,
+                                              "attempt": requeued.attempts,
+                                              "worker": worker.name})
+            self._announce(requeued)
+        await self.pool.refresh(force=True)
 
     async def _encode(self, job: Job, entry: Loaded | None, output: GenerationOutput,
                       requests: list[Request], index: int, *, began: float,
@@ -655,6 +745,7 @@ class Generation:
         with anyio.CancelScope(shield=True):
             async with self._finishing:
                 current = await self.get(job.id)
+                self._avoid.pop(job.id, None)
                 if current.terminal:
                     return None
                 if state is JobState.FAILED and current.state is JobState.QUEUED:
@@ -663,27 +754,28 @@ class Generation:
                 return await self._transition(current, state, error=error)
         return None  # not reached; a shielded scope cannot be cancelled
 
-    def _progress_callback(self, jobs: list[Job], started: float, *, cancels: bool = True
-                           ) -> Any:
+    def _progress_callback(self, jobs: list[Job], started: float, *,
+                           worker: Worker | None = None) -> Any:
         """One decoding's progress, published for each job in it (throttled per job).
 
-        ``cancels``: it is the worker's decoding, whose progress repeats pending cancels."""
+        ``worker``: the worker decoding it, whose progress repeats pending cancels (a
+        hosted job has none)."""
         last_event = dict.fromkeys((job.id for job in jobs), 0.0)
         last_saved = dict.fromkeys((job.id for job in jobs), 0.0)
 
         def on_progress(step: int, total: int) -> None:
-            if cancels and self._tg is not None and self._cancel_repeats:
+            if worker is not None and self._tg is not None and worker.cancel_repeats:
                 # Progress means the worker holds the generate request, so a cancel sent now
                 # reaches it; once each is enough (not at every step of a long batch).
-                for index in self._cancel_repeats.values():
-                    self._tg.start_soon(self.executor.cancel,
+                for index in worker.cancel_repeats.values():
+                    self._tg.start_soon(worker.executor.cancel,
                                         None if len(jobs) == 1 else index)
-                self._cancel_repeats = {}
+                worker.cancel_repeats = {}
             now = time.monotonic()
             elapsed = now - started
             eta = elapsed / step * (total - step) if step else None
             for job_id in last_event:
-                if job_id in self._cancel_jobs and len(jobs) > 1:
+                if worker is not None and job_id in worker.cancel_jobs and len(jobs) > 1:
                     continue  # already over for its owner
                 if step < total and now - last_event[job_id] < 1 / PROGRESS_EVENTS_PER_S:
                     continue
@@ -828,15 +920,16 @@ class Generation:
                 "total_usd": round(total, 6)}
 
     async def unload_model(self, model: str) -> bool:
-        """Unload ``model`` unless a running job uses it (then say which)."""
-        def busy() -> InvalidJobState | None:
-            if not self.running:
+        """Unload ``model`` from every worker, unless a running job uses it (then say
+        which)."""
+        def busy(worker: Worker) -> InvalidJobState | None:
+            if not worker.running:
                 return None
-            job = self.running[0]
+            job = worker.running[0]
             return InvalidJobState(job.id, job.state.value,
                                    f"{model} is in use; unload it once the job finishes")
 
-        return await self.residency.unload_model(model, busy=busy)
+        return await self.pool.unload_model(model, busy=busy)
 
 
 def month_start(now: float | None = None) -> float:

@@ -194,7 +194,7 @@ class HostedLane:
         run.calls = [c if isinstance(c, dict) else None for c in calls]
         if job.state is JobState.LOADING:
             job = await self.gen._transition(job, JobState.GENERATING)
-        on_progress = self.gen._progress_callback([job], time.monotonic(), cancels=False)
+        on_progress = self.gen._progress_callback([job], time.monotonic())
         on_progress(0, count)
         takes: list[Take | None] = [None] * count
 

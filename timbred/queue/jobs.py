@@ -82,8 +82,11 @@ _S = JobState
 #: from every running state so a worker that loses its process can report it the same way.
 TRANSITIONS: Final[Mapping[JobState, frozenset[JobState]]] = {
     _S.QUEUED: frozenset({_S.LOADING, _S.CANCELLED}),
-    _S.LOADING: frozenset({_S.GENERATING, _S.FAILED, _S.CANCELLED, _S.INTERRUPTED}),
-    _S.GENERATING: frozenset({_S.ENCODING, _S.FAILED, _S.CANCELLED, _S.INTERRUPTED}),
+    # Back to QUEUED only through requeue(): its executor was lost mid-job (a Ray node),
+    # nothing was written, and the job runs again elsewhere under the same id.
+    _S.LOADING: frozenset({_S.GENERATING, _S.FAILED, _S.CANCELLED, _S.INTERRUPTED, _S.QUEUED}),
+    _S.GENERATING: frozenset({_S.ENCODING, _S.FAILED, _S.CANCELLED, _S.INTERRUPTED,
+                              _S.QUEUED}),
     _S.ENCODING: frozenset({_S.DONE, _S.FAILED, _S.CANCELLED, _S.INTERRUPTED}),
     _S.DONE: frozenset(),
     _S.FAILED: frozenset(),
@@ -161,6 +164,9 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "ALTER TABLE jobs ADD COLUMN remote TEXT",
         "ALTER TABLE jobs ADD COLUMN cost TEXT",
     ),
+    # 5: where a job ran (JSON, Job.placement: executor, worker, node, actor, device) and
+    # the runs it lost on the way (a Ray actor or node gone mid-job).
+    ("ALTER TABLE jobs ADD COLUMN placement TEXT",),
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
@@ -263,6 +269,9 @@ class Job:
     remote: dict[str, Any] | None = None
     #: What a hosted job cost (``{"usd", "estimate", "basis", "provider"}``); opaque too.
     cost: dict[str, Any] | None = None
+    #: Where it ran (``{"executor", "worker", "device", "node", "node_ip", "actor", "pid"}``)
+    #: and ``interruptions``, the runs it lost before (see :meth:`JobStore.requeue`).
+    placement: dict[str, Any] | None = None
 
     @property
     def terminal(self) -> bool:
@@ -295,6 +304,7 @@ class Job:
             "idempotency_key": self.idempotency_key,
             "remote": copy.deepcopy(self.remote),
             "cost": copy.deepcopy(self.cost),
+            "placement": copy.deepcopy(self.placement),
         }
 
 
@@ -406,7 +416,7 @@ def _error_dict(error: TimbreError | Mapping[str, Any]) -> dict[str, Any]:
 _SELECT_JOBS: Final = (
     "SELECT id, state, priority, model, params, created_at, started_at, finished_at, "
     "progress_step, progress_total, error, outputs, attempts, retry_of, recipe, "
-    "cancel_requested, timings, idempotency_key, remote, cost FROM jobs"
+    "cancel_requested, timings, idempotency_key, remote, cost, placement FROM jobs"
 )
 _SELECT_SEQ_AND_JOBS: Final = _SELECT_JOBS.replace("SELECT ", "SELECT seq, ", 1)
 _SELECT_JOBS_AND_DIGEST: Final = _SELECT_JOBS.replace(" FROM jobs", ", request_digest FROM jobs")
@@ -465,7 +475,7 @@ class JobStore(SQLiteStore):
     def _row_to_job(self, row: Sequence[Any]) -> Job:
         (job_id, state, priority, model, params, created_at, started_at, finished_at, step,
          total, error, outputs, attempts, retry_of, recipe, cancel_requested, timings,
-         idempotency_key, remote, cost) = row
+         idempotency_key, remote, cost, placement) = row
         with map_errors((ValueError, TypeError),
                         lambda exc: self._error(f"job {job_id} is unreadable: {exc}")):
             return Job(
@@ -488,6 +498,7 @@ class JobStore(SQLiteStore):
                 idempotency_key=idempotency_key,
                 remote=None if remote is None else json.loads(remote),
                 cost=None if cost is None else json.loads(cost),
+                placement=None if placement is None else json.loads(placement),
             )
 
     def _fetch(self, conn: sqlite3.Connection, job_id: str) -> Job:
@@ -791,6 +802,42 @@ class JobStore(SQLiteStore):
             if job.state not in RUNNING_STATES:
                 raise InvalidJobState(job_id, job.state.value, "only a running job has handles")
             conn.execute("UPDATE jobs SET remote = ? WHERE id = ?", (remote_json, job_id))
+            return self._fetch(conn, job_id)
+
+    def set_placement(self, job_id: str, placement: Mapping[str, Any]) -> Job:
+        """Record where a running job runs now (its earlier ``interruptions`` are kept)."""
+        with self._write() as conn:
+            job = self._fetch(conn, job_id)
+            if job.state not in RUNNING_STATES:
+                raise InvalidJobState(job_id, job.state.value, "only a running job is placed")
+            earlier = (job.placement or {}).get("interruptions") or []
+            value = {**dict(placement), "interruptions": earlier}
+            conn.execute("UPDATE jobs SET placement = ? WHERE id = ?",
+                         (to_json(value, "placement"), job_id))
+            return self._fetch(conn, job_id)
+
+    def requeue(self, job_id: str, error: TimbreError,
+                where: Mapping[str, Any] | None = None) -> Job:
+        """Queue a running job again under its own id, one attempt more: its executor was
+        lost mid-job and nothing of it was written. Its place in the queue is kept (it runs
+        next in its priority), the interruption (``error``, with where it ran) is appended
+        to ``placement.interruptions`` with where it ran (``where``, else its placement),
+        and its progress is reset."""
+        with self._write() as conn:
+            job = self._fetch(conn, job_id)
+            if _S.QUEUED not in TRANSITIONS[job.state]:
+                raise InvalidJobState(job_id, job.state.value, "only a job that was loading "
+                                      "or generating can be queued again")
+            placement = dict(job.placement or {})
+            ran = where if where is not None else placement
+            lost = {**{k: v for k, v in ran.items() if k != "interruptions"},
+                    "at": self._clock(), "state": job.state.value,
+                    "error": _error_dict(error)}
+            value = {"interruptions": [*(placement.get("interruptions") or []), lost]}
+            conn.execute(
+                "UPDATE jobs SET state = ?, attempts = attempts + 1, placement = ?, "
+                "progress_step = NULL, progress_total = NULL WHERE id = ?",
+                (_S.QUEUED.value, to_json(value, "placement"), job_id))
             return self._fetch(conn, job_id)
 
     def set_cost(self, job_id: str, cost: Mapping[str, Any]) -> Job:

@@ -89,16 +89,25 @@ class Loaded:
 class Residency:
     """The models one executor holds, loaded on demand and released by keep-alive or budget."""
 
-    def __init__(self, settings: Settings, bus: EventBus, executor: Executor) -> None:
+    def __init__(self, settings: Settings, bus: EventBus, executor: Executor, *,
+                 device: str | None = None, host_share: float = 1.0) -> None:
         self.settings = settings
         self.bus = bus
         self.executor = executor
+        #: The device asked for (one worker of several: its own); None: daemon.device.
+        self.requested_device = device
+        #: The part of the host's memory this executor's CPU models may use (CPU workers
+        #: side by side share it).
+        self.host_share = host_share
         # Of the host's memory until the executor says which device holds the models.
         self.memory_budget = memory_budget_bytes(settings["models.memory_budget_mb"],
-                                                 host_bytes=physical_memory())
+                                                 host_bytes=self._host_bytes())
         self.loaded: dict[str, Loaded] = {}
         self.device: dict[str, Any] | None = None
         self._lock = anyio.Lock()  # one load/unload/evict sequence at a time
+
+    def _host_bytes(self) -> int:
+        return int(physical_memory() * self.host_share)
 
     def forget(self) -> None:
         """The executor was lost, and what it held with it."""
@@ -138,13 +147,13 @@ class Residency:
             await self.executor.start()
         info = self.executor.info
         gpus = info.cuda if info else ()
-        device = choose_device(self.settings["daemon.device"], gpus)
+        device = choose_device(self.requested_device or self.settings["daemon.device"], gpus)
         dtype = choose_dtype(self.settings["models.dtype"], device, gpus)
         index = int(device.split(":", 1)[1]) if ":" in device else 0
         gpu = gpus[index] if device.startswith("cuda") and index < len(gpus) else None
         # The models live on the GPU when there is one: budget its memory, not the host's.
         self.memory_budget = memory_budget_bytes(
-            self.settings["models.memory_budget_mb"], host_bytes=physical_memory(),
+            self.settings["models.memory_budget_mb"], host_bytes=self._host_bytes(),
             device_bytes=gpu.total_bytes if gpu is not None else None)
         name = gpu.name if gpu is not None else cpu_name()
         self.device = {"type": "cuda" if device.startswith("cuda") else "cpu", "name": name,

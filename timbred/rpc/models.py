@@ -28,7 +28,7 @@ PULL_EVENTS_PER_S = 5
 async def list_(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     """Installed models (the Hugging Face cache) and the catalogue of known names."""
     installed = await anyio.to_thread.run_sync(models.list_installed)
-    loaded = {e.name for e in ctx.daemon.generation.residency.loaded.values()}
+    loaded = ctx.daemon.generation.pool.loaded_names()
     return {
         "installed": [{**to_plain(m), "loaded": m.name in loaded} for m in installed],
         "catalogue": [{"name": e.name, "repo": e.repo, "backend": e.backend,
@@ -84,14 +84,14 @@ async def remove(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
 
 async def ps(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     """Loaded models: memory, device, when each expires."""
-    residency = ctx.daemon.generation.residency
-    return {"models": residency.ps(), "device": residency.device}
+    pool = ctx.daemon.generation.pool
+    return {"models": pool.ps(), "device": pool.device()}
 
 
 async def load(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     """Load a model now (warming it for the next job)."""
-    entry = await ctx.daemon.generation.residency.load_model(params["model"],
-                                                             params.get("keep_alive"))
+    entry = await ctx.daemon.generation.pool.load_model(params["model"],
+                                                        params.get("keep_alive"))
     return entry.to_dict()
 
 

@@ -125,6 +125,15 @@ class WorkerInfo:
     cuda: tuple[CudaDevice, ...] = ()
     """The same devices with their memory and bfloat16 support."""
 
+    @classmethod
+    def from_dict(cls, info: Mapping[str, Any]) -> WorkerInfo:
+        """From the ``ready`` message (:func:`prepare_inference`'s answer)."""
+        return cls(
+            pid=int(info["pid"]), python=str(info["python"]), torch=str(info["torch"]),
+            threads=int(info["threads"]), cuda_devices=tuple(info["cuda_devices"]),
+            cuda=tuple(CudaDevice.from_dict(d) for d in info.get("cuda", info["cuda_devices"])),
+        )
+
 
 # --- child side ------------------------------------------------------------------------------
 
@@ -167,9 +176,14 @@ class _Slot:
 
 
 class _Worker:
-    """The child's state: loaded models, cancel tokens, and the two loops."""
+    """The child's state: loaded models, cancel tokens, and the two loops.
 
-    def __init__(self, conn: Connection) -> None:
+    Also the state of a Ray actor (:mod:`timbred.worker.ray_actor`), which calls
+    :meth:`register`, :meth:`run` and :meth:`cancel` itself and hands a ``conn`` whose
+    ``send`` keeps progress and preview messages until the driver collects them.
+    """
+
+    def __init__(self, conn: Connection | Any) -> None:
         self.conn = conn
         self.send_lock = threading.Lock()
         self.inbox: queue.SimpleQueue[tuple[str, int, dict[str, Any]] | None] = (
@@ -198,23 +212,31 @@ class _Worker:
                 self.inbox.put(None)
                 return
             if op == "cancel":
-                with self.lock:
-                    targets = list(self.tokens.get(payload.get("target", -1), ()))
-                item = payload.get("item")
-                for index, one in enumerate(targets):
-                    if item is None or item == index:
-                        one.cancel()
+                self.cancel(payload.get("target", -1), payload.get("item"))
             elif op == "ps":
-                with self.lock:
-                    listing = [slot.describe() for slot in self.models.values()]
-                self._send_quietly(("ok", rid, listing))
+                self._send_quietly(("ok", rid, self.listing()))
             else:
-                if op == "generate":
-                    # Registered before queueing, so a cancel that overtakes the start of
-                    # the generation still finds its token.
-                    with self.lock:
-                        self.tokens[rid] = [CancelToken() for _ in payload.get("items", ())]
+                # Registered before queueing, so a cancel that overtakes the start of the
+                # generation still finds its token.
+                self.register(op, rid, payload)
                 self.inbox.put((op, rid, payload))
+
+    def register(self, op: str, rid: int, payload: Mapping[str, Any]) -> None:
+        """A generate request's cancel tokens, one per request of its batch."""
+        if op == "generate":
+            with self.lock:
+                self.tokens[rid] = [CancelToken() for _ in payload.get("items", ())]
+
+    def cancel(self, target: int, item: int | None) -> None:
+        with self.lock:
+            targets = list(self.tokens.get(target, ()))
+        for index, one in enumerate(targets):
+            if item is None or item == index:
+                one.cancel()
+
+    def listing(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return [slot.describe() for slot in self.models.values()]
 
     def _send_quietly(self, message: tuple[str, int, Any]) -> None:
         with contextlib.suppress(OSError):  # parent gone; read_loop notices on its next recv
@@ -231,22 +253,27 @@ class _Worker:
                 self._send_quietly(("ok", rid, None))
                 break
             try:
-                result = self.handle(op, rid, payload)
-            except errors.TimbreError as exc:
-                reply: tuple[str, int, Any] = ("error", rid, (exc.code, exc.message, exc.data))
-            except Exception as exc:
-                _log.exception("worker request %s failed", op)
-                err = _unexpected(op, payload, exc, self.device_of(payload))
-                reply = ("error", rid, (err.code, err.message, err.data))
-            else:
-                reply = ("ok", rid, result)
-            finally:
-                with self.lock:
-                    self.tokens.pop(rid, None)
-            try:
-                self.send(reply)
+                self.send(self.run(op, rid, payload))
             except OSError:
                 break
+        self.unload_all()
+
+    def run(self, op: str, rid: int, payload: dict[str, Any]) -> tuple[str, int, Any]:
+        """One request, answered as its reply message (every failure a wire error)."""
+        try:
+            result = self.handle(op, rid, payload)
+        except errors.TimbreError as exc:
+            return ("error", rid, (exc.code, exc.message, exc.data))
+        except Exception as exc:
+            _log.exception("worker request %s failed", op)
+            err = _unexpected(op, payload, exc, self.device_of(payload))
+            return ("error", rid, (err.code, err.message, err.data))
+        finally:
+            with self.lock:
+                self.tokens.pop(rid, None)
+        return ("ok", rid, result)
+
+    def unload_all(self) -> None:
         with self.lock:
             slots = list(self.models.values())
             self.models.clear()
@@ -353,11 +380,9 @@ def _unexpected(op: str, payload: Mapping[str, Any], exc: Exception,
     return errors.InternalError(f"worker request {op} failed: {reason}")
 
 
-def _child_main(conn: Connection, threads: int) -> None:
-    """Entry point of the worker process (run by multiprocessing's spawn)."""
-    # Ctrl-C in a terminal reaches the whole process group; the daemon decides when the
-    # worker stops (it sends "stop"), so the worker ignores SIGINT.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def prepare_inference(threads: int) -> dict[str, Any]:
+    """Set up a process that will run backends (a worker, a Ray actor) and say what it is:
+    its ``ready`` message's payload (:meth:`WorkerInfo.from_dict`)."""
     # Set before transformers is imported, which reads them once. Loading bars and per-load
     # config warnings would flood the daemon's log; the worker never downloads (the model
     # manager does), so the hub stays offline here whatever the daemon's environment says.
@@ -369,15 +394,24 @@ def _child_main(conn: Connection, threads: int) -> None:
     if threads > 0:
         torch.set_num_threads(threads)
     cuda = probe_devices()
-    worker = _Worker(conn)
-    worker.send(("ready", _READY_ID, {
+    return {
         "pid": os.getpid(),
         "python": sys.version.split()[0],
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "cuda_devices": tuple(d.name for d in cuda),
         "cuda": [d.to_dict() for d in cuda],
-    }))
+    }
+
+
+def _child_main(conn: Connection, threads: int) -> None:
+    """Entry point of the worker process (run by multiprocessing's spawn)."""
+    # Ctrl-C in a terminal reaches the whole process group; the daemon decides when the
+    # worker stops (it sends "stop"), so the worker ignores SIGINT.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    info = prepare_inference(threads)
+    worker = _Worker(conn)
+    worker.send(("ready", _READY_ID, info))
     threading.Thread(target=worker.read_loop, name="timbre-worker-reader", daemon=True).start()
     worker.main_loop()
     conn.close()
@@ -608,6 +642,10 @@ class WorkerHandle:
         """The worker's process id (also after it died, until the next start or stop)."""
         return None if self._session is None else self._session.proc.pid
 
+    def where(self) -> dict[str, Any]:
+        """Where it runs (``Job.placement``): this machine, its process."""
+        return {"executor": "local", "pid": self.pid}
+
     @property
     def alive(self) -> bool:
         """Whether the worker process is running and usable."""
@@ -651,12 +689,7 @@ class WorkerHandle:
                 ) from None
             finally:
                 session.pending.pop(_READY_ID, None)
-            self._info = WorkerInfo(
-                pid=int(info["pid"]), python=str(info["python"]), torch=str(info["torch"]),
-                threads=int(info["threads"]), cuda_devices=tuple(info["cuda_devices"]),
-                cuda=tuple(CudaDevice.from_dict(d)
-                           for d in info.get("cuda", info["cuda_devices"])),
-            )
+            self._info = WorkerInfo.from_dict(info)
 
     async def stop(self) -> None:
         """Stop the worker: cancel its generations, ask it to exit, kill it if it will not.
@@ -696,9 +729,7 @@ class WorkerHandle:
         family in :mod:`timbred.backends.registry`; ``options`` are its constructor arguments
         (MusicGen: ``window_s``, ``stride_s``, ``precision``).
         """
-        payload = {"model_id": model_id, "source": source, "device": device, "dtype": dtype,
-                   "backend": backend, "options": dict(options or {}),
-                   "implementation": registry.get(backend).implementation}
+        payload = load_payload(model_id, source, device, dtype, backend, options)
         return LoadedModel.from_dict(await self._request("load", payload))
 
     async def unload(self, model_id: str) -> bool:
@@ -742,13 +773,9 @@ class WorkerHandle:
         audio)``. :meth:`cancel` with ``item`` drops one request (its rows are still
         decoded, for the others' sake); the call raises Cancelled once all are dropped.
         """
-        payload = {"model_id": model_id, "items": [p.to_dict() for p in items],
-                   "preview_s": None if on_preview is None else preview_chunk_s}
-        result = await self._request("generate", payload, on_progress, on_preview)
-        if not isinstance(result, list) or len(result) != len(items) or not all(
-                isinstance(out, GenerationOutput) for out in result):
-            raise errors.InternalError(f"worker returned {type(result).__name__} for generate")
-        return result
+        payload = generate_payload(model_id, items, preview_chunk_s if on_preview else None)
+        return check_outputs(await self._request("generate", payload, on_progress, on_preview),
+                             len(items))
 
     async def cancel(self, item: int | None = None) -> None:
         """Cancel the generation(s) in flight (``item``: only that request of the batch);
@@ -777,6 +804,28 @@ class WorkerHandle:
             if not pending.done and op == "generate" and session.alive:
                 # Our caller was cancelled: do not leave the worker busy for nobody.
                 session.cancel(rid)
+
+
+def load_payload(model_id: str, source: str, device: str, dtype: str, backend: str,
+                 options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A ``load`` request (for a worker process or a Ray actor alike)."""
+    return {"model_id": model_id, "source": source, "device": device, "dtype": dtype,
+            "backend": backend, "options": dict(options or {}),
+            "implementation": registry.get(backend).implementation}
+
+
+def generate_payload(model_id: str, items: Sequence[Request], preview_s: float | None
+                     ) -> dict[str, Any]:
+    """A ``generate`` request: the batch, and the preview chunk length when one is wanted."""
+    return {"model_id": model_id, "items": [p.to_dict() for p in items], "preview_s": preview_s}
+
+
+def check_outputs(result: Any, count: int) -> list[GenerationOutput]:
+    """A ``generate`` reply, checked: one :class:`GenerationOutput` per request."""
+    if not isinstance(result, list) or len(result) != count or not all(
+            isinstance(out, GenerationOutput) for out in result):
+        raise errors.InternalError(f"worker returned {type(result).__name__} for generate")
+    return result
 
 
 async def _kill(proc: BaseProcess) -> None:
