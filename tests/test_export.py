@@ -205,7 +205,8 @@ class TestExportOptions:
         opts = ExportOptions()
         assert opts.to_dict() == {"format": "wav", "wav_subtype": "PCM_24",
                                   "mp3_bitrate_kbps": 320, "ogg_quality": 0.7,
-                                  "loudness_target_lufs": -14.0, "true_peak_ceiling_dbtp": -1.0}
+                                  "loudness_target_lufs": -14.0, "true_peak_ceiling_dbtp": -1.0,
+                                  "master": None}
         other = ExportOptions(format="ogg", ogg_quality=0.3, loudness_target_lufs=None)
         assert ExportOptions.from_dict(other.to_dict()) == other
         assert ExportOptions.from_dict({"format": "MP3"}).format == "mp3"

@@ -514,7 +514,8 @@ def library_version(path: Path) -> int:
 
 class TestSchema:
     def test_a_version_1_database_is_migrated_intact(self, db_path: Path) -> None:
-        """A v1 history opens with its rows intact, searchable, with v2's indexes."""
+        """A v1 history opens with its rows intact, searchable, with v2's indexes and v3's
+        tempo and key columns (empty for its old takes, filled for new ones)."""
         make_v1(db_path)
         with Library(db_path) as lib:
             old = lib.get("t-1fc000000")
@@ -526,7 +527,12 @@ class TestSchema:
             new = record(lib, session="old days", prompt="Ambient drone with distant choir")
             assert new.id > old.id
             assert ids(lib.search(text="distant")[0]) == [new.id, old.id]
-        assert library_version(db_path) == SCHEMA_VERSION == 2
+            assert (old.bpm, old.key) == (None, None)
+            tuned = record(lib, job_id="j-000000002", prompt="tuned", bpm=121.5, key="Am")
+            assert ids(lib.search(bpm_min=120, bpm_max=122, key="A minor")[0]) == [tuned.id]
+            assert ids(lib.search(bpm_min=122)[0]) == []
+            assert ids(lib.search(key="C")[0]) == []
+        assert library_version(db_path) == SCHEMA_VERSION == 3
         with closing(sqlite3.connect(db_path)) as raw:
             names = {r[0] for r in raw.execute("SELECT name FROM sqlite_master")}
         assert {"prompts_fts", "takes_by_time", "takes_by_session"} <= names
@@ -537,7 +543,7 @@ class TestSchema:
         broken = (*MIGRATIONS, Migration(("ALTER TABLE takes ADD COLUMN mood TEXT",
                                           "SELECT nonsense")))
         with closing(sqlite3.connect(db_path, isolation_level=None)) as raw:
-            with pytest.raises(StoreError, match="schema version 3 failed"):
+            with pytest.raises(StoreError, match=f"schema version {SCHEMA_VERSION + 1} failed"):
                 migrate(raw, str(db_path), broken)
             columns = [row[1] for row in raw.execute("PRAGMA table_info(takes)")]
         assert "mood" not in columns
@@ -548,9 +554,9 @@ class TestSchema:
         make_v1(db_path)
         later = (*MIGRATIONS, Migration(("ALTER TABLE takes ADD COLUMN mood TEXT",)))
         with closing(sqlite3.connect(db_path, isolation_level=None)) as raw:
-            assert migrate(raw, str(db_path), later) == (1, 3)
-            assert migrate(raw, str(db_path), later) == (3, 3)
-        assert library_version(db_path) == 3
+            assert migrate(raw, str(db_path), later) == (1, SCHEMA_VERSION + 1)
+            assert migrate(raw, str(db_path), later) == (SCHEMA_VERSION + 1,) * 2
+        assert library_version(db_path) == SCHEMA_VERSION + 1
 
     def test_a_newer_schema_is_refused(self, db_path: Path) -> None:
         """A history from a newer timbred is left alone; the error names the file."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion
 from prompt_toolkit.document import Document
@@ -327,6 +327,47 @@ def export(studio: Studio, fmt: str) -> None:
     studio.spawn(go, what="export")
 
 
+#: The mastering chains Timbre ships (a user's own, in <config dir>/mastering, work too).
+SHIPPED_CHAINS: Final = (("streaming", "-14 LUFS, -1 dBTP: gentle glue"),
+                         ("club", "-9 LUFS: louder, more compression"),
+                         ("tape", "soft saturation, gentle compression"),
+                         ("none", "no processing at all"))
+
+
+def master(studio: Studio, chain: str) -> None:
+    """``/master CHAIN``: the selected take through a mastering chain, as a new file."""
+    take = studio.state.selected()
+    if take is None:
+        studio.say("select a take to master (Alt-↑/↓ or the timeline)")
+        return
+    if not chain:
+        studio.say("usage: /master streaming|club|tape|none|YOUR-CHAIN", "error")
+        return
+
+    async def go() -> None:
+        result = await studio.link.call("takes.export", {"take": take.path, "master": chain})
+        studio.say(f"mastered ({chain}): {result.get('path', take.name)}")
+
+    studio.spawn(go, what="master")
+
+
+def loop(studio: Studio, bars: str) -> None:
+    """``/loop BARS``: a loop of whole bars cut from the selected take, beside it."""
+    take = studio.state.selected()
+    if take is None:
+        studio.say("select a take to loop (Alt-↑/↓ or the timeline)")
+        return
+    if not bars.isdecimal() or not 1 <= int(bars) <= 64:
+        studio.say("usage: /loop BARS (1 to 64 bars at the take's tempo)", "error")
+        return
+
+    async def go() -> None:
+        result = await studio.link.call("takes.loop", {"take": take.path, "bars": int(bars)})
+        studio.say(f"loop of {bars} bar(s): {result.get('path', take.name)}")
+
+    studio.spawn(go, what="loop")
+
+
 def rate(studio: Studio, rating: str) -> None:
     take = studio.state.selected()
     if take is None:
@@ -438,6 +479,11 @@ def build_commands(studio: Studio) -> dict[str, SlashCommand]:
         SlashCommand("export", "/export FORMAT", "export the selected take",
                      lambda a: export(s, a.strip() or s.state.params.format),
                      lambda: [(f, "") for f in FORMATS]),
+        SlashCommand("master", "/master CHAIN", "master the selected take (a new file)",
+                     lambda a: master(s, a.strip()), lambda: list(SHIPPED_CHAINS)),
+        SlashCommand("loop", "/loop BARS", "cut a seamless loop of BARS bars from the take",
+                     lambda a: loop(s, a.strip()),
+                     lambda: [("1", "bar"), ("2", "bars"), ("4", "bars"), ("8", "bars")]),
         SlashCommand("cancel", "/cancel [JOB]", "cancel a job (default: selected or newest)",
                      lambda a: cancel(s, a.strip() or None), jobs_in(ACTIVE_STATES)),
         SlashCommand("retry", "/retry [JOB]", "retry a failed job (default: selected or newest)",
@@ -605,8 +651,8 @@ def help_text(studio: Studio) -> str:
     for cmd in studio.commands.values():
         usage = f"{cmd.usage:<27}"  # a longer usage (/add's) leaves less room for its help
         lines.append(f"  {usage} {fit_text(cmd.help, 69 - len(usage))}")
-    lines += ["", "Library search: words match the prompt; rating:up|down and",
-              "tag:NAME filter once the daemon records ratings and tags.", "",
+    lines += ["", "Library search: words match the prompt; rating:up|down, tag:NAME,",
+              "bpm:120 or bpm:118-122 (measured tempo) and key:Am filter.", "",
               "Esc closes this help."]
     return "\n".join(lines)
 

@@ -11,7 +11,6 @@ queries go to the daemon's history (``history.search``, in :meth:`DaemonLink.lib
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import AsyncGenerator, Callable, Mapping
 from pathlib import Path
 from typing import Any, cast
@@ -21,6 +20,7 @@ import anyio.abc
 
 from timbre_tui.state import Cost, Preset, StudioState, Take, hosted_provider
 from timbrectl.client import Client, connect, follow_events
+from timbrectl.query import BadQuery, parse_query
 from timbred.errors import DaemonUnavailable, InvalidParams, MethodNotFound, TimbreError
 
 EVENT_TYPES = ("job.*", "model.*", "daemon.stopping", "worker.*")
@@ -233,23 +233,18 @@ class DaemonLink:
     async def library(self, query: str) -> tuple[list[Take], str]:
         """Past takes matching ``query`` (newest first) from the daemon's history, and a note.
 
-        Words are prompt text; ``rating:up|down|unrated`` and ``tag:NAME`` filter (the first
-        tag on the daemon, any further ones here).
+        Words are prompt text; ``rating:up|down|unrated``, ``tag:NAME`` (the first tag on
+        the daemon, any further ones here), ``bpm:120``, ``bpm:118-122`` and ``key:Am``
+        filter, read as ``timbrectl history`` reads them (:mod:`timbrectl.query`). A filter
+        word that does not parse is the note, and nothing is asked.
         """
-        words = query.split()
-        ratings = [w.split(":", 1)[1] for w in words if w.startswith("rating:")]
-        tags = [w.split(":", 1)[1].lower() for w in words if w.startswith("tag:")]
-        text = " ".join(w for w in words if not re.match(r"(rating|tag):", w))
-        params: dict[str, Any] = {"limit": JOBS_LOADED}
-        if text:
-            params["text"] = text
-        if ratings:
-            params["rating"] = ratings[0]
-        if tags:
-            params["tag"] = tags[0]
-        page = await self.call("history.search", params)
+        try:
+            parsed = parse_query(query)
+        except BadQuery as exc:
+            return [], str(exc)
+        page = await self.call("history.search", {"limit": JOBS_LOADED, **parsed.params})
         takes = [take_from_history(t) for t in page["takes"]]
-        takes = [t for t in takes if all(tag in t.tags for tag in tags[1:])]
+        takes = [t for t in takes if all(tag in t.tags for tag in parsed.more_tags)]
         return takes, ""
 
 def take_from_history(record: Mapping[str, Any]) -> Take:
@@ -267,4 +262,5 @@ def take_from_history(record: Mapping[str, Any]) -> Take:
                 lyrics=lyrics if isinstance(lyrics, str) and lyrics else None,
                 backend=backend if isinstance(backend, str) else None,
                 provider=hosted_provider(model, recipe), cost=Cost.from_record(recipe.get("cost")),
-                job_takes=takes if isinstance(takes, int) and takes > 0 else 1)
+                job_takes=takes if isinstance(takes, int) and takes > 0 else 1,
+                bpm=record.get("bpm"), musical_key=record.get("key"))

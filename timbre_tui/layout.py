@@ -496,9 +496,13 @@ def _take_head(studio: Studio, take: Take, label: str | None) -> StyleAndTextTup
 
 
 def _take_tail(take: Take, *, hosted: bool = False) -> str:
-    """``  -14.0 LUFS  👍``: what follows a take's waveform (and with ``hosted``, where a
-    hosted take was made and what it cost: the library's rows, where no job line says)."""
+    """``  120 BPM Am  -14.0 LUFS  👍``: what follows a take's waveform (and with
+    ``hosted``, where a hosted take was made and what it cost: the library's rows, where no
+    job line says)."""
     parts = []
+    if take.bpm is not None:
+        parts.append(f"{take.bpm:.0f} BPM" + (f" {take.musical_key}" if take.musical_key
+                                              else ""))
     if take.loudness is not None:
         parts.append(f"{take.loudness:.1f} LUFS")
     if take.rating:
@@ -714,7 +718,7 @@ def library_view(studio: Studio) -> AnyContainer:
     def note() -> Rendered:
         lib = studio.state.library
         text = lib.note or (f"{len(lib.takes)} takes · Enter/Space play · / search · "
-                            "rating:up tag:NAME filter")
+                            "rating:up tag:NAME bpm:118-122 key:Am filter")
         return Rendered([[("class:timeline.meta", "  " + text)]])
     return HSplit([
         section_title(lambda: "Library (past takes)"),

@@ -499,6 +499,9 @@ class Take:
     cost: Cost | None = None
     #: How many takes the job made (its cost is for them all).
     job_takes: int = 1
+    #: The measured tempo and key ("Am"), when the history has them.
+    bpm: float | None = None
+    musical_key: str | None = None
 
     @property
     def key(self) -> tuple[str, int]:

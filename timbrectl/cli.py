@@ -28,6 +28,7 @@ import anyio
 from timbrectl import auth, generate, render, spawn
 from timbrectl.client import Client, connect, resolve_socket_path
 from timbrectl.generate import Progress
+from timbrectl.query import BadQuery, Query, parse_query
 from timbrectl.ranges import one_of, positive_seconds, ranged
 from timbred import __version__
 from timbred.errors import (
@@ -254,13 +255,15 @@ async def cmd_models_pull(args: argparse.Namespace) -> int:
 def _export_params(args: argparse.Namespace) -> dict[str, Any]:
     params = {"format": args.format, "wav_subtype": args.wav_subtype,
               "mp3_bitrate_kbps": args.bitrate, "true_peak_ceiling_dbtp": args.ceiling,
-              "loudness_target_lufs": False if args.no_normalise else args.loudness}
+              "loudness_target_lufs": False if args.no_normalise else args.loudness,
+              "master": args.master}
     return {k: v for k, v in params.items() if v is not None}
 
 
 async def cmd_history(args: argparse.Namespace) -> int:
-    params: dict[str, Any] = {"limit": args.limit}
-    for key in ("text", "tag", "rating", "session"):
+    query: Query = args.query  # parsed in _main: a bad filter word is a usage error
+    params: dict[str, Any] = {"limit": args.limit, **query.params}
+    for key in ("tag", "rating", "session"):
         if getattr(args, key):
             params[key] = getattr(args, key)
     if args.since is not None:
@@ -270,6 +273,7 @@ async def cmd_history(args: argparse.Namespace) -> int:
     if args.deleted:
         params["include_deleted"] = True
     page = await _call(args, "history.search", params)
+    page["takes"] = [t for t in page["takes"] if all(g in t["tags"] for g in query.more_tags)]
     args.out.result(page, "\n".join(render.take_line(t) for t in page["takes"])
                     or "no takes match")
     return EXIT_OK
@@ -290,6 +294,15 @@ async def cmd_takes(args: argparse.Namespace) -> int:
             params["output"] = _absolute(args.output)
         async with connect(args.socket, timeout=args.timeout) as client:
             result = await client.call("takes.export", params, timeout=None)
+        args.out.result(result, result["path"])
+    elif action == "loop":
+        params = {"take": take, "bars": args.bars, **_export_params(args)}
+        if args.beats_per_bar is not None:
+            params["beats_per_bar"] = args.beats_per_bar
+        if args.output:
+            params["output"] = _absolute(args.output)
+        async with connect(args.socket, timeout=args.timeout) as client:
+            result = await client.call("takes.loop", params, timeout=None)
         args.out.result(result, result["path"])
     elif action == "rate":
         params = {"take": take, "value": args.value}
@@ -515,7 +528,9 @@ def build_parser() -> argparse.ArgumentParser:
     costs.set_defaults(func=cmd_costs)
 
     hist = sub.add_parser("history", parents=[common], help="search past takes")
-    hist.add_argument("text", nargs="?", help="words the prompt contains")
+    hist.add_argument("words", nargs="*", metavar="WORD",
+                      help="words the prompt contains, and filters: bpm:120, bpm:118-122 "
+                           "(measured tempo), key:Am, key:F#, tag:NAME, rating:up")
     hist.add_argument("--tag")
     hist.add_argument("--rating", choices=["up", "down", "unrated"])
     hist.add_argument("--session")
@@ -531,7 +546,8 @@ def build_parser() -> argparse.ArgumentParser:
         dest="takes_command", required=True, metavar="ACTION")
     for name, text in (("show", "one take"), ("export", "re-encode to another format"),
                        ("rate", "thumbs up or down, with a note"), ("tag", "add/remove tags"),
-                       ("rm", "delete the take's files (asks first)")):
+                       ("rm", "delete the take's files (asks first)"),
+                       ("loop", "a loop of whole bars cut from a take, seam crossfaded")):
         tp = tk.add_parser(name, parents=[common], help=text)
         tp.add_argument("take", metavar="TAKE", help="take id (t-...) or path")
         if name == "export":
@@ -549,6 +565,14 @@ def build_parser() -> argparse.ArgumentParser:
                             help="+TAG (or TAG) adds a tag, -TAG removes one")
         elif name == "rm":
             tp.add_argument("-y", "--yes", action="store_true", help="do not ask")
+        elif name == "loop":
+            tp.add_argument("--bars", type=ranged("takes.loop", "bars"), required=True,
+                            metavar="N", help="how many bars (at the take's measured tempo)")
+            tp.add_argument("--beats-per-bar", type=ranged("takes.loop", "beats_per_bar"),
+                            metavar="N", help="beats in a bar (default 4)")
+            generate.add_export_arguments(tp, fallback="the take's format",
+                                          method="takes.loop")
+            tp.add_argument("-o", "--output", metavar="PATH")
         tp.set_defaults(func=cmd_takes)
 
     edits = {
@@ -649,6 +673,11 @@ def _main(argv: list[str] | None) -> int:
             parser.error("takes tag: name at least one tag: +TAG adds, -TAG removes")
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if getattr(args, "func", None) is cmd_history:
+        try:
+            args.query = parse_query(args.words)
+        except BadQuery as exc:
+            parser.error(f"history: {exc}")
     args.out = Output(args.json)
     try:
         code: int = anyio.run(args.func, args, backend="asyncio")

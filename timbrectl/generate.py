@@ -57,6 +57,8 @@ def submit_params(args: argparse.Namespace) -> dict[str, Any]:
         "top_p": args.top_p, "guidance": args.guidance, "steps": args.steps,
         "negative": args.negative, "sampler": args.sampler, "variations": args.variations,
         "lyrics": args.lyrics, "language": args.language, "shift": args.shift,
+        "bpm": getattr(args, "bpm", None), "key": getattr(args, "key", None),
+        "loop_bars": getattr(args, "loop", None),
         "task": getattr(args, "task", None), "track": getattr(args, "track", None),
         "melody": _absolute(getattr(args, "melody", None)),
         "continuation": _absolute(getattr(args, "continue_", None)),
@@ -67,6 +69,7 @@ def submit_params(args: argparse.Namespace) -> dict[str, Any]:
         "format": args.format, "wav_subtype": args.wav_subtype,
         "mp3_bitrate_kbps": args.bitrate, "true_peak_ceiling_dbtp": args.ceiling,
         "loudness_target_lufs": False if args.no_normalise else args.loudness,
+        "master": args.master,
         "preview": True if getattr(args, "stream", False) else None,
         "idempotency_key": getattr(args, "idempotency_key", None),
         "options": dict(args.param) if getattr(args, "param", None) else None,
@@ -315,6 +318,10 @@ def add_export_arguments(p: argparse.ArgumentParser, *, fallback: str = "wav",
     p.add_argument("--no-normalise", action="store_true", help="keep the model's level")
     p.add_argument("--ceiling", type=ranged(method, "true_peak_ceiling_dbtp"), metavar="DBTP",
                    help="true-peak ceiling (default -1)")
+    p.add_argument("--master", metavar="CHAIN",
+                   help="mastering chain: streaming (-14 LUFS), club (-9 LUFS), tape, none, or "
+                        "one of yours in <config dir>/mastering; its loudness target and "
+                        "ceiling replace --loudness and --ceiling")
 
 
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -370,6 +377,14 @@ def add_generation_arguments(g: argparse.ArgumentParser) -> None:
                    "default en)")
     g.add_argument("--shift", type=ranged(_SUBMIT, "shift"), metavar="X",
                    help="timestep shift (ace-step; default 3)")
+    g.add_argument("--bpm", type=ranged(_SUBMIT, "bpm"), metavar="N",
+                   help="the tempo to aim for (ace-step takes it; other models get it in the "
+                        "prompt); the take's analysis says how close it came")
+    g.add_argument("--key", metavar="KEY",
+                   help='the key to aim for: "A minor", Am, "F# major" (as --bpm)')
+    g.add_argument("--loop", type=ranged("takes.loop", "bars"), metavar="BARS",
+                   help="also write a loop of BARS whole bars of each take, cut on a downbeat "
+                        "at its measured tempo, seam crossfaded")
     g.add_argument("--param", action="append", type=backend_param, metavar="KEY=VALUE",
                    help="a parameter of the model's backend (repeatable; see "
                         "`timbrectl backends`)")

@@ -247,6 +247,12 @@ KEYS: tuple[Key, ...] = (
     Key("output", "true_peak_ceiling_dbtp", float, -1.0,
         "No take's true peak exceeds this; a transparent limiter holds it when needed.",
         minimum=-20, maximum=0),
+    Key("output", "master", str, "",
+        "The mastering chain every take goes through (streaming, club, tape, none, or a "
+        "chain of yours in <config dir>/mastering); empty: loudness normalisation only."),
+    Key("output", "analyse", bool, True,
+        "Measure each take's tempo, beats and key (written to its tags, sidecar and the "
+        "history, where `timbrectl history bpm:118-122 key:Am` finds it)."),
     Key("providers", "max_concurrent", int, 4,
         "Hosted jobs (provider:model) running at once; they run beside local ones, which "
         "keep their own one-at-a-time worker.", minimum=1, maximum=64),

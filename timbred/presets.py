@@ -58,6 +58,7 @@ import platformdirs
 from timbred.errors import InvalidParams, PresetInvalid, PresetNotFound
 from timbred.protocol import schema
 from timbred.takes import options
+from timbred.tomlfiles import scan, shown
 
 __all__ = [
     "EXPORT_KEYS",
@@ -149,18 +150,8 @@ def default_user_dir() -> Path:
     return Path(platformdirs.user_config_dir("timbre")) / "presets"
 
 
-def _scan(directory: Path) -> dict[str, Path]:
-    # name -> file, for the visible *.toml files of a directory (none if it is missing).
-    try:
-        entries = list(directory.iterdir())
-    except (FileNotFoundError, NotADirectoryError):
-        return {}
-    return {p.stem: p for p in entries
-            if p.suffix == ".toml" and not p.name.startswith(".") and p.is_file()}
-
-
 def _candidates(user_dir: Path | None) -> tuple[dict[str, Path], dict[str, Path]]:
-    return _scan(shipped_dir()), _scan(default_user_dir() if user_dir is None else user_dir)
+    return scan(shipped_dir()), scan(default_user_dir() if user_dir is None else user_dir)
 
 
 # --- reading and validating -------------------------------------------------------------------
@@ -207,14 +198,6 @@ def _describe(sub: Mapping[str, Any]) -> str:
     return noun + bounds
 
 
-def _shown(value: object) -> str:
-    try:
-        text = json.dumps(value, ensure_ascii=False)
-    except (TypeError, ValueError):
-        text = repr(value)  # a TOML date or time
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def _invalid(path: Path, error: jsonschema.ValidationError) -> PresetInvalid:
     where = [str(part) for part in error.absolute_path]
     sub = error.schema if isinstance(error.schema, Mapping) else {}
@@ -227,7 +210,7 @@ def _invalid(path: Path, error: jsonschema.ValidationError) -> PresetInvalid:
         return PresetInvalid(str(path), key, f"one of the known keys ({', '.join(known)}){hint}")
     key = ".".join(where) or "(top level)"
     return PresetInvalid(str(path), key,
-                         f"{_describe(sub)}, got {_shown(error.instance)}")
+                         f"{_describe(sub)}, got {shown(error.instance)}")
 
 
 def _read(name: str, path: Path, source: Source) -> Preset:

@@ -269,7 +269,7 @@ class TestScreens:
             "sample_rate": 32000, "channels": 1, "duration_s": 2.0,
             "loudness_before_lufs": None, "loudness_after_lufs": -14.0,
             "created_at": 1_800_000_000.0, "recipe": recipe, "deleted_at": None,
-            "rating": None, "note": None, "tags": []}
+            "rating": None, "note": None, "tags": [], "bpm": None, "key": None}
         check("history.search take", rooted(openrpc()["components"]["schemas"]["Take"]),
               record)
         take = take_from_history(record)
@@ -278,10 +278,12 @@ class TestScreens:
         row = "".join(t for _, t, *_ in take_line(studio, take, 160, label="two takes"))
         assert "-14.0 LUFS  Replicate $0.10 (estimate) for 2 takes" in row
         local = take_from_history({**record, "recipe": {"model": MUSICGEN_MODEL,
-                                                        "backend": "musicgen"}})
+                                                        "backend": "musicgen"},
+                                   "bpm": 121.6, "key": "Am"})
         assert local.provider is None and local.cost is None
         row = "".join(t for _, t, *_ in take_line(studio, local, 160, label="local"))
         assert "Replicate" not in row and "$" not in row
+        assert "122 BPM Am  -14.0 LUFS" in row  # what the analysis measured
         # the timeline's take rows leave it to the job's line
         (timeline_take,) = studio.state.takes()[:1]
         row = "".join(t for _, t, *_ in take_line(studio, timeline_take, 160))

@@ -310,6 +310,12 @@ class Generation:
             request, preset_export = presets.apply(preset, request)
         options = self.history.export_options(preset_export,
                                               request_export(request, preset_export))
+        if options.master is not None:
+            # An unknown or broken chain is refused now, not after the take is generated.
+            from timbred.takes import mastering
+            from timbred.takes.writer import chain_dir
+
+            mastering.load_chain(options.master, chain_dir())
         model = request.get("model") or self.settings["models.default"]
         hosted = split_hosted(model)
         ref: models.ModelRef | None = None
@@ -359,6 +365,7 @@ class Generation:
                 param="duration", allowed={"minimum": MIN_DURATION_S, "maximum": limit})
         # The request, built once: everything that decides the audio, in the wire's names,
         # the family's own parameters checked against its schema with its defaults filled in.
+        request, asked = _tempo_and_key(spec, request)
         family_params = _backend_params(spec, request, directory)
         # A family's own task on init audio (ACE-Step extracting a track) is not a variation:
         # no default strength, and its own check_request says what it needs.
@@ -383,6 +390,10 @@ class Generation:
             "export": options.to_dict(),
             "backend": spec.name,
         }
+        if asked:
+            out["asked"] = asked
+        if request.get("loop_bars"):
+            out["loop_bars"] = int(request["loop_bars"])
         if "replay" in params:
             out["replay"] = dict(params["replay"])
         features = spec.model_features(directory) if directory else frozenset()
@@ -956,6 +967,39 @@ def _init_seconds(request: Mapping[str, Any]) -> float | None:
 def _recipe_spec(recipe: Mapping[str, Any]) -> BackendSpec:
     # Recipes written before the registry all came from MusicGen.
     return registry.get(str(recipe.get("backend") or "musicgen"))
+
+
+def _tempo_and_key(spec: BackendSpec, request: Mapping[str, Any]
+                   ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``bpm`` and ``key`` asked for: the family's own parameters where it has them
+    (ACE-Step's metas), else words added to the prompt ("120 bpm, in A minor"), which is how
+    a text-conditioned model is told. Returns the request to build and what was asked
+    (``{"bpm", "key"}``, for the analysis to say how close the take came)."""
+    out = dict(request)
+    asked: dict[str, Any] = {}
+    if out.get("bpm"):
+        bpm = out["bpm"]
+        if isinstance(bpm, bool) or not isinstance(bpm, int | float) or not 20 <= bpm <= 300:
+            raise InvalidParams(f"bpm: a tempo in 20..300 beats per minute, got {bpm!r}",
+                                param="bpm")
+        asked["bpm"] = bpm
+    if out.get("key"):
+        from timbred.takes.analysis import parse_key
+
+        tonic, mode = parse_key(out["key"])
+        asked["key"] = out["key"] = f"{tonic} {mode}"
+    words = []
+    if "bpm" not in spec.params:
+        if "bpm" in asked:
+            words.append(f"{asked['bpm']:g} bpm")
+        out.pop("bpm", None)  # 0: "let the model choose", which a prompt does anyway
+    if "key" not in spec.params:
+        if "key" in asked:
+            words.append(f"in {asked['key']}")
+        out.pop("key", None)
+    if words:
+        out["prompt"] = f"{str(out['prompt']).rstrip().rstrip(',')}, {', '.join(words)}"
+    return out, asked
 
 
 def _backend_params(spec: BackendSpec, request: Mapping[str, Any],

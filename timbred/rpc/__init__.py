@@ -49,6 +49,7 @@ def handlers() -> dict[str, Handler[RequestContext]]:
         "history.search": takes.search,
         "takes.show": takes.show,
         "takes.export": takes.export,
+        "takes.loop": takes.loop,
         "takes.rate": takes.rate,
         "takes.tag": takes.tag,
         "takes.rm": takes.remove,

@@ -17,7 +17,8 @@ async def search(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
         text=params.get("text"), tag=params.get("tag"), rating=params.get("rating"),
         since=params.get("since"), until=params.get("until"), session=params.get("session"),
         include_deleted=params.get("include_deleted", False), limit=params.get("limit", 50),
-        cursor=params.get("cursor")))
+        cursor=params.get("cursor"), bpm_min=params.get("bpm_min"),
+        bpm_max=params.get("bpm_max"), key=params.get("key")))
     return {"takes": [t.to_dict() for t in found], "next_cursor": cursor}
 
 
@@ -32,6 +33,13 @@ async def export(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     preset's export settings (:meth:`History.export_take` says how options layer)."""
     history = ctx.daemon.generation.history
     written = await anyio.to_thread.run_sync(history.export_take, params["take"], params)
+    return written.to_dict()
+
+
+async def loop(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    """A loop of whole bars cut from a take (:meth:`History.loop_take`)."""
+    history = ctx.daemon.generation.history
+    written = await anyio.to_thread.run_sync(history.loop_take, params["take"], params)
     return written.to_dict()
 
 

@@ -1,7 +1,8 @@
 """Takes and their history: writing finished audio as takes, and everything done to them later.
 
-This is where the generation service hands over audio: each take is loudness-normalised,
-encoded, tagged and published atomically by :mod:`timbred.takes.writer` under
+This is where the generation service hands over audio: each take is analysed (tempo, beats,
+key: :mod:`timbred.takes.analysis`), mastered or loudness-normalised, encoded, tagged and
+published atomically by :mod:`timbred.takes.writer` under
 ``<output dir>/YYYY/MM/DD/[<session>/]take-<n>.<ext>`` (or the exact path a request named), and
 recorded in the history (:mod:`timbred.takes.library`). Every method here blocks (files, SQLite);
 the daemon calls them through ``anyio.to_thread``.
@@ -14,10 +15,11 @@ whatever format the take was stored.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +28,20 @@ import numpy.typing as npt
 
 from timbred import __version__, presets
 from timbred.config import Settings
-from timbred.errors import OutputError, TakeNotFound, os_reason
+from timbred.errors import InvalidParams, OutputError, TakeNotFound, os_reason
 from timbred.request import Request
 from timbred.takes import publish
 from timbred.takes.library import Library, Take
 from timbred.takes.metadata import TakeMetadata
 from timbred.takes.options import EXPORT_KEYS, ExportOptions, format_from_path
 from timbred.takes.sidecars import sidecar_path
-from timbred.takes.writer import WrittenTake, export_existing, write_next_take, write_take
+from timbred.takes.writer import (
+    WrittenTake,
+    export_existing,
+    read_take,
+    write_next_take,
+    write_take,
+)
 from timbred.testing import failpoints
 
 log = logging.getLogger(__name__)
@@ -51,6 +59,13 @@ def request_export(request: Mapping[str, Any],
     if request.get("output") and "format" not in own and "format" not in preset_export:
         own["format"] = format_from_path(request["output"])
     return own
+
+
+def _found(analysis: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What the library indexes of an analysis: ``bpm`` and ``key`` (as TKEY writes it)."""
+    if analysis is None:
+        return {}
+    return {"bpm": analysis.get("bpm"), "key": analysis.get("key_short")}
 
 
 def audio_sha256(audio: npt.NDArray[np.float32]) -> str:
@@ -77,6 +92,7 @@ class History:
             "loudness_target_lufs": s["output.loudness_target_lufs"]
             if s["output.normalise"] else None,
             "true_peak_ceiling_dbtp": s["output.true_peak_ceiling_dbtp"],
+            "master": s["output.master"] or None,
         }
 
     def export_options(self, *layers: Mapping[str, Any]) -> ExportOptions:
@@ -116,12 +132,14 @@ class History:
             raw = audio[i - 1]
             take_recipe = {**recipe, "take_index": i, "audio_sha256": audio_sha256(raw),
                            "export": options.to_dict()}
+            analysis = self.analyse(raw, sample_rate, params.get("asked"))
             meta = TakeMetadata(
                 prompt=params["prompt"], seed=params["seed"], model=recipe.get("model"),
                 revision=recipe.get("revision"), backend=recipe.get("backend"),
                 device=recipe.get("device"),
                 params=Request.from_recipe(recipe["params"]).job_params(),
-                timbre_version=__version__, job_id=job_id, take_index=i, recipe=take_recipe)
+                timbre_version=__version__, job_id=job_id, take_index=i, recipe=take_recipe,
+                analysis=analysis)
             if paths is not None:
                 out = write_take(paths[i - 1], raw, sample_rate, options, meta)
             else:
@@ -133,9 +151,50 @@ class History:
                 channels=out.channels, duration_s=out.duration_s,
                 loudness_before=None if loud is None else loud.before_lufs,
                 loudness_after=None if loud is None else loud.after_lufs,
-                recipe=take_recipe))
+                recipe=take_recipe, **_found(analysis)))
+            if params.get("loop_bars"):
+                self._write_loop(out, raw, sample_rate, options, meta, analysis, params,
+                                 written[-1].id)
             failpoints.hit("take-recorded")
         return written
+
+    def _write_loop(self, take: WrittenTake, audio: npt.NDArray[np.float32],
+                    sample_rate: int, options: ExportOptions, metadata: TakeMetadata,
+                    analysis: Mapping[str, Any] | None, params: Mapping[str, Any],
+                    take_id: str) -> None:
+        """``generate --loop N``: the loop beside the take it was cut from. A take with no
+        tempo to cut bars by keeps its take and gets no loop, and the log says why (the
+        job's audio is written; failing it now would lose nothing but say too much)."""
+        request = {"bars": params["loop_bars"]}
+        try:
+            loop, looped = self._cut_loop(audio, sample_rate, analysis, request, take_id)
+        except InvalidParams as exc:
+            log.warning("take %s: no loop written: %s", take_id, exc.message)
+            return
+        dest = take.path.with_name(f"{take.path.stem}-loop{request['bars']}bars"
+                                   f"{options.extension}")
+        write_take(dest, loop, sample_rate, options, looped(metadata))
+
+    def analyse(self, audio: npt.NDArray[np.float32], sample_rate: int,
+                asked: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+        """Tempo, beats and key of a take (``output.analyse``), as its metadata holds them,
+        with what the request ``asked`` for (``--bpm``, ``--key``) and how close it came.
+
+        Measured on the audio as generated: mastering and loudness change levels, not where
+        the beats fall or the key."""
+        if not self.settings["output.analyse"]:
+            return None
+        from timbred.takes.analysis import analyse, parse_key
+
+        found = analyse(audio, sample_rate).to_dict()
+        if asked:
+            bpm, key = asked.get("bpm"), asked.get("key")
+            found["asked"] = {"bpm": bpm, "key": key}
+            found["bpm_off"] = (None if bpm is None or found["bpm"] is None
+                                else round(float(found["bpm"]) - float(bpm), 1))
+            found["key_match"] = (None if key is None or found["key"] is None
+                                  else parse_key(str(found["key"])) == parse_key(str(key)))
+        return found
 
     # --- takes --------------------------------------------------------------------------
 
@@ -158,8 +217,7 @@ class History:
             raise TakeNotFound(take)
         preset_export = presets.load(request["preset"]).export if request.get("preset") \
             else {}
-        options = self.export_options(record.recipe.get("export", {}), preset_export,
-                                      request_export(request, preset_export))
+        options = self._existing_export(record, preset_export, request)
         output = request.get("output")
         if output:
             dest = publish.check_output(output, 1, extensions=[options.extension])[0]
@@ -178,6 +236,84 @@ class History:
                 if not dest.exists():
                     raise
         raise OutputError(str(source.parent), "no free name left for another export")
+
+    def _existing_export(self, record: Take, preset_export: Mapping[str, Any],
+                         request: Mapping[str, Any]) -> ExportOptions:
+        """Export options for a take already written: the configuration, the take's own,
+        the preset's and the request's. A mastering chain applies only when the preset or
+        the request names one now: the take's file has been through its chain already."""
+        recorded = record.recipe.get("export", {})
+        options = self.export_options(recorded, preset_export,
+                                      request_export(request, preset_export))
+        if request.get("master") or preset_export.get("master"):
+            return options
+        options = dataclasses.replace(options, master=None)
+        if recorded.get("master") and all(layer.get("loudness_target_lufs") is None
+                                          for layer in (request, preset_export)):
+            # A mastered take keeps the level its chain gave it, unless a loudness is asked.
+            options = dataclasses.replace(options, loudness_target_lufs=None)
+        return options
+
+    def loop_take(self, take: str, request: Mapping[str, Any]) -> WrittenTake:
+        """A loop of ``request["bars"]`` whole bars cut from a take (:func:`make_loop`),
+        written beside it as ``<name>-loop<N>bars<ext>`` (or at ``output``) with the take's
+        metadata and a ``loop`` record; export options layer as for :meth:`export_take`.
+
+        The tempo and downbeat are the take's recorded analysis, else measured now; a take
+        with no tempo to measure is an InvalidParams naming ``take``, before anything is
+        written."""
+        record = self.library.get(take)
+        source = Path(record.path)
+        if record.deleted_at is not None or not source.is_file():
+            raise TakeNotFound(take)
+        audio, rate, metadata = read_take(source)
+        options = self._existing_export(record, {}, request)
+        loop, looped = self._cut_loop(audio, rate, metadata.analysis, request, record.id)
+        output = request.get("output")
+        if output:
+            dest = publish.check_output(output, 1, extensions=[options.extension])[0]
+            return write_take(dest, loop, rate, options, looped(metadata))
+        name = f"{source.stem}-loop{request['bars']}bars"
+        for n in range(1, 10_000):
+            dest = source.with_name((name if n == 1 else f"{name}-{n}") + options.extension)
+            if dest.exists():
+                continue
+            try:
+                return write_take(dest, loop, rate, options, looped(metadata))
+            except OutputError:
+                if not dest.exists():
+                    raise
+        raise OutputError(str(source.parent), "no free name left for another loop")
+
+    def _cut_loop(self, audio: npt.NDArray[np.float32], sample_rate: int,
+                  analysis: Mapping[str, Any] | None, request: Mapping[str, Any],
+                  source: str | None) -> tuple[npt.NDArray[np.float32],
+                                               Callable[[TakeMetadata], TakeMetadata]]:
+        """The loop's audio, and how to turn the take's metadata into the loop's."""
+        from timbred.takes.analysis import analyse
+        from timbred.takes.loops import make_loop
+
+        found = dict(analysis or {})
+        if found.get("bpm") is None or found.get("downbeat") is None:
+            found = analyse(audio, sample_rate).to_dict()
+        if found.get("bpm") is None or found.get("downbeat") is None:
+            raise InvalidParams("take: no steady tempo could be measured in it, so it has no "
+                                "bars to cut a loop from", param="take")
+        bars = int(request["bars"])
+        per_bar = int(request.get("beats_per_bar") or 4)
+        loop = make_loop(audio, sample_rate, bpm=float(found["bpm"]),
+                         downbeat=float(found["downbeat"]), bars=bars, beats_per_bar=per_bar)
+        record = {"bars": bars, "beats_per_bar": per_bar, "bpm": float(found["bpm"]),
+                  "start_s": float(found["downbeat"]), "source": source}
+
+        def looped(metadata: TakeMetadata) -> TakeMetadata:
+            return dataclasses.replace(metadata, loop=record, loudness=None, mastering=None,
+                                       analysis=None if metadata.analysis is None else {
+                                           **metadata.analysis, "beats": [],
+                                           "downbeat": 0.0,
+                                           "duration_s": loop.shape[1] / sample_rate})
+
+        return loop, looped
 
     def rate(self, take: str, value: str, note: str | None) -> Take:
         return self.library.rate(self.library.get(take).id, value,  # type: ignore[arg-type]

@@ -206,6 +206,13 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             "INSERT INTO prompts_fts (prompts_fts) VALUES ('rebuild')",
         ),
     ),
+    # 3: what analysis measured (tempo, key), for `history bpm:118-122 key:Am`. NULL for takes
+    # recorded before, or not analysed.
+    Migration((
+        "ALTER TABLE takes ADD COLUMN bpm REAL",
+        "ALTER TABLE takes ADD COLUMN musical_key TEXT",  # as TKEY writes it: "Am", "F#"
+        "CREATE INDEX takes_by_bpm ON takes (bpm)",
+    )),
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
@@ -317,6 +324,9 @@ class Take:
     rating: Literal["up", "down"] | None = None
     note: str | None = None
     tags: tuple[str, ...] = ()
+    #: The measured tempo and key ("Am"), or None (not analysed, or nothing to measure).
+    bpm: float | None = None
+    key: str | None = None
 
     @property
     def deleted(self) -> bool:
@@ -344,6 +354,8 @@ class Take:
             "rating": self.rating,
             "note": self.note,
             "tags": list(self.tags),
+            "bpm": self.bpm,
+            "key": self.key,
         }
 
 
@@ -388,6 +400,18 @@ def _check_float(value: object, param: str, *, optional: bool = False,
         raise InvalidParams(f"{param} must be a finite number{bound}, got {value!r}",
                             param=param)
     return float(value)
+
+
+def short_key(text: object) -> str:
+    """A key as tags (TKEY) and the library write it: "Am", "F#", from any spelling
+    :func:`timbred.takes.analysis.parse_key` reads ("A minor", "a min", "Gbm")."""
+    from timbred.takes.analysis import parse_key
+
+    if not isinstance(text, str):
+        raise InvalidParams(f"key must be a string like 'Am' or 'F# major', got {text!r}",
+                            param="key")
+    tonic, mode = parse_key(text)
+    return tonic + ("m" if mode == "minor" else "")
 
 
 def _control_free(value: str) -> bool:
@@ -448,7 +472,8 @@ _SELECT_TAKES: Final = """
     SELECT t.seq, t.id, t.job_id, s.name, p.text, t.take_index, t.path, t.format,
            t.sample_rate, t.channels, t.duration_s, t.loudness_before_lufs,
            t.loudness_after_lufs, t.created_at, t.recipe, t.deleted_at, r.value, r.note,
-           (SELECT json_group_array(g.tag) FROM tags AS g WHERE g.take_id = t.id)
+           (SELECT json_group_array(g.tag) FROM tags AS g WHERE g.take_id = t.id),
+           t.bpm, t.musical_key
     FROM takes AS t
     JOIN prompts AS p ON p.id = t.prompt_id
     JOIN sessions AS s ON s.id = t.session_id
@@ -509,7 +534,8 @@ class Library(SQLiteStore):
 
     def _row_to_take(self, row: Sequence[Any]) -> Take:
         (_seq, take_id, job_id, session, prompt, take_index, path, fmt, sample_rate, channels,
-         duration_s, before, after, created_at, recipe, deleted_at, value, note, tags) = row
+         duration_s, before, after, created_at, recipe, deleted_at, value, note, tags, bpm,
+         key) = row
         with map_errors((ValueError, TypeError, KeyError),
                         lambda exc: self._error(f"take {take_id} is unreadable: {exc}")):
             return Take(
@@ -519,7 +545,7 @@ class Library(SQLiteStore):
                 loudness_after_lufs=after, created_at=created_at, recipe=json.loads(recipe),
                 deleted_at=deleted_at,
                 rating=None if value is None else _INT_TO_RATING[value],
-                note=note, tags=tuple(sorted(json.loads(tags))),
+                note=note, tags=tuple(sorted(json.loads(tags))), bpm=bpm, key=key,
             )
 
     def _fetch(self, conn: sqlite3.Connection, take_id: object) -> Take:
@@ -588,6 +614,8 @@ class Library(SQLiteStore):
         loudness_after: float | None,
         recipe: Mapping[str, Any],
         created_at: float | None = None,
+        bpm: float | None = None,
+        key: str | None = None,
     ) -> Take:
         """Record one written take and return it; committed (fsynced) before returning.
 
@@ -620,6 +648,9 @@ class Library(SQLiteStore):
         if not isinstance(recipe, Mapping):
             raise InvalidParams("recipe must be an object", param="recipe")
         recipe_json = jobs.to_json(dict(recipe), "recipe")
+        tempo = _check_float(bpm, "bpm", optional=True)
+        if key is not None:
+            key = _check_str(key, "key", 3)
         when = _check_float(self._clock() if created_at is None else created_at, "created_at")
 
         with self._write() as conn:
@@ -647,10 +678,11 @@ class Library(SQLiteStore):
             conn.execute(
                 "INSERT INTO takes (id, job_id, prompt_id, session_id, take_index, path, "
                 "format, sample_rate, channels, duration_s, loudness_before_lufs, "
-                "loudness_after_lufs, created_at, recipe) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "loudness_after_lufs, created_at, recipe, bpm, musical_key) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (take_id, job_id, prompt_id, sess.id, take_index, path_str, format,
-                 sample_rate, channels, duration, before, after, when, recipe_json),
+                 sample_rate, channels, duration, before, after, when, recipe_json, tempo,
+                 key),
             )
             return self._fetch(conn, take_id)
 
@@ -700,13 +732,18 @@ class Library(SQLiteStore):
         include_deleted: bool = False,
         limit: int = 50,
         cursor: str | None = None,
+        bpm_min: float | None = None,
+        bpm_max: float | None = None,
+        key: str | None = None,
     ) -> tuple[builtins.list[Take], str | None]:
         """Takes matching every given filter, newest first; returns (page, next_cursor).
 
         ``text`` matches prompts word by word (prefixes, any case and accents; see the
         module docstring); ``tag`` is normalised like stored tags; ``rating`` is "up",
         "down" or "unrated"; ``since <= created_at < until`` (unix times); ``session`` is a
-        Session or a session name. Deleted takes are left out unless ``include_deleted``.
+        Session or a session name; ``bpm_min <= bpm <= bpm_max`` (measured tempo) and ``key``
+        (as tags write it: "Am", "F#"; "A minor" works too). Deleted takes are left out unless
+        ``include_deleted``.
         ``next_cursor`` is None on the last page; pass it back to get the next one.
         """
         _check_int(limit, "limit", 1, MAX_SEARCH_LIMIT)
@@ -749,6 +786,13 @@ class Library(SQLiteStore):
             where.append("s.name = ?")
             args.append(session.name if isinstance(session, Session)
                         else _session_name(session))
+        for bound, op, name in ((bpm_min, ">=", "bpm_min"), (bpm_max, "<=", "bpm_max")):
+            if bound is not None:
+                where.append(f"t.bpm {op} ?")
+                args.append(_check_float(bound, name, lo=0.0))
+        if key is not None:
+            where.append("t.musical_key = ?")
+            args.append(short_key(key))
         if not include_deleted:
             where.append("t.deleted_at IS NULL")
         if cursor is not None:

@@ -77,9 +77,20 @@ class TakeMetadata:
     take_index: int | None = None
     recipe: dict[str, Any] = field(default_factory=dict)
     loudness: LoudnessReport | None = None
+    #: Tempo, beats and key as measured on the written audio
+    #: (:meth:`timbred.takes.analysis.Analysis.to_dict`), or None when not analysed.
+    analysis: dict[str, Any] | None = None
+    #: The mastering chain with every setting and what it did
+    #: (``{"chain": Chain.to_dict(), "report": MasterReport.to_dict()}``), or None.
+    mastering: dict[str, Any] | None = None
+    #: For a loop cut from a take: ``{"bars", "beats_per_bar", "bpm", "start_s", "source"}``.
+    loop: dict[str, Any] | None = None
+    #: For a stem separated from a take: its name (``drums``, ``bass``, ``vocals``, ...).
+    stem: str | None = None
 
     _OPTIONAL_TEXT: ClassVar[tuple[str, ...]] = ("model", "revision", "backend", "device",
-                                                 "job_id")
+                                                 "job_id", "stem")
+    _OPTIONAL_OBJECTS: ClassVar[tuple[str, ...]] = ("analysis", "mastering", "loop")
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str):
@@ -102,6 +113,12 @@ class TakeMetadata:
             if not isinstance(value, dict):
                 raise InvalidParams(f"{name} must be an object", param=name)
             _json_value(name, value)
+        for name in self._OPTIONAL_OBJECTS:
+            value = getattr(self, name)
+            if value is not None:
+                if not isinstance(value, dict):
+                    raise InvalidParams(f"{name} must be an object or null", param=name)
+                _json_value(name, value)
         if self.loudness is not None and not isinstance(self.loudness, LoudnessReport):
             raise InvalidParams("loudness must be a LoudnessReport or null", param="loudness")
         object.__setattr__(self, "created_at", check_created_at(self.created_at))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ __all__ = [
     "FORMATS",
     "FORMAT_OF_SUFFIX",
     "LOUDNESS_TARGET_RANGE",
+    "MASTER_NAME",
     "MP3_BITRATES_KBPS",
     "MP3_SUBTYPE",
     "OGG_SUBTYPE",
@@ -51,6 +53,9 @@ OGG_SUBTYPE: Final = "VORBIS"
 
 #: MPEG-1 Layer III bit rates (kbps), for 32, 44.1 and 48 kHz.
 MP3_BITRATES_KBPS: Final = (32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)
+
+#: What a mastering chain's name may be (it is a file name in the chains' folders).
+MASTER_NAME: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 
 LOUDNESS_TARGET_RANGE: Final = (-60.0, 0.0)
 CEILING_RANGE: Final = (-20.0, 0.0)
@@ -98,6 +103,9 @@ class ExportOptions:
       write the audio as it is (no gain, no limiter).
     * ``true_peak_ceiling_dbtp``: the ceiling for sample and true peaks when normalising
       (-20..0 dBTP).
+    * ``master``: a mastering chain's name (:mod:`timbred.takes.mastering`: shipped
+      ``streaming``, ``club``, ``tape``, ``none``, or a user chain), whose own loudness
+      target and ceiling then replace the two above; ``None``: loudness normalisation only.
     """
 
     format: str = "wav"
@@ -106,6 +114,7 @@ class ExportOptions:
     ogg_quality: float = 0.7
     loudness_target_lufs: float | None = -14.0
     true_peak_ceiling_dbtp: float = -1.0
+    master: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.format, str) or self.format.lower() not in FORMATS:
@@ -127,6 +136,10 @@ class ExportOptions:
         check_number("loudness_target_lufs", self.loudness_target_lufs,
                      *LOUDNESS_TARGET_RANGE, optional=True)
         check_number("true_peak_ceiling_dbtp", self.true_peak_ceiling_dbtp, *CEILING_RANGE)
+        if self.master is not None and (not isinstance(self.master, str)
+                                        or not MASTER_NAME.fullmatch(self.master)):
+            raise InvalidParams(f"master must be a chain name (lower-case letters, digits, - "
+                                f"and _), got {self.master!r}", param="master")
         for name in ("ogg_quality", "loudness_target_lufs", "true_peak_ceiling_dbtp"):
             value = getattr(self, name)
             if value is not None:

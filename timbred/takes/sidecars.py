@@ -62,6 +62,10 @@ def sidecar(metadata: TakeMetadata, options: ExportOptions, *, file_name: str, d
         "recipe": md.recipe,
         "loudness": None if md.loudness is None else md.loudness.to_dict(),
         "export": options.to_dict(),
+        "analysis": md.analysis,
+        "mastering": md.mastering,
+        "loop": md.loop,
+        "stem": md.stem,
     }
 
 

@@ -1,10 +1,11 @@
 """Tags (mutagen): a take's metadata inside the audio file, written and read back.
 
 MP3 and WAV get an ID3v2.4 tag (WAV in an ``id3 `` chunk): TIT2 (title), COMM (the prompt),
-TDRC (creation time), TSSE (encoder), USLT (the lyrics sung, if any) and a
-``TXXX:TIMBRE_*`` frame per field, including ``TXXX:TIMBRE_RECIPE`` with the JSON recipe. FLAC
-and Ogg Vorbis get Vorbis comments with the same names: TITLE, DESCRIPTION and COMMENT (the
-prompt), DATE, ENCODER, LYRICS and ``TIMBRE_*``.
+TDRC (creation time), TSSE (encoder), USLT (the lyrics sung, if any), TBPM and TKEY (the
+measured tempo and key) and a ``TXXX:TIMBRE_*`` frame per field, including
+``TXXX:TIMBRE_RECIPE`` with the JSON recipe and ``TXXX:TIMBRE_MASTERING`` with the mastering
+chain's every setting. FLAC and Ogg Vorbis get Vorbis comments with the same names: TITLE,
+DESCRIPTION and COMMENT (the prompt), DATE, ENCODER, LYRICS, BPM, KEY and ``TIMBRE_*``.
 :func:`read_tags` maps both back to one flat dictionary.
 """
 
@@ -92,12 +93,31 @@ def tag_items(metadata: TakeMetadata) -> list[tuple[str, str]]:
             ("TIMBRE_TRUE_PEAK_AFTER_DBTP", _fmt_number(loud.true_peak_after_dbtp)),
             ("TIMBRE_GAIN_DB", _fmt_number(loud.gain_db)),
         ]
+    analysis = metadata.analysis or {}
+    if analysis.get("bpm") is not None:
+        # ID3's TBPM is an integer ("the number of beats per minute"); Vorbis BPM likewise,
+        # as DJ software writes it. The exact tempo is in TIMBRE_BPM and the sidecar.
+        items += [("BPM", str(round(analysis["bpm"]))),
+                  ("TIMBRE_BPM", f"{analysis['bpm']:.1f}")]
+    if analysis.get("key_short"):
+        # TKEY: at most three characters, "A".."G", "b" or "#", "m" for minor ("Dbm").
+        items += [("KEY", analysis["key_short"]), ("TIMBRE_KEY", analysis.get("key"))]
+    if metadata.mastering is not None:
+        chain = metadata.mastering.get("chain") or {}
+        items += [("TIMBRE_MASTER", chain.get("name")),
+                  ("TIMBRE_MASTERING", json.dumps(metadata.mastering, sort_keys=True,
+                                                  separators=(",", ":")))]
+    if metadata.loop is not None:
+        items += [("TIMBRE_LOOP", json.dumps(metadata.loop, sort_keys=True,
+                                             separators=(",", ":")))]
+    items.append(("TIMBRE_STEM", metadata.stem))
     items.append(("TIMBRE_RECIPE", json.dumps(metadata.recipe, sort_keys=True,
                                               ensure_ascii=False, separators=(",", ":"))))
     return [(k, v) for k, v in items if v is not None]
 
 
-_ID3_FRAMES: Final = {"TITLE": "TIT2", "DATE": "TDRC", "ENCODER": "TSSE"}
+_ID3_FRAMES: Final = {"TITLE": "TIT2", "DATE": "TDRC", "ENCODER": "TSSE", "BPM": "TBPM",
+                      "KEY": "TKEY"}
 # mutagen's frame classes and file types are only partly typed; use them as Any.
 _ID3: Any = mutagen.id3
 _OPENERS: dict[str, Any] = {"wav": mutagen.wave.WAVE, "mp3": mutagen.mp3.MP3,
@@ -217,6 +237,13 @@ def metadata_from_tags(tags: Mapping[str, str], fallback_prompt: str) -> TakeMet
         # holds the structured request); a recipe that does not parse is shown as it is.
         with contextlib.suppress(InvalidParams):
             params = Request.from_recipe(params).job_params()
+    def json_object(key: str) -> dict[str, Any] | None:
+        try:
+            value = json.loads(tags[key])
+        except (KeyError, json.JSONDecodeError):
+            return None
+        return value if isinstance(value, dict) else None
+
     created = tags.get("TIMBRE_CREATED_AT")
     try:
         created = check_created_at(created) if created else utc_now()
@@ -235,4 +262,7 @@ def metadata_from_tags(tags: Mapping[str, str], fallback_prompt: str) -> TakeMet
         job_id=tags.get("TIMBRE_JOB_ID"),
         take_index=integer("TIMBRE_TAKE_INDEX"),
         recipe=recipe,
+        mastering=json_object("TIMBRE_MASTERING"),
+        loop=json_object("TIMBRE_LOOP"),
+        stem=tags.get("TIMBRE_STEM"),
     )

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import platformdirs
 import soundfile as sf
 
 from timbred.errors import AudioInputError, InvalidParams, OutputError, TakeNotFound
@@ -30,7 +31,7 @@ from timbred.takes.options import ExportOptions, format_from_path
 from timbred.takes.sidecars import read_sidecar, sidecar_bytes, sidecar_path
 from timbred.takes.tags import metadata_from_tags, read_tags, tag_bytes
 
-__all__ = ["WrittenTake", "export_existing", "write_next_take", "write_take"]
+__all__ = ["WrittenTake", "export_existing", "read_take", "write_next_take", "write_take"]
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,10 @@ def _prepare(audio: npt.ArrayLike, sample_rate: int, options: ExportOptions,
     if options.format == "mp3":
         check_mp3(options, rate, x.shape[0], name)
     report: LoudnessReport
-    if options.loudness_target_lufs is not None:
+    if options.master is not None:
+        out, report, mastered = _master(x, rate, options.master)
+        metadata = dataclasses.replace(metadata, mastering=mastered)
+    elif options.loudness_target_lufs is not None:
         out, report = normalise(x, rate, target_lufs=options.loudness_target_lufs,
                                 ceiling_dbtp=options.true_peak_ceiling_dbtp)
     else:
@@ -100,6 +104,32 @@ def _prepare(audio: npt.ArrayLike, sample_rate: int, options: ExportOptions,
     data = tag_bytes(encode(out, rate, options, name=name), options.format, metadata)
     return _Encoded(data, options, rate, out.shape[0], out.shape[1], metadata)
 
+
+
+def _master(x: npt.NDArray[np.float64], rate: int, name: str
+            ) -> tuple[npt.NDArray[np.float32], LoudnessReport, dict[str, Any]]:
+    """``x`` through the mastering chain ``name`` (its loudness target and ceiling included):
+    the audio, the loudness report every take carries (measured before and after, like
+    :func:`normalise`'s), and the metadata's ``mastering`` record (every setting of the
+    chain, so that it can be applied again, and what it measured)."""
+    from timbred.takes import mastering
+
+    chain = mastering.load_chain(name, chain_dir())
+    out, done = mastering.master(x, rate, chain)
+    out = np.ascontiguousarray(out, dtype=np.float32)
+    before, after = measure(x, rate), measure(out, rate)
+    gain = (after.after_lufs - before.before_lufs
+            if after.after_lufs is not None and before.before_lufs is not None else 0.0)
+    report = LoudnessReport(before.before_lufs, after.after_lufs,
+                            before.true_peak_before_dbtp, after.true_peak_after_dbtp,
+                            gain_db=gain, limited=bool(done.to_dict().get("limited", False)))
+    return out, report, {"chain": chain.to_dict(), "report": done.to_dict()}
+
+
+def chain_dir() -> Path:
+    """Where a user's own mastering chains live: ``<config dir>/mastering`` (beside the
+    presets), whether it exists or not."""
+    return Path(platformdirs.user_config_dir("timbre")) / "mastering"
 
 
 def _written(enc: _Encoded, path: Path) -> WrittenTake:
@@ -168,28 +198,37 @@ def export_existing(src: str | os.PathLike[str], dst_or_dir: str | os.PathLike[s
     does not exist, AudioInputError (``param`` ``src``) if it cannot be decoded.
     """
     source = Path(src)
+    audio, rate, found = read_take(source)
+    dst = Path(dst_or_dir)
+    if dst.is_dir():
+        dst = dst / (source.stem + options.extension)
+    return write_take(dst, audio, rate, options,
+                      dataclasses.replace(metadata or found, loudness=None))
+
+
+def read_take(src: str | os.PathLike[str]) -> tuple[npt.NDArray[np.float32], int, TakeMetadata]:
+    """A take file's audio ``(channels, samples)``, its sample rate and its metadata: from
+    its sidecar, else its own Timbre tags, else a bare record (the file name as prompt).
+    TakeNotFound if ``src`` does not exist, AudioInputError (``param`` ``src``) if it cannot
+    be decoded, InvalidParams naming the sidecar if that is damaged."""
+    source = Path(src)
     if not source.is_file():
         raise TakeNotFound(str(source))
     try:
         frames, rate = sf.read(source, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
         raise AudioInputError(str(source), "src", str(exc)) from exc
-    dst = Path(dst_or_dir)
-    if dst.is_dir():
-        dst = dst / (source.stem + options.extension)
-    if metadata is None:
-        side = read_sidecar(source)
-        if side is not None:
-            try:
-                metadata = TakeMetadata.from_dict(side)
-            except InvalidParams as exc:
-                raise InvalidParams(f"{sidecar_path(source)}: {exc.message}",
-                                    param="sidecar") from exc
-        else:
-            try:
-                tags = read_tags(source)
-            except AudioInputError:
-                tags = {}
-            metadata = metadata_from_tags(tags, source.stem)
-    return write_take(dst, np.ascontiguousarray(frames.T), int(rate), options,
-                      dataclasses.replace(metadata, loudness=None))
+    side = read_sidecar(source)
+    if side is not None:
+        try:
+            metadata = TakeMetadata.from_dict(side)
+        except InvalidParams as exc:
+            raise InvalidParams(f"{sidecar_path(source)}: {exc.message}",
+                                param="sidecar") from exc
+    else:
+        try:
+            tags = read_tags(source)
+        except AudioInputError:
+            tags = {}
+        metadata = metadata_from_tags(tags, source.stem)
+    return np.ascontiguousarray(frames.T), int(rate), metadata
