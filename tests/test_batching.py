@@ -211,6 +211,13 @@ async def test_cancelling_every_job_of_a_batch_stops_it(batching: Client) -> Non
     ids = await submit_all(client, *[
         {"prompt": f"long {i}", "duration": 60.0, "seed": i} for i in range(2)])
     await wait_progress(client, ids[0])
+    # Progress is stored off the event loop after its first event: wait until it is, or a
+    # cancel that lands first leaves the job with none recorded (nothing to compare below).
+    with anyio.fail_after(30):
+        job = await client.call("jobs.get", {"job_id": ids[0]})
+        while job["progress"] is None:
+            await anyio.sleep(0.05)
+            job = await client.call("jobs.get", {"job_id": ids[0]})
     for job_id in ids:
         await client.call("jobs.cancel", {"job_id": job_id})
     with anyio.fail_after(60):
