@@ -58,7 +58,7 @@ import platformdirs
 from timbred.errors import InvalidParams, PresetInvalid, PresetNotFound
 from timbred.protocol import schema
 from timbred.takes import options
-from timbred.tomlfiles import scan, shown
+from timbred.tomlfiles import Listed, listing, scan, shown
 
 __all__ = [
     "EXPORT_KEYS",
@@ -93,26 +93,8 @@ _PUNCTUATION: Final = ",;:.!?"
 # --- records ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class PresetInfo:
-    """One entry of :func:`list_presets`.
-
-    ``problem`` holds the PresetInvalid message when the file is malformed (the listing
-    shows broken presets rather than hiding them); ``description`` is then empty.
-    """
-
-    name: str
-    description: str
-    source: Source
-    path: Path
-    overrides_shipped: bool = False
-    problem: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """The entry as plain JSON types."""
-        return {"name": self.name, "description": self.description, "source": self.source,
-                "path": str(self.path), "overrides_shipped": self.overrides_shipped,
-                "problem": self.problem}
+#: One entry of :func:`list_presets` (a malformed file is listed with its ``problem``).
+PresetInfo = Listed
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,19 +243,8 @@ def list_presets(user_dir: Path | None = None) -> list[PresetInfo]:
     ``user_dir`` defaults to :func:`default_user_dir`; a missing directory has no presets.
     A malformed file is listed with its ``problem`` instead of failing the whole listing.
     """
-    shipped, user = _candidates(user_dir)
-    infos = []
-    for name in sorted(shipped.keys() | user.keys()):
-        source: Source = "user" if name in user else "shipped"
-        path = user[name] if name in user else shipped[name]
-        try:
-            description, problem = _read(name, path, source).description, None
-        except PresetInvalid as exc:
-            description, problem = "", exc.message
-        infos.append(PresetInfo(name=name, description=description, source=source, path=path,
-                                overrides_shipped=source == "user" and name in shipped,
-                                problem=problem))
-    return infos
+    return listing(shipped_dir(), default_user_dir() if user_dir is None else user_dir,
+                   lambda name, path, source: _read(name, path, source).description)
 
 
 def load(name: str, user_dir: Path | None = None) -> Preset:

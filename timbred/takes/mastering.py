@@ -95,7 +95,7 @@ from timbred.protocol import schema
 from timbred.takes.audio import F64, Audio, as_audio, check_rate
 from timbred.takes.loudness import LoudnessReport, integrated_loudness, normalise, true_peak_dbtp
 from timbred.takes.options import MASTER_NAME
-from timbred.tomlfiles import scan, shown
+from timbred.tomlfiles import Listed, listing, scan, shown
 
 __all__ = [
     "EFFECTS",
@@ -280,26 +280,8 @@ class Chain:
         return _build(dict(data), name, "recorded mastering chain", "recorded", None)
 
 
-@dataclass(frozen=True, slots=True)
-class ChainInfo:
-    """One entry of :func:`list_chains`.
-
-    ``problem`` holds the InvalidParams message when the file is malformed (the listing shows
-    broken chains rather than hiding them); ``description`` is then empty.
-    """
-
-    name: str
-    description: str
-    source: Source
-    path: Path
-    overrides_shipped: bool = False
-    problem: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """The entry as plain JSON types."""
-        return {"name": self.name, "description": self.description, "source": self.source,
-                "path": str(self.path), "overrides_shipped": self.overrides_shipped,
-                "problem": self.problem}
+#: One entry of :func:`list_chains` (a malformed file is listed with its ``problem``).
+ChainInfo = Listed
 
 
 @dataclass(frozen=True, slots=True)
@@ -480,19 +462,8 @@ def list_chains(user_dir: Path | None = None) -> list[ChainInfo]:
     """Every chain by name: the shipped ones, overridden by the ``*.toml`` files of
     ``user_dir`` of the same name (``None`` or a missing directory: shipped chains only).
     A malformed file is listed with its ``problem`` instead of failing the whole listing."""
-    shipped, user = scan(shipped_dir()), scan(user_dir)
-    infos = []
-    for name in sorted(shipped.keys() | user.keys()):
-        source: Source = "user" if name in user else "shipped"
-        path = user[name] if name in user else shipped[name]
-        try:
-            description, problem = _read(name, path, source).description, None
-        except InvalidParams as exc:
-            description, problem = "", exc.message
-        infos.append(ChainInfo(name=name, description=description, source=source, path=path,
-                               overrides_shipped=source == "user" and name in shipped,
-                               problem=problem))
-    return infos
+    return listing(shipped_dir(), user_dir,
+                   lambda name, path, source: _read(name, path, source).description)
 
 
 def load_chain(name: str, user_dir: Path | None = None) -> Chain:
