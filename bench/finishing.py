@@ -9,7 +9,11 @@ every beat over noise, the pulse test fixture's generator; timing only, not musi
   effects, then the loudness and true-peak stage);
 * **loudness only** (:func:`timbred.takes.loudness.normalise` to -14 LUFS, what a take
   without a chain gets), as the baseline the chains are compared with;
-* **a loop** of 4 bars (:func:`timbred.takes.loops.make_loop`).
+* **a loop** of 4 bars (:func:`timbred.takes.loops.make_loop`);
+* **stems** (:meth:`timbred.worker.stems.DemucsBackend.separate`, what ``takes stems`` runs
+  in the worker) with an HTDemucs of the class's default widths (26.9M parameters) and
+  random weights, as the tests' fixture is built but full size, with one shifted pass (the
+  default) and with none. Random weights cost what trained ones do; the figures are time only.
 
 Each is the median of ``--repeats`` runs; reported in seconds per minute of audio and as a
 ratio to the loudness-only baseline.
@@ -84,8 +88,30 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         bpm, downbeat = found.bpm, found.downbeat
         rows["loop (4 bars)"] = _median_s(
             lambda: make_loop(audio, rate, bpm=bpm, downbeat=downbeat, bars=4), args.repeats)
+    if args.stems:
+        backend = _separator()
+        for shifts in (1, 0):
+            print(f"bench.finishing: stems, shifts {shifts} ...", file=sys.stderr)
+            rows[f"stems: htdemucs-sized, shifts {shifts}"] = _median_s(
+                functools.partial(backend.separate, audio, rate, shifts=shifts),
+                args.stem_repeats)
     per_minute = 60.0 / args.seconds
     return {name: seconds * per_minute for name, seconds in rows.items()}
+
+
+def _separator() -> Any:
+    """A full-size HTDemucs with random weights, loaded as the worker loads one."""
+    import tempfile
+    from pathlib import Path
+
+    from timbred.testing.tiny_demucs import htdemucs_kwargs, save_bag
+    from timbred.worker.stems import DemucsBackend
+
+    folder = Path(tempfile.mkdtemp(prefix="bench-htdemucs-"))
+    save_bag(folder, "htdemucs", htdemucs_kwargs(tiny=False))
+    backend = DemucsBackend()
+    backend.load(str(folder), device="cpu", dtype="float32")
+    return backend
 
 
 def markdown(rows: dict[str, float], args: argparse.Namespace, info: dict[str, Any]) -> str:
@@ -105,6 +131,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 description=__doc__.split("\n", 1)[0])
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--stem-repeats", type=int, default=1,
+                   help="runs of each stems row (each takes about a minute per minute here)")
+    p.add_argument("--no-stems", dest="stems", action="store_false",
+                   help="leave out the stems rows")
     p.add_argument("--out", default="bench/RESULTS-finishing.md")
     args = p.parse_args(argv)
     from pathlib import Path

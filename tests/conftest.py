@@ -31,6 +31,17 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture
+def pulse_backend() -> Iterator[None]:
+    """The test-only ``pulse`` family (tests/backends/pulse.py) registered for one test."""
+    from tests.backends import pulse
+    from timbred.backends import registry
+
+    registry.register(pulse.SPEC)
+    yield
+    registry.unregister(pulse.SPEC.name)
+
+
+@pytest.fixture
 def short_tmp() -> Iterator[Path]:
     """A private (0700) directory with a short path, for sockets (sun_path is ~100 bytes)."""
     with tempfile.TemporaryDirectory(prefix="tb-") as d:

@@ -40,7 +40,9 @@ def tone_backend() -> Iterator[None]:
 class TestRegistry:
     def test_the_shipped_families_are_built_in_and_the_tone_fixture_is_not(self) -> None:
         assert [s.name for s in registry.specs()] == ["musicgen", "stable-audio", "ace-step",
-                                                      "replicate", "stability", "elevenlabs"]
+                                                      "demucs", "replicate", "stability",
+                                                      "elevenlabs"]
+        assert [s.name for s in registry.specs() if s.task == "separate"] == ["demucs"]
         assert [s.name for s in registry.specs() if s.hosted] == [
             "replicate", "stability", "elevenlabs"]
         with pytest.raises(InvalidParams,
@@ -85,8 +87,10 @@ class TestBackendsList:
             result = check_result("backends.list", await conn.call(req("backends.list")))
             await conn.aclose()
         by_name = {b["name"]: b for b in result["backends"]}
-        assert set(by_name) == {"musicgen", "stable-audio", "ace-step", "replicate",
+        assert set(by_name) == {"musicgen", "stable-audio", "ace-step", "demucs", "replicate",
                                 "stability", "elevenlabs", "tone"}
+        assert by_name["demucs"]["task"] == "separate"
+        assert by_name["musicgen"]["task"] == "generate"
         assert by_name["replicate"]["hosted"] and by_name["replicate"]["needs"] == ["api_key"]
         assert not by_name["musicgen"]["hosted"]
         musicgen = by_name["musicgen"]
@@ -135,8 +139,8 @@ class TestToneEndToEnd:
             listed = await anyio.to_thread.run_sync(run, "backends", "--json")
             assert listed.returncode == 0, listed.stderr
             names = [b["name"] for b in json.loads(listed.stdout)["backends"]]
-            assert names == ["musicgen", "stable-audio", "ace-step", "replicate", "stability",
-                             "elevenlabs", "tone"]
+            assert names == ["musicgen", "stable-audio", "ace-step", "demucs", "replicate",
+                             "stability", "elevenlabs", "tone"]
 
             made = await anyio.to_thread.run_sync(
                 run, "generate", "a test tone", "-d", "1", "--seed", "3",

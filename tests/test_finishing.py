@@ -14,7 +14,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -28,20 +28,12 @@ import pytest
 
 from tests.backends import pulse
 from tests.support import RawConnection, check_error, req
-from timbred.backends import registry
 from timbred.daemon.app import Daemon
 from timbred.protocol.schema import load as load_schema
 from timbred.takes.loops import seam_jump
 from timbred.testing.daemon import running_daemon
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def pulse_backend() -> Iterator[None]:
-    registry.register(pulse.SPEC)
-    yield
-    registry.unregister(pulse.SPEC.name)
 
 
 @pytest.fixture

@@ -532,7 +532,14 @@ class TestSchema:
             assert ids(lib.search(bpm_min=120, bpm_max=122, key="A minor")[0]) == [tuned.id]
             assert ids(lib.search(bpm_min=122)[0]) == []
             assert ids(lib.search(key="C")[0]) == []
-        assert library_version(db_path) == SCHEMA_VERSION == 3
+        assert library_version(db_path) == SCHEMA_VERSION == 4
+        # v4's stems of a take recorded, listed with it, and deleted with it.
+        with Library(db_path) as lib:
+            with_stems = lib.record_stems(old.id, job_id="j-000000003", model="htdemucs",
+                                          stems=[("drums", "/x/old-drums.wav", "wav")])
+            assert [(s["stem"], s["path"]) for s in with_stems.stems] == [
+                ("drums", "/x/old-drums.wav")]
+            assert lib.mark_deleted(old.id).stems[0]["deleted_at"] is not None
         with closing(sqlite3.connect(db_path)) as raw:
             names = {r[0] for r in raw.execute("SELECT name FROM sqlite_master")}
         assert {"prompts_fts", "takes_by_time", "takes_by_session"} <= names

@@ -304,6 +304,14 @@ async def cmd_takes(args: argparse.Namespace) -> int:
         async with connect(args.socket, timeout=args.timeout) as client:
             result = await client.call("takes.loop", params, timeout=None)
         args.out.result(result, result["path"])
+    elif action == "stems":
+        params = {"take": take, "model": generate.model_name(args.model),
+                  "shifts": args.shifts, "overlap": args.overlap, "seed": args.seed,
+                  "format": args.format, "priority": args.priority,
+                  "keep_alive": args.keep_alive}
+        return await generate.submit_and_follow(
+            args, "takes.stems", {k: v for k, v in params.items() if v is not None},
+            doing="separating")
     elif action == "rate":
         params = {"take": take, "value": args.value}
         if args.note is not None:
@@ -547,7 +555,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (("show", "one take"), ("export", "re-encode to another format"),
                        ("rate", "thumbs up or down, with a note"), ("tag", "add/remove tags"),
                        ("rm", "delete the take's files (asks first)"),
-                       ("loop", "a loop of whole bars cut from a take, seam crossfaded")):
+                       ("loop", "a loop of whole bars cut from a take, seam crossfaded"),
+                       ("stems", "separate a take into drums, bass, other and vocals")):
         tp = tk.add_parser(name, parents=[common], help=text)
         tp.add_argument("take", metavar="TAKE", help="take id (t-...) or path")
         if name == "export":
@@ -573,6 +582,29 @@ def build_parser() -> argparse.ArgumentParser:
             generate.add_export_arguments(tp, fallback="the take's format",
                                           method="takes.loop")
             tp.add_argument("-o", "--output", metavar="PATH")
+        elif name == "stems":
+            tp.description = (
+                "Queue the separation of TAKE into stems with a Demucs model and wait for it, "
+                "showing progress; each stem is written beside the take as NAME-STEM.EXT, "
+                "at the take's sample rate and length, not normalised (they add up to the "
+                "take). Get the model first: timbrectl models pull htdemucs")
+            tp.add_argument("-m", "--model", metavar="MODEL",
+                            help="the separator: htdemucs (default) or htdemucs_ft (four "
+                                 "fine-tuned models: better, four times slower)")
+            tp.add_argument("--shifts", type=ranged("takes.stems", "shifts"), metavar="N",
+                            help="shifted passes averaged (default 1; more: better, slower)")
+            tp.add_argument("--overlap", type=ranged("takes.stems", "overlap"), metavar="X",
+                            help="overlap of consecutive segments (default 0.25)")
+            tp.add_argument("--seed", type=ranged("takes.stems", "seed"), metavar="N",
+                            help="decides the shifts' offsets (default 0): the same seed "
+                                 "gives the same stems")
+            tp.add_argument("-f", "--format", choices=["wav", "flac", "mp3", "ogg"],
+                            help="the stems' format (default: the take's)")
+            tp.add_argument("--priority", type=ranged("takes.stems", "priority"), default=0)
+            tp.add_argument("--keep-alive", type=ranged("takes.stems", "keep_alive"),
+                            metavar="S", help="keep the separator loaded this long after")
+            tp.add_argument("--no-wait", action="store_true",
+                            help="print the job id and return")
         tp.set_defaults(func=cmd_takes)
 
     edits = {

@@ -40,7 +40,7 @@ def _absolute(path: str | None) -> str | None:
     return None if path is None else str(Path(path).expanduser().absolute())
 
 
-def _model(name: str | None) -> str | None:
+def model_name(name: str | None) -> str | None:
     """A model name stays a name; an existing directory becomes an absolute path."""
     if name is None:
         return None
@@ -53,7 +53,7 @@ def submit_params(args: argparse.Namespace) -> dict[str, Any]:
     """The generate.submit params for the parsed command line (unset options left out)."""
     params: dict[str, Any] = {
         "prompt": args.prompt, "duration": args.duration, "seed": args.seed,
-        "model": _model(args.model), "temperature": args.temperature, "top_k": args.top_k,
+        "model": model_name(args.model), "temperature": args.temperature, "top_k": args.top_k,
         "top_p": args.top_p, "guidance": args.guidance, "steps": args.steps,
         "negative": args.negative, "sampler": args.sampler, "variations": args.variations,
         "lyrics": args.lyrics, "language": args.language, "shift": args.shift,
@@ -216,10 +216,12 @@ async def _ask_cancel(job_id: str) -> bool:
 
 
 async def follow(client: Client, job_id: str, progress: Progress,
-                 stream: PreviewStream | None = None) -> dict[str, Any]:
+                 stream: PreviewStream | None = None, *,
+                 doing: str = "generating") -> dict[str, Any]:
     """Follow ``job_id``'s events until it reaches a final state; return the job record.
 
-    With ``stream``, the job's preview chunks are written to it as they come.
+    With ``stream``, the job's preview chunks are written to it as they come; ``doing``
+    names what its progress bar measures.
     """
     job: dict[str, Any] = await client.call("jobs.get", {"job_id": job_id})
     while job["state"] not in TERMINAL:
@@ -230,7 +232,7 @@ async def follow(client: Client, job_id: str, progress: Progress,
             continue
         data = event["data"]
         if event["type"] == "job.progress" and data["job_id"] == job_id:
-            progress.show(f"{job_id} generating "
+            progress.show(f"{job_id} {doing} "
                           + render.progress_bar(data["step"], data["total"], data["eta_s"]))
         elif event["type"] == "job.preview" and data["job_id"] == job_id \
                 and stream is not None:
@@ -255,10 +257,19 @@ async def run(args: argparse.Namespace) -> int:
                   "e.g. timbrectl generate \"...\" --stream | ffplay -nodisp -", file=sys.stderr)
             return 2
         stream = PreviewStream(sys.stdout.buffer)
+    return await submit_and_follow(args, "generate.submit",
+                                   with_credentials(submit_params(args)), stream=stream)
+
+
+async def submit_and_follow(args: argparse.Namespace, method: str, params: dict[str, Any], *,
+                            stream: PreviewStream | None = None,
+                            doing: str = "generating") -> int:
+    """Submit a job with ``method`` and follow it to its end, showing progress on stderr;
+    Ctrl-C asks whether to cancel it. Prints the files it wrote (``--json``: the job)."""
     progress = Progress()
     async with connect(args.socket, timeout=args.timeout) as client:
         await client.subscribe(["job.*"])
-        submitted = await client.call("generate.submit", with_credentials(submit_params(args)))
+        submitted = await client.call(method, params)
         job_id: str = submitted["job_id"]
         if args.no_wait:
             args.out.result(submitted["job"], job_id)
@@ -285,7 +296,7 @@ async def run(args: argparse.Namespace) -> int:
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(watch_sigint, tg.cancel_scope)
-            outcome = await follow(client, job_id, progress, stream)
+            outcome = await follow(client, job_id, progress, stream, doing=doing)
             tg.cancel_scope.cancel()
     progress.done()
     if not outcome:  # left running

@@ -118,6 +118,8 @@ def one_line(text: str, width: int = 40) -> str:
 def job_line(job: dict[str, Any]) -> str:
     """One row of ``timbrectl jobs list``."""
     prompt = one_line(job["params"].get("prompt", ""))
+    if job["params"].get("kind") == "stems":
+        prompt = f"stems of {job['params'].get('take')}: {prompt}"
     dur = job["params"].get("duration")
     dur_s = f"{dur:g}s" if isinstance(dur, int | float) else "-"
     return f"{job['id']:<14} {job['state']:<11} {job['model'][:22]:<22} {dur_s:>6}  {prompt}"
@@ -180,7 +182,8 @@ def model_rows(installed: list[dict[str, Any]],
         lines += ["", "available (timbrectl models pull NAME):",
                   f"{'NAME':<28} {'SIZE':>10}  {'REPOSITORY':<38} {'KIND':<14} LICENCE"]
         for c in available:
-            kind = ", ".join(k for k in ("melody", "stereo") if c.get(k)) or "text"
+            kind = ("stems (takes stems)" if c.get("task") == "separate"
+                    else ", ".join(k for k in ("melody", "stereo") if c.get(k)) or "text")
             licence = c.get("licence", "")
             if c.get("gated"):
                 licence += " (gated: accept it on the Hub, then a token)"
@@ -298,6 +301,12 @@ def take_detail(take: dict[str, Any]) -> str:
         ("rating", (take["rating"] or "none") + (f" — {take['note']}" if take["note"] else "")),
         ("tags", ", ".join(take["tags"]) or "none"),
     ]
+    if take.get("bpm") is not None:
+        rows.insert(5, ("tempo", f"{take['bpm']:.1f} BPM" + (f", {take['key']}"
+                                                             if take.get("key") else "")))
+    for stem in take.get("stems") or ():
+        rows.append(("stem", f"{stem['stem']}: {stem['path']} ({stem['model']})"
+                     + (" (deleted)" if stem.get("deleted_at") else "")))
     return "\n".join([take["id"], *(f"  {k:<8} {v}" for k, v in rows)])
 
 

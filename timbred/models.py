@@ -171,6 +171,17 @@ CATALOGUE: Mapping[str, CatalogueEntry] = MappingProxyType(
             # the XL turbo, a ~4.7B DiT with its condition encoder and audio tokenizer (about
             # 9 GB in bf16, ACE-Step's model zoo), the 0.6B Qwen3-Embedding text encoder and
             # the 0.17B autoencoder. MIT-licensed, not gated.
+            # Stem separation (takes.stems), not generation: Hybrid Transformer Demucs
+            # (Rouard et al. 2023) where demucs 4.1 loads it from (demucs/hf.py names the
+            # repos): htdemucs is one model, htdemucs_ft a bag of four fine-tuned ones, one per
+            # source (better, four times slower). Sizes: HTDemucs's default widths, 26.9M
+            # parameters counted here; an estimate until pulled. MIT-licensed.
+            CatalogueEntry(name="htdemucs", repo="adefossez/HTDemucs", lm_params=0,
+                           melody=False, stereo=True, backend="demucs", licence="MIT",
+                           total_params=27_000_000),
+            CatalogueEntry(name="htdemucs_ft", repo="adefossez/HTDemucs-ft", lm_params=0,
+                           melody=False, stereo=True, backend="demucs", licence="MIT",
+                           total_params=108_000_000),
             CatalogueEntry(name="ace-step-1.5-xl-turbo",
                            repo="ACE-Step/acestep-v15-xl-turbo-diffusers", lm_params=0,
                            melody=False, stereo=True, backend="ace-step", licence="MIT",
@@ -606,7 +617,8 @@ def _installed_hub(cache: Path, repo: str, commit: str) -> InstalledModel:
 # The files a transformers or diffusers load reads. Weights come as safetensors when the repo
 # has them; ``.bin`` files only when it has none (the facebook repos carry both, plus the
 # audiocraft-format state_dict.bin, which would triple the download).
-_WANTED_PATTERNS = ("*.json", "*.safetensors", "*.model", "*.txt", "tokenizer*", "spiece*")
+_WANTED_PATTERNS = ("*.json", "*.safetensors", "*.model", "*.txt", "tokenizer*", "spiece*",
+                    "*.yaml")  # a Demucs bag's file
 _BIN_FALLBACK_PATTERNS = ("pytorch_model*.bin", "diffusion_pytorch_model*.bin")
 _PROGRESS_INTERVAL_S = 0.2
 
@@ -1053,7 +1065,7 @@ def estimate_memory(ref: ModelRef, *, dtype: Dtype | None = None) -> int:
     folders = [directory / f for f in pipeline_components(directory)] or [directory]
     total = 0
     for folder in folders:
-        total += _folder_weight_bytes(ref.id, folder, dtype)
+        total += folder_weight_bytes(ref.id, folder, dtype)
     if total:
         return total
     raise ModelLoadFailed(
@@ -1061,7 +1073,7 @@ def estimate_memory(ref: ModelRef, *, dtype: Dtype | None = None) -> int:
     )
 
 
-def _folder_weight_bytes(model: str, folder: Path, dtype: Dtype | None) -> int:
+def folder_weight_bytes(model: str, folder: Path, dtype: Dtype | None) -> int:
     """Bytes of one folder's weights (see :func:`estimate_memory`); 0 when it holds none."""
     safetensors = _weight_files(folder, ("model.safetensors.index.json",
                                          "diffusion_pytorch_model.safetensors.index.json"),

@@ -19,6 +19,8 @@ BUILTIN: tuple[str, ...] = (
     "timbred.backends.musicgen:SPEC",
     "timbred.backends.stable_audio:SPEC",
     "timbred.backends.ace_step:SPEC",
+    # Stems: separates takes (takes.stems), never offered for generation.
+    "timbred.backends.demucs:SPEC",
     # Hosted providers: models named provider:model, run by the daemon's hosted executor.
     "timbred.hosted.specs:REPLICATE",
     "timbred.hosted.specs:STABILITY",

@@ -29,6 +29,10 @@ FEATURES = frozenset({
 })
 
 
+#: What a family's models do (:attr:`BackendSpec.task`).
+TASKS = ("generate", "separate")
+
+
 @dataclass(frozen=True)
 class BackendCapabilities:
     """What a family can do, for ``backends.list``: the union over its models (a loaded
@@ -102,12 +106,17 @@ class BackendSpec:
     """What it needs to run: ``local_weights``, ``api_key``, ``gpu``."""
     model_hint: str = ""
     """How a user recognises its model directories, for a refusal's message."""
+    task: str = "generate"
+    """What its models do: ``generate`` takes (every family so far) or ``separate`` a take
+    into stems (Demucs: ``takes.stems``). A separator is never offered for generation."""
     hosted: bool = False
     """Its models run at a provider (``provider:model``), through the daemon's hosted
     executor, not in the inference worker; ``implementation`` then names the
     :class:`timbred.hosted.base.Provider`."""
 
     def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"backend {self.name!r}: task must be one of {', '.join(TASKS)}")
         # Its parameters travel flat beside the common fields in a job's params (and on the
         # wire): one of the same name would be ambiguous.
         clash = sorted(set(self.params) & COMMON)
@@ -129,4 +138,4 @@ class BackendSpec:
         return {"name": self.name, "summary": self.summary,
                 "capabilities": self.capabilities.to_dict(),
                 "params": self.params_schema(), "load_options": list(self.load_options),
-                "needs": list(self.needs), "hosted": self.hosted}
+                "needs": list(self.needs), "hosted": self.hosted, "task": self.task}

@@ -20,7 +20,7 @@ import numpy.typing as npt
 
 if TYPE_CHECKING:
     from timbred.request import Request
-    from timbred.worker.backend import GenerationOutput
+    from timbred.worker.backend import GenerationOutput, Separation
     from timbred.worker.process import LoadedModel, WorkerInfo
 
 #: ``on_progress(step, total)`` over the whole batch, in the event loop.
@@ -72,6 +72,11 @@ class Executor(Protocol):
                              on_preview: BatchPreviewHandler | None = None,
                              preview_chunk_s: float = 1.0) -> list[GenerationOutput]:
         """Decode ``items`` together with ``model_id``: one output per request."""
+
+    async def separate(self, model_id: str, audio: npt.NDArray[np.float32], sample_rate: int,
+                       options: Mapping[str, Any],
+                       on_progress: ProgressHandler | None = None) -> Separation:
+        """Separate a take's audio into stems with the loaded separator ``model_id``."""
 
     async def cancel(self, item: int | None = None) -> None:
         """Cancel what is decoding (``item``: only that request of the batch)."""

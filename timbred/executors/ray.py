@@ -30,17 +30,22 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
+import numpy as np
+import numpy.typing as npt
 
 from timbred import errors
 from timbred.executors import BatchPreviewHandler, ProgressHandler
 from timbred.request import Request
-from timbred.worker.backend import GenerationOutput
+from timbred.worker.backend import GenerationOutput, Separation
 from timbred.worker.process import (
+    CANCELLABLE,
     LoadedModel,
     WorkerInfo,
     check_outputs,
+    check_separation,
     generate_payload,
     load_payload,
+    separate_payload,
 )
 
 log = logging.getLogger(__name__)
@@ -258,6 +263,12 @@ class RayActorExecutor:
         return check_outputs(await self._call("generate", payload, on_progress, on_preview),
                              len(items))
 
+    async def separate(self, model_id: str, audio: npt.NDArray[np.float32], sample_rate: int,
+                       options: Mapping[str, Any],
+                       on_progress: ProgressHandler | None = None) -> Separation:
+        payload = separate_payload(model_id, audio, sample_rate, options)
+        return check_separation(await self._call("separate", payload, on_progress))
+
     async def cancel(self, item: int | None = None) -> None:
         if self._actor is None or self._lost is not None:
             return
@@ -294,15 +305,15 @@ class RayActorExecutor:
         actor = self._require()
         rid = next(self._ids)
         ref = actor.call.remote(op, rid, payload)
-        if op == "generate":
+        if op in CANCELLABLE:
             self._generating.add(rid)
         try:
-            if op == "generate":
+            if op in CANCELLABLE:
                 reply = await self._follow(actor, rid, ref, on_progress, on_preview)
             else:
                 reply = await self._get(ref)
         except BaseException:
-            if op == "generate" and self._lost is None and self._actor is actor:
+            if op in CANCELLABLE and self._lost is None and self._actor is actor:
                 # Our caller was cancelled (or lost interest): do not leave the actor busy.
                 actor.cancel.remote(rid, None)
             raise

@@ -54,7 +54,7 @@ from timbred.hosted import provider as load_provider
 from timbred.hosted.base import Provider
 from timbred.hosted.names import split as split_hosted
 from timbred.protocol import schema
-from timbred.queue import preview
+from timbred.queue import preview, stems
 from timbred.queue.hosted import HostedLane
 from timbred.queue.hosted import resumable as hosted_resumable
 from timbred.queue.jobs import (
@@ -329,6 +329,11 @@ class Generation:
             limit: float | None = getattr(provider, "max_duration_s", None)
         else:
             ref = models.resolve(model)
+            if ref.backend is not None and registry.get(ref.backend).task != "generate":
+                raise InvalidParams(
+                    f"choose a model that makes music (timbrectl models list): {model} "
+                    f"({ref.backend}) separates takes into stems; for that, run `timbrectl "
+                    f"takes stems TAKE --model {model}`", param="model")
             if not ref.ready:
                 missing = f" (missing {', '.join(ref.missing)})" if ref.missing else ""
                 raise ModelNotFound(model, f"not downloaded yet{missing}; run "
@@ -616,6 +621,9 @@ class Generation:
             jobs = [await self._transition(job, JobState.GENERATING) for job in jobs]
             worker.running = jobs
             failpoints.hit("generating")
+            if stems.is_stems(jobs[0]):  # gathered alone: a separator does not batch
+                await self._separate(jobs[0], worker, entry, began=began, load_s=load_s)
+                return
             requests, own = _requests(jobs)
             for job in jobs:
                 if job.params.get("preview"):
@@ -682,6 +690,45 @@ class Generation:
                     self._tg.start_soon(self._expire_previews, job_id)
             if entry is not None:
                 await residency.release(entry)
+
+    async def _separate(self, job: Job, worker: Worker, entry: Loaded, *, began: float,
+                        load_s: float) -> None:
+        """Run a stems job on ``worker`` (its separator loaded as ``entry``) and write its
+        stems beside the take. Errors are the caller's, as for a generation."""
+        take, audio, rate = await anyio.to_thread.run_sync(self.history.stems_source,
+                                                           job.params["take"])
+        separating = time.monotonic()
+        separation = await worker.executor.separate(
+            entry.model_id, audio, rate,
+            {k: job.params[k] for k in ("shifts", "overlap", "seed")},
+            self._progress_callback([job], separating, worker=worker))
+        separate_s = time.monotonic() - separating
+        if (await self.get(job.id)).terminal:  # cancelled as it finished
+            return
+        job = await self._transition(job, JobState.ENCODING)
+        failpoints.hit("encoding")
+        recipe = stems.recipe(job, entry.model_id, separation)
+        exporting = time.monotonic()
+        written = await anyio.to_thread.run_sync(lambda: self.history.write_stems(
+            take.id, job_id=job.id, model=job.model, names=separation.names,
+            stems=separation.stems, sample_rate=rate, request=job.params["export"],
+            separation=stems.separation_record(job, separation)))
+        done = time.monotonic()
+        timings = {"load_s": load_s, "decode_s": separate_s, "export_s": done - exporting,
+                   "other_s": (done - began) - load_s - separate_s - (done - exporting)}
+        await self._transition(job, JobState.DONE, outputs=[str(w.path) for w in written],
+                               recipe=recipe,
+                               timings={k: round(v, 4) for k, v in timings.items()})
+        self.bus.publish("take.updated", {"take": (await anyio.to_thread.run_sync(
+            self.history.show, take.id)).to_dict()})
+
+    async def submit_stems(self, params: Mapping[str, Any]) -> Job:
+        """Queue the separation of a take into stems (``takes.stems``)."""
+        if self.stopping:
+            raise ShuttingDown()
+        model, job_params = await anyio.to_thread.run_sync(stems.resolve, self.history,
+                                                           params)
+        return await self._enqueue(model, job_params, params.get("priority", 0), None, None)
 
     async def _place(self, jobs: list[Job], worker: Worker) -> None:
         """Record where ``jobs`` run (``Job.placement``), once their model is loaded there."""

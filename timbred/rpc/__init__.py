@@ -50,6 +50,7 @@ def handlers() -> dict[str, Handler[RequestContext]]:
         "takes.show": takes.show,
         "takes.export": takes.export,
         "takes.loop": takes.loop,
+        "takes.stems": takes.stems,
         "takes.rate": takes.rate,
         "takes.tag": takes.tag,
         "takes.rm": takes.remove,

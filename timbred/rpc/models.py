@@ -10,6 +10,7 @@ import anyio.from_thread
 import anyio.to_thread
 
 from timbred import models
+from timbred.backends import registry
 from timbred.hosted import provider as load_provider
 from timbred.hosted.names import PROVIDERS
 from timbred.queue.generation import to_plain
@@ -33,7 +34,8 @@ async def list_(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
         "installed": [{**to_plain(m), "loaded": m.name in loaded} for m in installed],
         "catalogue": [{"name": e.name, "repo": e.repo, "backend": e.backend,
                        "melody": e.melody, "stereo": e.stereo, "licence": e.licence,
-                       "gated": e.gated, "approx_bytes": e.approx_bytes}
+                       "gated": e.gated, "approx_bytes": e.approx_bytes,
+                       "task": registry.get(e.backend).task}
                       for e in models.CATALOGUE.values()],
         "hosted": await _hosted(ctx),
     }

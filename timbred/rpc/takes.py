@@ -43,6 +43,13 @@ async def loop(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     return written.to_dict()
 
 
+async def stems(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    """Queue the separation of a take into stems (drums, bass, other, vocals): a job like
+    a generation's, whose outputs are the stem files beside the take."""
+    job = await ctx.daemon.generation.submit_stems(params)
+    return {"job_id": job.id, "job": job.to_dict()}
+
+
 async def rate(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     """Thumbs up/down/none with an optional note."""
     history = ctx.daemon.generation.history

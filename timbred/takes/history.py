@@ -19,7 +19,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -222,20 +222,9 @@ class History:
         if output:
             dest = publish.check_output(output, 1, extensions=[options.extension])[0]
             return export_existing(source, dest, options)
-        # Beside the take, under the first free name (take-1.mp3, take-1-2.mp3, ...), as
-        # generate names takes: a second export to one format is no error. write_take links
-        # the final name only if it is free, so a name taken meanwhile means: try the next.
-        for n in range(1, 10_000):
-            stem = source.stem if n == 1 else f"{source.stem}-{n}"
-            dest = source.with_name(stem + options.extension)
-            if dest.exists():
-                continue
-            try:
-                return export_existing(source, dest, options)
-            except OutputError:
-                if not dest.exists():
-                    raise
-        raise OutputError(str(source.parent), "no free name left for another export")
+        # A second export to one format is no error: take-1.mp3, then take-1-2.mp3.
+        return _beside(source, source.stem, options.extension,
+                       lambda dest: export_existing(source, dest, options), "export")
 
     def _existing_export(self, record: Take, preset_export: Mapping[str, Any],
                          request: Mapping[str, Any]) -> ExportOptions:
@@ -273,17 +262,9 @@ class History:
         if output:
             dest = publish.check_output(output, 1, extensions=[options.extension])[0]
             return write_take(dest, loop, rate, options, looped(metadata))
-        name = f"{source.stem}-loop{request['bars']}bars"
-        for n in range(1, 10_000):
-            dest = source.with_name((name if n == 1 else f"{name}-{n}") + options.extension)
-            if dest.exists():
-                continue
-            try:
-                return write_take(dest, loop, rate, options, looped(metadata))
-            except OutputError:
-                if not dest.exists():
-                    raise
-        raise OutputError(str(source.parent), "no free name left for another loop")
+        return _beside(source, f"{source.stem}-loop{request['bars']}bars", options.extension,
+                       lambda dest: write_take(dest, loop, rate, options, looped(metadata)),
+                       "loop")
 
     def _cut_loop(self, audio: npt.NDArray[np.float32], sample_rate: int,
                   analysis: Mapping[str, Any] | None, request: Mapping[str, Any],
@@ -315,6 +296,47 @@ class History:
 
         return loop, looped
 
+    # --- stems --------------------------------------------------------------------------
+
+    def stems_source(self, take: str) -> tuple[Take, npt.NDArray[np.float32], int]:
+        """The take a separation starts from, and its audio as the file holds it (what the
+        user hears: the stems then add up to it)."""
+        record = self.library.get(take)
+        if record.deleted_at is not None or not Path(record.path).is_file():
+            raise TakeNotFound(take)
+        audio, rate, _metadata = read_take(record.path)
+        return record, audio, rate
+
+    def write_stems(self, take: str, *, job_id: str, model: str, names: Sequence[str],
+                    stems: npt.NDArray[np.float32], sample_rate: int,
+                    request: Mapping[str, Any], separation: Mapping[str, Any]
+                    ) -> list[WrittenTake]:
+        """Write each stem beside its take as ``<name>-<stem><ext>`` (the take's format
+        unless the request names one) with the take's metadata and its stem name, and record
+        them in the history.
+
+        Stems are neither loudness-normalised nor mastered: each keeps its level in the
+        mix, so that they sum back to the take.
+        """
+        record = self.library.get(take)
+        source = Path(record.path)
+        _audio, _rate, metadata = read_take(source)
+        options = dataclasses.replace(
+            self._existing_export(record, {}, {k: v for k, v in request.items()
+                                               if k in EXPORT_KEYS and k != "master"}),
+            loudness_target_lufs=None, master=None)
+        written: list[WrittenTake] = []
+        for name, audio in zip(names, stems, strict=True):
+            meta = dataclasses.replace(metadata, stem=name, loudness=None, mastering=None,
+                                       separation=dict(separation))
+            written.append(_beside(
+                source, f"{source.stem}-{name}", options.extension,
+                lambda dest, audio=audio, meta=meta: write_take(  # type: ignore[misc]
+                    dest, audio, sample_rate, options, meta), "stem"))
+        self.library.record_stems(record.id, job_id=job_id, model=model, stems=[
+            (name, str(w.path), options.format) for name, w in zip(names, written, strict=True)])
+        return written
+
     def rate(self, take: str, value: str, note: str | None) -> Take:
         return self.library.rate(self.library.get(take).id, value,  # type: ignore[arg-type]
                                  note)
@@ -323,11 +345,30 @@ class History:
         return self.library.tag(self.library.get(take).id, add=add, remove=remove)
 
     def remove(self, take: str) -> Take:
-        """Delete the take's audio and sidecar; keep the record, marked deleted."""
+        """Delete the take's audio and sidecar, and its stems'; keep the records, marked
+        deleted."""
         record = self.library.get(take)
-        for path in (Path(record.path), sidecar_path(record.path)):
+        files = [record.path, *(stem["path"] for stem in record.stems)]
+        for path in (p for f in files for p in (Path(f), sidecar_path(f))):
             try:
                 path.unlink(missing_ok=True)
             except OSError as exc:
                 raise OutputError(str(path), os_reason(exc)) from exc
         return self.library.mark_deleted(record.id)
+
+
+def _beside(source: Path, name: str, extension: str,
+            write: Callable[[Path], WrittenTake], what: str) -> WrittenTake:
+    """``write`` a new file beside ``source`` under the first free name (``name.ext``, then
+    ``name-2.ext``, ...), as generate names takes. write_take links the final name only if
+    it is free, so a name taken meanwhile means: try the next."""
+    for n in range(1, 10_000):
+        dest = source.with_name((name if n == 1 else f"{name}-{n}") + extension)
+        if dest.exists():
+            continue
+        try:
+            return write(dest)
+        except OutputError:
+            if not dest.exists():
+                raise
+    raise OutputError(str(source.parent), f"no free name left for another {what}")

@@ -213,6 +213,25 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
         "ALTER TABLE takes ADD COLUMN musical_key TEXT",  # as TKEY writes it: "Am", "F#"
         "CREATE INDEX takes_by_bpm ON takes (bpm)",
     )),
+    # 4: stems separated from a take (takes.stems), each a file beside it; one row per stem
+    # of each separation (a second model's stems are recorded beside the first's).
+    Migration((
+        """
+        CREATE TABLE stems (
+            id         INTEGER PRIMARY KEY,
+            take_id    TEXT    NOT NULL REFERENCES takes (id) ON DELETE CASCADE,
+            job_id     TEXT    NOT NULL,
+            stem       TEXT    NOT NULL,
+            path       TEXT    NOT NULL,
+            format     TEXT    NOT NULL,
+            model      TEXT    NOT NULL,
+            created_at REAL    NOT NULL,
+            deleted_at REAL,
+            UNIQUE (job_id, stem)
+        )
+        """,
+        "CREATE INDEX stems_by_take ON stems (take_id, id)",
+    )),
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
@@ -327,6 +346,9 @@ class Take:
     #: The measured tempo and key ("Am"), or None (not analysed, or nothing to measure).
     bpm: float | None = None
     key: str | None = None
+    #: Stems separated from it (``takes.stems``), oldest first: each ``{stem, path, format,
+    #: model, job_id, created_at, deleted_at}``.
+    stems: tuple[dict[str, Any], ...] = ()
 
     @property
     def deleted(self) -> bool:
@@ -356,6 +378,7 @@ class Take:
             "tags": list(self.tags),
             "bpm": self.bpm,
             "key": self.key,
+            "stems": [dict(stem) for stem in self.stems],
         }
 
 
@@ -473,7 +496,12 @@ _SELECT_TAKES: Final = """
            t.sample_rate, t.channels, t.duration_s, t.loudness_before_lufs,
            t.loudness_after_lufs, t.created_at, t.recipe, t.deleted_at, r.value, r.note,
            (SELECT json_group_array(g.tag) FROM tags AS g WHERE g.take_id = t.id),
-           t.bpm, t.musical_key
+           t.bpm, t.musical_key,
+           (SELECT json_group_array(json(x.stem)) FROM (
+                SELECT json_object('stem', stem, 'path', path, 'format', format,
+                                   'model', model, 'job_id', job_id,
+                                   'created_at', created_at, 'deleted_at', deleted_at) AS stem
+                FROM stems WHERE take_id = t.id ORDER BY id) AS x)
     FROM takes AS t
     JOIN prompts AS p ON p.id = t.prompt_id
     JOIN sessions AS s ON s.id = t.session_id
@@ -535,7 +563,7 @@ class Library(SQLiteStore):
     def _row_to_take(self, row: Sequence[Any]) -> Take:
         (_seq, take_id, job_id, session, prompt, take_index, path, fmt, sample_rate, channels,
          duration_s, before, after, created_at, recipe, deleted_at, value, note, tags, bpm,
-         key) = row
+         key, stems) = row
         with map_errors((ValueError, TypeError, KeyError),
                         lambda exc: self._error(f"take {take_id} is unreadable: {exc}")):
             return Take(
@@ -546,6 +574,7 @@ class Library(SQLiteStore):
                 deleted_at=deleted_at,
                 rating=None if value is None else _INT_TO_RATING[value],
                 note=note, tags=tuple(sorted(json.loads(tags))), bpm=bpm, key=key,
+                stems=tuple(json.loads(stems)),
             )
 
     def _fetch(self, conn: sqlite3.Connection, take_id: object) -> Take:
@@ -873,13 +902,42 @@ class Library(SQLiteStore):
     # --- removal ----------------------------------------------------------------------------
 
     def mark_deleted(self, take_id: str) -> Take:
-        """Record that the take's file was deleted; return the take. Idempotent: the first
-        deletion time is kept. The row, rating and tags stay, so history stays consistent.
+        """Record that the take's file (and its stems') was deleted; return the take.
+        Idempotent: the first deletion time is kept. The row, rating and tags stay, so
+        history stays consistent.
         """
         with self._write() as conn:
             self._fetch(conn, take_id)
+            now = self._clock()
             conn.execute("UPDATE takes SET deleted_at = coalesce(deleted_at, ?) WHERE id = ?",
-                         (self._clock(), take_id))
+                         (now, take_id))
+            conn.execute("UPDATE stems SET deleted_at = coalesce(deleted_at, ?) "
+                         "WHERE take_id = ?", (now, take_id))
+            return self._fetch(conn, take_id)
+
+    # --- stems ------------------------------------------------------------------------------
+
+    def record_stems(self, take_id: str, *, job_id: str, model: str,
+                     stems: Iterable[tuple[str, str, str]]) -> Take:
+        """Record the stems one separation (job ``job_id``) wrote from a take, each
+        ``(stem, absolute path, format)``; return the take. Recording the same job's stems
+        again keeps the first record (a daemon that crashed in between can record again).
+        """
+        _check_str(job_id, "job_id", 200)
+        _check_str(model, "model", 4096)
+        rows = []
+        for stem, path, fmt in stems:
+            _check_str(stem, "stem", 64)
+            if not Path(_check_str(path, "path", 4096)).is_absolute():
+                raise InvalidParams(f"path must be absolute, got {path!r}", param="path")
+            rows.append((take_id, job_id, stem, path, _check_str(fmt, "format", 16)))
+        with self._write() as conn:
+            self._fetch(conn, take_id)
+            now = self._clock()
+            conn.executemany(
+                "INSERT INTO stems (take_id, job_id, stem, path, format, model, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job_id, stem) DO NOTHING",
+                [(*row, model, now) for row in rows])
             return self._fetch(conn, take_id)
 
     def forget(self, take_id: str) -> None:

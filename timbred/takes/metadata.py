@@ -87,10 +87,14 @@ class TakeMetadata:
     loop: dict[str, Any] | None = None
     #: For a stem separated from a take: its name (``drums``, ``bass``, ``vocals``, ...).
     stem: str | None = None
+    #: For a stem: how it was separated (``{"source", "model", "revision", "backend",
+    #: "device", "shifts", "overlap", "seed", "sources"}``).
+    separation: dict[str, Any] | None = None
 
     _OPTIONAL_TEXT: ClassVar[tuple[str, ...]] = ("model", "revision", "backend", "device",
                                                  "job_id", "stem")
-    _OPTIONAL_OBJECTS: ClassVar[tuple[str, ...]] = ("analysis", "mastering", "loop")
+    _OPTIONAL_OBJECTS: ClassVar[tuple[str, ...]] = ("analysis", "mastering", "loop",
+                                                    "separation")
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str):

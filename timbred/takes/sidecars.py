@@ -66,6 +66,7 @@ def sidecar(metadata: TakeMetadata, options: ExportOptions, *, file_name: str, d
         "mastering": md.mastering,
         "loop": md.loop,
         "stem": md.stem,
+        "separation": md.separation,
     }
 
 

@@ -111,6 +111,9 @@ def tag_items(metadata: TakeMetadata) -> list[tuple[str, str]]:
         items += [("TIMBRE_LOOP", json.dumps(metadata.loop, sort_keys=True,
                                              separators=(",", ":")))]
     items.append(("TIMBRE_STEM", metadata.stem))
+    if metadata.separation is not None:
+        items += [("TIMBRE_SEPARATION", json.dumps(metadata.separation, sort_keys=True,
+                                                   separators=(",", ":")))]
     items.append(("TIMBRE_RECIPE", json.dumps(metadata.recipe, sort_keys=True,
                                               ensure_ascii=False, separators=(",", ":"))))
     return [(k, v) for k, v in items if v is not None]
@@ -265,4 +268,5 @@ def metadata_from_tags(tags: Mapping[str, str], fallback_prompt: str) -> TakeMet
         mastering=json_object("TIMBRE_MASTERING"),
         loop=json_object("TIMBRE_LOOP"),
         stem=tags.get("TIMBRE_STEM"),
+        separation=json_object("TIMBRE_SEPARATION"),
     )

@@ -31,6 +31,7 @@ __all__ = [
     "Preview",
     "PreviewSink",
     "ProgressCallback",
+    "Separation",
     "validate_device",
     "validate_dtype",
     "validate_precision",
@@ -153,6 +154,18 @@ class GenerationOutput:
     #: Wall seconds of the backend call that made it (the whole batch's), set by the
     #: inference worker: what the same call costs in-process, without the daemon around it.
     decode_s: float | None = None
+
+
+@dataclass
+class Separation:
+    """A take separated into stems (``takes.stems``): one row of ``stems`` per name, at the
+    take's sample rate, channel count and length; ``info`` says how (model, device, the
+    separation's settings)."""
+
+    names: tuple[str, ...]
+    stems: npt.NDArray[np.float32]
+    """``(len(names), channels, frames)`` float32."""
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 def validate_device(device: str) -> str:

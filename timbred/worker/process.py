@@ -58,6 +58,7 @@ from timbred.worker.backend import (
     Capabilities,
     GenerationOutput,
     Preview,
+    Separation,
     validate_device,
     validate_dtype,
 )
@@ -73,6 +74,8 @@ _log = logging.getLogger(__name__)
 
 #: At most this often (seconds) a progress message crosses the pipe; the last step always does.
 PROGRESS_INTERVAL_S = 0.05
+#: Requests that run long, report progress and can be cancelled.
+CANCELLABLE = ("generate", "separate")
 
 _READY_ID = 0
 
@@ -223,9 +226,10 @@ class _Worker:
 
     def register(self, op: str, rid: int, payload: Mapping[str, Any]) -> None:
         """A generate request's cancel tokens, one per request of its batch."""
-        if op == "generate":
+        if op in CANCELLABLE:
+            count = len(payload.get("items", ())) if op == "generate" else 1
             with self.lock:
-                self.tokens[rid] = [CancelToken() for _ in payload.get("items", ())]
+                self.tokens[rid] = [CancelToken() for _ in range(count)]
 
     def cancel(self, target: int, item: int | None) -> None:
         with self.lock:
@@ -294,6 +298,8 @@ class _Worker:
         if op == "generate":
             return self.generate(rid, str(payload["model_id"]), payload["items"],
                                  payload.get("preview_s"))
+        if op == "separate":
+            return self.separate(rid, payload)
         raise errors.InternalError(f"unknown worker request {op!r}")
 
     def load(self, model_id: str, source: str, device: str, dtype: str, backend: str,
@@ -341,14 +347,7 @@ class _Worker:
         batch = [Request.from_dict(item) for item in items]
         if tokens is None or len(tokens) != len(batch):
             tokens = [CancelToken() for _ in batch]
-        last = 0.0
-
-        def progress(step: int, total: int) -> None:
-            nonlocal last
-            now = time.monotonic()
-            if step == 1 or step >= total or now - last >= PROGRESS_INTERVAL_S:
-                last = now
-                self.send(("progress", rid, (step, total)))
+        progress = self._progress(rid)
 
         def send_preview(start: int, audio: npt.NDArray[np.float32]) -> None:
             row = 0
@@ -367,6 +366,41 @@ class _Worker:
         return outputs
 
 
+    def _progress(self, rid: int) -> Callable[[int, int], None]:
+        """Request ``rid``'s progress messages, about 20 a second (first and last always)."""
+        last = 0.0
+
+        def progress(step: int, total: int) -> None:
+            nonlocal last
+            now = time.monotonic()
+            if step == 1 or step >= total or now - last >= PROGRESS_INTERVAL_S:
+                last = now
+                self.send(("progress", rid, (step, total)))
+        return progress
+
+    def separate(self, rid: int, payload: Mapping[str, Any]) -> Any:
+        """A take's audio into stems with a loaded separator (``takes.stems``)."""
+        model_id = str(payload["model_id"])
+        with self.lock:
+            slot = self.models.get(model_id)
+            tokens = self.tokens.get(rid)
+        if slot is None:
+            raise errors.ModelNotFound(model_id, "it is not loaded in the inference worker")
+        separate = getattr(slot.backend, "separate", None)
+        if separate is None:
+            raise errors.InvalidParams(f"{model_id} ({slot.backend_name}) does not separate "
+                                       "stems", param="model")
+        began = time.perf_counter()
+        result = separate(payload["audio"], int(payload["sample_rate"]),
+                          shifts=int(payload.get("shifts", 1)),
+                          overlap=float(payload.get("overlap", 0.25)),
+                          seed=int(payload.get("seed", 0)), progress=self._progress(rid),
+                          cancel=tokens[0] if tokens else None)
+        result.info["model_id"] = model_id
+        result.info["separate_s"] = time.perf_counter() - began
+        return result
+
+
 def _unexpected(op: str, payload: Mapping[str, Any], exc: Exception,
                 device: str = "cpu") -> errors.TimbreError:
     reason = f"{type(exc).__name__}: {exc}"
@@ -375,7 +409,7 @@ def _unexpected(op: str, payload: Mapping[str, Any], exc: Exception,
         release_memory(device)
     if op == "load":
         return errors.ModelLoadFailed(str(payload.get("source", "?")), reason)
-    if op == "generate":
+    if op in CANCELLABLE:
         return errors.GenerationFailed(reason)
     return errors.InternalError(f"worker request {op} failed: {reason}")
 
@@ -519,7 +553,7 @@ class _Session:
 
     def cancel_generations(self, item: int | None = None) -> None:
         for rid, pending in list(self.pending.items()):
-            if pending.op == "generate" and not pending.done:
+            if pending.op in CANCELLABLE and not pending.done:
                 self.cancel(rid, item)
 
     async def wait(self, pending: _Pending) -> Any:
@@ -777,6 +811,14 @@ class WorkerHandle:
         return check_outputs(await self._request("generate", payload, on_progress, on_preview),
                              len(items))
 
+    async def separate(self, model_id: str, audio: npt.NDArray[np.float32], sample_rate: int,
+                       options: Mapping[str, Any],
+                       on_progress: ProgressHandler | None = None) -> Separation:
+        """A take's audio into stems with the loaded separator ``model_id``
+        (:meth:`timbred.worker.stems.DemucsBackend.separate`); cancelled with :meth:`cancel`."""
+        payload = separate_payload(model_id, audio, sample_rate, options)
+        return check_separation(await self._request("separate", payload, on_progress))
+
     async def cancel(self, item: int | None = None) -> None:
         """Cancel the generation(s) in flight (``item``: only that request of the batch);
         each one's :meth:`generate` raises Cancelled.
@@ -801,7 +843,7 @@ class WorkerHandle:
             return await session.wait(pending)
         finally:
             session.pending.pop(rid, None)
-            if not pending.done and op == "generate" and session.alive:
+            if not pending.done and op in CANCELLABLE and session.alive:
                 # Our caller was cancelled: do not leave the worker busy for nobody.
                 session.cancel(rid)
 
@@ -818,6 +860,20 @@ def generate_payload(model_id: str, items: Sequence[Request], preview_s: float |
                      ) -> dict[str, Any]:
     """A ``generate`` request: the batch, and the preview chunk length when one is wanted."""
     return {"model_id": model_id, "items": [p.to_dict() for p in items], "preview_s": preview_s}
+
+
+def separate_payload(model_id: str, audio: npt.NDArray[np.float32], sample_rate: int,
+                     options: Mapping[str, Any]) -> dict[str, Any]:
+    """A ``separate`` request: the take's samples and the separation's settings."""
+    return {"model_id": model_id, "audio": audio, "sample_rate": sample_rate,
+            **{k: options[k] for k in ("shifts", "overlap", "seed") if k in options}}
+
+
+def check_separation(result: Any) -> Separation:
+    """A ``separate`` reply, checked."""
+    if not isinstance(result, Separation):
+        raise errors.InternalError(f"worker returned {type(result).__name__} for separate")
+    return result
 
 
 def check_outputs(result: Any, count: int) -> list[GenerationOutput]:
