@@ -55,6 +55,14 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_demucs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random HTDemucs test fixture (separates nothing), built once a session."""
+    from timbred.testing.tiny_demucs import build_tiny_htdemucs
+
+    return build_tiny_htdemucs(tmp_path_factory.mktemp("demucs") / "tiny-htdemucs")
+
+
+@pytest.fixture(scope="session")
 def tiny_melody(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The melody variant of the tiny test fixture."""
     return build_tiny_musicgen(tmp_path_factory.mktemp("models") / "tiny-melody", melody=True)

@@ -223,6 +223,9 @@ def fake_hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
             "someone/bin-only": {"config.json": CONFIG, "pytorch_model.bin": b"B" * 64},
             "someone/sao-pipeline": PIPELINE_FILES,
             "someone/gated-pipeline": PIPELINE_FILES,
+            # The Demucs bag as demucs 4.1 loads it from the hub (demucs/hf.py).
+            "adefossez/HTDemucs": {"htdemucs.yaml": b"models: ['955717e8']\n",
+                                   "955717e8.safetensors": WEIGHTS, "README.md": b"# card"},
         },
         gated=frozenset({"someone/gated-pipeline"}),
     )
@@ -632,6 +635,16 @@ class TestPull:
                          "transformer/diffusion_pytorch_model.safetensors"]
         ref = resolve("someone/sao-pipeline")
         assert ref.backend == "stable-audio" and ref.ready
+
+    def test_the_stem_separator_is_pulled_like_any_model(
+            self, cache: Path, fake_hub: FakeHub) -> None:
+        """models pull htdemucs: its bag file and weights, recognised as a separator."""
+        installed = pull("htdemucs")
+        assert sorted(p.name for p in installed.path.iterdir()) == [
+            "955717e8.safetensors", "htdemucs.yaml"]
+        assert installed.backend == "demucs" and installed.missing == ()
+        ref = resolve("htdemucs")
+        assert ref.backend == "demucs" and ref.ready and ref.repo == "adefossez/HTDemucs"
 
     def test_a_gated_model_says_what_to_do(self, cache: Path, fake_hub: FakeHub) -> None:
         with pytest.raises(ModelNotFound) as caught:

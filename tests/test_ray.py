@@ -115,6 +115,25 @@ class TestOnTheCluster:
         assert [m["worker"] for m in ps["models"]] == [first["placement"]["worker"]]
 
 
+    async def test_stems_are_separated_on_an_actor(self, client: Client,
+                                                   tiny_demucs: Path) -> None:
+        """takes.stems runs on a cluster like a generation: the separator loads on an actor
+        (from the same path here: one machine), the take's audio goes through the object
+        store, and the daemon writes the stems beside the take."""
+        made, _ = await run(client, "to separate")
+        assert made["state"] == "done", made["error"]
+        job_id = (await client.call("takes.stems", {"take": made["outputs"][0],
+                                                    "model": str(tiny_demucs)}))["job_id"]
+        job, seen = await events_until_done(client, job_id, timeout=240)
+        assert job["state"] == "done", job["error"]
+        assert job["placement"]["executor"] == "ray"
+        assert any(e["type"] == "job.progress" for e in seen)
+        assert len(job["outputs"]) == 4
+        for path in job["outputs"]:
+            info = await anyio.to_thread.run_sync(sf.info, path)
+            assert info.frames == sf.info(made["outputs"][0]).frames
+
+
 class TestLostActor:
     async def test_killing_the_actor_mid_job_requeues_it_once_on_the_other_node(
             self, client: Client, ray_daemon: Daemon, short_tmp: Path) -> None:

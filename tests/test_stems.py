@@ -35,15 +35,10 @@ from timbred.daemon.app import Daemon
 from timbred.errors import Cancelled, InvalidParams, ModelNotFound, TakeNotFound
 from timbred.protocol.schema import load as load_schema
 from timbred.testing.daemon import running_daemon
-from timbred.testing.tiny_demucs import SOURCES, build_tiny_htdemucs, save_bag
+from timbred.testing.tiny_demucs import SOURCES, save_bag
 from timbred.worker.backend import CancelToken
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(scope="session")
-def tiny_demucs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_htdemucs(tmp_path_factory.mktemp("demucs") / "tiny-htdemucs")
 
 
 @pytest.fixture

@@ -834,9 +834,13 @@ def pull(
 
     listing = {s.rfilename: int(s.size or 0) for s in info.siblings or ()}
     files = _select_files(listing)
-    if "config.json" not in files and "model_index.json" not in files:
-        raise ModelNotFound(ref.id, f"{repo} has neither config.json nor model_index.json, so "
-                            f"no Timbre backend loads it ({registry.hints()})")
+    # Each family's entry file: a transformers config, a diffusers pipeline index, a Demucs
+    # bag (NAME.yaml); a repo with none of them is refused before anything is downloaded.
+    if "config.json" not in files and "model_index.json" not in files and not any(
+            "/" not in name and name.endswith(".yaml") for name in files):
+        raise ModelNotFound(ref.id, f"{repo} has neither config.json, model_index.json nor a "
+                            f"Demucs bag file, so no Timbre backend loads it "
+                            f"({registry.hints()})")
     repo_dir = _repo_folder(cache, repo)
     snapshot = repo_dir / "snapshots" / commit
     tracker.update(
