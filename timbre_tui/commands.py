@@ -368,6 +368,35 @@ def loop(studio: Studio, bars: str) -> None:
     studio.spawn(go, what="loop")
 
 
+def stems(studio: Studio, model: str) -> None:
+    """``/stems [MODEL]``: the selected take separated into stems (drums, bass, other,
+    vocals), a job in the queue whose files land beside the take."""
+    take = studio.state.selected()
+    if take is None:
+        studio.say("select a take to separate into stems (Alt-↑/↓ or the timeline)")
+        return
+    if take.stem is not None:
+        studio.say(f"{take.name} is a stem already; select the take it came from", "error")
+        return
+    params: dict[str, Any] = {"take": take.path}
+    if model:
+        params["model"] = model
+
+    async def go() -> None:
+        result = await studio.link.call("takes.stems", params)
+        studio.state.follow_newest()  # the timeline shows the new job, as after a prompt
+        studio.state.upsert_job(result["job"])
+        studio.say(f"separating take {take.index} into stems (job {result['job_id']})")
+
+    studio.spawn(go, what="stems")
+
+
+def separators(studio: Studio) -> list[tuple[str, str]]:
+    """/stems' completions: the catalogue's separators, then installed ones of their
+    families (``models.list`` says which separate)."""
+    return [(name, "separates stems") for name in studio.state.separator_names]
+
+
 def rate(studio: Studio, rating: str) -> None:
     take = studio.state.selected()
     if take is None:
@@ -484,6 +513,9 @@ def build_commands(studio: Studio) -> dict[str, SlashCommand]:
         SlashCommand("loop", "/loop BARS", "cut a seamless loop of BARS bars from the take",
                      lambda a: loop(s, a.strip()),
                      lambda: [("1", "bar"), ("2", "bars"), ("4", "bars"), ("8", "bars")]),
+        SlashCommand("stems", "/stems [MODEL]",
+                     "separate the take into drums, bass, other, vocals",
+                     lambda a: stems(s, a.strip()), lambda: separators(s)),
         SlashCommand("cancel", "/cancel [JOB]", "cancel a job (default: selected or newest)",
                      lambda a: cancel(s, a.strip() or None), jobs_in(ACTIVE_STATES)),
         SlashCommand("retry", "/retry [JOB]", "retry a failed job (default: selected or newest)",
@@ -586,6 +618,8 @@ def palette_entries(studio: Studio) -> list[PaletteEntry]:
     for kind, about in ABOUT.items():
         out.append(PaletteEntry(f"{about[:1].upper()}{about[1:]}…", f"/{kind}",
                                 _prefill(studio, f"/{kind} ")))
+    out.append(PaletteEntry("Separate the selected take into stems", "/stems",
+                            lambda: stems(studio, "")))
     out.append(PaletteEntry("Search the library…", "/library", lambda: studio.open_library("")))
     return out
 
@@ -643,6 +677,9 @@ def help_text(studio: Studio) -> str:
         "  variable ($REPLICATE_API_TOKEN) where you start the studio.",
         "Edits of the selected take, each a new take: /repaint, /cover,",
         "  /extract and /add (Tab completes tracks).",
+        "Stems: /stems [MODEL] separates the selected take into drums,",
+        "  bass, other and vocals: a job in the queue (htdemucs unless a",
+        "  MODEL is named), its stems listed under it like takes.",
         "Quitting: Ctrl-Q at once; Ctrl-C clears the composer, and on an",
         "  empty composer quits when pressed twice. timbred keeps running.",
         "",

@@ -3,7 +3,9 @@
 :class:`DaemonLink` follows the daemon's events with :func:`timbrectl.client.follow_events`
 (which reconnects and replays by ``seq``), reloads the state by RPC when it (re)connects having
 missed events (status and jobs, then families, models and presets), hands every event to
-``on_event`` too (the live preview's feed), and keeps one connection open for requests.
+``on_event`` too (the live preview's feed), and keeps one connection open for requests. What a
+job record does not say of its takes (the measured tempo and key) it asks the history for
+(``takes.show``), once per take, as jobs are loaded or finish.
 :func:`describe_error` is the one translation of errors into the line the user reads. Library
 queries go to the daemon's history (``history.search``, in :meth:`DaemonLink.library`).
 """
@@ -89,15 +91,21 @@ class DaemonLink:
             self.socket_path, EVENT_TYPES, retry_interval=self._retry_interval))
         async with contextlib.aclosing(events) as stream:
             async for item in stream:
-                if item["method"] == "connection":
-                    await self._on_connection(item)
-                elif item["method"] == "event":
-                    if self.state.apply_event(item) and item["type"].startswith("model.") \
-                            and self._tg is not None:
-                        self._tg.start_soon(self._refresh_status)
-                    if self._on_event is not None:
-                        self._on_event(item)  # after the state has it (the preview reads it)
-                self._on_change()
+                await self.handle(item)
+
+    async def handle(self, item: dict[str, Any]) -> None:
+        """Take one item of the event stream: a connection change or a daemon event."""
+        if item["method"] == "connection":
+            await self._on_connection(item)
+        elif item["method"] == "event":
+            if self.state.apply_event(item) and item["type"].startswith("model.") \
+                    and self._tg is not None:
+                self._tg.start_soon(self._refresh_status)
+            if item["type"] == "job.state":
+                self.look_up_takes()  # a job done: its takes' tempo and key
+            if self._on_event is not None:
+                self._on_event(item)  # after the state has it (the preview reads it)
+        self._on_change()
 
     async def _on_connection(self, item: dict[str, Any]) -> None:
         state = self.state
@@ -110,6 +118,7 @@ class DaemonLink:
                 await self.reload()
             else:
                 await self._refresh_status()
+                self.look_up_takes()  # those a lost connection cut short
             if not first:
                 state.say("reconnected to timbred" +
                           (" (state reloaded)" if item["missed"] else ""))
@@ -137,6 +146,33 @@ class DaemonLink:
             self._tg.start_soon(self._refresh_backends)
             self._tg.start_soon(self._refresh_models)
             self._tg.start_soon(self._refresh_presets_quietly)
+        self.look_up_takes()
+
+    def look_up_takes(self) -> None:
+        """Ask the history (``takes.show``) about the done takes not asked about yet, in the
+        background: their lines gain the tempo and key as the answers come."""
+        if self._tg is None:
+            return
+        paths = self.state.claim_take_lookups()
+        if paths:
+            self._tg.start_soon(self._look_up, paths)
+
+    async def _look_up(self, paths: list[str]) -> None:
+        """One ``takes.show`` at a time (a reload can bring hundreds of takes, more than a
+        batch may hold). Nothing is said of a failure: the line then shows what the job
+        record says, as before the history measured anything."""
+        for i, path in enumerate(paths):
+            try:
+                record = await self.call("takes.show", {"take": path})
+            except MethodNotFound:
+                return  # a daemon older than the history: none of them will be found
+            except DaemonUnavailable:
+                self.state.unclaim_take_lookups(paths[i:])  # asked again on reconnecting
+                return
+            except (TimbreError, TimeoutError):
+                continue  # deleted since, or never recorded
+            if isinstance(record, Mapping) and self.state.learn_take(path, record):
+                self._on_change()
 
     async def _refresh_status(self) -> None:
         with contextlib.suppress(TimbreError, TimeoutError):
@@ -147,8 +183,7 @@ class DaemonLink:
         with contextlib.suppress(TimbreError, TimeoutError):
             listing = await self.call("models.list")
             # A daemon older than the hosted providers lists none.
-            self.state.set_models(listing["installed"],
-                                  [m["name"] for m in listing["catalogue"]],
+            self.state.set_models(listing["installed"], listing["catalogue"],
                                   listing.get("hosted") or ())
             self._on_change()
 

@@ -67,9 +67,10 @@ from timbre_tui.state import (
     Take,
     format_value,
     hosted_provider,
+    job_activity,
+    job_prompt,
     provider_title,
     short_model,
-    takes_of,
 )
 from timbre_tui.waveform import sparkline
 
@@ -384,7 +385,7 @@ def _empty_hint(studio: Studio, width: int) -> Lines:
 
 
 def _prompt_lines(job: dict[str, Any], width: int) -> Lines:
-    prompt = str((job.get("params") or {}).get("prompt", ""))
+    prompt = job_prompt(job)
     when = dt.datetime.fromtimestamp(job.get("created_at") or 0).strftime("%H:%M")
     body_width = max(10, width - 2 - len(when) - 2)
     wrapped: list[str] = []
@@ -432,7 +433,7 @@ def _job_state_lines(studio: Studio, job: dict[str, Any],
     if state == "done":
         out: Lines = []
         sel = None
-        for take in takes_of(job):
+        for take in st.job_takes(job):
             out.append(take_line(studio, take, width))
             if st.selected_take == take.key:
                 sel = len(out) - 1
@@ -457,7 +458,7 @@ def _job_state_lines(studio: Studio, job: dict[str, Any],
         prog = st.progress.get(job["id"]) or {}
         step, total = int(prog.get("step", 0)), int(prog.get("total", 0) or 1)
         bar_w = max(6, min(40, width - 40))
-        label = "cancelling" if job.get("cancel_requested") else "generating"
+        label = "cancelling" if job.get("cancel_requested") else job_activity(job)
         line: StyleAndTextTuples = [("class:timeline.state", f"  ▶ {label} ")]
         line += progress_fragments(step, total, bar_w)
         line.append(("class:progress.text",
@@ -481,14 +482,16 @@ def _job_state_lines(studio: Studio, job: dict[str, Any],
 
 
 def _take_head(studio: Studio, take: Take, label: str | None) -> StyleAndTextTuples:
-    """``  ▶ take 1  0:01/0:10  ``: the part of a take's line before its waveform."""
+    """``  ▶ take 1  0:01/0:10  `` (a stem's name for ``take 1``): the part of a take's
+    line before its waveform."""
     st, player = studio.state, studio.player
     playing_this = player.is_on(take.key, take.path)  # its live preview counts
     env = studio.waveforms.get(take.path)
     duration = env.duration_s if env is not None else take.duration_s
     marker = ("▶" if player.state == "playing" else "‖") if playing_this else \
         ("•" if st.selected_take == take.key else " ")
-    name = label if label is not None else f"take {take.index}"
+    # a stem's name padded as wide as "take 1", so the stems' times line up with takes'
+    name = label if label is not None else f"{take.label:<6}"
     time_text = (f"{clock(player.position())}/{clock(duration)}" if playing_this
                  else clock(duration))
     return [("class:take.playing" if playing_this else "class:take", f"  {marker} {name}"),
@@ -646,9 +649,11 @@ def render_queue(studio: Studio, width: int) -> Rendered:
         return Rendered([[("class:timeline.hint", " nothing queued")]])
     lines: Lines = []
     for job in active:
-        icon = "▶" if job["state"] == "generating" else "◌"
-        prompt = str((job.get("params") or {}).get("prompt", ""))
-        shown = "cancelling" if job.get("cancel_requested") else job["state"]
+        running = job["state"] == "generating"
+        icon = "▶" if running else "◌"
+        prompt = job_prompt(job)
+        shown = "cancelling" if job.get("cancel_requested") else \
+            job_activity(job) if running else job["state"]
         lines.append([("class:timeline.state", f" {icon} {shown:<11}"),
                       ("class:timeline.meta", fit(job["id"], width - 15))])
         lines.append([("class:timeline.prompt", "   " + fit(prompt, width - 3))])

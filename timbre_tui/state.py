@@ -502,22 +502,83 @@ class Take:
     #: The measured tempo and key ("Am"), when the history has them.
     bpm: float | None = None
     musical_key: str | None = None
+    #: The stem the file holds (``drums``) when a stems job wrote it; None for a take.
+    stem: str | None = None
 
     @property
     def key(self) -> tuple[str, int]:
         return (self.job_id, self.index)
 
     @property
+    def label(self) -> str:
+        """How a line names it: ``take 2``, or a stem's name (``drums``)."""
+        return self.stem or f"take {self.index}"
+
+    @property
     def name(self) -> str:
         return Path(self.path).name
 
 
-def takes_of(job: dict[str, Any]) -> list[Take]:
-    """The takes of one job record (empty unless it wrote files).
+#: A job's ``params.kind`` when it separates a take into stems (``takes.stems``) instead of
+#: making one (a generation's params have no ``kind``).
+STEMS_KIND = "stems"
+
+
+def is_stems_job(job: Mapping[str, Any]) -> bool:
+    """Whether ``job`` separates a take into stems: its ``params.prompt`` is then the source
+    take's, ``params.take`` the source's id, and its outputs are stem files."""
+    return (job.get("params") or {}).get("kind") == STEMS_KIND
+
+
+def stem_names(job: Mapping[str, Any]) -> list[str]:
+    """The stem each output of a stems job holds, in order (empty for any other job): its
+    recipe's ``stems``, else the file name's last ``-`` part (``take-1-drums.flac``: drums),
+    since the recipe is only written once the job is done."""
+    if not is_stems_job(job):
+        return []
+    named = (job.get("recipe") or {}).get("stems") or []
+    out: list[str] = []
+    for i, path in enumerate(job.get("outputs") or []):
+        name = named[i] if i < len(named) else None
+        out.append(name if isinstance(name, str) and name
+                   else Path(path).stem.rsplit("-", 1)[-1])
+    return out
+
+
+def job_activity(job: Mapping[str, Any]) -> str:
+    """What a running job is doing, in one word: ``separating`` or ``generating``."""
+    return "separating" if is_stems_job(job) else "generating"
+
+
+def job_prompt(job: Mapping[str, Any]) -> str:
+    """The prompt a job shows under: its own, or for a stems job ``stems of: `` the source
+    take's."""
+    prompt = str((job.get("params") or {}).get("prompt", ""))
+    return f"stems of: {prompt}" if is_stems_job(job) else prompt
+
+
+def _said(tables: Iterable[Mapping[str, Any]], *names: str) -> Any:
+    """The first value that is not None under any of ``names`` in ``tables``, in order."""
+    return next((t[n] for t in tables for n in names if t.get(n) is not None), None)
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) \
+        else None
+
+
+def takes_of(job: dict[str, Any],
+             records: Mapping[str, Mapping[str, Any]] | None = None) -> list[Take]:
+    """The takes of one job record (empty unless it wrote files), each with what
+    ``records`` (``takes.show`` answers by path) add: the measured tempo and key, and the
+    loudness when the job's record does not say it.
 
     This is the one place that knows how a record spells its takes: today ``outputs`` (paths)
     plus ``params``; later the history records (``takes`` with loudness, rating and tags).
+    A stems job's outputs are its stems, each named by :func:`stem_names`.
     """
+    known = records or {}
+    stems = stem_names(job)
     params = job.get("params") or {}
     extra: list[dict[str, Any]] = [t for t in job.get("takes") or [] if isinstance(t, dict)]
     # The recipe is what the take was made from; the job's params say the same before it
@@ -532,7 +593,9 @@ def takes_of(job: dict[str, Any]) -> list[Take]:
     out: list[Take] = []
     for i, path in enumerate(outputs):
         more = extra[i] if i < len(extra) else {}
-        loud = more.get("loudness_lufs", more.get("loudness"))
+        said = (more, known.get(path) or {})  # the job's own word first, then the history's
+        loud = _said(said, "loudness_lufs", "loudness", "loudness_after_lufs")
+        key = _said(said, "key")
         out.append(Take(
             job_id=job["id"], index=i + 1, path=path,
             duration_s=float(more.get("duration_s") or params.get("duration") or 0.0),
@@ -541,7 +604,10 @@ def takes_of(job: dict[str, Any]) -> list[Take]:
             loudness=float(loud) if isinstance(loud, int | float) else None,
             rating=more.get("rating"), tags=tuple(more.get("tags") or ()),
             lyrics=lyrics or None, backend=backend if isinstance(backend, str) else None,
-            provider=provider, cost=cost, job_takes=max(1, len(outputs))))
+            provider=provider, cost=cost, job_takes=max(1, len(outputs)),
+            bpm=_number(_said(said, "bpm")),
+            musical_key=key if isinstance(key, str) and key else None,
+            stem=stems[i] if i < len(stems) else None))
     return out
 
 
@@ -589,6 +655,9 @@ class StudioState:
     model_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: The hosted models ``models.list`` suggests, by name (they are in ``model_names`` too).
     hosted: dict[str, HostedModel] = field(default_factory=dict)
+    #: Models that separate takes into stems (``/stems``), kept out of ``model_names``: the
+    #: catalogue's separators, then installed models of their families.
+    separator_names: list[str] = field(default_factory=list)
     #: What each running hosted job's provider last said of it (``job.remote``: its own
     #: word, such as ``processing``), by job id.
     remote_status: dict[str, str] = field(default_factory=dict)
@@ -603,6 +672,11 @@ class StudioState:
     presets: dict[str, Preset] = field(default_factory=dict)
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     progress: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: What the daemon's history (``takes.show``) says of the timeline's takes, by path: the
+    #: measured tempo and key, which a job record does not carry.
+    take_records: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: The paths asked about (answered or not), so each is asked once.
+    take_lookups: set[str] = field(default_factory=set)
     params: Params = field(default_factory=Params)
     param_history: ParamHistory = field(default_factory=ParamHistory)
     selected_take: tuple[str, int] | None = None
@@ -656,6 +730,9 @@ class StudioState:
                 self.progress[job["id"]] = {"job_id": job["id"], **job["progress"],
                                             "eta_s": None}
         self._trim()
+        listed = {path for job in self.jobs.values() for path in job.get("outputs") or ()}
+        self.take_records = {p: r for p, r in self.take_records.items() if p in listed}
+        self.take_lookups &= listed
         if self.selected_take is not None and self.take(self.selected_take) is None:
             self.selected_take = None
 
@@ -664,14 +741,25 @@ class StudioState:
         self.loaded_models = list(status.get("models") or [])
         self.follow_family()
 
-    def set_models(self, installed: Iterable[Mapping[str, Any]], catalogue: Iterable[str],
+    def set_models(self, installed: Iterable[Mapping[str, Any]],
+                   catalogue: Iterable[str | Mapping[str, Any]],
                    hosted: Iterable[Mapping[str, Any]] = ()) -> None:
         """Take a ``models.list`` answer: the names to offer (installed, then the catalogue's,
-        then the hosted ones) and each one's family (a hosted model's is its provider's)."""
-        entries = list(installed)
+        then the hosted ones) and each one's family (a hosted model's is its provider's).
+
+        Catalogue entries are names, or records whose ``task`` says which of them (and of
+        the installed models, by family) separate stems: those go to ``separator_names``,
+        never to the models a prompt can be sent to."""
+        listed = [{"name": c} if isinstance(c, str) else c for c in catalogue]
+        separating = {c.get("backend") for c in listed if c.get("task") == "separate"}
+        entries = [m for m in installed if m.get("backend") not in separating]
+        apart = [m["name"] for m in installed if m.get("backend") in separating]
+        self.separator_names = list(dict.fromkeys(
+            [c["name"] for c in listed if c.get("task") == "separate"] + apart))
         names = [m["name"] for m in entries]
         self.hosted = {h.name: h for h in map(HostedModel.from_listing, hosted)}
-        local = names + [n for n in catalogue if n not in names]
+        local = names + [c["name"] for c in listed
+                         if c["name"] not in names and c.get("task") != "separate"]
         self.model_names = local + [n for n in self.hosted if n not in local]
         self.model_families = {m["name"]: m.get("backend") for m in entries}
         self.model_families.update({h.name: h.provider for h in self.hosted.values()})
@@ -897,7 +985,7 @@ class StudioState:
             self.progress.pop(job["id"], None)
             self.remote_status.pop(job["id"], None)
         if job["state"] == "done" and (old is None or old["state"] != "done") and was_following:
-            takes = takes_of(job)
+            takes = self.job_takes(job)
             if takes:
                 self.selected_take = takes[0].key
         self._trim()
@@ -917,9 +1005,43 @@ class StudioState:
     def _trim(self) -> None:
         while len(self.jobs) > HISTORY_LIMIT:
             oldest = next(iter(self.jobs))
-            del self.jobs[oldest]
+            for path in self.jobs.pop(oldest).get("outputs") or ():
+                self.take_records.pop(path, None)
+                self.take_lookups.discard(path)
             self.progress.pop(oldest, None)
             self.remote_status.pop(oldest, None)
+
+    # --- what the history knows of the timeline's takes -----------------------------------
+
+    def claim_take_lookups(self) -> list[str]:
+        """The done takes not asked about yet (``takes.show``), newest first (the ones in
+        sight fill in first), each marked asked. A stems job's files are not takes in the
+        history, so they are not asked about."""
+        out: list[str] = []
+        for job in reversed(self.timeline()):
+            if job["state"] != "done" or is_stems_job(job):
+                continue
+            for path in job.get("outputs") or ():
+                if path not in self.take_lookups:
+                    self.take_lookups.add(path)
+                    out.append(path)
+        return out
+
+    def unclaim_take_lookups(self, paths: Iterable[str]) -> None:
+        """Ask about ``paths`` again (their lookups were cut short by a lost connection)."""
+        self.take_lookups.difference_update(paths)
+
+    def learn_take(self, path: str, record: Mapping[str, Any]) -> bool:
+        """Keep ``takes.show``'s ``record`` of the take at ``path``; False when no job on
+        the timeline has it any more."""
+        if path not in self.take_lookups:
+            return False
+        self.take_records[path] = dict(record)
+        return True
+
+    def job_takes(self, job: dict[str, Any]) -> list[Take]:
+        """The takes of ``job``, with what the history said of them."""
+        return takes_of(job, self.take_records)
 
     # --- derived views --------------------------------------------------------------------
 
@@ -928,7 +1050,7 @@ class StudioState:
         return sorted(self.jobs.values(), key=lambda j: j["created_at"])
 
     def takes(self) -> list[Take]:
-        return [t for job in self.timeline() for t in takes_of(job)]
+        return [t for job in self.timeline() for t in self.job_takes(job)]
 
     def take(self, key: tuple[str, int] | None) -> Take | None:
         if key is None:
@@ -939,7 +1061,7 @@ class StudioState:
                 if t.key == key:
                     return t
             return None
-        for t in takes_of(job):
+        for t in self.job_takes(job):
             if t.index == key[1]:
                 return t
         return None
@@ -957,7 +1079,10 @@ class StudioState:
         return len(active) - queued, queued
 
     def last_seed(self) -> int | None:
+        """The seed of the newest take made (a stems job's seed is its separator's)."""
         for job in reversed(self.timeline()):
+            if is_stems_job(job):
+                continue
             seed = (job.get("params") or {}).get("seed")
             if isinstance(seed, int):
                 return seed
@@ -967,6 +1092,8 @@ class StudioState:
         """Distinct prompts, oldest first, as the daemon recorded them (shared by all windows)."""
         seen: dict[str, None] = {}
         for job in self.timeline():
+            if is_stems_job(job):  # the source take's prompt, not one sent again
+                continue
             prompt = (job.get("params") or {}).get("prompt")
             if isinstance(prompt, str) and prompt:
                 seen.pop(prompt, None)

@@ -31,8 +31,50 @@ def job(job_id: str, state: str, prompt: str, *, outputs: Sequence[str] = (),
                    "output": None, "keep_alive": None},
         "created_at": created_at, "started_at": None, "finished_at": None,
         "progress": progress, "error": error, "outputs": list(outputs), "attempts": 1,
-        "retry_of": None, "recipe": None, "cancel_requested": False,
+        "retry_of": None, "recipe": None, "cancel_requested": False, "timings": None,
+        "idempotency_key": None, "remote": None, "cost": None, "placement": None,
     }
+
+
+#: The stems htdemucs separates, in its order (the recipe's ``stems``).
+STEMS = ("drums", "bass", "other", "vocals")
+
+
+def stems_job(job_id: str, state: str, source: str, *, prompt: str = "warm lofi rhodes",
+              take_id: str = "t-1", names: Sequence[str] = STEMS, recipe: bool = True,
+              created_at: float = 1_800_000_000.0,
+              progress: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A ``takes.stems`` job as the daemon records one (timbred/queue/stems.py): the source
+    take's prompt and id in its params; once done, a stem file per name beside the source
+    (``take-1-drums.flac``) and, with ``recipe``, the recipe naming them in order."""
+    stem = Path(source)
+    done = state == "done"
+    outputs = [str(stem.with_name(f"{stem.stem}-{n}.flac")) for n in names] if done else []
+    record = job(job_id, state, prompt, outputs=outputs, created_at=created_at,
+                 progress=progress)
+    record["model"] = "htdemucs"
+    record["params"] = {"kind": "stems", "take": take_id, "source": source, "prompt": prompt,
+                        "backend": "demucs", "duration": 2.0, "variations": 1, "shifts": 1,
+                        "overlap": 0.25, "seed": 0, "export": {"format": "flac"},
+                        "keep_alive": None}
+    if done and recipe:
+        record["recipe"] = {"kind": "stems", "source": take_id, "model": "htdemucs",
+                            "backend": "demucs", "stems": list(names), "shifts": 1,
+                            "overlap": 0.25, "seed": 0, "sources": list(names)}
+    return record
+
+
+def take_record(path: str, *, job_id: str = "j-1", index: int = 1,
+                prompt: str = "warm lofi rhodes", bpm: float | None = None,
+                key: str | None = None, loudness: float | None = -14.0) -> dict[str, Any]:
+    """A take as ``takes.show`` and ``history.search`` give it (the Take schema)."""
+    return {"id": f"t-{job_id}-{index}", "job_id": job_id, "session": "s", "prompt": prompt,
+            "take_index": index, "path": path, "format": Path(path).suffix.lstrip("."),
+            "sample_rate": SR, "channels": 1, "duration_s": 2.0,
+            "loudness_before_lufs": None, "loudness_after_lufs": loudness,
+            "created_at": 1_800_000_000.0, "recipe": {"model": MUSICGEN_MODEL},
+            "deleted_at": None, "rating": None, "note": None, "tags": [], "bpm": bpm,
+            "key": key, "stems": []}
 
 
 def song(job_id: str, take: Path, lyrics: str | None, *, prompt: str = "a ballad",

@@ -23,7 +23,7 @@ from prompt_toolkit.output import DummyOutput
 from tests.tui.factories import job
 from timbre_tui.app import Studio
 from timbre_tui.playback import NullBackend
-from timbred.errors import TimbreError
+from timbred.errors import MethodNotFound, TimbreError
 from timbred.protocol.schema import check, openrpc, params_specs, rooted
 
 #: Daemon settings: windowed generation with a 2 s window keeps the tiny model's takes quick.
@@ -157,32 +157,63 @@ def check_result(method: str, result: Any) -> None:
 
 
 class RecordingDaemon:
-    """Stands in for :meth:`DaemonLink.call` where ``generate.submit`` matters: each request
-    is checked against the daemon's own params check (schemas/openrpc.json), kept in
-    ``sent``, and answered with a queued job as timbred answers, or refused with ``refuse``
-    (an error as the client raises it).
+    """Stands in for :meth:`DaemonLink.call` (and ``batch``): each request is checked
+    against the daemon's own params check (schemas/openrpc.json) and kept in ``calls``;
+    ``generate.submit``'s are kept in ``sent`` too and answered with a queued job as timbred
+    answers, or refused with ``refuse`` (an error as the client raises it).
 
     ``answers`` are other methods' results (``models.list``), each checked against the
-    method's result schema first."""
+    method's result schema first; ``handlers`` answer from the params (their results checked
+    as they are made, their errors raised as the client raises them). Any other method fails
+    the test, or with ``older`` is refused with MethodNotFound, as a daemon that predates it
+    refuses it."""
 
     def __init__(self, answers: Mapping[str, Any] | None = None, *,
-                 refuse: TimbreError | None = None) -> None:
+                 refuse: TimbreError | None = None,
+                 handlers: Mapping[str, Callable[[dict[str, Any]], Any]] | None = None,
+                 older: bool = False) -> None:
         self.sent: list[dict[str, Any]] = []
+        self.calls: list[tuple[str, dict[str, Any]]] = []
         self.answers = dict(answers or {})
         for method, result in self.answers.items():
             check_result(method, result)
+        self.handlers = dict(handlers or {})
         self.refuse = refuse
+        self.older = older
+        self.specs = params_specs()
+
+    def asked(self, method: str) -> list[dict[str, Any]]:
+        """The params of each call of ``method``, in order."""
+        return [params for name, params in self.calls if name == method]
 
     async def call(self, method: str, params: Mapping[str, Any] | None = None) -> Any:
+        sent = dict(params or {})
+        if method in self.specs:
+            self.specs[method].normalise(dict(sent))
+        self.calls.append((method, sent))
         if method in self.answers:
             return copy.deepcopy(self.answers[method])
+        if method in self.handlers:
+            result = self.handlers[method](sent)
+            check_result(method, result)
+            return result
         if method != "generate.submit":
+            if self.older:
+                raise MethodNotFound(f"no method {method!r}")
             raise AssertionError(f"the test expected only generate.submit, not {method}")
-        sent = dict(params or {})
-        params_specs()["generate.submit"].normalise(sent)
         self.sent.append(sent)
         if self.refuse is not None:
             raise self.refuse
         job_id = f"j-sent-{len(self.sent)}"
         return {"job_id": job_id, "job": job(job_id, "queued", sent["prompt"],
                                              created_at=1_900_000_000.0 + len(self.sent))}
+
+    async def batch(self, calls: list[tuple[str, Mapping[str, Any] | None]]) -> list[Any]:
+        """Each call in turn, an error in its place as the client's batch gives it."""
+        out: list[Any] = []
+        for method, params in calls:
+            try:
+                out.append(await self.call(method, params))
+            except TimbreError as exc:
+                out.append(exc)
+        return out

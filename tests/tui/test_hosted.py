@@ -269,7 +269,8 @@ class TestScreens:
             "sample_rate": 32000, "channels": 1, "duration_s": 2.0,
             "loudness_before_lufs": None, "loudness_after_lufs": -14.0,
             "created_at": 1_800_000_000.0, "recipe": recipe, "deleted_at": None,
-            "rating": None, "note": None, "tags": [], "bpm": None, "key": None}
+            "rating": None, "note": None, "tags": [], "bpm": None, "key": None,
+            "stems": []}
         check("history.search take", rooted(openrpc()["components"]["schemas"]["Take"]),
               record)
         take = take_from_history(record)
