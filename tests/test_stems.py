@@ -274,6 +274,24 @@ class TestStemsJobs:
         for event in seen:
             check_event({k: v for k, v in event.items() if k != "method"})
 
+    async def test_a_failed_write_leaves_no_half_set(
+            self, daemon: Daemon, client: Client, tiny_demucs: Path) -> None:
+        """The third stem cannot be written (its sidecar's name is taken): the job fails
+        naming the file, and the two stems written before it are removed again."""
+        take = await make_take(client, duration=1.0, fmt="wav")
+        source = Path(take["path"])
+        blocker = anyio.Path(source.with_name(f"{source.stem}-other.wav.json"))
+        await blocker.write_text("not ours")
+        job_id = (await client.call("takes.stems", {"take": take["id"],
+                                                    "model": str(tiny_demucs)}))["job_id"]
+        job, _ = await events_until_done(client, job_id)
+        assert job["state"] == "failed" and job["error"]["kind"] == "output_error"
+        assert "other" in job["error"]["message"]
+        names = sorted([p.name async for p in anyio.Path(source.parent).iterdir()])
+        assert names == sorted([source.name, f"{source.name}.json", blocker.name])
+        assert await blocker.read_text() == "not ours"
+        assert (await client.call("takes.show", {"take": take["id"]}))["stems"] == []
+
     async def test_deleting_a_take_deletes_its_stems(
             self, daemon: Daemon, client: Client, tiny_demucs: Path) -> None:
         take = await make_take(client, duration=1.0, fmt="wav")

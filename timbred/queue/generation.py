@@ -695,8 +695,8 @@ class Generation:
                         load_s: float) -> None:
         """Run a stems job on ``worker`` (its separator loaded as ``entry``) and write its
         stems beside the take. Errors are the caller's, as for a generation."""
-        take, audio, rate = await anyio.to_thread.run_sync(self.history.stems_source,
-                                                           job.params["take"])
+        take, audio, rate, metadata = await anyio.to_thread.run_sync(
+            self.history.stems_source, job.params["take"])
         separating = time.monotonic()
         separation = await worker.executor.separate(
             entry.model_id, audio, rate,
@@ -710,7 +710,7 @@ class Generation:
         recipe = stems.recipe(job, entry.model_id, separation)
         exporting = time.monotonic()
         written = await anyio.to_thread.run_sync(lambda: self.history.write_stems(
-            take.id, job_id=job.id, model=job.model, names=separation.names,
+            take, metadata, job_id=job.id, model=job.model, names=separation.names,
             stems=separation.stems, sample_rate=rate, request=job.params["export"],
             separation=stems.separation_record(job, separation)))
         done = time.monotonic()

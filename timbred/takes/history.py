@@ -298,43 +298,50 @@ class History:
 
     # --- stems --------------------------------------------------------------------------
 
-    def stems_source(self, take: str) -> tuple[Take, npt.NDArray[np.float32], int]:
-        """The take a separation starts from, and its audio as the file holds it (what the
-        user hears: the stems then add up to it)."""
+    def stems_source(self, take: str
+                     ) -> tuple[Take, npt.NDArray[np.float32], int, TakeMetadata]:
+        """The take a separation starts from: its record, its audio as the file holds it
+        (what the user hears: the stems then add up to it), its rate and its metadata."""
         record = self.library.get(take)
         if record.deleted_at is not None or not Path(record.path).is_file():
             raise TakeNotFound(take)
-        audio, rate, _metadata = read_take(record.path)
-        return record, audio, rate
+        audio, rate, metadata = read_take(record.path)
+        return record, audio, rate, metadata
 
-    def write_stems(self, take: str, *, job_id: str, model: str, names: Sequence[str],
-                    stems: npt.NDArray[np.float32], sample_rate: int,
+    def write_stems(self, take: Take, metadata: TakeMetadata, *, job_id: str, model: str,
+                    names: Sequence[str], stems: npt.NDArray[np.float32], sample_rate: int,
                     request: Mapping[str, Any], separation: Mapping[str, Any]
                     ) -> list[WrittenTake]:
         """Write each stem beside its take as ``<name>-<stem><ext>`` (the take's format
         unless the request names one) with the take's metadata and its stem name, and record
-        them in the history.
+        them in the history. A failure (a full disk) removes the stems written so far: a
+        set is whole or absent, and a retry writes it again.
 
         Stems are neither loudness-normalised nor mastered: each keeps its level in the
         mix, so that they sum back to the take.
         """
-        record = self.library.get(take)
-        source = Path(record.path)
-        _audio, _rate, metadata = read_take(source)
+        source = Path(take.path)
         options = dataclasses.replace(
-            self._existing_export(record, {}, {k: v for k, v in request.items()
-                                               if k in EXPORT_KEYS and k != "master"}),
+            self._existing_export(take, {}, {k: v for k, v in request.items()
+                                             if k in EXPORT_KEYS and k != "master"}),
             loudness_target_lufs=None, master=None)
         written: list[WrittenTake] = []
-        for name, audio in zip(names, stems, strict=True):
-            meta = dataclasses.replace(metadata, stem=name, loudness=None, mastering=None,
-                                       separation=dict(separation))
-            written.append(_beside(
-                source, f"{source.stem}-{name}", options.extension,
-                lambda dest, audio=audio, meta=meta: write_take(  # type: ignore[misc]
-                    dest, audio, sample_rate, options, meta), "stem"))
-        self.library.record_stems(record.id, job_id=job_id, model=model, stems=[
-            (name, str(w.path), options.format) for name, w in zip(names, written, strict=True)])
+        try:
+            for name, audio in zip(names, stems, strict=True):
+                meta = dataclasses.replace(metadata, stem=name, loudness=None, mastering=None,
+                                           separation=dict(separation))
+                written.append(_beside(
+                    source, f"{source.stem}-{name}", options.extension,
+                    lambda dest, audio=audio, meta=meta: write_take(  # type: ignore[misc]
+                        dest, audio, sample_rate, options, meta), "stem"))
+            self.library.record_stems(take.id, job_id=job_id, model=model, stems=[
+                (name, str(w.path), options.format)
+                for name, w in zip(names, written, strict=True)])
+        except BaseException:
+            for done in written:
+                for path in (Path(done.path), sidecar_path(done.path)):
+                    path.unlink(missing_ok=True)
+            raise
         return written
 
     def rate(self, take: str, value: str, note: str | None) -> Take:
