@@ -81,3 +81,49 @@ class TestParseKey:
         with pytest.raises(InvalidParams, match="is not a key") as info:
             parse_key(text)
         assert info.value.data["param"] == "key"
+
+
+class TestThreads:
+    """The daemon analyses and measures takes in threads (two workers' takes at once)."""
+
+    def test_tuning_of_a_take_with_no_pitch_is_zero_without_a_warning(self) -> None:
+        import warnings
+
+        from timbred.takes.analysis import ANALYSIS_RATE, _librosa, _tuning
+
+        librosa = _librosa()
+        t = np.arange(ANALYSIS_RATE * 2) / ANALYSIS_RATE
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # librosa's own estimate warns on the first
+            assert _tuning(librosa, np.zeros(ANALYSIS_RATE * 2, np.float32)) == 0.0
+            tuned = _tuning(librosa, np.sin(2 * np.pi * 440.0 * t).astype(np.float32))
+        assert abs(tuned) < 0.05
+
+    def test_overlapping_quiet_blocks_leave_the_filters_as_they_were(self) -> None:
+        """Two threads' blocks overlapping in time: the second waits for the first, so
+        neither restores the other's filters and none are left ignored for good."""
+        import threading
+        import time
+        import warnings
+
+        from timbred.takes.audio import warnings_ignored
+
+        before = list(warnings.filters)
+        inside = threading.Event()
+
+        def first() -> None:
+            with warnings_ignored():
+                inside.set()
+                time.sleep(0.3)
+
+        def second() -> None:
+            inside.wait()
+            with warnings_ignored():  # unlocked, it would end after the first's, restoring
+                time.sleep(0.5)       # the filters the first set: "ignore", for good
+
+        threads = [threading.Thread(target=first), threading.Thread(target=second)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert warnings.filters == before

@@ -28,7 +28,6 @@ import dataclasses
 import importlib
 import math
 import re
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -37,7 +36,7 @@ import numpy as np
 import numpy.typing as npt
 
 from timbred.errors import InvalidParams
-from timbred.takes.audio import as_audio, check_rate
+from timbred.takes.audio import as_audio, check_rate, warnings_ignored
 
 __all__ = ["MIN_ANALYSIS_S", "Analysis", "analyse", "parse_key"]
 
@@ -162,10 +161,9 @@ def analyse(audio: npt.ArrayLike, sample_rate: int) -> Analysis:
         return nothing
     y = y / peak  # level does not change tempo or key; a quiet take is measured alike
     librosa = _librosa()
-    with warnings.catch_warnings():
-        # librosa warns on short or near-silent input ("n_fft too large", empty frequency
-        # set); those cases are what the None fields say.
-        warnings.simplefilter("ignore")
+    with warnings_ignored():
+        # librosa warns on short or near-silent input ("n_fft too large"); those cases are
+        # what the None fields say.
         bpm, beats, downbeat = _tempo(librosa, y)
         key, confidence = _key(librosa, y)
     tonic, mode = key if key is not None else (None, None)
@@ -200,9 +198,29 @@ def _tempo(librosa: Any, y: npt.NDArray[np.float32]
     return bpm, tuple(round(float(t), 3) for t in times), round(downbeat, 3)
 
 
+#: Chroma bins per octave (librosa's chroma_cqt default), also the tuning estimate's.
+_CHROMA_BINS = 36
+
+
+def _tuning(librosa: Any, y: npt.NDArray[np.float32]) -> float:
+    """The take's deviation from A440 in fractions of a chroma bin, as ``chroma_cqt`` would
+    estimate it itself (librosa's ``estimate_tuning``: pitches tracked, the louder half's
+    deviations), except that a take with no pitch to track (noise, near-silence) is taken
+    as in tune instead of a UserWarning from every analysis of it."""
+    pitch, mag = librosa.piptrack(y=y, sr=ANALYSIS_RATE)
+    pitched = pitch > 0
+    if not pitched.any():
+        return 0.0
+    found = pitch[(mag >= np.median(mag[pitched])) & pitched]
+    if found.size == 0:
+        return 0.0
+    return float(librosa.pitch_tuning(found, bins_per_octave=_CHROMA_BINS))
+
+
 def _key(librosa: Any, y: npt.NDArray[np.float32]) -> tuple[tuple[str, str] | None,
                                                           float | None]:
-    chroma = librosa.feature.chroma_cqt(y=y, sr=ANALYSIS_RATE)
+    chroma = librosa.feature.chroma_cqt(y=y, sr=ANALYSIS_RATE, bins_per_octave=_CHROMA_BINS,
+                                        tuning=_tuning(librosa, y))
     profile = np.asarray(chroma.mean(axis=1), dtype=np.float64)
     if not np.isfinite(profile).all() or profile.std() < 1e-6:
         return None, None

@@ -6,6 +6,10 @@ cleaned here, once per call, the same way: NaN becomes 0 and +-inf +-1 before an
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import warnings
+from collections.abc import Iterator
 from typing import Final
 
 import numpy as np
@@ -13,7 +17,7 @@ import numpy.typing as npt
 
 from timbred.errors import InvalidParams
 
-__all__ = ["F64", "MAX_CHANNELS", "Audio", "as_audio", "check_rate"]
+__all__ = ["F64", "MAX_CHANNELS", "Audio", "as_audio", "check_rate", "warnings_ignored"]
 
 #: What the stages return: float32 ``(channels, samples)``.
 Audio = npt.NDArray[np.float32]
@@ -45,3 +49,22 @@ def check_rate(sample_rate: object) -> int:
                             param="sample_rate")
     return int(sample_rate)
 
+
+#: Held while the warning filters are changed: they are the process's, shared by threads.
+_FILTERS = threading.RLock()
+
+
+@contextlib.contextmanager
+def warnings_ignored(category: type[Warning] = Warning) -> Iterator[None]:
+    """Ignore ``category`` for the block, one thread at a time.
+
+    ``warnings.catch_warnings`` saves and restores the process's filters, which every thread
+    shares. The daemon measures and analyses takes in threads (two workers' takes encoded at
+    once): two overlapping blocks restore each other's filters, so a warning escapes one
+    (an error under pytest's ``-W error``) and the other can leave warnings ignored for
+    good. pyloudnorm and librosa change the filters inside their own calls too, so those
+    calls run under this lock as well.
+    """
+    with _FILTERS, warnings.catch_warnings():
+        warnings.simplefilter("ignore", category)
+        yield

@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import math
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -30,7 +29,7 @@ import numpy.typing as npt
 import pyloudnorm
 
 from timbred.errors import InvalidParams
-from timbred.takes.audio import F64, Audio, as_audio, check_rate
+from timbred.takes.audio import F64, Audio, as_audio, check_rate, warnings_ignored
 from timbred.takes.options import check_number
 
 __all__ = [
@@ -129,8 +128,7 @@ def _integrated_loudness(x: F64, sample_rate: int) -> float | None:
     if channels > LOUDNESS_MAX_CHANNELS or n < LOUDNESS_BLOCK_S * sample_rate:
         return None
     meter = pyloudnorm.Meter(sample_rate, block_size=LOUDNESS_BLOCK_S)
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore", RuntimeWarning)
+    with warnings_ignored(RuntimeWarning), np.errstate(all="ignore"):
         value = float(meter.integrated_loudness(np.ascontiguousarray(x.T)))
     return value if math.isfinite(value) else None
 
