@@ -225,7 +225,8 @@ class _Worker:
                 self.inbox.put((op, rid, payload))
 
     def register(self, op: str, rid: int, payload: Mapping[str, Any]) -> None:
-        """A generate request's cancel tokens, one per request of its batch."""
+        """A long request's cancel tokens: a generation's, one per request of its batch; a
+        separation's, one."""
         if op in CANCELLABLE:
             count = len(payload.get("items", ())) if op == "generate" else 1
             with self.lock:
@@ -365,7 +366,6 @@ class _Worker:
             out.decode_s = decode_s
         return outputs
 
-
     def _progress(self, rid: int) -> Callable[[int, int], None]:
         """Request ``rid``'s progress messages, about 20 a second (first and last always)."""
         last = 0.0
@@ -378,7 +378,7 @@ class _Worker:
                 self.send(("progress", rid, (step, total)))
         return progress
 
-    def separate(self, rid: int, payload: Mapping[str, Any]) -> Any:
+    def separate(self, rid: int, payload: Mapping[str, Any]) -> Separation:
         """A take's audio into stems with a loaded separator (``takes.stems``)."""
         model_id = str(payload["model_id"])
         with self.lock:
@@ -391,11 +391,12 @@ class _Worker:
             raise errors.InvalidParams(f"{model_id} ({slot.backend_name}) does not separate "
                                        "stems", param="model")
         began = time.perf_counter()
-        result = separate(payload["audio"], int(payload["sample_rate"]),
-                          shifts=int(payload.get("shifts", 1)),
-                          overlap=float(payload.get("overlap", 0.25)),
-                          seed=int(payload.get("seed", 0)), progress=self._progress(rid),
-                          cancel=tokens[0] if tokens else None)
+        result: Separation = separate(payload["audio"], int(payload["sample_rate"]),
+                                      shifts=int(payload.get("shifts", 1)),
+                                      overlap=float(payload.get("overlap", 0.25)),
+                                      seed=int(payload.get("seed", 0)),
+                                      progress=self._progress(rid),
+                                      cancel=tokens[0] if tokens else None)
         result.info["model_id"] = model_id
         result.info["separate_s"] = time.perf_counter() - began
         return result
