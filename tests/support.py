@@ -17,6 +17,13 @@ import soundfile as sf
 from timbred.protocol.schema import openrpc, rooted
 
 
+def write_toml(directory: Path, name: str, text: str) -> Path:
+    """``directory/name.toml`` holding ``text`` (a user's preset or mastering chain)."""
+    path = directory / f"{name}.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
 class RawConnection:
     """Bytes in, JSON out, over a real Unix socket; no client library in the way."""
 

@@ -11,7 +11,6 @@ import json
 import math
 import tomllib
 from pathlib import Path
-from typing import Any
 
 import jsonschema
 import numpy as np
@@ -19,8 +18,9 @@ import numpy.typing as npt
 import pyloudnorm
 import pytest
 
+from tests.support import write_toml
 from timbred.errors import InvalidParams
-from timbred.protocol.schema import schema_dir
+from timbred.protocol.schema import load as load_schema
 from timbred.takes.mastering import (
     CEILING,
     CLIP,
@@ -108,17 +108,6 @@ def user_dir(tmp_path: Path) -> Path:
     return d
 
 
-def write(directory: Path, name: str, text: str) -> Path:
-    path = directory / f"{name}.toml"
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
-def schema_doc() -> dict[str, Any]:
-    doc: dict[str, Any] = json.loads((schema_dir() / "mastering.schema.json").read_text())
-    return doc
-
-
 # --- shipped chains and the schema ------------------------------------------------------------
 
 
@@ -137,11 +126,11 @@ class TestShipped:
         """Each file is valid against the schema, loads, and its to_dict() (every setting
         filled in) is valid too and names every setting of its effect type."""
         path = shipped_dir() / f"{name}.toml"
-        jsonschema.validate(tomllib.loads(path.read_text()), schema_doc())
+        jsonschema.validate(tomllib.loads(path.read_text()), load_schema("mastering.schema.json"))
         chain = load_chain(name)
         assert (chain.name, chain.source, chain.path) == (name, "shipped", path)
         recorded = chain.to_dict()
-        jsonschema.validate(recorded, schema_doc())
+        jsonschema.validate(recorded, load_schema("mastering.schema.json"))
         for effect in recorded["effects"]:
             assert set(effect) == {"type", *EFFECTS[effect["type"]].settings}
 
@@ -161,7 +150,7 @@ class TestShipped:
     def test_the_schema_agrees_with_the_registry(self) -> None:
         """schemas/mastering.schema.json states exactly the registry's effect types, and for
         each setting the registry's default and range."""
-        doc = schema_doc()
+        doc = load_schema("mastering.schema.json")
         jsonschema.Draft202012Validator.check_schema(doc)
         items = doc["properties"]["effects"]["items"]
         assert items["properties"]["type"]["enum"] == list(EFFECTS)
@@ -187,7 +176,7 @@ class TestUserChains:
     def test_a_user_chain_overrides_a_shipped_one(self, user_dir: Path) -> None:
         """A user file named like a shipped chain wins, in load_chain and in the listing;
         settings it leaves out take the registry's defaults."""
-        path = write(user_dir, "streaming", 'description = "mine"\n[[effects]]\n'
+        path = write_toml(user_dir, "streaming", 'description = "mine"\n[[effects]]\n'
                      'type = "compressor"\nratio = 3\n[target]\nloudness_lufs = -16\n')
         chain = load_chain("streaming", user_dir)
         assert (chain.source, chain.path, chain.description) == ("user", path, "mine")
@@ -202,7 +191,7 @@ class TestUserChains:
     def test_a_new_user_chain_is_listed_and_a_missing_directory_is_fine(
             self, user_dir: Path, tmp_path: Path) -> None:
         """A user chain with a new name joins the list; a missing directory has no chains."""
-        write(user_dir, "warm", '[[effects]]\ntype = "saturation"\n')
+        write_toml(user_dir, "warm", '[[effects]]\ntype = "saturation"\n')
         names = [i.name for i in list_chains(user_dir)]
         assert names == sorted([*SHIPPED, "warm"])
         assert load_chain("warm", user_dir).effects[0].settings["drive_db"] == 6.0
@@ -227,7 +216,7 @@ class TestUserChains:
             self, user_dir: Path, text: str, key: str, words: str) -> None:
         """Each mistake is an InvalidParams on `master` whose message names the file and the
         key and says what was expected; the listing shows the file with that problem."""
-        path = write(user_dir, "mine", text)
+        path = write_toml(user_dir, "mine", text)
         with pytest.raises(InvalidParams) as caught:
             load_chain("mine", user_dir)
         error = caught.value
@@ -241,7 +230,7 @@ class TestUserChains:
     def test_an_unknown_chain_lists_the_known_ones(self, user_dir: Path) -> None:
         """An unknown name is InvalidParams on `master` with a close match, the known chains
         and where to add one; a name that could not be a file name is refused as such."""
-        write(user_dir, "warm", "")
+        write_toml(user_dir, "warm", "")
         with pytest.raises(InvalidParams) as caught:
             load_chain("clubb", user_dir)
         message = caught.value.message

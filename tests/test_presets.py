@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import tomllib
 from pathlib import Path
-from typing import Any
 
 import jsonschema
 import pytest
 
+from tests.support import write_toml
 from timbred.errors import InvalidParams, PresetInvalid, PresetNotFound
 from timbred.presets import (
     EXPORT_KEYS,
@@ -22,7 +21,7 @@ from timbred.presets import (
     load,
     shipped_dir,
 )
-from timbred.protocol.schema import schema_dir
+from timbred.protocol.schema import load as load_schema
 
 SHIPPED = ("ambient", "cinematic", "lofi", "orchestral", "share", "techno")
 
@@ -32,17 +31,6 @@ def user_dir(tmp_path: Path) -> Path:
     d = tmp_path / "presets"
     d.mkdir()
     return d
-
-
-def write(directory: Path, name: str, text: str) -> Path:
-    path = directory / f"{name}.toml"
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
-def schema_doc() -> dict[str, Any]:
-    doc: dict[str, Any] = json.loads((schema_dir() / "preset.schema.json").read_text())
-    return doc
 
 
 class TestShipped:
@@ -60,7 +48,7 @@ class TestShipped:
     def test_every_shipped_preset_loads_and_validates(self, name: str, user_dir: Path) -> None:
         """Each shipped file is valid against the schema and wraps prompts sensibly."""
         path = shipped_dir() / f"{name}.toml"
-        jsonschema.validate(tomllib.loads(path.read_text()), schema_doc())
+        jsonschema.validate(tomllib.loads(path.read_text()), load_schema("preset.schema.json"))
         preset = load(name, user_dir)
         assert (preset.name, preset.source, preset.path) == (name, "shipped", path)
         assert set(preset.params) <= PARAM_KEYS and set(preset.export) <= EXPORT_KEYS
@@ -79,7 +67,7 @@ class TestShipped:
 
     def test_the_schema_document(self) -> None:
         """The schema is Draft 2020-12 with its $id, and names exactly the module's keys."""
-        doc = schema_doc()
+        doc = load_schema("preset.schema.json")
         jsonschema.Draft202012Validator.check_schema(doc)
         assert doc["$id"] == "https://timbre.invalid/schemas/preset.schema.json"
         assert set(doc["properties"]["params"]["properties"]) == PARAM_KEYS
@@ -89,8 +77,8 @@ class TestShipped:
 class TestUserPresets:
     def test_a_user_preset_overrides_the_shipped_one(self, user_dir: Path) -> None:
         """A user file named like a shipped preset wins, in load and in the listing."""
-        path = write(user_dir, "lofi", 'description = "My lofi"\n[params]\nduration = 12\n')
-        write(user_dir, "mine", 'description = "Mine"\nprompt_prefix = "kazoo"\n')
+        path = write_toml(user_dir, "lofi", 'description = "My lofi"\n[params]\nduration = 12\n')
+        write_toml(user_dir, "mine", 'description = "Mine"\nprompt_prefix = "kazoo"\n')
         preset = load("lofi", user_dir)
         assert (preset.source, preset.path, preset.description) == ("user", path, "My lofi")
         assert dict(preset.params) == {"duration": 12} and preset.prompt_prefix == ""
@@ -107,7 +95,7 @@ class TestUserPresets:
                             lambda app: str(tmp_path / "config" / app))
         assert default_user_dir() == tmp_path / "config" / "timbre" / "presets"
         default_user_dir().mkdir(parents=True)
-        write(default_user_dir(), "techno", 'description = "Mine"\n')
+        write_toml(default_user_dir(), "techno", 'description = "Mine"\n')
         assert load("techno").source == "user"
 
     def test_a_missing_user_dir_has_no_presets(self, tmp_path: Path) -> None:
@@ -116,14 +104,14 @@ class TestUserPresets:
 
     def test_a_broken_user_preset_is_listed_with_its_problem(self, user_dir: Path) -> None:
         """list_presets does not fail on a malformed file; it reports it."""
-        write(user_dir, "broken", "[params]\nduration = 9000\n")
+        write_toml(user_dir, "broken", "[params]\nduration = 9000\n")
         info = {i.name: i for i in list_presets(user_dir)}["broken"]
         assert info.problem is not None and "params.duration" in info.problem
         assert info.description == ""
 
     def test_integers_written_as_floats_become_integers(self, user_dir: Path) -> None:
         """top_k = 40.0 passes the schema as an integer and is loaded as int 40."""
-        write(user_dir, "f", "[params]\ntop_k = 40.0\n[export]\nmp3_bitrate_kbps = 128.0\n")
+        write_toml(user_dir, "f", "[params]\ntop_k = 40.0\n[export]\nmp3_bitrate_kbps = 128.0\n")
         preset = load("f", user_dir)
         assert type(preset.params["top_k"]) is int and type(preset.export["mp3_bitrate_kbps"])\
             is int
@@ -165,7 +153,7 @@ class TestInvalid:
         self, user_dir: Path, text: str, key: str, expected: str
     ) -> None:
         """Bad TOML, bad values and unknown keys raise PresetInvalid with file, key, expected."""
-        path = write(user_dir, "bad", text)
+        path = write_toml(user_dir, "bad", text)
         with pytest.raises(PresetInvalid) as info:
             load("bad", user_dir)
         err = info.value
@@ -175,7 +163,7 @@ class TestInvalid:
 
     def test_false_switches_loudness_off(self, user_dir: Path) -> None:
         """loudness_target_lufs = false is valid and kept as False."""
-        write(user_dir, "quiet", "[export]\nloudness_target_lufs = false\n")
+        write_toml(user_dir, "quiet", "[export]\nloudness_target_lufs = false\n")
         assert load("quiet", user_dir).export["loudness_target_lufs"] is False
 
     def test_not_utf8_and_too_big(self, user_dir: Path) -> None:
@@ -183,7 +171,7 @@ class TestInvalid:
         (user_dir / "latin.toml").write_bytes(b'description = "caf\xe9"\n')
         with pytest.raises(PresetInvalid, match="UTF-8"):
             load("latin", user_dir)
-        write(user_dir, "huge", "# " + "x" * 70_000 + "\n")
+        write_toml(user_dir, "huge", "# " + "x" * 70_000 + "\n")
         with pytest.raises(PresetInvalid, match="64 KiB"):
             load("huge", user_dir)
 

@@ -21,6 +21,7 @@ import anyio
 import jsonschema
 import mutagen
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from tests.backends import pulse
@@ -136,20 +137,34 @@ class TestInTheWorker:
             backend.generate_batch([])
 
     def test_a_bag_of_several_models_weights_its_sources(self, tmp_path: Path) -> None:
-        """htdemucs_ft's layout: four models, each weighted to one source."""
+        """htdemucs_ft's layout: several models, each weighted to its sources. Here the
+        first model makes drums and bass, the second other and vocals: each pair is what
+        that model alone separates."""
         from timbred.testing.tiny_demucs import htdemucs_kwargs
         from timbred.worker.stems import DemucsBackend
 
         save_bag(tmp_path / "ft", "tiny-ft", htdemucs_kwargs(), models=2)
         bag = tmp_path / "ft" / "tiny-ft.yaml"
+        first, second = (f"{n:08x}" for n in range(2))
         bag.write_text(bag.read_text() + "weights: [[1., 1., 0., 0.], [0., 0., 1., 1.]]\n")
-        b = DemucsBackend()
-        b.load(str(tmp_path / "ft"), device="cpu", dtype="float32")
-        seen: list[int] = []
-        out = b.separate(np.zeros((2, 44_100), np.float32) + 0.01, 44_100,
-                         progress=lambda s, t: seen.append(t))
-        assert out.stems.shape == (4, 2, 44_100)
-        assert len(b._require().bag.models) == 2
+        audio = (np.random.default_rng(2).standard_normal((2, 44_100)) * 0.1
+                 ).astype(np.float32)
+
+        def separated(directory: Path) -> npt.NDArray[np.float32]:
+            b = DemucsBackend()
+            b.load(str(directory), device="cpu", dtype="float32")
+            stems: npt.NDArray[np.float32] = b.separate(audio, 44_100, shifts=0).stems
+            return stems
+
+        both = separated(tmp_path / "ft")
+        assert both.shape == (4, 2, 44_100)
+        for sig, rows in ((first, slice(0, 2)), (second, slice(2, 4))):
+            alone = tmp_path / sig
+            alone.mkdir()
+            (alone / f"{sig}.safetensors").symlink_to(tmp_path / "ft" / f"{sig}.safetensors")
+            (alone / "one.yaml").write_text(f"models: ['{sig}']\n")
+            np.testing.assert_allclose(both[rows], separated(alone)[rows], rtol=1e-5,
+                                       atol=1e-6)
 
 
 class TestStemsJobs:

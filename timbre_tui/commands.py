@@ -24,6 +24,7 @@ from timbre_tui.state import (
     FORMATS,
     RETRYABLE_STATES,
     ParamSpec,
+    Take,
     format_value,
     parse_value,
 )
@@ -308,10 +309,17 @@ def retry(studio: Studio, job_id: str | None) -> None:
     studio.spawn(go, what="retry")
 
 
-def export(studio: Studio, fmt: str) -> None:
+def _selected(studio: Studio, to: str) -> Take | None:
+    """The selected take, or None after saying how to select one (``to`` what for)."""
     take = studio.state.selected()
     if take is None:
-        studio.say("select a take to export (Alt-↑/↓ or the timeline)")
+        studio.say(f"select a take to {to} (Alt-↑/↓ or the timeline)")
+    return take
+
+
+def export(studio: Studio, fmt: str) -> None:
+    take = _selected(studio, "export")
+    if take is None:
         return
     if fmt not in FORMATS:
         studio.say(f"export: {fmt!r} is not one of {', '.join(FORMATS)}", "error")
@@ -336,9 +344,8 @@ SHIPPED_CHAINS: Final = (("streaming", "-14 LUFS, -1 dBTP: gentle glue"),
 
 def master(studio: Studio, chain: str) -> None:
     """``/master CHAIN``: the selected take through a mastering chain, as a new file."""
-    take = studio.state.selected()
+    take = _selected(studio, "master")
     if take is None:
-        studio.say("select a take to master (Alt-↑/↓ or the timeline)")
         return
     if not chain:
         studio.say("usage: /master streaming|club|tape|none|YOUR-CHAIN", "error")
@@ -353,9 +360,8 @@ def master(studio: Studio, chain: str) -> None:
 
 def loop(studio: Studio, bars: str) -> None:
     """``/loop BARS``: a loop of whole bars cut from the selected take, beside it."""
-    take = studio.state.selected()
+    take = _selected(studio, "loop")
     if take is None:
-        studio.say("select a take to loop (Alt-↑/↓ or the timeline)")
         return
     if not bars.isdecimal() or not 1 <= int(bars) <= 64:
         studio.say("usage: /loop BARS (1 to 64 bars at the take's tempo)", "error")
@@ -371,9 +377,8 @@ def loop(studio: Studio, bars: str) -> None:
 def stems(studio: Studio, model: str) -> None:
     """``/stems [MODEL]``: the selected take separated into stems (drums, bass, other,
     vocals), a job in the queue whose files land beside the take."""
-    take = studio.state.selected()
+    take = _selected(studio, "separate into stems")
     if take is None:
-        studio.say("select a take to separate into stems (Alt-↑/↓ or the timeline)")
         return
     if take.stem is not None:
         studio.say(f"{take.name} is a stem already; select the take it came from", "error")
@@ -398,9 +403,8 @@ def separators(studio: Studio) -> list[tuple[str, str]]:
 
 
 def rate(studio: Studio, rating: str) -> None:
-    take = studio.state.selected()
+    take = _selected(studio, "rate")
     if take is None:
-        studio.say("select a take to rate (Alt-↑/↓ or the timeline)")
         return
     if rating not in ("up", "down"):
         studio.say("usage: /rate up|down", "error")

@@ -290,20 +290,12 @@ async def cmd_takes(args: argparse.Namespace) -> int:
         params = {"take": take, **_export_params(args)}
         if args.preset:
             params["preset"] = args.preset
-        if args.output:
-            params["output"] = _absolute(args.output)
-        async with connect(args.socket, timeout=args.timeout) as client:
-            result = await client.call("takes.export", params, timeout=None)
-        args.out.result(result, result["path"])
+        await _write_from_take(args, "takes.export", params)
     elif action == "loop":
         params = {"take": take, "bars": args.bars, **_export_params(args)}
         if args.beats_per_bar is not None:
             params["beats_per_bar"] = args.beats_per_bar
-        if args.output:
-            params["output"] = _absolute(args.output)
-        async with connect(args.socket, timeout=args.timeout) as client:
-            result = await client.call("takes.loop", params, timeout=None)
-        args.out.result(result, result["path"])
+        await _write_from_take(args, "takes.loop", params)
     elif action == "stems":
         params = {"take": take, "model": generate.model_name(args.model),
                   "shifts": args.shifts, "overlap": args.overlap, "seed": args.seed,
@@ -331,6 +323,17 @@ async def cmd_takes(args: argparse.Namespace) -> int:
         result = await _call(args, "takes.rm", {"take": take})
         args.out.result(result, f"deleted {shown['path']}")
     return EXIT_OK
+
+
+async def _write_from_take(args: argparse.Namespace, method: str,
+                           params: dict[str, Any]) -> None:
+    """takes export / loop: a new file from a take (at ``-o``, else beside it), however
+    long encoding takes; prints its path."""
+    if args.output:
+        params["output"] = _absolute(args.output)
+    async with connect(args.socket, timeout=args.timeout) as client:
+        result = await client.call(method, params, timeout=None)
+    args.out.result(result, result["path"])
 
 
 async def cmd_edit(args: argparse.Namespace) -> int:
@@ -586,8 +589,8 @@ def build_parser() -> argparse.ArgumentParser:
             tp.description = (
                 "Queue the separation of TAKE into stems with a Demucs model and wait for it, "
                 "showing progress; each stem is written beside the take as NAME-STEM.EXT, "
-                "at the take's sample rate and length, not normalised (they add up to the "
-                "take). Get the model first: timbrectl models pull htdemucs")
+                "at the take's sample rate and length, not normalised (together they add up "
+                "to about the take). Get the model first: timbrectl models pull htdemucs")
             tp.add_argument("-m", "--model", metavar="MODEL",
                             help="the separator: htdemucs (default) or htdemucs_ft (four "
                                  "fine-tuned models: better, four times slower)")

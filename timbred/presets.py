@@ -48,7 +48,6 @@ import tomllib
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -139,14 +138,6 @@ def _candidates(user_dir: Path | None) -> tuple[dict[str, Path], dict[str, Path]
 # --- reading and validating -------------------------------------------------------------------
 
 
-@cache
-def _validator() -> jsonschema.protocols.Validator:
-    doc = schema.load(SCHEMA_FILE)
-    cls = jsonschema.validators.validator_for(doc)
-    validator: jsonschema.protocols.Validator = cls(doc)
-    return validator
-
-
 def _number(value: object) -> str:
     return json.dumps(value)
 
@@ -211,7 +202,7 @@ def _read(name: str, path: Path, source: Source) -> Preset:
                             f"{exc.start})") from exc
     except tomllib.TOMLDecodeError as exc:
         raise PresetInvalid(str(path), "(syntax)", f"valid TOML: {exc}") from exc
-    errors = sorted(_validator().iter_errors(doc),
+    errors = sorted(schema.validator(SCHEMA_FILE).iter_errors(doc),
                     key=lambda e: [str(part) for part in e.absolute_path])
     if errors:
         raise _invalid(path, errors[0])

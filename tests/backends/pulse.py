@@ -9,7 +9,6 @@ on beats 1 (strong) and 3 (soft) as a kick would mark the bar. A test fixture, n
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from types import MappingProxyType
@@ -17,7 +16,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from tests.backends.tone import ToneBackend
+from tests.backends.tone import ToneBackend, write_config
 from timbred.backends import BackendCapabilities, BackendSpec
 from timbred.request import Request
 from timbred.worker.backend import Capabilities, GenerationOutput
@@ -29,10 +28,7 @@ _NOTES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 
 def make_model(directory: Path) -> Path:
     """Write a pulse "model" directory (a test fixture) and return it."""
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / CONFIG).write_text(json.dumps({"pulse_fixture": True,
-                                                "sample_rate": SAMPLE_RATE}))
-    return directory
+    return write_config(directory, CONFIG, pulse_fixture=True, sample_rate=SAMPLE_RATE)
 
 
 SPEC = BackendSpec(

@@ -14,7 +14,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 from types import MappingProxyType
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -35,12 +35,16 @@ CONFIG = "tone.json"
 STEPS_PER_S = 20
 
 
+def write_config(directory: Path, name: str, **fields: Any) -> Path:
+    """A test family's "model" directory: ``name`` holding ``fields`` as JSON."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / name).write_text(json.dumps(fields))
+    return directory
+
+
 def make_model(directory: Path, *, sample_rate: int = 8000) -> Path:
     """Write a tone "model" directory (a test fixture) and return it."""
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / CONFIG).write_text(json.dumps({"tone_fixture": True,
-                                                "sample_rate": sample_rate}))
-    return directory
+    return write_config(directory, CONFIG, tone_fixture=True, sample_rate=sample_rate)
 
 
 SPEC = BackendSpec(

@@ -38,6 +38,16 @@ def load(name: str) -> dict[str, Any]:
     return doc
 
 
+@cache
+def validator(name: str) -> jsonschema.protocols.Validator:
+    """A validator for one schema document by file name (cached, like :func:`load`), of the
+    draft the document names (2020-12 when it names none)."""
+    doc = load(name)
+    cls = jsonschema.validators.validator_for(doc, default=jsonschema.Draft202012Validator)
+    checker: jsonschema.protocols.Validator = cls(doc)
+    return checker
+
+
 def openrpc() -> dict[str, Any]:
     """The OpenRPC document."""
     return load("openrpc.json")

@@ -11,14 +11,13 @@ one file per stem beside the take, recorded in the history
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from timbred import __version__, models
 from timbred.backends import registry
-from timbred.errors import InvalidParams, ModelNotFound, TakeNotFound
+from timbred.errors import InvalidParams, ModelNotFound
+from timbred.protocol import schema
 from timbred.queue.jobs import Job
 from timbred.takes.history import History
 from timbred.worker.backend import Separation
@@ -41,9 +40,7 @@ def is_stems(job: Job) -> bool:
 def resolve(history: History, params: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     """A ``takes.stems`` request checked (the take there, the model a downloaded separator,
     its settings in range), as the model and the job's params. Blocking (files, SQLite)."""
-    take = history.show(str(params["take"]))
-    if take.deleted_at is not None or not Path(take.path).is_file():
-        raise TakeNotFound(str(params["take"]))
+    take = history.existing(str(params["take"]))
     model = str(params.get("model") or DEFAULT_MODEL)
     ref = models.resolve(model)
     spec = registry.get(ref.backend) if ref.backend is not None else None
@@ -57,14 +54,7 @@ def resolve(history: History, params: Mapping[str, Any]) -> tuple[str, dict[str,
         raise ModelNotFound(model, f"not downloaded yet{missing}; run `timbrectl models pull "
                                    f"{model}` first")
     own = {**spec.defaults(), **{k: params[k] for k in spec.params if params.get(k) is not None}}
-    shifts, overlap = own["shifts"], own["overlap"]
-    if isinstance(shifts, bool) or not isinstance(shifts, int) or not 0 <= shifts <= 20:
-        raise InvalidParams(f"shifts must be an integer from 0 to 20, got {shifts!r}",
-                            param="shifts")
-    if isinstance(overlap, bool) or not isinstance(overlap, int | float) \
-            or not math.isfinite(overlap) or not 0 <= overlap <= 0.9:
-        raise InvalidParams(f"overlap must be a number from 0 to 0.9, got {overlap!r}",
-                            param="overlap")
+    schema.check("takes.stems", spec.params_schema(), own)  # the family's own ranges
     seed = params.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
         raise InvalidParams(f"seed must be an integer from 0 to 2^32-1, got {seed!r}",
@@ -72,7 +62,7 @@ def resolve(history: History, params: Mapping[str, Any]) -> tuple[str, dict[str,
     return model, {
         "kind": TASK, "take": take.id, "source": take.path, "prompt": take.prompt,
         "backend": spec.name, "duration": take.duration_s, "variations": 1,
-        "shifts": shifts, "overlap": float(overlap), "seed": seed,
+        "shifts": own["shifts"], "overlap": float(own["overlap"]), "seed": seed,
         "export": {k: params[k] for k in _EXPORT if params.get(k) is not None},
         "keep_alive": params.get("keep_alive"),
     }

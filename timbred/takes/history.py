@@ -171,9 +171,9 @@ class History:
         except InvalidParams as exc:
             log.warning("take %s: no loop written: %s", take_id, exc.message)
             return
-        dest = take.path.with_name(f"{take.path.stem}-loop{request['bars']}bars"
-                                   f"{options.extension}")
-        write_take(dest, loop, sample_rate, options, looped(metadata))
+        _beside(take.path, f"{take.path.stem}-loop{request['bars']}bars", options.extension,
+                lambda dest: write_take(dest, loop, sample_rate, options, looped(metadata)),
+                "loop")
 
     def analyse(self, audio: npt.NDArray[np.float32], sample_rate: int,
                 asked: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
@@ -201,6 +201,14 @@ class History:
     def show(self, take: str) -> Take:
         return self.library.get(take)
 
+    def existing(self, take: str) -> Take:
+        """The take, whose file is still there; TakeNotFound for a deleted or missing one
+        (what export, loop and stems start from)."""
+        record = self.library.get(take)
+        if record.deleted_at is not None or not Path(record.path).is_file():
+            raise TakeNotFound(take)
+        return record
+
     def export_take(self, take: str, request: Mapping[str, Any]) -> WrittenTake:
         """Re-encode a take; the new file sits beside it unless ``output`` says where.
 
@@ -211,10 +219,8 @@ class History:
         names the format as for ``generate.submit`` (:func:`request_export`). PresetNotFound
         or PresetInvalid, like every refusal, comes before anything is written.
         """
-        record = self.library.get(take)
+        record = self.existing(take)
         source = Path(record.path)
-        if record.deleted_at is not None or not source.is_file():
-            raise TakeNotFound(take)
         preset_export = presets.load(request["preset"]).export if request.get("preset") \
             else {}
         options = self._existing_export(record, preset_export, request)
@@ -251,10 +257,8 @@ class History:
         The tempo and downbeat are the take's recorded analysis, else measured now; a take
         with no tempo to measure is an InvalidParams naming ``take``, before anything is
         written."""
-        record = self.library.get(take)
+        record = self.existing(take)
         source = Path(record.path)
-        if record.deleted_at is not None or not source.is_file():
-            raise TakeNotFound(take)
         audio, rate, metadata = read_take(source)
         options = self._existing_export(record, {}, request)
         loop, looped = self._cut_loop(audio, rate, metadata.analysis, request, record.id)
@@ -301,10 +305,8 @@ class History:
     def stems_source(self, take: str
                      ) -> tuple[Take, npt.NDArray[np.float32], int, TakeMetadata]:
         """The take a separation starts from: its record, its audio as the file holds it
-        (what the user hears: the stems then add up to it), its rate and its metadata."""
-        record = self.library.get(take)
-        if record.deleted_at is not None or not Path(record.path).is_file():
-            raise TakeNotFound(take)
+        (what the user hears: the stems then add up to about it), its rate and its metadata."""
+        record = self.existing(take)
         audio, rate, metadata = read_take(record.path)
         return record, audio, rate, metadata
 
@@ -318,7 +320,7 @@ class History:
         set is whole or absent, and a retry writes it again.
 
         Stems are neither loudness-normalised nor mastered: each keeps its level in the
-        mix, so that they sum back to the take.
+        mix (Demucs's stems add up to about the take).
         """
         source = Path(take.path)
         options = dataclasses.replace(

@@ -80,11 +80,9 @@ import tomllib
 import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import Any, Final, Literal
 
-import jsonschema
 import numpy as np
 import numpy.typing as npt
 import pedalboard
@@ -323,14 +321,6 @@ def shipped_dir() -> Path:
 # --- reading and validating -------------------------------------------------------------------
 
 
-@cache
-def _validator() -> jsonschema.protocols.Validator:
-    doc = schema.load(SCHEMA_FILE)
-    cls = jsonschema.validators.validator_for(doc)
-    validator: jsonschema.protocols.Validator = cls(doc)
-    return validator
-
-
 def _key(path: Sequence[object]) -> str:
     """``effects[1].ratio`` for the path ``("effects", 1, "ratio")``."""
     out = ""
@@ -403,7 +393,8 @@ def _number(where: str, key: str, value: object, setting: Setting, path: Path | 
 def _build(doc: dict[str, Any], name: str, where: str, source: Source,
            path: Path | None) -> Chain:
     """Validate a parsed chain (schema, then the registry's ranges) and build it."""
-    errors = sorted(_validator().iter_errors(doc), key=lambda e: _key(list(e.absolute_path)))
+    errors = sorted(schema.validator(SCHEMA_FILE).iter_errors(doc),
+                    key=lambda e: _key(list(e.absolute_path)))
     if errors:
         raise _schema_error(where, errors[0], path)
     if not MASTER_NAME.fullmatch(name):

@@ -3,9 +3,11 @@
 MP3 and WAV get an ID3v2.4 tag (WAV in an ``id3 `` chunk): TIT2 (title), COMM (the prompt),
 TDRC (creation time), TSSE (encoder), USLT (the lyrics sung, if any), TBPM and TKEY (the
 measured tempo and key) and a ``TXXX:TIMBRE_*`` frame per field, including
-``TXXX:TIMBRE_RECIPE`` with the JSON recipe and ``TXXX:TIMBRE_MASTERING`` with the mastering
-chain's every setting. FLAC and Ogg Vorbis get Vorbis comments with the same names: TITLE,
-DESCRIPTION and COMMENT (the prompt), DATE, ENCODER, LYRICS, BPM, KEY and ``TIMBRE_*``.
+``TXXX:TIMBRE_RECIPE`` with the JSON recipe; ``TIMBRE_MASTERING`` (the mastering chain's every
+setting), ``TIMBRE_LOOP`` (a loop's bars and tempo), ``TIMBRE_STEM`` and ``TIMBRE_SEPARATION``
+(a stem's name and how it was separated) where they apply. FLAC and Ogg Vorbis get Vorbis
+comments with the same names: TITLE, DESCRIPTION and COMMENT (the prompt), DATE, ENCODER,
+LYRICS, BPM, KEY and ``TIMBRE_*``.
 :func:`read_tags` maps both back to one flat dictionary.
 """
 
@@ -43,6 +45,10 @@ def _fmt_number(value: float | None) -> str | None:
 def _param_key(name: str) -> str:
     return "TIMBRE_PARAM_" + re.sub(r"[^A-Z0-9_]", "_", name.upper())
 
+
+#: The metadata's objects kept as compact JSON in a tag each: tag -> TakeMetadata field.
+_JSON_TAGS: Final = {"TIMBRE_MASTERING": "mastering", "TIMBRE_LOOP": "loop",
+                     "TIMBRE_SEPARATION": "separation"}
 
 def tag_items(metadata: TakeMetadata) -> list[tuple[str, str]]:
     """The tags written for ``metadata``, by their normalised names (see :func:`read_tags`).
@@ -103,17 +109,12 @@ def tag_items(metadata: TakeMetadata) -> list[tuple[str, str]]:
         # TKEY: at most three characters, "A".."G", "b" or "#", "m" for minor ("Dbm").
         items += [("KEY", analysis["key_short"]), ("TIMBRE_KEY", analysis.get("key"))]
     if metadata.mastering is not None:
-        chain = metadata.mastering.get("chain") or {}
-        items += [("TIMBRE_MASTER", chain.get("name")),
-                  ("TIMBRE_MASTERING", json.dumps(metadata.mastering, sort_keys=True,
-                                                  separators=(",", ":")))]
-    if metadata.loop is not None:
-        items += [("TIMBRE_LOOP", json.dumps(metadata.loop, sort_keys=True,
-                                             separators=(",", ":")))]
+        items.append(("TIMBRE_MASTER", (metadata.mastering.get("chain") or {}).get("name")))
+    for tag, field in _JSON_TAGS.items():
+        value = getattr(metadata, field)
+        if value is not None:
+            items.append((tag, json.dumps(value, sort_keys=True, separators=(",", ":"))))
     items.append(("TIMBRE_STEM", metadata.stem))
-    if metadata.separation is not None:
-        items += [("TIMBRE_SEPARATION", json.dumps(metadata.separation, sort_keys=True,
-                                                   separators=(",", ":")))]
     items.append(("TIMBRE_RECIPE", json.dumps(metadata.recipe, sort_keys=True,
                                               ensure_ascii=False, separators=(",", ":"))))
     return [(k, v) for k, v in items if v is not None]

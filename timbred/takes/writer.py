@@ -25,7 +25,7 @@ from timbred.errors import AudioInputError, InvalidParams, OutputError, TakeNotF
 from timbred.takes import publish
 from timbred.takes.audio import as_audio, check_rate
 from timbred.takes.encoding import check_mp3, encode
-from timbred.takes.loudness import LoudnessReport, measure, normalise
+from timbred.takes.loudness import LoudnessReport, measure, normalise, true_peak_dbtp
 from timbred.takes.metadata import TakeMetadata
 from timbred.takes.options import ExportOptions, format_from_path
 from timbred.takes.sidecars import read_sidecar, sidecar_bytes, sidecar_path
@@ -117,12 +117,12 @@ def _master(x: npt.NDArray[np.float64], rate: int, name: str
     chain = mastering.load_chain(name, chain_dir())
     out, done = mastering.master(x, rate, chain)
     out = np.ascontiguousarray(out, dtype=np.float32)
-    before, after = measure(x, rate), measure(out, rate)
-    gain = (after.after_lufs - before.before_lufs
-            if after.after_lufs is not None and before.before_lufs is not None else 0.0)
-    report = LoudnessReport(before.before_lufs, after.after_lufs,
-                            before.true_peak_before_dbtp, after.true_peak_after_dbtp,
-                            gain_db=gain, limited=bool(done.to_dict().get("limited", False)))
+    # master measured the loudness before and after and the true peak after; only the
+    # true peak before is left to measure.
+    gain = (done.after_lufs - done.before_lufs
+            if done.after_lufs is not None and done.before_lufs is not None else 0.0)
+    report = LoudnessReport(done.before_lufs, done.after_lufs, true_peak_dbtp(x),
+                            done.true_peak_after_dbtp, gain_db=gain, limited=done.limited)
     return out, report, {"chain": chain.to_dict(), "report": done.to_dict()}
 
 

@@ -163,7 +163,7 @@ def parse(name: str, data: bytes, *, max_bytes: int = MAX_FILE_BYTES) -> list[Pr
     if kind == "txt":
         return _parse_txt(name, text)
     doc = _load_json(name, text) if kind == "json" else _load_toml(name, text)
-    error = best_match(_validator().iter_errors(doc))
+    error = best_match(schemas.validator(SCHEMA_NAME).iter_errors(doc))
     if error is not None:
         raise _schema_error(name, error, batch=isinstance(doc, dict) and "prompts" in doc)
     several = "prompts" in doc
@@ -515,13 +515,6 @@ def _request(name: str, entry: Mapping[str, Any], index: int, *, several: bool,
 
 
 # --- schema errors ----------------------------------------------------------------------------
-
-
-@cache
-def _validator() -> jsonschema.protocols.Validator:
-    doc = schemas.load(SCHEMA_NAME)
-    cls = jsonschema.validators.validator_for(doc, default=jsonschema.Draft202012Validator)
-    return cls(doc)
 
 
 @cache

@@ -91,9 +91,7 @@ class DemucsBackend(OneModel[_Loaded], Backend):
             memory_bytes=memory, sources=tuple(str(s) for s in loaded.sources),
             capabilities=Capabilities(
                 melody=False, continuation=False, stereo=channels == 2,
-                max_native_duration_s=float(loaded.max_allowed_segment
-                                            if math.isfinite(loaded.max_allowed_segment)
-                                            else models[0].segment),
+                max_native_duration_s=_segment_s(loaded),
                 sample_rate=rate, frame_rate=0.0, channels=channels))
 
     def generate_batch(self, items: Sequence[Request], progress: ProgressCallback | None = None,
@@ -133,7 +131,8 @@ class DemucsBackend(OneModel[_Loaded], Backend):
             centre, scale = ref.mean(), ref.std()
             scale = scale if float(scale) > 1e-8 else torch.ones_like(scale)
             mix = (mix - centre) / scale
-            total = _segments(bag, mix.shape[-1], shifts, overlap)
+            total = _segments(bag, state.capabilities.max_native_duration_s, mix.shape[-1],
+                              shifts, overlap)
             done = 0
 
             def on_segment(event: dict[str, Any]) -> None:
@@ -187,13 +186,18 @@ def _channels(audio: torch.Tensor, channels: int) -> torch.Tensor:
                                f"{channels}-channel model", param="take")
 
 
-def _segments(bag: Any, length: int, shifts: int, overlap: float) -> int:
+def _segment_s(bag: Any) -> float:
+    """Seconds of audio one pass of the bag's models takes (``apply_model`` splits longer
+    audio into segments of it)."""
+    longest = bag.max_allowed_segment  # infinite for a bag without an HTDemucs
+    return float(longest if math.isfinite(longest) else bag.models[0].segment)
+
+
+def _segments(bag: Any, segment_s: float, length: int, shifts: int, overlap: float) -> int:
     """How many segments ``apply_model`` runs, at most (a shifted pass's length depends on
     its random offset; progress ends at the total whatever)."""
     passes = len(bag.models) * max(1, shifts)
-    segment = int(bag.samplerate * float(bag.max_allowed_segment
-                                         if math.isfinite(bag.max_allowed_segment)
-                                         else bag.models[0].segment))
+    segment = int(bag.samplerate * segment_s)
     stride = max(1, int((1 - overlap) * segment))
     padded = length + (2 * int(0.5 * bag.samplerate) if shifts else 0)
     return passes * max(1, math.ceil(padded / stride))
